@@ -1,0 +1,78 @@
+"""The ``cryoscape`` command: a registry of subcommands, each a module with ``add_args`` and ``run``.
+
+Each command module's docstring is its help text: the first line is the one-line purpose, the rest
+(which must include an example) is shown by ``cryoscape COMMAND --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+
+from cryoscape import __version__
+from cryoscape.errors import CryoscapeError
+
+# command name -> module under cryoscape.cli (import is deferred so `--help` stays fast)
+COMMANDS: dict[str, str] = {
+}
+
+
+def _load(name: str):
+    return importlib.import_module(f"cryoscape.cli.{COMMANDS[name]}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per registered command."""
+    parser = argparse.ArgumentParser(
+        prog="cryoscape",
+        description="Learn the structural heterogeneity of macromolecules from cryo-EM/ET particle images.",
+        epilog="Run `cryoscape COMMAND --help` for the options and an example of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"cryoscape {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = _load(name)
+        doc = (module.__doc__ or "").strip()
+        purpose, _, rest = doc.partition("\n")
+        p = sub.add_parser(
+            name,
+            help=purpose,
+            description=purpose,
+            epilog=rest.strip() or None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("-v", "--verbose", action="store_true", help="show debug output and full tracebacks")
+        module.add_args(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cryoscape`` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 1
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+    )
+    try:
+        result = args._module.run(args)
+    except CryoscapeError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"cryoscape {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cryoscape {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

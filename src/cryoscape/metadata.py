@@ -1,0 +1,135 @@
+"""Typed per-particle metadata: CTF parameters and poses, in cryoscape's single convention.
+
+Every reader (STAR, cryoSPARC ``.cs``, cryoDRGN ``.pkl``) converts into these containers at the I/O
+boundary; everything downstream uses only them. See ``docs/conventions.md``.
+
+Conventions
+-----------
+* ``Poses.rotations`` are RELION's Euler matrices ``A = Euler_angles2matrix(rot, tilt, psi)`` (ZYZ),
+  mapping volume coordinates to image (camera) coordinates. The image is the projection along the camera
+  z axis of the volume rotated by ``A``; its central slice is ``F_img(k) = F_vol(A^T k)`` for ``k = (kx, ky, 0)``.
+* ``Poses.shifts_angstrom`` are RELION origins (``rlnOriginXAngst``, ``rlnOriginYAngst``): the particle
+  centre sits at the box centre minus the origin. Shifting the image by ``+origin`` centres the particle.
+* CTF values follow RELION/CTFFIND: defocus U/V in Angstrom (positive = underfocus), astigmatism angle in
+  degrees, voltage in kV, Cs in mm, amplitude contrast as a fraction, phase shift in degrees, B-factor in A^2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from cryoscape.errors import InputError
+
+CTF_COLUMNS = (
+    "defocus_u_angstrom",
+    "defocus_v_angstrom",
+    "astigmatism_angle_deg",
+    "voltage_kv",
+    "cs_mm",
+    "amplitude_contrast",
+    "phase_shift_deg",
+    "bfactor_angstrom2",
+    "scale",
+)
+
+
+def _as_column(value, n: int, name: str) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim == 0:
+        arr = np.full(n, float(arr))
+    if arr.shape != (n,):
+        raise InputError(f"CTF field {name} has shape {arr.shape}, expected ({n},)")
+    return arr
+
+
+@dataclass(frozen=True)
+class CTFParams:
+    """Per-particle CTF parameters; each field is a float64 array of shape ``(N,)``."""
+
+    defocus_u_angstrom: np.ndarray
+    defocus_v_angstrom: np.ndarray
+    astigmatism_angle_deg: np.ndarray
+    voltage_kv: np.ndarray
+    cs_mm: np.ndarray
+    amplitude_contrast: np.ndarray
+    phase_shift_deg: np.ndarray
+    bfactor_angstrom2: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def create(
+        cls,
+        defocus_u_angstrom,
+        defocus_v_angstrom,
+        astigmatism_angle_deg,
+        voltage_kv,
+        cs_mm,
+        amplitude_contrast,
+        phase_shift_deg=0.0,
+        bfactor_angstrom2=0.0,
+        scale=1.0,
+    ) -> "CTFParams":
+        """Build from arrays or scalars (scalars are broadcast to the length of the defocus array)."""
+        n = int(np.asarray(defocus_u_angstrom).size)
+        values = locals()
+        return cls(**{name: _as_column(values[name], n, name) for name in CTF_COLUMNS})
+
+    def __len__(self) -> int:
+        return int(self.defocus_u_angstrom.shape[0])
+
+    def __post_init__(self):
+        n = self.defocus_u_angstrom.shape[0]
+        for f in fields(self):
+            arr = getattr(self, f.name)
+            if arr.shape != (n,):
+                raise InputError(f"CTF field {f.name} has shape {arr.shape}, expected ({n},)")
+            if not np.all(np.isfinite(arr)):
+                raise InputError(f"CTF field {f.name} contains NaN or Inf values")
+
+    def subset(self, indices) -> "CTFParams":
+        """The parameters of the particles at ``indices``."""
+        return CTFParams(**{name: getattr(self, name)[indices] for name in CTF_COLUMNS})
+
+    def to_array(self) -> np.ndarray:
+        """``(N, 9)`` float32 array with columns in ``CTF_COLUMNS`` order (for batching on a device)."""
+        return np.stack([getattr(self, name) for name in CTF_COLUMNS], axis=1).astype(np.float32)
+
+    @classmethod
+    def from_array(cls, array: np.ndarray) -> "CTFParams":
+        """Inverse of :meth:`to_array`."""
+        array = np.asarray(array, dtype=np.float64)
+        return cls(**{name: array[:, i].copy() for i, name in enumerate(CTF_COLUMNS)})
+
+
+@dataclass(frozen=True)
+class Poses:
+    """Per-particle poses.
+
+    ``rotations``: ``(N, 3, 3)`` float64, RELION matrices (volume -> image frame).
+    ``shifts_angstrom``: ``(N, 2)`` float64, RELION origin (x, y) in Angstrom.
+    """
+
+    rotations: np.ndarray
+    shifts_angstrom: np.ndarray
+
+    def __post_init__(self):
+        r, s = np.asarray(self.rotations), np.asarray(self.shifts_angstrom)
+        if r.ndim != 3 or r.shape[1:] != (3, 3):
+            raise InputError(f"rotations have shape {r.shape}, expected (N, 3, 3)")
+        if s.shape != (r.shape[0], 2):
+            raise InputError(f"shifts have shape {s.shape}, expected ({r.shape[0]}, 2)")
+        if not (np.all(np.isfinite(r)) and np.all(np.isfinite(s))):
+            raise InputError("poses contain NaN or Inf values")
+
+    def __len__(self) -> int:
+        return int(self.rotations.shape[0])
+
+    def subset(self, indices) -> "Poses":
+        """The poses of the particles at ``indices``."""
+        return Poses(self.rotations[indices], self.shifts_angstrom[indices])
+
+    def shifts_px(self, pixel_size_angstrom: float) -> np.ndarray:
+        """Origins in pixels of an image with the given pixel size."""
+        return self.shifts_angstrom / float(pixel_size_angstrom)
