@@ -1,0 +1,34 @@
+"""Encode particles with a trained model: posterior means z (N x zdim float32 .npy).
+
+By default the run's own particles (in RUN/indices.npy order); give PARTICLES (with --poses/--ctf as for
+training) to encode other images prepared the same way.
+
+Example:
+  cryoscape eval-images runs/vae8 -o runs/vae8/z.npy
+  cryoscape eval-images runs/vae8 --epoch 10 --particles other.star -o z_other.npy
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder written by `cryoscape train`")
+    p.add_argument("-o", "--output", required=True, help="output .npy (N x zdim)")
+    p.add_argument("--epoch", type=int, help="epoch to use (default: best_epoch, else the last)")
+    p.add_argument("--particles", help="encode these particles instead of the run's")
+    p.add_argument("--poses", help="pose.pkl for --particles")
+    p.add_argument("--ctf", help="ctf.pkl for --particles")
+    p.add_argument("--datadir", help="folder of the image stacks")
+    p.add_argument("-b", "--batch-size", type=int, default=256, help="batch size (default 256)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def run(args) -> int:
+    from cryoscape.inference import encode_particles
+
+    z = encode_particles(args.run, args.output, epoch=args.epoch, particles=args.particles, poses=args.poses,
+                         ctf=args.ctf, datadir=args.datadir, batch_size=args.batch_size, device=args.device)
+    print(f"wrote {args.output}: {z.shape[0]} x {z.shape[1]} latents")
+    return 0

@@ -1,0 +1,147 @@
+"""Typed run configuration, saved as ``RUN/config.yaml`` next to the checkpoints.
+
+A run is fully described by :class:`RunConfig`; ``cryoscape.models.load_run`` rebuilds a model from this file
+and a checkpoint alone. Derived values (input sizes, beta = 1/zdim, ...) are computed where they are used and
+never written back here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from cryoscape import __version__
+from cryoscape.errors import InputError
+from cryoscape.utils.atomic import atomic_write_text
+
+SCHEMA_VERSION = 1
+FAMILIES = ("cryodrgn", "tomodrgn", "opus-dsd")
+PE_TYPES = ("gaussian", "geom_lowf", "geom_full", "geom_nohighf", "geom_ft", "linear_lowf", "none")
+
+
+@dataclass
+class DataConfig:
+    """Where the particles come from and how images are prepared."""
+
+    particles: str = ""
+    poses: str | None = None
+    ctf: str | None = None
+    datadir: str | None = None
+    apix: float | None = None
+    ind: str | None = None
+    lazy: bool = False
+    invert_data: bool = False
+    window: bool = True
+    window_inner: float = 0.85
+    val_frac: float = 0.1
+    num_workers: int = 0
+
+    def __post_init__(self):
+        if not 0.0 <= self.val_frac < 1.0:
+            raise InputError(f"--val-frac must be in [0, 1), got {self.val_frac}")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the model family."""
+
+    family: str = "cryodrgn"
+    zdim: int = 8
+    enc_dim: int = 256
+    enc_layers: int = 3
+    dec_dim: int = 256
+    dec_layers: int = 3
+    pe_type: str = "gaussian"
+    pe_dim: int | None = None
+    feat_sigma: float = 0.5
+    activation: str = "relu"
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise InputError(f"unknown model family {self.family!r}; choose one of {', '.join(FAMILIES)}")
+        if self.pe_type not in PE_TYPES:
+            raise InputError(f"unknown --pe-type {self.pe_type!r}; choose one of {', '.join(PE_TYPES)}")
+        if self.zdim < 0:
+            raise InputError(f"--zdim must be >= 0, got {self.zdim}")
+        if self.activation not in ("relu", "leaky_relu"):
+            raise InputError(f"unknown --activation {self.activation!r}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping."""
+
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    beta: float | None = None  # KL weight; None -> 1/zdim
+    seed: int = 0
+    amp: bool = False
+    device: str = "auto"
+    checkpoint_every: int = 1
+    threads: int | None = None
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise InputError(f"-n/--epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise InputError(f"-b/--batch-size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise InputError(f"--lr must be positive, got {self.lr}")
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to reproduce a run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (YAML-serialisable)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error (they mean a newer or foreign file)."""
+        try:
+            return cls(
+                data=DataConfig(**d.get("data", {})),
+                model=ModelConfig(**d.get("model", {})),
+                train=TrainConfig(**d.get("train", {})),
+            )
+        except TypeError as exc:
+            raise InputError(f"config does not match this version of cryoscape ({exc})") from exc
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    """Write ``config`` as YAML with version, time and command line (atomically)."""
+    doc = {
+        "cryoscape_version": __version__,
+        "schema_version": SCHEMA_VERSION,
+        "time": datetime.datetime.now().isoformat(timespec="seconds"),
+        "cmd": " ".join(sys.argv),
+        **config.to_dict(),
+    }
+    atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a ``config.yaml`` written by :func:`save_config`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no config.yaml here; is this a cryoscape run folder?", path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(f"not valid YAML ({exc.__class__.__name__})", path) from exc
+    if not isinstance(doc, dict) or "model" not in doc:
+        raise InputError("not a cryoscape config (no 'model' section)", path)
+    return RunConfig.from_dict({k: doc[k] for k in ("data", "model", "train") if k in doc})

@@ -1,0 +1,1 @@
+"""Particle datasets: image preparation, in-memory and lazy batch access."""

@@ -1,0 +1,109 @@
+"""Batches of prepared particles for slice-based models, from memory or lazily from disk."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cryoscape.data.fourier_pixels import FourierPixels
+from cryoscape.data.preprocess import check_finite, hartley_pixels, make_window
+from cryoscape.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+class SliceParticleData:
+    """Normalised Hartley pixels, rotations, origins and CTF parameters of a particle set.
+
+    In memory (default), all images are transformed once (centred by their origin, windowed, Hartley
+    transformed, restricted to the model's pixels) and batches are plain index operations, on the training
+    device if :meth:`to` moved them there. With ``lazy=True`` images are read from the memory-mapped stacks and
+    prepared per batch, so memory stays bounded for stacks larger than RAM.
+
+    Parameters
+    ----------
+    particles : ``cryoscape.io.particles.ParticleSet`` with poses (and CTF, if any).
+    pixels : the model's Fourier pixel table.
+    invert, window, window_inner : image preparation (see :func:`hartley_pixels`).
+    lazy : read and prepare images per batch.
+    norm_std : scale the Hartley values are divided by; computed from up to 1000 images when ``None``.
+    """
+
+    def __init__(self, particles, pixels: FourierPixels, *, invert=False, window=True, window_inner=0.85,
+                 lazy=False, norm_std: float | None = None, progress=True):
+        if particles.poses is None:
+            raise InputError(
+                "no poses for these particles", particles.source_path,
+                hint="give --poses pose.pkl, or a STAR/.cs file with angles from a consensus refinement",
+            )
+        self.particles = particles
+        self.pixels = pixels
+        self.D = pixels.D
+        self.pixel_size_angstrom = float(particles.pixel_size_angstrom)
+        self.invert = invert
+        self.window = make_window(self.D, window, window_inner)
+        self.lazy = lazy
+        self.source = str(particles.source_path)
+        self.rotations = torch.as_tensor(particles.poses.rotations, dtype=torch.float32)
+        self._shifts_cpu = torch.as_tensor(particles.poses.shifts_px(self.pixel_size_angstrom), dtype=torch.float32)
+        self.ctf = None if particles.ctf is None else torch.as_tensor(particles.ctf.to_array())
+        self.device = torch.device("cpu")
+        self.norm_std = float(norm_std) if norm_std is not None else self._estimate_norm()
+        self.values: torch.Tensor | None = None
+        if not lazy:
+            self.values = self._prepare_all(progress)
+
+    def __len__(self) -> int:
+        return len(self.particles)
+
+    def _prepare(self, indices: np.ndarray) -> torch.Tensor:
+        raw = np.asarray(self.particles.images[indices], dtype=np.float32)
+        check_finite(raw, indices, self.source)
+        images = torch.from_numpy(raw)
+        return hartley_pixels(images, self.pixels, self._shifts_cpu[indices], self.window, self.invert)
+
+    def _estimate_norm(self) -> float:
+        n = len(self)
+        sample = np.unique(np.linspace(0, n - 1, min(n, 1000)).astype(np.int64))
+        values = torch.cat([self._prepare(chunk) for chunk in np.array_split(sample, max(1, len(sample) // 256))])
+        std = float(values.std())
+        if not np.isfinite(std) or std == 0:
+            raise InputError("images have no variance; cannot normalise", self.source)
+        return std
+
+    def _prepare_all(self, progress: bool) -> torch.Tensor:
+        n = len(self)
+        out = torch.empty((n, self.pixels.n_pixels), dtype=torch.float32)
+        chunk = 512
+        with tqdm(total=n, desc="preparing images", unit="img", disable=not progress, leave=False) as bar:
+            for start in range(0, n, chunk):
+                idx = np.arange(start, min(n, start + chunk))
+                out[start : start + len(idx)] = self._prepare(idx) / self.norm_std
+                bar.update(len(idx))
+        return out
+
+    def to(self, device: torch.device) -> "SliceParticleData":
+        """Keep the prepared data (in-memory mode) and metadata on ``device``."""
+        self.device = torch.device(device)
+        self.rotations = self.rotations.to(self.device)
+        if self.ctf is not None:
+            self.ctf = self.ctf.to(self.device)
+        if self.values is not None:
+            self.values = self.values.to(self.device)
+        return self
+
+    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        """The batch of particles at ``indices`` (positions in this data set)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        idx = torch.from_numpy(indices).to(self.device)
+        if self.values is not None:
+            y = self.values[idx]
+        else:
+            y = (self._prepare(indices) / self.norm_std).to(self.device)
+        batch = {"index": idx, "y": y, "rot": self.rotations[idx]}
+        if self.ctf is not None:
+            batch["ctf"] = self.ctf[idx]
+        return batch

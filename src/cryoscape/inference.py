@@ -1,0 +1,115 @@
+"""Using a trained run: encode particles to latents, generate maps at latent points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryoscape.errors import InputError
+from cryoscape.models.loading import load_run
+from cryoscape.train.engine import encode_all
+from cryoscape.train.run import load_training_particles, select_device
+from cryoscape.train.distributed import DistInfo
+from cryoscape.utils.atomic import atomic_path
+
+
+def encode_particles(run_dir, output=None, epoch=None, particles=None, poses=None, ctf=None, datadir=None,
+                     batch_size: int = 256, device="auto", progress=True) -> np.ndarray:
+    """Posterior means ``(N, zdim)`` of the run's particles (or of ``particles``); saved to ``output`` if given."""
+    from cryoscape.io.particles import load_particles
+    from cryoscape.models.registry import get_family
+
+    dev = select_device(device, DistInfo())
+    trained = load_run(run_dir, epoch, device=dev)
+    if trained.zdim == 0:
+        raise InputError("a homogeneous model (zdim 0) has no latent space to encode into", run_dir)
+    config = trained.config
+    if particles is None:
+        parts, _ = load_training_particles(config)
+    else:
+        parts = load_particles(particles, poses=poses, ctf=ctf, datadir=datadir, apix=config.data.apix)
+    family = get_family(config.model.family)
+    data = family.make_data(parts, config, norm_std=trained.build["norm_std"], progress=progress)
+    if data.D != trained.D:
+        raise InputError(f"images are {data.D} px but the model was trained on {trained.D} px",
+                         particles or config.data.particles, hint="downsample them with `cryoscape downsample`")
+    if not getattr(data, "lazy", False):
+        data.to(dev)
+    z = encode_all(trained.model, data, batch_size, progress=progress)
+    if output is not None:
+        with atomic_path(output) as tmp:
+            np.save(tmp, z)
+    return z
+
+
+def read_latent_file(path, zdim: int) -> np.ndarray:
+    """Latent points from a ``.npy`` or text file, validated against ``zdim``: ``(n, zdim)`` float32."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("latent file not found", path)
+    try:
+        z = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path, ndmin=2)
+    except ValueError as exc:
+        raise InputError(f"cannot read latent values ({exc})", path) from exc
+    z = np.asarray(z, dtype=np.float32)
+    if z.ndim == 1:
+        z = z.reshape(-1, zdim) if zdim > 1 and z.size % zdim == 0 else z.reshape(-1, 1)
+    if z.ndim != 2 or z.shape[1] != zdim:
+        raise InputError(f"latent file has shape {z.shape} but the model has zdim {zdim}", path)
+    if not np.all(np.isfinite(z)):
+        raise InputError("latent file contains NaN or Inf values", path)
+    return z
+
+
+def postprocess_map(vol: np.ndarray, pixel_size: float, box=None, flip=False, invert=False,
+                    lowpass_angstrom=None) -> tuple[np.ndarray, float]:
+    """Resample, mirror, invert and low-pass a map; returns the map and its voxel size."""
+    from cryoscape.imaging.fft import fft3_centered, ifft3_centered, resample_volume
+
+    t = torch.from_numpy(np.ascontiguousarray(vol, dtype=np.float32))
+    D = t.shape[-1]
+    if box and box != D:
+        t = resample_volume(t, box)
+        pixel_size = pixel_size * D / box
+        D = box
+    if lowpass_angstrom:
+        k = (torch.arange(D, dtype=torch.float32) - D // 2) / (D * pixel_size)
+        r = torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+        t = ifft3_centered(fft3_centered(t) * (r <= 1.0 / lowpass_angstrom)).real
+    if flip:
+        t = torch.flip(t, dims=(0,))
+    if invert:
+        t = -t
+    return t.numpy().astype(np.float32), pixel_size
+
+
+def generate_maps(run_dir, output, z=None, zfile=None, epoch=None, box=None, apix=None, flip=False, invert=False,
+                  lowpass_angstrom=None, batch_size=4, device="auto", progress=True) -> list[Path]:
+    """Write one MRC map per latent point (or the homogeneous map); returns the paths written."""
+    from cryoscape.io.mrc import write_mrc
+
+    trained = load_run(run_dir, epoch, device=select_device(device, DistInfo()))
+    if trained.zdim == 0:
+        if z is not None or zfile is not None:
+            raise InputError("this is a homogeneous model (zdim 0): do not give --z/--zfile", run_dir)
+        points = None
+    elif zfile is not None:
+        points = read_latent_file(zfile, trained.zdim)
+    elif z is not None:
+        points = np.asarray(z, dtype=np.float32).reshape(1, -1)
+        if points.shape[1] != trained.zdim:
+            raise InputError(f"--z has {points.shape[1]} values but the model has zdim {trained.zdim}")
+    else:
+        raise InputError("give --z or --zfile (the model has a latent space)")
+    vols = trained.generate_volumes(points, batch_size=batch_size, progress=progress)
+    output = Path(output)
+    single = len(vols) == 1 and output.suffix == ".mrc"
+    paths = [output] if single else [output / f"vol_{i + 1:03d}.mrc" for i in range(len(vols))]
+    for vol, path in zip(vols, paths):
+        out, voxel = postprocess_map(vol, trained.pixel_size_angstrom, box, flip, invert, lowpass_angstrom)
+        write_mrc(path, out, voxel_size_angstrom=apix or voxel)
+    if not single and points is not None:
+        np.savetxt(output / "z_values.txt", points)
+    return paths

@@ -1,0 +1,148 @@
+"""The cryoDRGN family: an MLP image encoder and a coordinate-network decoder on central slices.
+
+Implements the method of Zhong et al. 2021 (``shared/papers/cryodrgn-2021.txt``, Methods): the encoder maps
+the (phase-flipped) Hartley transform of a centred particle image to ``q(z|X) = N(mu, diag(exp(logvar)))``;
+the decoder evaluates the volume's Fourier transform at the 3-D coordinates of the image's central slice
+(``[kx, ky, 0] @ A``); the rendered slice is multiplied by the particle's CTF and compared with the image.
+Loss = MSE + beta * KL / P (KL to N(0, I), ``P`` = number of pixels, beta = 1/zdim by default, as in cryoDRGN).
+``zdim = 0`` is the homogeneous coordinate network (cryoDRGN's ``train_nn``).
+
+Only half of the Hermitian-symmetric slice is evaluated; the other half follows from ``F(-k) = conj F(k)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from cryoscape.data.fourier_pixels import FourierPixels
+from cryoscape.imaging.ctf import compute_ctf
+from cryoscape.imaging.fft import ifft3_centered
+from cryoscape.imaging.lattice import central_slice_coords
+from cryoscape.models.decoders import CoordinateDecoder
+from cryoscape.models.mlp import ResidualMLP
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``KL(N(mu, exp(logvar)) || N(0, I))``; ``mu``, ``logvar``: ``(B, zdim)``."""
+    return (-0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
+
+
+class CryoDRGN(nn.Module):
+    """VAE (``zdim > 0``) or homogeneous network (``zdim = 0``) on Fourier slices.
+
+    Parameters
+    ----------
+    D : image box size (even).
+    pixel_size_angstrom : of the training images (for the CTF and the volume header).
+    zdim, enc_dim, enc_layers, dec_dim, dec_layers, pe_type, pe_dim, feat_sigma, activation : architecture.
+    beta : KL weight; ``None`` gives ``1 / zdim``.
+    norm_std : the data normalisation (volumes are rescaled by it).
+    """
+
+    family = "cryodrgn"
+
+    def __init__(self, D: int, pixel_size_angstrom: float, zdim: int = 8, enc_dim: int = 256, enc_layers: int = 3,
+                 dec_dim: int = 256, dec_layers: int = 3, pe_type: str = "gaussian", pe_dim: int | None = None,
+                 feat_sigma: float = 0.5, activation: str = "relu", beta: float | None = None,
+                 norm_std: float = 1.0):
+        super().__init__()
+        self.D = D
+        self.zdim = zdim
+        self.beta = (1.0 / zdim if zdim > 0 else 0.0) if beta is None else float(beta)
+        self.pixels = FourierPixels.create(D)
+        self.register_buffer("pixel_size_angstrom", torch.tensor(float(pixel_size_angstrom)))
+        self.register_buffer("norm_std", torch.tensor(float(norm_std)))
+        self.register_buffer("freqs", self.pixels.freqs.clone(), persistent=False)
+        self.encoder = (
+            ResidualMLP(self.pixels.n_pixels, enc_layers, enc_dim, 2 * zdim, activation) if zdim > 0 else None
+        )
+        self.decoder = CoordinateDecoder(D, zdim, dec_dim, dec_layers, pe_type, pe_dim, feat_sigma, activation)
+
+    # -- the forward model -------------------------------------------------------------------------
+    def encode(self, y: torch.Tensor, ctf_values: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``y``: ``(B, P)`` normalised Hartley pixels -> ``(mu, logvar)``, each ``(B, zdim)``."""
+        if self.encoder is None:
+            raise RuntimeError("a homogeneous model (zdim 0) has no encoder")
+        x = y if ctf_values is None else y * torch.sign(ctf_values)
+        out = self.encoder(x)
+        return out[:, : self.zdim], out[:, self.zdim :]
+
+    def render(self, rotations: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        """Hartley values ``(B, P)`` of the central slices at ``rotations`` ``(B, 3, 3)`` for latents ``z``."""
+        B = rotations.shape[0]
+        m = self.pixels.n_half
+        freqs = self.freqs[: m + 1].clone()  # half-plane + a dummy row replaced by DC below
+        freqs[m] = 0.0
+        q = central_slice_coords(rotations, freqs)  # (B, m + 1, 3)
+        out = self.decoder(q, z)
+        re, im = out[..., 0], out[..., 1]
+        half_re, half_im = re[:, :m], im[:, :m]
+        dc = re[:, m:]
+        return torch.cat([half_re - half_im, half_re + half_im, dc], dim=1).reshape(B, -1)
+
+    def ctf_values(self, ctf: torch.Tensor | None) -> torch.Tensor | None:
+        """CTF ``(B, P)`` at the model's pixels for parameters ``(B, 9)`` (``None`` -> ``None``)."""
+        if ctf is None:
+            return None
+        return compute_ctf(self.freqs / self.pixel_size_angstrom, ctf)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Loss and its terms for a batch (``y``, ``rot``, optional ``ctf``); see the module docstring."""
+        y = batch["y"]
+        ctf = self.ctf_values(batch.get("ctf"))
+        terms: dict[str, torch.Tensor] = {}
+        z = None
+        if self.zdim > 0:
+            mu, logvar = self.encode(y, ctf)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+            terms["kl"] = kl_divergence(mu, logvar)
+        pred = self.render(batch["rot"], z)
+        if ctf is not None:
+            pred = pred * ctf
+        recon = torch.mean((pred - y) ** 2)
+        terms["recon"] = recon
+        loss = recon
+        if "kl" in terms:
+            loss = loss + self.beta * terms["kl"] / y.shape[1]
+        terms["loss"] = loss
+        return terms
+
+    @torch.no_grad()
+    def latent_means(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Posterior means ``(B, zdim)`` of a batch."""
+        return self.encode(batch["y"], self.ctf_values(batch.get("ctf")))[0]
+
+    # -- volumes --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_volume(self, z: torch.Tensor | None = None, chunk: int = 65536) -> torch.Tensor:
+        """Real-space volume ``(D, D, D)`` for one latent ``z`` (``(zdim,)``; ``None`` when homogeneous).
+
+        The decoder is evaluated on every voxel of the centred ``D^3`` Fourier grid inside the sphere of radius
+        ``D/2``; values are rescaled by the data normalisation so that projections of the volume match the
+        input images.
+        """
+        D = self.D
+        device = self.norm_std.device
+        k = (torch.arange(D, device=device, dtype=torch.float32) - D // 2) / D
+        grid = torch.stack(torch.meshgrid(k, k, k, indexing="ij"), dim=-1)  # [z, y, x] -> (kz, ky, kx)
+        coords = grid.flip(-1).reshape(-1, 3)  # (x, y, z)
+        inside = torch.nonzero(coords.norm(dim=1) < 0.5).squeeze(1)
+        values = torch.zeros(D**3, dtype=torch.complex64, device=device)
+        zb = None if z is None else torch.as_tensor(z, dtype=torch.float32, device=device).reshape(1, -1)
+        for start in range(0, inside.numel(), chunk):
+            idx = inside[start : start + chunk]
+            out = self.decoder(coords[idx][None], zb)[0]
+            values[idx] = torch.complex(out[:, 0], out[:, 1])
+        dc = (D // 2) * D * D + (D // 2) * D + D // 2
+        values[dc] = values[dc].real + 0j
+        volume = ifft3_centered(values.reshape(D, D, D)).real
+        return volume * self.norm_std
+
+    def generate_volumes(self, z: np.ndarray | None, batch_size: int = 1) -> np.ndarray:
+        """Volumes ``(n, D, D, D)`` float32 for latents ``z`` ``(n, zdim)`` (``None`` -> the one homogeneous map)."""
+        if z is None or self.zdim == 0:
+            return self.generate_volume(None).cpu().numpy()[None].astype(np.float32)
+        z = np.asarray(z, dtype=np.float32).reshape(-1, self.zdim)
+        return np.stack([self.generate_volume(torch.from_numpy(zi)).cpu().numpy() for zi in z]).astype(np.float32)

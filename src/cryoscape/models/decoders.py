@@ -1,0 +1,62 @@
+"""Coordinate-network decoders: a volume as an MLP of 3-D Fourier coordinates (and a latent z).
+
+The decoder predicts the complex Fourier value ``F(q) = re + i im`` of the volume at 3-D frequency ``q``.
+Hermitian symmetry ``F(-q) = conj F(q)`` holds by construction: each coordinate is mapped to a canonical
+representative of ``{q, -q}`` (the one with ``q_z < 0``, ties broken on ``y`` then ``x``) and the imaginary part is
+conjugated for flipped points. The Hartley value is ``H(q) = re - im``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cryoscape.models.mlp import ResidualLinear, activation_layer
+from cryoscape.models.positional import PositionalEncoding
+
+
+def canonical_sign(q: torch.Tensor) -> torch.Tensor:
+    """``-1`` where ``q`` (``(..., 3)``) is not the canonical member of ``{q, -q}``, else ``+1``; shape ``(...)``."""
+    x, y, z = q[..., 0], q[..., 1], q[..., 2]
+    flip = (z > 0) | ((z == 0) & ((y > 0) | ((y == 0) & (x > 0))))
+    return 1.0 - 2.0 * flip.to(q.dtype)
+
+
+class CoordinateDecoder(nn.Module):
+    """MLP ``(PE(q), z) -> (re, im)`` with cryoDRGN's residual layout.
+
+    The first layer is split into a coordinate part and a latent part, ``W [pe; z] = W_q pe + W_z z``, so the
+    latent's contribution is computed once per image instead of once per pixel (same function, less work).
+    """
+
+    def __init__(self, D: int, zdim: int, hidden_dim: int, n_hidden_layers: int, pe_type: str = "gaussian",
+                 pe_dim: int | None = None, feat_sigma: float = 0.5, activation: str = "relu"):
+        super().__init__()
+        self.zdim = zdim
+        self.encoding = PositionalEncoding(pe_type, D, pe_dim, feat_sigma)
+        self.input_coords = nn.Linear(self.encoding.out_dim, hidden_dim)
+        self.input_latent = nn.Linear(zdim, hidden_dim, bias=False) if zdim > 0 else None
+        layers: list[nn.Module] = [activation_layer(activation)]
+        for _ in range(n_hidden_layers):
+            layers += [ResidualLinear(hidden_dim), activation_layer(activation)]
+        layers.append(nn.Linear(hidden_dim, 2))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, q: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """Complex values at coordinates.
+
+        Parameters
+        ----------
+        q : ``(B, P, 3)`` frequencies in cycles/pixel (volume frame).
+        z : ``(B, zdim)`` latents, or ``None`` for a homogeneous decoder.
+
+        Returns
+        -------
+        ``(B, P, 2)``: ``(re, im)`` of ``F(q)``, Hermitian-consistent.
+        """
+        sign = canonical_sign(q)
+        h = self.input_coords(self.encoding(q * sign[..., None]))
+        if self.input_latent is not None:
+            h = h + self.input_latent(z)[:, None, :]
+        out = self.body(h)
+        return torch.stack([out[..., 0], out[..., 1] * sign], dim=-1)

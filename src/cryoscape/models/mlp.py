@@ -1,0 +1,44 @@
+"""Residual multilayer perceptrons used by the encoders and coordinate decoders."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def activation_layer(name: str) -> nn.Module:
+    """``relu`` or ``leaky_relu``."""
+    return nn.LeakyReLU(0.2) if name == "leaky_relu" else nn.ReLU()
+
+
+class ResidualLinear(nn.Module):
+    """``y = x + W x + b`` (square linear layer with a skip connection)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.linear(x)
+
+
+class ResidualMLP(nn.Module):
+    """``Linear(in, hidden)`` + act, ``n_hidden_layers`` x [residual ``Linear(hidden, hidden)`` + act], ``Linear(hidden, out)``.
+
+    This is the layer layout of cryoDRGN's encoders and decoders, so ``--enc-layers 3 --enc-dim 256`` means the
+    same network in both programs.
+    """
+
+    def __init__(self, in_dim: int, n_hidden_layers: int, hidden_dim: int, out_dim: int, activation: str = "relu"):
+        super().__init__()
+        layers: list[nn.Module] = [
+            ResidualLinear(in_dim) if in_dim == hidden_dim else nn.Linear(in_dim, hidden_dim),
+            activation_layer(activation),
+        ]
+        for _ in range(n_hidden_layers):
+            layers += [ResidualLinear(hidden_dim), activation_layer(activation)]
+        layers.append(nn.Linear(hidden_dim, out_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

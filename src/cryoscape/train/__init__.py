@@ -1,0 +1,1 @@
+"""One training engine for every model family: loop, validation, checkpoints, resume, logging, DDP, AMP."""

@@ -1,0 +1,326 @@
+"""The training loop shared by every model family.
+
+A family supplies an ``nn.Module`` whose ``forward(batch) -> dict`` returns ``"loss"`` plus named terms, and a
+data provider with ``batch(indices) -> dict`` and ``__len__``; optionally ``latent_means(batch) -> (B, zdim)``.
+The engine owns everything else: epochs, shuffling, validation, AMP, DDP, checkpoints, resume, Ctrl-C,
+progress and logs. Each epoch's shuffling and random draws are seeded from ``(seed, epoch)``, so a resumed run
+repeats an uninterrupted one exactly (on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cryoscape.errors import CryoscapeError
+from cryoscape.train.checkpoint import (
+    checkpoint_dir,
+    epoch_checkpoint_path,
+    save_checkpoint,
+)
+from cryoscape.train.distributed import DistInfo, all_reduce_sum, barrier, broadcast_flag
+from cryoscape.utils.atomic import atomic_path, atomic_write_text
+
+log = logging.getLogger("cryoscape")
+
+
+class TrainingInterrupted(CryoscapeError):
+    """Training stopped on request; a checkpoint was written."""
+
+
+@dataclass
+class EngineSettings:
+    """What the loop needs to know (a view of ``TrainConfig``)."""
+
+    epochs: int
+    batch_size: int
+    seed: int = 0
+    amp: bool = False
+    checkpoint_every: int = 1
+    progress: bool = True
+
+
+@dataclass
+class LoopState:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed steps of the epoch in progress (mid-epoch checkpoints only)
+    history: list = field(default_factory=list)
+    partial: dict = field(default_factory=dict)  # running sums of the epoch in progress
+
+
+def _batches(order: np.ndarray, batch_size: int, info: DistInfo) -> list[np.ndarray]:
+    """Split an epoch's order into this process's batches; every process gets the same number of steps."""
+    global_batch = batch_size * info.world_size
+    n_steps = int(np.ceil(len(order) / global_batch)) if len(order) else 0
+    if info.enabled and len(order):
+        pad = n_steps * global_batch - len(order)
+        order = np.concatenate([order, order[:pad]])  # wrap around, as DistributedSampler does
+    out = []
+    for s in range(n_steps):
+        chunk = order[s * global_batch : (s + 1) * global_batch]
+        mine = chunk[info.rank * batch_size : (info.rank + 1) * batch_size] if info.enabled else chunk
+        out.append(mine)
+    return out
+
+
+def epoch_order(train_positions: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled training order of ``epoch`` (1-based), a pure function of seed and epoch."""
+    return np.random.default_rng([seed, epoch]).permutation(train_positions)
+
+
+class Engine:
+    """Runs training for one model on one data provider.
+
+    Parameters
+    ----------
+    model : the family's module (unwrapped); it is moved to ``device`` and wrapped in DDP when distributed.
+    data : provider with ``batch(indices)`` and ``__len__``.
+    optimizer : built on ``model.parameters()``.
+    train_positions, val_positions : positions into ``data``.
+    run_dir : the run folder (written by the main process only).
+    build : what ``load_run`` needs to rebuild the model (saved in checkpoints).
+    scheduler : optional per-epoch learning-rate scheduler.
+    epoch_end : optional hook ``(engine, epoch, metrics) -> None`` (e.g. best-epoch selection).
+    """
+
+    def __init__(self, model: nn.Module, data, optimizer: torch.optim.Optimizer, settings: EngineSettings,
+                 train_positions: np.ndarray, val_positions: np.ndarray, run_dir: str | Path, device: torch.device,
+                 info: DistInfo = DistInfo(), build: dict | None = None, family: str = "",
+                 scheduler=None, epoch_end=None):
+        self.model = model.to(device)
+        self.data = data
+        self.optimizer = optimizer
+        self.settings = settings
+        self.train_positions = np.asarray(train_positions, dtype=np.int64)
+        self.val_positions = np.asarray(val_positions, dtype=np.int64)
+        self.run_dir = Path(run_dir)
+        self.device = device
+        self.info = info
+        self.build = build or {}
+        self.family = family
+        self.scheduler = scheduler
+        self.epoch_end = epoch_end
+        self.state = LoopState()
+        self._stop_requested = False
+        if info.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        else:
+            self.net = self.model
+        self.amp_dtype = None
+        if settings.amp:
+            if device.type == "cuda":
+                self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            else:
+                log.warning("--amp has no effect on the CPU; training in float32")
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        s = self.state
+        return {
+            "family": self.family,
+            "build": self.build,
+            "epoch": s.epoch,
+            "step": s.step,
+            "history": s.history,
+            "partial": s.partial,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.state = LoopState(epoch=int(state["epoch"]), step=int(state.get("step", 0)),
+                               history=list(state.get("history", [])), partial=dict(state.get("partial", {})))
+        if self.state.step:
+            torch.set_rng_state(state["torch_rng"])
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _step(self, batch: dict) -> dict[str, float]:
+        self.net.train()
+        with self._autocast():
+            terms = self.net(batch)
+        loss = terms["loss"]
+        if not torch.isfinite(loss):
+            raise CryoscapeError(
+                f"the loss became {loss.item()} at epoch {self.state.epoch + 1}; lower --lr, check the input images, "
+                "or analyse an earlier epoch"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    @torch.no_grad()
+    def evaluate(self, positions: np.ndarray) -> dict[str, float]:
+        """Mean loss terms over ``positions`` in eval mode (posterior means, no sampling)."""
+        self.model.eval()
+        sums: dict[str, float] = {}
+        count = 0
+        for idx in _batches(positions, self.settings.batch_size, self.info):
+            batch = self.data.batch(idx)
+            with self._autocast():
+                terms = self.model(batch)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+            count += len(idx)
+        return self._reduce(sums, count)
+
+    def _reduce(self, sums: dict[str, float], count: int) -> dict[str, float]:
+        keys = sorted(sums)
+        vec = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64)
+        if self.info.enabled:
+            vec = all_reduce_sum(vec.to(self.device), self.info).cpu()
+        total = vec[-1].item()
+        return {k: (vec[i].item() / total if total else float("nan")) for i, k in enumerate(keys)}
+
+    def request_stop(self, *_args) -> None:
+        """Finish the current step, write a checkpoint and stop (installed as the SIGINT handler)."""
+        if self._stop_requested:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        log.warning("\nstopping after this step (press Ctrl-C again to abort without a checkpoint)")
+
+    def fit(self) -> list[dict]:
+        """Train until ``settings.epochs``; returns the metric history (one dict per epoch)."""
+        previous = None
+        if self.info.is_main:
+            with contextlib.suppress(ValueError):  # not in the main thread
+                previous = signal.signal(signal.SIGINT, self.request_stop)
+        try:
+            while self.state.epoch < self.settings.epochs:
+                self._run_epoch(self.state.epoch + 1)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        return self.state.history
+
+    def _run_epoch(self, epoch: int) -> None:
+        s = self.settings
+        batches = _batches(epoch_order(self.train_positions, s.seed, epoch), s.batch_size, self.info)
+        first = self.state.step
+        if first == 0:
+            torch.manual_seed(s.seed * 100003 + epoch * 1009 + self.info.rank)
+            self.state.partial = {}
+        sums = {k: v for k, v in self.state.partial.items() if k != "_count"}
+        count = int(self.state.partial.get("_count", 0))
+        t0 = time.perf_counter() - float(self.state.partial.get("_seconds", 0.0))
+        bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch}/{s.epochs}", unit="batch",
+                   disable=not (s.progress and self.info.is_main), leave=False, dynamic_ncols=True)
+        for step in range(first, len(batches)):
+            idx = batches[step]
+            terms = self._step(self.data.batch(idx))
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v * len(idx)
+            count += len(idx)
+            self.state.step = step + 1
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{sums['loss'] / max(count, 1):.4g}")
+            if broadcast_flag(self._stop_requested, self.info, self.device) and step + 1 < len(batches):
+                self.state.partial = {**sums, "_count": count, "_seconds": time.perf_counter() - t0}
+                bar.close()
+                path = checkpoint_dir(self.run_dir) / "interrupted.pt"
+                if self.info.is_main:
+                    save_checkpoint(path, self.state_dict())
+                barrier(self.info)
+                raise TrainingInterrupted(
+                    f"training stopped at epoch {epoch}, step {step + 1}/{len(batches)}; checkpoint written to "
+                    f"{path}; continue with --resume"
+                )
+        bar.close()
+        seconds = time.perf_counter() - t0
+        train = self._reduce(sums, count)
+        val = self.evaluate(self.val_positions) if len(self.val_positions) else {}
+        if self.scheduler is not None:
+            self.scheduler.step()
+        row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
+               **{f"val_{k}": v for k, v in val.items()}, "seconds": seconds,
+               "particles_per_s": count * self.info.world_size / max(seconds, 1e-9),
+               "lr": self.optimizer.param_groups[0]["lr"]}
+        self.state.history.append(row)
+        self.state.epoch, self.state.step, self.state.partial = epoch, 0, {}
+        log.info(" ".join(_fmt(k, v) for k, v in row.items()))
+        if self.epoch_end is not None:
+            self.epoch_end(self, epoch, row)
+        if epoch % s.checkpoint_every == 0 or epoch == s.epochs or self._stop_requested:
+            self.save_epoch(epoch)
+        if self._stop_requested and epoch < s.epochs:
+            raise TrainingInterrupted(f"training stopped after epoch {epoch}; continue with --resume")
+
+    def save_epoch(self, epoch: int) -> None:
+        """Write the epoch checkpoint, the latents of every particle and the metrics table (main process)."""
+        if self.info.is_main:
+            save_checkpoint(epoch_checkpoint_path(self.run_dir, epoch), self.state_dict())
+            if hasattr(self.model, "latent_means") and getattr(self.model, "zdim", 0) > 0:
+                z = self.encode_all()
+                with atomic_path(self.run_dir / "latents" / f"epoch_{epoch:03d}.npy") as tmp:
+                    np.save(tmp, z)
+            write_metrics(self.run_dir / "metrics.csv", self.state.history)
+            stale = checkpoint_dir(self.run_dir) / "interrupted.pt"
+            stale.unlink(missing_ok=True)
+        barrier(self.info)
+
+    def encode_all(self, batch_size: int = 256) -> np.ndarray:
+        """Posterior means ``(len(data), zdim)`` float32 of every particle, in data order."""
+        with self._autocast():
+            return encode_all(self.model, self.data, batch_size)
+
+
+@torch.no_grad()
+def encode_all(model: nn.Module, data, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    """Posterior means ``(len(data), zdim)`` float32 of every particle of ``data``, in data order."""
+    model.eval()
+    n = len(data)
+    out = []
+    for start in tqdm(range(0, n, batch_size), desc="encoding", unit="batch", disable=not progress, leave=False):
+        idx = np.arange(start, min(n, start + batch_size))
+        out.append(model.latent_means(data.batch(idx)).float().cpu().numpy())
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, model.zdim), np.float32)
+
+
+def _fmt(key: str, value) -> str:
+    if isinstance(value, float):
+        return f"{key}={value:.5g}"
+    return f"{key}={value}"
+
+
+def write_metrics(path: Path, history: list[dict]) -> None:
+    """Write the per-epoch history as CSV (atomically)."""
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buf.getvalue())

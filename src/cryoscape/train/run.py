@@ -1,0 +1,130 @@
+"""``train(config, run_dir)``: load the particles, split, build the family's model and run the engine."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryoscape.config import RunConfig, load_config, save_config
+from cryoscape.errors import InputError
+from cryoscape.models.registry import get_family
+from cryoscape.train.checkpoint import latest_checkpoint, load_checkpoint
+from cryoscape.train.distributed import DistInfo, barrier, init_distributed
+from cryoscape.train.engine import Engine, EngineSettings
+from cryoscape.utils.atomic import atomic_path, check_writable_dir
+
+log = logging.getLogger("cryoscape")
+
+
+def select_device(name: str, info: DistInfo) -> torch.device:
+    """``auto``: this process's GPU if there is one, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", info.local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was requested but no CUDA GPU is available")
+    return device
+
+
+def split_positions(n: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/validation split of ``range(n)``; both sorted."""
+    n_val = int(round(n * val_frac))
+    if val_frac > 0 and n_val == 0 and n >= 10:
+        n_val = 1
+    perm = np.random.default_rng([seed, 7919]).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def load_training_particles(config: RunConfig):
+    """The particle set named by ``config.data`` (with ``--ind`` applied) and the original indices."""
+    from cryoscape.io.indices import read_indices
+    from cryoscape.io.particles import load_particles
+
+    d = config.data
+    particles = load_particles(d.particles, poses=d.poses, ctf=d.ctf, datadir=d.datadir, apix=d.apix, lazy=True)
+    n_total = len(particles)
+    if d.ind:
+        indices = read_indices(d.ind, n=n_total)
+        if len(indices) == 0:
+            raise InputError("the index file selects no particles", d.ind)
+        particles = particles.subset(indices)
+    else:
+        indices = np.arange(n_total, dtype=np.int64)
+    return particles, indices
+
+
+def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    """Train a model as configured; returns the run folder. See ``docs/run-directory.md`` for what is written."""
+    run_dir = Path(run_dir)
+    info = init_distributed()
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    if info.is_main:
+        check_writable_dir(run_dir)
+        _attach_log_file(run_dir)
+    resume_from = None
+    if resume:
+        resume_from = latest_checkpoint(run_dir)
+        if resume_from is None:
+            raise InputError("nothing to resume: no checkpoint in this run folder", run_dir)
+        saved = load_config(run_dir / "config.yaml")
+        saved.train.epochs = config.train.epochs
+        config = saved
+    elif latest_checkpoint(run_dir) is not None:
+        raise InputError("this run folder already has checkpoints", run_dir,
+                         hint="continue it with --resume, or choose another -o")
+
+    torch.manual_seed(config.train.seed)
+    device = select_device(config.train.device, info)
+    family = get_family(config.model.family)
+    particles, indices = load_training_particles(config)
+    state = load_checkpoint(resume_from) if resume_from else None
+    norm = state["build"].get("norm_std") if state else None
+    data = family.make_data(particles, config, norm_std=norm, progress=progress and info.is_main)
+    if not getattr(data, "lazy", False):
+        data.to(device)  # prepared data stays on the training device
+    build = family.build_info(data)
+    model = family.build_model(config, build)
+    optimizer, scheduler = family.make_optimizer(model, config)
+    train_pos, val_pos = split_positions(len(data), config.data.val_frac, config.train.seed)
+
+    if info.is_main and not resume:
+        save_config(config, run_dir / "config.yaml")
+        with atomic_path(run_dir / "indices.npy") as tmp:
+            np.save(tmp, indices)
+        with atomic_path(run_dir / "split.npz") as tmp:
+            np.savez(tmp, train=train_pos, val=val_pos)
+    barrier(info)
+    t = config.train
+    settings = EngineSettings(epochs=t.epochs, batch_size=t.batch_size, seed=t.seed, amp=t.amp,
+                              checkpoint_every=t.checkpoint_every, progress=progress)
+    engine = Engine(model, data, optimizer, settings, train_pos, val_pos, run_dir, device, info, build=build,
+                    family=family.name, scheduler=scheduler, epoch_end=getattr(family, "epoch_end", None))
+    if state is not None:
+        engine.load_state_dict(state)
+        log.info(f"resuming from {resume_from} (epoch {engine.state.epoch}, step {engine.state.step})")
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(f"{family.name}: {len(train_pos)} training and {len(val_pos)} validation particles, "
+             f"D={build.get('D')}, {n_params:,} parameters, device {device}"
+             + (f", {info.world_size} processes" if info.enabled else ""))
+    engine.fit()
+    if info.is_main:
+        log.info(f"done: {run_dir}")
+    return run_dir
+
+
+def _attach_log_file(run_dir: Path) -> None:
+    logger = logging.getLogger("cryoscape")
+    path = (run_dir / "log.txt").resolve()
+    for h in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+        logger.removeHandler(h)
+        h.close()
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
