@@ -67,6 +67,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
     if info.is_main:
         check_writable_dir(run_dir)
         _attach_log_file(run_dir)
+    else:
+        log.setLevel(logging.WARNING)  # one process reports
     resume_from = None
     if resume:
         resume_from = latest_checkpoint(run_dir)

@@ -1,0 +1,64 @@
+"""Select particles of a trained run (by cluster, latent range or index list) for export back to RELION/cryoSPARC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cryoscape.errors import InputError
+
+
+def find_kmeans_labels(run_dir: Path, epoch: int, k: int | None = None, analysis_dir: Path | None = None) -> Path:
+    """The ``labels.npy`` of a k-means result written by ``cryoscape analyze``."""
+    base = Path(analysis_dir) if analysis_dir else run_dir / "analysis" / f"epoch_{epoch:03d}"
+    candidates = sorted(base.glob("kmeans*/labels.npy")) if k is None else [base / f"kmeans{k}" / "labels.npy"]
+    candidates = [c for c in candidates if c.is_file()]
+    if not candidates:
+        raise InputError("no k-means labels found; run `cryoscape analyze` first (or give --analysis)", base)
+    if len(candidates) > 1:
+        raise InputError(f"several k-means results ({', '.join(c.parent.name for c in candidates)}); choose with --k",
+                         base)
+    return candidates[0]
+
+
+def select_particles(z: np.ndarray, run_indices: np.ndarray, n_input: int, *, cluster_labels: np.ndarray | None = None,
+                     clusters=None, z_range: tuple[int, float, float] | None = None, ind: np.ndarray | None = None,
+                     invert: bool = False) -> np.ndarray:
+    """Indices into the original input (sorted, int64) of the selected particles.
+
+    Parameters
+    ----------
+    z : ``(N, zdim)`` latents of the run, in ``run_indices`` order.
+    run_indices : ``(N,)`` indices into the original input of the run's particles.
+    n_input : number of particles in the original input.
+    cluster_labels, clusters : keep particles whose label is in ``clusters``.
+    z_range : ``(dim, lo, hi)``: keep particles with ``lo <= z[:, dim] <= hi`` (0-based dim).
+    ind : indices into the original input to keep.
+    invert : keep the complement (within the run's particles; within the input for ``ind``).
+    """
+    given = [x is not None for x in (clusters, z_range, ind)]
+    if sum(given) != 1:
+        raise InputError("give exactly one of --clusters, --z-range or --ind")
+    if ind is not None:
+        ind = np.asarray(ind, dtype=np.int64)
+        if ind.size and (ind.min() < 0 or ind.max() >= n_input):
+            raise InputError(f"index file has indices outside 0..{n_input - 1}")
+        keep = np.zeros(n_input, bool)
+        keep[ind] = True
+        chosen = np.nonzero(~keep if invert else keep)[0]
+    else:
+        if clusters is not None:
+            if cluster_labels is None or len(cluster_labels) != len(run_indices):
+                raise InputError("cluster labels do not match the run's particles")
+            mask = np.isin(cluster_labels, np.asarray(clusters))
+        else:
+            dim, lo, hi = z_range
+            if not 0 <= dim < z.shape[1]:
+                raise InputError(f"--z-range dimension {dim} is outside 0..{z.shape[1] - 1}")
+            mask = (z[:, dim] >= lo) & (z[:, dim] <= hi)
+        chosen = run_indices[~mask if invert else mask]
+    chosen = np.sort(np.asarray(chosen, dtype=np.int64))
+    if chosen.size == 0:
+        raise InputError("the selection is empty; nothing written")
+    return chosen

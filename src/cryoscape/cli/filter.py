@@ -1,0 +1,69 @@
+"""Select particles of a trained run and write them back out (index list + STAR/.cs subset with all metadata).
+
+Select by k-means cluster from `cryoscape analyze`, by a range of one latent dimension, or by an index file.
+Writes OUT/indices.npy and OUT/indices.txt (indices into the original input) and OUT/particles.star (or .cs,
+the input's format), ready for RELION or cryoSPARC, or to retrain cryoscape with --ind.
+
+Example:
+  cryoscape filter runs/vae8 --clusters 3 7 -o runs/vae8/selected
+  cryoscape filter runs/vae8 --z-range 0 -1.0 0.5 --invert -o junk_removed
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder written by `cryoscape train`")
+    p.add_argument("-o", "--outdir", required=True, help="output folder")
+    g = p.add_argument_group("selection (exactly one)")
+    g.add_argument("--clusters", type=int, nargs="+", help="k-means cluster numbers (0-based) to keep")
+    g.add_argument("--z-range", nargs=3, metavar=("DIM", "LO", "HI"), help="keep LO <= z[DIM] <= HI (DIM 0-based)")
+    g.add_argument("--ind", help="indices into the original input (.npy, .txt or .pkl)")
+    p.add_argument("--invert", action="store_true", help="keep the complement of the selection")
+    p.add_argument("--epoch", type=int, help="epoch of the latents/analysis (default: best, else last)")
+    p.add_argument("--k", type=int, help="which k-means result (kmeansK) when several exist")
+    p.add_argument("--analysis", help="analysis folder (default RUN/analysis/epoch_NNN)")
+    p.add_argument("--format", choices=["star", "cs", "auto"], default="auto",
+                   help="subset format (default: that of the input; .mrcs inputs get a STAR)")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from cryoscape.analysis.latent import load_latents
+    from cryoscape.analysis.selection import find_kmeans_labels, select_particles
+    from cryoscape.config import load_config
+    from cryoscape.errors import InputError
+    from cryoscape.io.indices import read_indices, write_indices
+    from cryoscape.io.particles import load_particles, write_particle_subset
+    from cryoscape.utils.atomic import check_writable_dir
+
+    run_dir = Path(args.run)
+    config = load_config(run_dir / "config.yaml")
+    latents = load_latents(run_dir, args.epoch)
+    d = config.data
+    particles = load_particles(d.particles, poses=d.poses, ctf=d.ctf, datadir=d.datadir, apix=d.apix, lazy=True)
+    labels = None
+    if args.clusters is not None:
+        import numpy as np
+
+        labels = np.load(find_kmeans_labels(run_dir, latents.epoch, args.k,
+                                            Path(args.analysis) if args.analysis else None))
+    z_range = None
+    if args.z_range is not None:
+        try:
+            z_range = (int(args.z_range[0]), float(args.z_range[1]), float(args.z_range[2]))
+        except ValueError:
+            raise InputError("--z-range needs an integer DIM and two numbers LO HI") from None
+    ind = read_indices(args.ind, n=len(particles)) if args.ind else None
+    chosen = select_particles(latents.z, latents.indices, len(particles), cluster_labels=labels,
+                              clusters=args.clusters, z_range=z_range, ind=ind, invert=args.invert)
+    out = check_writable_dir(args.outdir)
+    write_indices(out / "indices.npy", chosen)
+    write_indices(out / "indices.txt", chosen)
+    fmt = args.format if args.format != "auto" else ("cs" if particles.source_format == "cs" else "star")
+    subset_path = write_particle_subset(particles, chosen, out / f"particles.{fmt}")
+    print(f"selected {len(chosen)} of {len(particles)} particles -> {out / 'indices.npy'}, {subset_path}")
+    return 0

@@ -1,0 +1,214 @@
+"""One entry point for particle data: images + pixel size + poses + CTF from STAR, cryoSPARC .cs or MRC stacks.
+
+``load_particles`` dispatches on the file suffix (``.star``, ``.cs``, ``.mrcs``/``.mrc``, ``.txt`` listing stacks);
+cryoDRGN ``pose.pkl``/``ctf.pkl`` override the poses/CTF of the metadata file. ``write_particle_subset`` writes
+selected particles back in the source's format with every original column kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from cryoscape.errors import InputError
+from cryoscape.io.cs import CSParticles, read_cs, write_cs, write_cs_subset
+from cryoscape.io.imagestack import ImageStack
+from cryoscape.io.indices import read_indices, validate_indices
+from cryoscape.io.mrc import open_stack_for_writing
+from cryoscape.io.pkl import read_ctf_pkl, read_pose_pkl
+from cryoscape.io.star import StarParticles, format_image_names, read_star_particles, write_star, \
+    write_star_subset
+from cryoscape.metadata import CTFParams, Poses
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ParticleSet", "load_particles", "write_particle_subset"]
+
+
+@dataclass
+class ParticleSet:
+    """Particle images with their pixel size, poses and CTF, and where they came from.
+
+    Attributes
+    ----------
+    images : ImageStack
+        ``N`` images of ``D x D`` pixels.
+    pixel_size_angstrom : float
+    poses : Poses or None
+    ctf : CTFParams or None
+    source_path : Path
+        The file the particles were loaded from.
+    source_format : str
+        ``'star'``, ``'cs'`` or ``'mrcs'``.
+    source : StarParticles, CSParticles or None
+        The parsed metadata file (for writing subsets with every original column).
+    source_indices : np.ndarray of int64, shape (N,)
+        Row of every particle in the source file (0-based); default ``arange(N)``.
+    """
+
+    images: ImageStack
+    pixel_size_angstrom: float
+    poses: Poses | None
+    ctf: CTFParams | None
+    source_path: Path
+    source_format: str
+    source: StarParticles | CSParticles | None = None
+    source_indices: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.source_indices is None:
+            self.source_indices = np.arange(len(self.images), dtype=np.int64)
+        self.source_indices = np.asarray(self.source_indices, dtype=np.int64)
+        for name, obj in (("poses", self.poses), ("CTF", self.ctf)):
+            if obj is not None and len(obj) != len(self.images):
+                raise InputError(f"{len(obj)} {name} entries for {len(self.images)} images", self.source_path)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def D(self) -> int:
+        """Box size in pixels."""
+        return self.images.D
+
+    def subset(self, indices) -> "ParticleSet":
+        """The particles at ``indices`` (positions in this set), in that order."""
+        idx = np.atleast_1d(np.arange(len(self))[indices])
+        return replace(self, images=self.images.subset(idx),
+                       poses=None if self.poses is None else self.poses.subset(idx),
+                       ctf=None if self.ctf is None else self.ctf.subset(idx),
+                       source_indices=self.source_indices[idx])
+
+
+def _pixel_size_for_stack(images: ImageStack, apix: float | None, ctf_info: tuple | None, path: Path) -> float:
+    if apix is not None:
+        return float(apix)
+    header = images.header_pixel_size_angstrom
+    if ctf_info is not None:
+        D0, apix0, ctf_path = ctf_info
+        derived = D0 * apix0 / images.D
+        if header > 0 and header != 1.0 and abs(header - derived) > 0.01 * derived:
+            log.warning("%s: header pixel size %.4f A differs from %.4f A derived from %s; using the latter",
+                        path, header, derived, ctf_path)
+        return derived
+    if header <= 0:
+        raise InputError("the MRC header has no pixel size", path, "pass --apix")
+    return header
+
+
+def load_particles(path: str | Path, poses: str | Path | None = None, ctf: str | Path | None = None,
+                   datadir: str | Path | None = None, apix: float | None = None, lazy: bool = True,
+                   indices=None) -> ParticleSet:
+    """Load particles from a ``.star``, ``.cs``, ``.mrcs``/``.mrc`` or ``.txt`` (list of stacks) file.
+
+    Parameters
+    ----------
+    path : path
+        The particle file.
+    poses, ctf : path, optional
+        cryoDRGN ``pose.pkl`` / ``ctf.pkl`` for all particles of ``path``; they replace the file's own.
+    datadir : path, optional
+        Folder holding the stacks referenced by a STAR/.cs/.txt file.
+    apix : float, optional
+        Pixel size in Angstrom overriding the files.
+    lazy : bool
+        Memory-map the images instead of loading them.
+    indices : array of int or path, optional
+        0-based particles to keep (an index file is read with :func:`read_indices`), in that order.
+
+    Raises
+    ------
+    InputError
+        Unknown suffix, and every problem the readers report; pose/CTF counts that differ from the image count
+        (naming both files and both counts).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("particle file not found", path)
+    suffix = path.suffix.lower()
+    source = None
+    if suffix == ".star":
+        source = read_star_particles(path, datadir=datadir, apix=apix)
+        fmt = "star"
+    elif suffix == ".cs":
+        source = read_cs(path, datadir=datadir, apix=apix)
+        fmt = "cs"
+    elif suffix in (".mrcs", ".mrc", ".txt"):
+        fmt = "mrcs"
+    else:
+        raise InputError(f"unknown particle file type {suffix!r}", path, "use .star, .cs, .mrcs or .txt")
+
+    if source is not None:
+        images = ImageStack.from_paths_and_indices(source.stack_paths, source.stack_indices, lazy=True)
+        pixel_size = float(source.pixel_size_angstrom[0]) if len(source) else None
+        file_poses = source.poses() if source.has_poses() else None
+        file_ctf = source.ctf() if source.has_ctf() else None
+    else:
+        images = ImageStack.from_txt(path, datadir=datadir) if suffix == ".txt" else ImageStack.from_mrcs(path)
+        pixel_size, file_poses, file_ctf = None, None, None
+    n = len(images)
+
+    ctf_info = None
+    if ctf is not None:
+        file_ctf, D0, apix0 = read_ctf_pkl(ctf)
+        if len(file_ctf) != n:
+            raise InputError(f"{ctf} has CTF parameters for {len(file_ctf)} particles but {path} has {n}", ctf)
+        ctf_info = (D0, apix0, ctf)
+        if pixel_size is not None and abs(D0 * apix0 / images.D - pixel_size) > 0.01 * pixel_size:
+            log.warning("%s: pixel size %.4f A (at D=%d) differs from %.4f A of %s", ctf, D0 * apix0 / images.D,
+                        images.D, pixel_size, path)
+    if pixel_size is None:
+        pixel_size = _pixel_size_for_stack(images, apix, ctf_info, path)
+    images._pixel_size = float(pixel_size)
+    if poses is not None:
+        file_poses = read_pose_pkl(poses, images.D, pixel_size)
+        if len(file_poses) != n:
+            raise InputError(f"{poses} has {len(file_poses)} poses but {path} has {n} particles", poses)
+
+    particles = ParticleSet(images, float(pixel_size), file_poses, file_ctf, path, fmt, source)
+    if indices is not None:
+        if isinstance(indices, (str, os.PathLike)):
+            idx = read_indices(indices, n=n)
+        else:
+            idx = validate_indices(indices, n=n, path=path)
+        particles = particles.subset(idx)
+    if not lazy:
+        particles.images = particles.images.load()
+    return particles
+
+
+def write_particle_subset(particles: ParticleSet, indices, out_path: str | Path) -> Path:
+    """Write the particles ``indices`` (positions in ``particles``) to ``out_path``.
+
+    A ``.star`` output from a STAR source (``.cs`` from a ``.cs`` source) keeps every original column, block and
+    field, and the original poses/CTF (not those of a ``pose.pkl``/``ctf.pkl``). Any other combination writes new
+    metadata from the set's poses and CTF, with image paths relative to the output folder; ``.mrcs`` writes the
+    selected images themselves.
+    """
+    out_path = Path(out_path)
+    idx = np.atleast_1d(np.arange(len(particles))[indices])
+    rows = particles.source_indices[idx]
+    suffix = out_path.suffix.lower()
+    if suffix == ".star" and isinstance(particles.source, StarParticles):
+        return write_star_subset(particles.source, rows, out_path)
+    if suffix == ".cs" and isinstance(particles.source, CSParticles):
+        return write_cs_subset(particles.source, rows, out_path)
+    sub = particles.subset(idx)
+    if suffix in (".mrcs", ".mrc"):
+        with open_stack_for_writing(out_path, len(sub), sub.D, sub.pixel_size_angstrom) as data:
+            for bidx, block in sub.images.iter_batches(1024):
+                data[bidx] = block
+        return out_path
+    files = [os.path.relpath(Path(f).resolve(), out_path.parent.resolve()) for f in sub.images.files]
+    stacks = [files[f] for f in sub.images.file_ids]
+    if suffix == ".star":
+        return write_star(out_path, format_image_names(stacks, sub.images.local_indices), sub.pixel_size_angstrom,
+                          sub.D, sub.poses, sub.ctf)
+    if suffix == ".cs":
+        return write_cs(out_path, stacks, sub.images.local_indices, sub.pixel_size_angstrom, sub.D, sub.poses,
+                        sub.ctf)
+    raise InputError(f"cannot write particles as {suffix!r}", out_path, "use .star, .cs or .mrcs")

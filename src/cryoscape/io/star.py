@@ -1,0 +1,393 @@
+"""RELION STAR particle files (3.0 single table; 3.1/4/5 with ``data_optics``), read and written via ``starfile``.
+
+Reading converts to cryoscape's containers at this boundary: RELION Euler angles -> ``Poses.rotations`` (RELION's
+matrix), ``rlnOriginX/YAngst`` (or 3.0 ``rlnOriginX/Y`` in pixels) -> ``Poses.shifts_angstrom``, CTF columns ->
+``CTFParams``. Optics values (3.1+) are resolved per particle through ``rlnOpticsGroup``.
+Image names ``"000123@path/stack.mrcs"`` are 1-based; cryoscape stores 0-based indices.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import starfile
+
+from cryoscape.errors import InputError
+from cryoscape.io.imagestack import check_header_pixel_sizes, check_stacks, resolve_stack_paths
+from cryoscape.metadata import CTFParams, Poses
+from cryoscape.utils.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+__all__ = ["StarParticles", "read_star_particles", "write_star", "write_star_subset", "format_image_names"]
+
+_ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+_CTF_REQUIRED = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage", "rlnSphericalAberration",
+                 "rlnAmplitudeContrast")
+_CTF_OPTIONAL = (("rlnPhaseShift", 0.0), ("rlnCtfBfactor", 0.0), ("rlnCtfScalefactor", 1.0))
+
+
+@dataclass
+class StarParticles:
+    """The particles of a STAR file and everything needed to write a subset back.
+
+    Attributes
+    ----------
+    path : Path
+        The STAR file.
+    blocks : dict of str -> DataFrame or dict
+        Every data block as read (kept for subset writing).
+    particles_key, optics_key : str, str or None
+        Keys of the particle table and the optics table in ``blocks``.
+    version : str
+        ``'3.1+'`` when an optics table is present, else ``'3.0'``.
+    stack_paths : np.ndarray of object, shape (N,)
+        Resolved stack path (str) of every particle.
+    stack_indices : np.ndarray of int64, shape (N,)
+        0-based index of every particle inside its stack.
+    pixel_size_angstrom : np.ndarray of float64, shape (N,)
+        Per-particle pixel size in Angstrom.
+    image_size : int
+        Box size ``D`` in pixels (0 when unknown: no optics value and images not checked).
+    """
+
+    path: Path
+    blocks: dict
+    particles_key: str
+    optics_key: str | None
+    version: str
+    stack_paths: np.ndarray
+    stack_indices: np.ndarray
+    pixel_size_angstrom: np.ndarray
+    image_size: int
+    _group_rows: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """The particle rows with all original columns."""
+        return self.blocks[self.particles_key]
+
+    @property
+    def optics(self) -> pd.DataFrame | None:
+        """The optics table (RELION 3.1+), else None."""
+        return None if self.optics_key is None else self.blocks[self.optics_key]
+
+    @property
+    def image_refs(self) -> list[tuple[Path, int]]:
+        """``(resolved stack path, 0-based index)`` of every particle."""
+        return [(Path(p), int(i)) for p, i in zip(self.stack_paths, self.stack_indices)]
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def has(self, name: str) -> bool:
+        """Whether a column is present in the particle table or the optics table."""
+        return name in self.table.columns or (self.optics is not None and name in self.optics.columns)
+
+    def values(self, name: str, default: float | None = None) -> np.ndarray:
+        """Per-particle float64 values ``(N,)`` of a column of the particle table, else of the optics table."""
+        if name in self.table.columns:
+            return _numeric(self.table[name], name, self.path)
+        if self.optics is not None and name in self.optics.columns:
+            return _numeric(self.optics[name], name, self.path)[self._group_rows]
+        if default is None:
+            raise InputError(f"missing column {name}", self.path)
+        return np.full(len(self), float(default))
+
+    def _require(self, names: Sequence[str], what: str) -> None:
+        missing = [n for n in names if not self.has(n)]
+        if missing:
+            raise InputError(f"missing {what} column(s): {', '.join(missing)}", self.path)
+
+    def has_poses(self) -> bool:
+        """Whether all three Euler angle columns are present."""
+        return all(self.has(n) for n in _ANGLES)
+
+    def has_ctf(self) -> bool:
+        """Whether a defocus column is present (the other CTF columns are then required)."""
+        return self.has("rlnDefocusU")
+
+    def poses(self) -> Poses:
+        """Rotations (RELION matrices from ``rlnAngleRot/Tilt/Psi``) and origins in Angstrom (0 when absent)."""
+        from cryoscape.imaging.rotations import euler_relion_to_matrix
+
+        self._require(_ANGLES, "pose")
+        angles = np.stack([self.values(n) for n in _ANGLES], axis=1)
+        rotations = euler_relion_to_matrix(angles)
+        if self.has("rlnOriginXAngst") or self.has("rlnOriginYAngst"):
+            self._require(("rlnOriginXAngst", "rlnOriginYAngst"), "origin")
+            shifts = np.stack([self.values("rlnOriginXAngst"), self.values("rlnOriginYAngst")], axis=1)
+        elif self.has("rlnOriginX") or self.has("rlnOriginY"):
+            self._require(("rlnOriginX", "rlnOriginY"), "origin")
+            px = np.stack([self.values("rlnOriginX"), self.values("rlnOriginY")], axis=1)
+            shifts = px * self.pixel_size_angstrom[:, None]
+        else:
+            shifts = np.zeros((len(self), 2))
+        try:
+            return Poses(np.asarray(rotations, dtype=np.float64), shifts.astype(np.float64))
+        except InputError as exc:
+            raise InputError(exc.problem, self.path) from None
+
+    def ctf(self) -> CTFParams:
+        """CTF parameters per particle (phase shift 0, B-factor 0, scale 1 when absent)."""
+        self._require(_CTF_REQUIRED, "CTF")
+        v = {n: self.values(n) for n in _CTF_REQUIRED}
+        o = {n: self.values(n, d) for n, d in _CTF_OPTIONAL}
+        try:
+            return CTFParams.create(v["rlnDefocusU"], v["rlnDefocusV"], v["rlnDefocusAngle"], v["rlnVoltage"],
+                                    v["rlnSphericalAberration"], v["rlnAmplitudeContrast"], o["rlnPhaseShift"],
+                                    o["rlnCtfBfactor"], o["rlnCtfScalefactor"])
+        except InputError as exc:
+            raise InputError(exc.problem, self.path) from None
+
+
+def _numeric(col: pd.Series, name: str, path: Path) -> np.ndarray:
+    try:
+        return pd.to_numeric(col, errors="raise").to_numpy(dtype=np.float64)
+    except (ValueError, TypeError):
+        raise InputError(f"column {name} has non-numeric values", path) from None
+
+
+def _read_blocks(path: Path) -> dict:
+    if not path.exists():
+        raise InputError("STAR file not found", path)
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except Exception as exc:  # starfile raises assorted parser errors on malformed text
+        raise InputError(f"not a readable STAR file ({type(exc).__name__}: {exc})", path) from None
+    if not blocks:
+        raise InputError("not a STAR file (no data blocks)", path)
+    for key, block in blocks.items():
+        if isinstance(block, pd.DataFrame) and block.columns.duplicated().any():
+            dup = sorted(set(block.columns[block.columns.duplicated()]))
+            raise InputError(f"duplicate column(s) {', '.join(dup)} in block data_{key}", path)
+    return blocks
+
+
+def _find_particles(blocks: dict, path: Path) -> tuple[str, str | None]:
+    tables = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
+    optics_key = "optics" if "optics" in tables else None
+    candidates = [k for k, v in tables.items() if k != "optics" and "rlnImageName" in v.columns]
+    if "particles" in candidates:
+        return "particles", optics_key
+    if not candidates:
+        raise InputError("missing column rlnImageName (no particle table found)", path)
+    return max(candidates, key=lambda k: len(tables[k])), optics_key
+
+
+def _optics_rows(table: pd.DataFrame, optics: pd.DataFrame, path: Path) -> np.ndarray:
+    """For every particle, the row of its optics group in ``optics``."""
+    if "rlnOpticsGroup" not in optics.columns:
+        raise InputError("missing column rlnOpticsGroup in data_optics", path)
+    groups = _numeric(optics["rlnOpticsGroup"], "rlnOpticsGroup", path).astype(np.int64)
+    if "rlnOpticsGroup" not in table.columns:
+        if len(groups) == 1:
+            return np.zeros(len(table), dtype=np.int64)
+        raise InputError("missing column rlnOpticsGroup in the particle table (data_optics has several groups)",
+                         path)
+    pg = _numeric(table["rlnOpticsGroup"], "rlnOpticsGroup", path).astype(np.int64)
+    lookup = {int(g): r for r, g in enumerate(groups)}
+    unknown = sorted(set(np.unique(pg).tolist()) - set(lookup))
+    if unknown:
+        raise InputError(f"particles refer to unknown optics group(s) {unknown}; data_optics defines "
+                         f"{sorted(lookup)}", path)
+    return np.vectorize(lookup.__getitem__, otypes=[np.int64])(pg) if len(pg) else np.zeros(0, np.int64)
+
+
+def _parse_image_names(names: pd.Series, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    names = names.astype(str)
+    parts = names.str.split("@", n=1, expand=True)
+    if parts.shape[1] < 2 or parts[1].isna().any():
+        bad = names[parts[1].isna()].iloc[0] if parts.shape[1] == 2 else names.iloc[0]
+        raise InputError(f"rlnImageName {bad!r} is not of the form INDEX@STACK", path)
+    idx = pd.to_numeric(parts[0], errors="coerce")
+    if idx.isna().any() or (idx < 1).any():
+        bad = names[idx.isna() | (idx < 1)].iloc[0]
+        raise InputError(f"rlnImageName {bad!r} does not start with a positive 1-based image number", path)
+    return parts[1].to_numpy(dtype=object), idx.to_numpy(dtype=np.int64) - 1
+
+
+def _pixel_sizes(sp: StarParticles) -> np.ndarray | None:
+    if sp.has("rlnImagePixelSize"):
+        return sp.values("rlnImagePixelSize")
+    if sp.has("rlnDetectorPixelSize") and sp.has("rlnMagnification"):
+        return sp.values("rlnDetectorPixelSize") * 1e4 / sp.values("rlnMagnification")
+    return None
+
+
+def read_star_particles(path: str | Path, datadir: str | Path | None = None, apix: float | None = None,
+                        check_images: bool = True, allow_mixed_pixel_sizes: bool = False) -> StarParticles:
+    """Read the particles of a RELION STAR file.
+
+    Parameters
+    ----------
+    path : path
+        ``.star`` file (RELION 3.0, 3.1, 4 or 5 single-particle).
+    datadir : path, optional
+        Folder with the stacks: a name ``p`` is looked up as ``datadir/p`` then ``datadir/basename(p)``.
+        Default: relative to the STAR file's folder (then its parents, for RELION project-relative paths).
+    apix : float, optional
+        Pixel size in Angstrom, overriding the file (needed for mixed pixel sizes or 3.0 files without one).
+    check_images : bool
+        Read the stack headers: stacks must exist, hold every referenced image, and agree with the pixel size
+        (within 1%) and box size.
+    allow_mixed_pixel_sizes : bool
+        Accept particles with different pixel sizes (otherwise an error unless ``apix`` is given).
+
+    Raises
+    ------
+    InputError
+        Missing or duplicate columns, unknown optics groups, malformed image names, missing stacks, indices past
+        the end of a stack, mixed or missing pixel sizes, or a pixel size disagreeing with the MRC header.
+    """
+    path = Path(path)
+    blocks = _read_blocks(path)
+    pkey, okey = _find_particles(blocks, path)
+    table = blocks[pkey].reset_index(drop=True)
+    blocks[pkey] = table
+    optics = blocks[okey] if okey else None
+    rows = _optics_rows(table, optics, path) if optics is not None else None
+    names, indices = _parse_image_names(table["rlnImageName"], path)
+    stacks = resolve_stack_paths(names, path.parent, datadir)
+    sp = StarParticles(path, blocks, pkey, okey, "3.1+" if okey else "3.0", stacks, indices,
+                       np.zeros(len(table)), 0, rows)
+
+    psize = _pixel_sizes(sp)
+    if sp.has("rlnImageSize"):
+        sizes = np.unique(sp.values("rlnImageSize").astype(np.int64))
+        if len(sizes) > 1:
+            raise InputError(f"particles have different box sizes {sizes.tolist()}", path)
+        sp.image_size = int(sizes[0]) if len(sizes) else 0
+    infos = check_stacks(stacks, indices, path) if check_images and len(table) else {}
+    if infos:
+        first = next(iter(infos.values()))
+        if sp.image_size and sp.image_size != first.shape[-1]:
+            raise InputError(f"rlnImageSize is {sp.image_size} but the images of {next(iter(infos))} are "
+                             f"{first.shape[-1]} pixels wide", path)
+        sp.image_size = int(first.shape[-1])
+
+    if apix is not None:
+        if psize is not None and not np.allclose(psize, apix, rtol=0.01):
+            log.warning("%s: using --apix %.4f A instead of the pixel size(s) %s in the file", path, apix,
+                        np.unique(psize.round(4)).tolist())
+        sp.pixel_size_angstrom = np.full(len(table), float(apix))
+        return sp
+    if psize is None:
+        header = [i.voxel_size_angstrom for i in infos.values() if i.voxel_size_angstrom > 0]
+        if not header:
+            raise InputError("no pixel size (no rlnImagePixelSize, rlnDetectorPixelSize/rlnMagnification, "
+                             "nor one in the MRC headers)", path, "pass --apix")
+        log.warning("%s: no pixel size in the STAR file; using %.4f A from the MRC header", path, header[0])
+        psize = np.full(len(table), header[0])
+    uniq = np.unique(psize)
+    if len(uniq) > 1 and not np.allclose(uniq, uniq[0], rtol=1e-4) and not allow_mixed_pixel_sizes:
+        raise InputError(f"particles have different pixel sizes {uniq.round(4).tolist()} A", path,
+                         "pass --apix to use one pixel size (e.g. after rescaling the particles to a common size)")
+    sp.pixel_size_angstrom = psize.astype(np.float64)
+    if infos:
+        check_header_pixel_sizes(infos, stacks, sp.pixel_size_angstrom, path)
+    return sp
+
+
+def format_image_names(stack_paths: Sequence[str | Path], indices) -> list[str]:
+    """RELION image names ``"000123@stack.mrcs"`` from stack paths and 0-based indices."""
+    return [f"{int(i) + 1:06d}@{p}" for p, i in zip(stack_paths, np.asarray(indices))]
+
+
+def _write_blocks(blocks: dict, out_path: Path, relion31: bool) -> Path:
+    with atomic_path(out_path) as tmp:
+        starfile.write(blocks, tmp, float_format="%.6f")
+        text = tmp.read_text()
+        if relion31:  # RELION 3.1+ marks each block with its table version
+            text = "\n".join("# version 30001\n\n" + ln if ln.startswith("data_") else ln for ln in text.split("\n"))
+        tmp.write_text(text)
+    return out_path
+
+
+def write_star(path: str | Path, image_names: Sequence[str], pixel_size_angstrom: float, image_size: int,
+               poses: Poses | None = None, ctf: CTFParams | None = None, extra_columns: dict | None = None,
+               relion30: bool = False) -> Path:
+    """Write new particle metadata as a RELION 3.1 STAR file (``data_optics`` + ``data_particles``).
+
+    Parameters
+    ----------
+    image_names : sequence of str, length N
+        ``"000001@stack.mrcs"`` names (see :func:`format_image_names`); paths as they should appear in the file.
+    pixel_size_angstrom : float
+        Pixel size of the images in Angstrom.
+    image_size : int
+        Box size ``D`` in pixels.
+    poses, ctf : optional
+        Written as ``rlnAngleRot/Tilt/Psi``, ``rlnOriginX/YAngst`` and the CTF columns. One optics group is made per
+        distinct (voltage, Cs, amplitude contrast).
+    extra_columns : dict of name -> array (N,), optional
+        More particle columns (RELION names without the leading underscore).
+    relion30 : bool
+        Write one RELION 3.0 table instead (origins in pixels, pixel size as rlnDetectorPixelSize with
+        rlnMagnification 10000).
+    """
+    from cryoscape.imaging.rotations import matrix_to_euler_relion
+
+    n = len(image_names)
+    cols: dict[str, object] = {"rlnImageName": list(image_names)}
+    for name, obj in (("poses", poses), ("ctf", ctf)):
+        if obj is not None and len(obj) != n:
+            raise ValueError(f"{name} has {len(obj)} entries for {n} image names")
+    if poses is not None:
+        angles = matrix_to_euler_relion(poses.rotations)
+        cols.update(rlnAngleRot=angles[:, 0], rlnAngleTilt=angles[:, 1], rlnAnglePsi=angles[:, 2])
+        if relion30:
+            px = poses.shifts_angstrom / pixel_size_angstrom
+            cols.update(rlnOriginX=px[:, 0], rlnOriginY=px[:, 1])
+        else:
+            cols.update(rlnOriginXAngst=poses.shifts_angstrom[:, 0], rlnOriginYAngst=poses.shifts_angstrom[:, 1])
+    optics_cols = {}
+    if ctf is not None:
+        cols.update(rlnDefocusU=ctf.defocus_u_angstrom, rlnDefocusV=ctf.defocus_v_angstrom,
+                    rlnDefocusAngle=ctf.astigmatism_angle_deg, rlnPhaseShift=ctf.phase_shift_deg,
+                    rlnCtfBfactor=ctf.bfactor_angstrom2, rlnCtfScalefactor=ctf.scale)
+        optics_cols = {"rlnVoltage": ctf.voltage_kv, "rlnSphericalAberration": ctf.cs_mm,
+                       "rlnAmplitudeContrast": ctf.amplitude_contrast}
+    for name, values in (extra_columns or {}).items():
+        values = np.asarray(values)
+        if values.shape != (n,):
+            raise ValueError(f"extra column {name} has shape {values.shape}, expected ({n},)")
+        cols[name.lstrip("_")] = values
+    if relion30:
+        cols.update(optics_cols)
+        cols.update(rlnDetectorPixelSize=np.full(n, float(pixel_size_angstrom)), rlnMagnification=np.full(n, 1e4))
+        return _write_blocks({"": pd.DataFrame(cols)}, Path(path), relion31=False)
+
+    if n == 0:
+        raise ValueError("write_star needs at least one particle")
+    keys = np.stack([np.asarray(v, dtype=np.float64) for v in optics_cols.values()], axis=1) if optics_cols \
+        else np.zeros((n, 0))
+    uniq, group = np.unique(keys, axis=0, return_inverse=True)
+    optics = pd.DataFrame({"rlnOpticsGroupName": [f"opticsGroup{g + 1}" for g in range(len(uniq))],
+                           "rlnOpticsGroup": np.arange(1, len(uniq) + 1)})
+    for j, name in enumerate(optics_cols):
+        optics[name] = uniq[:, j]
+    optics["rlnImagePixelSize"] = float(pixel_size_angstrom)
+    optics["rlnImageSize"] = int(image_size)
+    optics["rlnImageDimensionality"] = 2
+    optics["rlnCtfDataAreCtfPremultiplied"] = 0
+    cols["rlnOpticsGroup"] = np.asarray(group, dtype=np.int64).reshape(-1) + 1
+    return _write_blocks({"optics": optics, "particles": pd.DataFrame(cols)}, Path(path), relion31=True)
+
+
+def write_star_subset(src: StarParticles, indices, out_path: str | Path) -> Path:
+    """Write the particles ``indices`` (0-based rows of ``src``, in that order) keeping every column and block.
+
+    Image names are written unchanged (RELION resolves them relative to its project folder).
+    """
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if idx.size and (idx.min() < -len(src) or idx.max() >= len(src)):
+        raise InputError(f"subset index out of range for {len(src)} particles", src.path)
+    blocks = {k: v for k, v in src.blocks.items()}
+    blocks[src.particles_key] = src.table.iloc[idx].reset_index(drop=True)
+    return _write_blocks(blocks, Path(out_path), relion31=src.version == "3.1+")
