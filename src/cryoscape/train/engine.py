@@ -81,6 +81,12 @@ def epoch_order(train_positions: np.ndarray, seed: int, epoch: int) -> np.ndarra
     return np.random.default_rng([seed, epoch]).permutation(train_positions)
 
 
+def default_batch_plan(train_positions: np.ndarray, seed: int, epoch: int, batch_size: int,
+                       info: DistInfo) -> list[np.ndarray]:
+    """Shuffle the training positions (seeded by epoch) and split them into this process's batches."""
+    return _batches(epoch_order(train_positions, seed, epoch), batch_size, info)
+
+
 class Engine:
     """Runs training for one model on one data provider.
 
@@ -94,12 +100,15 @@ class Engine:
     build : what ``load_run`` needs to rebuild the model (saved in checkpoints).
     scheduler : optional per-epoch learning-rate scheduler.
     epoch_end : optional hook ``(engine, epoch, metrics) -> None`` (e.g. best-epoch selection).
+    batch_plan : optional ``(train_positions, seed, epoch, batch_size, info) -> list of index arrays``: this
+        process's batches of an epoch (e.g. one projection class per batch); it must be a pure function of its
+        arguments so that resume is exact. Default: a seeded shuffle split evenly over processes.
     """
 
     def __init__(self, model: nn.Module, data, optimizer: torch.optim.Optimizer, settings: EngineSettings,
                  train_positions: np.ndarray, val_positions: np.ndarray, run_dir: str | Path, device: torch.device,
                  info: DistInfo = DistInfo(), build: dict | None = None, family: str = "",
-                 scheduler=None, epoch_end=None):
+                 scheduler=None, epoch_end=None, batch_plan=None):
         self.model = model.to(device)
         self.data = data
         self.optimizer = optimizer
@@ -113,6 +122,7 @@ class Engine:
         self.family = family
         self.scheduler = scheduler
         self.epoch_end = epoch_end
+        self.batch_plan = batch_plan or default_batch_plan
         self.state = LoopState()
         self._stop_requested = False
         if info.enabled:
@@ -226,7 +236,7 @@ class Engine:
 
     def _run_epoch(self, epoch: int) -> None:
         s = self.settings
-        batches = _batches(epoch_order(self.train_positions, s.seed, epoch), s.batch_size, self.info)
+        batches = self.batch_plan(self.train_positions, s.seed, epoch, s.batch_size, self.info)
         first = self.state.step
         if first == 0:
             torch.manual_seed(s.seed * 100003 + epoch * 1009 + self.info.rank)

@@ -1,0 +1,1 @@
+"""Analysis of trained models and reconstructions: latent spaces, FSC, back-projection."""

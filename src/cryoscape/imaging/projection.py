@@ -1,0 +1,147 @@
+"""Projection of volumes: Fourier central slices and real-space (spatial-transformer) projection.
+
+Conventions (``docs/conventions.md``): the image of volume ``V`` at pose ``A`` is
+``image(x, y) = sum_z V(A^T (x, y, z))`` (pixel coordinates relative to the centre ``D // 2``), and its centred
+spectrum is the central slice ``F_image(kx, ky) = F_V([kx, ky, 0] @ A)``.
+
+Every function accepts one volume ``(D, D, D)`` shared by all poses or one volume per pose ``(B, D, D, D)``;
+all are differentiable with respect to the volume and the rotations.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as nnf
+
+from cryoscape.imaging.fft import fft3_centered, ifft2_centered
+from cryoscape.imaging.lattice import central_slice_coords
+
+__all__ = ["sample_volume", "extract_central_slices", "project_fourier", "project_real"]
+
+
+def _batch_volume(volume: torch.Tensor, B: int) -> torch.Tensor:
+    """``(D, D, D)`` or ``(B, D, D, D)`` -> ``(B, C=1, D, D, D)`` view (expanded, not copied)."""
+    if volume.ndim == 3:
+        return volume[None, None].expand(B, 1, *volume.shape)
+    if volume.ndim == 4 and volume.shape[0] == B:
+        return volume[:, None]
+    raise ValueError(f"volume must be (D, D, D) or (B={B}, D, D, D), got {tuple(volume.shape)}")
+
+
+def sample_volume(volume: torch.Tensor, coords_px: torch.Tensor) -> torch.Tensor:
+    """Trilinear interpolation of a (real or complex) volume at arbitrary points; zero outside the box.
+
+    Parameters
+    ----------
+    volume : tensor ``(D, D, D)`` or ``(B, D, D, D)``, array order ``[z, y, x]``.
+    coords_px : tensor ``(B, P, 3)`` of ``(x, y, z)`` in pixels relative to the centre index ``D // 2``.
+
+    Returns
+    -------
+    tensor ``(B, P)`` (complex if ``volume`` is complex).
+    """
+    B, P = coords_px.shape[:2]
+    D = volume.shape[-1]
+    if volume.is_complex():
+        vol = _batch_volume(volume, B)
+        vol = torch.cat([vol.real, vol.imag], dim=1)  # (B, 2, D, D, D)
+    else:
+        vol = _batch_volume(volume, B)
+    coords = coords_px.to(vol.dtype)
+    grid = (coords + D // 2) * (2.0 / (D - 1)) - 1.0  # align_corners=True: index 0 -> -1, D-1 -> +1
+    out = nnf.grid_sample(
+        vol, grid.reshape(B, 1, 1, P, 3), mode="bilinear", padding_mode="zeros", align_corners=True
+    ).reshape(B, -1, P)
+    if volume.is_complex():
+        return torch.complex(out[:, 0], out[:, 1])
+    return out[:, 0]
+
+
+def extract_central_slices(volume_ft: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Central slices of a centred 3-D spectrum, by trilinear interpolation.
+
+    Parameters
+    ----------
+    volume_ft : complex tensor ``(D, D, D)`` or ``(B, D, D, D)``, centred (``fft3_centered``).
+    rotations : tensor ``(B, 3, 3)``, RELION matrices ``A``.
+
+    Returns
+    -------
+    complex tensor ``(B, D, D)``: ``F_image(kx, ky) = F_V([kx, ky, 0] @ A)`` on the centred grid.
+    """
+    D = volume_ft.shape[-1]
+    B = rotations.shape[0]
+    real_dtype = volume_ft.real.dtype
+    i = torch.arange(D, device=volume_ft.device, dtype=real_dtype) - D // 2
+    ky, kx = torch.meshgrid(i, i, indexing="ij")
+    freqs = torch.stack([kx, ky], dim=-1).reshape(-1, 2)  # pixels of the Fourier grid
+    coords = central_slice_coords(rotations.to(device=volume_ft.device, dtype=real_dtype), freqs)
+    return sample_volume(volume_ft, coords).reshape(B, D, D)
+
+
+def project_fourier(
+    volume: torch.Tensor, rotations: torch.Tensor, oversample: int = 2, gridding_correction: bool = False
+) -> torch.Tensor:
+    """Projections computed with the Fourier slice theorem.
+
+    The volume is zero-padded to ``oversample * D``, transformed, sliced (trilinear), inverse transformed and
+    cropped back to ``D``.
+
+    Parameters
+    ----------
+    volume : real tensor ``(D, D, D)`` or ``(B, D, D, D)``.
+    rotations : tensor ``(B, 3, 3)``, RELION matrices ``A``.
+    oversample : int, padding factor (``>= 1``); 2 keeps the interpolation error small.
+    gridding_correction : bool, divide the volume by the trilinear kernel's real-space envelope
+        (``sinc^2`` per axis of the padded box) first. This removes the slight darkening towards the box edge
+        of off-grid slices (relative error ~1.5% instead of ~4% at ``oversample=2``) but makes on-grid
+        slices (e.g. the identity pose) inexact. Default off.
+
+    Returns
+    -------
+    real tensor ``(B, D, D)``: ``image(x, y) = sum_z V(A^T (x, y, z))``.
+    """
+    D = volume.shape[-1]
+    Dp = int(round(oversample * D))
+    Dp += Dp % 2
+    start = Dp // 2 - D // 2
+    if gridding_correction:
+        # Trilinear interpolation in Fourier space multiplies real space by sinc^2 along each axis of the
+        # padded box; dividing the volume by it first removes that apodisation.
+        i = torch.arange(D, device=volume.device, dtype=volume.dtype) - D // 2
+        s = torch.sinc(i / Dp) ** 2
+        volume = volume / (s[:, None, None] * s[None, :, None] * s[None, None, :])
+    if Dp != D:
+        pad = (start, Dp - D - start) * 3
+        volume = nnf.pad(volume, pad)
+    slices = extract_central_slices(fft3_centered(volume), rotations)
+    images = ifft2_centered(slices).real
+    return images[..., start : start + D, start : start + D]
+
+
+def project_real(volume: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Real-space projections with a spatial transformer (``affine_grid`` + ``grid_sample``, trilinear).
+
+    Parameters
+    ----------
+    volume : real tensor ``(D, D, D)`` or ``(B, D, D, D)``, array order ``[z, y, x]``.
+    rotations : tensor ``(B, 3, 3)``, RELION matrices ``A``.
+
+    Returns
+    -------
+    real tensor ``(B, D, D)``: ``image(x, y) = sum_z V(A^T (x, y, z))``, with coordinates in pixels relative to
+    the centre ``D // 2``. Memory grows as ``B * D**3``; call it on chunks of poses for large boxes.
+    """
+    D = volume.shape[-1]
+    B = rotations.shape[0]
+    A_t = rotations.to(device=volume.device, dtype=volume.dtype).transpose(1, 2)
+    # affine_grid with align_corners=True uses n = 2 i / (D - 1) - 1; the centre index D // 2 sits at n = c.
+    c = (D // 2) * 2.0 / (D - 1) - 1.0
+    ones = volume.new_ones(B, 3, 1)
+    offset = c * (ones - A_t @ ones)  # q_n = A^T (n - c) + c
+    theta = torch.cat([A_t, offset], dim=2)  # (B, 3, 4)
+    grid = nnf.affine_grid(theta, [B, 1, D, D, D], align_corners=True)
+    rotated = nnf.grid_sample(
+        _batch_volume(volume, B), grid, mode="bilinear", padding_mode="zeros", align_corners=True
+    )
+    return rotated[:, 0].sum(dim=1)
