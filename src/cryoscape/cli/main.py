@@ -17,6 +17,18 @@ from cryoscape.errors import CryoscapeError
 
 # command name -> module under cryoscape.cli (import is deferred so `--help` stays fast)
 COMMANDS: dict[str, str] = {
+    "train": "train",
+    "eval-images": "eval_images",
+    "eval-vol": "eval_vol",
+    "filter": "filter",
+    "simulate": "simulate",
+    "backproject": "backproject",
+    "downsample": "downsample",
+    "fsc": "fsc",
+    "evaluate": "evaluate",
+    "pc-traversal": "pc_traversal",
+    "graph-traversal": "graph_traversal",
+    "direct-traversal": "direct_traversal",
 }
 
 

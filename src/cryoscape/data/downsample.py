@@ -24,7 +24,8 @@ def check_new_box(D: int, new_D: int) -> None:
     if new_D <= 0 or new_D % 2:
         raise InputError(f"-D {new_D}: the new box size must be a positive even number")
     if new_D > D:
-        raise InputError(f"-D {new_D} is larger than the particle box {D}", hint="downsampling only makes boxes smaller")
+        raise InputError(f"-D {new_D} is larger than the particle box {D}",
+                         hint="downsampling only makes boxes smaller")
 
 
 def downsample_images(

@@ -42,16 +42,28 @@ def sample_volume(volume: torch.Tensor, coords_px: torch.Tensor) -> torch.Tensor
     """
     B, P = coords_px.shape[:2]
     D = volume.shape[-1]
-    if volume.is_complex():
-        vol = _batch_volume(volume, B)
-        vol = torch.cat([vol.real, vol.imag], dim=1)  # (B, 2, D, D, D)
+    shared = volume.ndim == 3
+    if shared:
+        # one volume for every batch item: sample it once at all B*P points (no per-item copies)
+        vol = volume[None]
+        coords = coords_px.reshape(1, B * P, 3)
+        n, m = 1, B * P
     else:
-        vol = _batch_volume(volume, B)
-    coords = coords_px.to(vol.dtype)
-    grid = (coords + D // 2) * (2.0 / (D - 1)) - 1.0  # align_corners=True: index 0 -> -1, D-1 -> +1
+        vol = volume
+        coords = coords_px
+        n, m = B, P
+    if volume.is_complex():
+        vol = torch.stack([vol.real, vol.imag], dim=1)  # (n, 2, D, D, D)
+    else:
+        vol = vol[:, None]
+    grid = (coords.to(vol.dtype) + D // 2) * (2.0 / (D - 1)) - 1.0  # align_corners=True: index 0 -> -1, D-1 -> +1
     out = nnf.grid_sample(
-        vol, grid.reshape(B, 1, 1, P, 3), mode="bilinear", padding_mode="zeros", align_corners=True
-    ).reshape(B, -1, P)
+        vol, grid.reshape(n, 1, 1, m, 3), mode="bilinear", padding_mode="zeros", align_corners=True
+    ).reshape(n, -1, m)
+    if shared:
+        out = out.reshape(-1, B, P).transpose(0, 1)  # (B, channels, P)
+    else:
+        out = out.reshape(B, -1, P)
     if volume.is_complex():
         return torch.complex(out[:, 0], out[:, 1])
     return out[:, 0]
