@@ -12,14 +12,19 @@ def activation_layer(name: str) -> nn.Module:
 
 
 class ResidualLinear(nn.Module):
-    """``y = x + W x + b`` (square linear layer with a skip connection)."""
+    """``y = x + W x + b`` (square linear layer with a skip connection).
+
+    Computed as one matrix product with ``W + I`` (the same function with one pass over the activations fewer
+    in the forward and the backward pass).
+    """
 
     def __init__(self, dim: int):
         super().__init__()
         self.linear = nn.Linear(dim, dim)
+        self.register_buffer("identity", torch.eye(dim), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.linear(x)
+        return nn.functional.linear(x, self.linear.weight + self.identity, self.linear.bias)
 
 
 class ResidualMLP(nn.Module):

@@ -66,5 +66,7 @@ class PositionalEncoding(nn.Module):
         """``coords``: ``(..., 3)`` in cycles/pixel -> ``(..., out_dim)``."""
         if self.pe_type == "none":
             return coords
-        k = coords @ self.freqs.to(coords.dtype)
-        return torch.cat([torch.sin(k), torch.cos(k)], dim=-1)
+        # phases reach tens of radians: always float32, even under bfloat16 autocast
+        with torch.autocast(device_type=coords.device.type, enabled=False):
+            k = coords.float() @ self.freqs.float()
+            return torch.cat([torch.sin(k), torch.cos(k)], dim=-1)

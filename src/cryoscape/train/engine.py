@@ -81,6 +81,17 @@ def epoch_order(train_positions: np.ndarray, seed: int, epoch: int) -> np.ndarra
     return np.random.default_rng([seed, epoch]).permutation(train_positions)
 
 
+def amp_dtype(device: torch.device):
+    """Mixed-precision type for ``--amp``: bfloat16 where supported (CUDA, CPUs with AVX-512 BF16/AMX), else
+    float16 on CUDA; ``None`` (float32) on CPUs without fast bfloat16."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    log.warning("--amp: this CPU has no fast bfloat16; training in float32")
+    return None
+
+
 def default_batch_plan(train_positions: np.ndarray, seed: int, epoch: int, batch_size: int,
                        info: DistInfo) -> list[np.ndarray]:
     """Shuffle the training positions (seeded by epoch) and split them into this process's batches."""
@@ -130,12 +141,7 @@ class Engine:
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         else:
             self.net = self.model
-        self.amp_dtype = None
-        if settings.amp:
-            if device.type == "cuda":
-                self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            else:
-                log.warning("--amp has no effect on the CPU; training in float32")
+        self.amp_dtype = amp_dtype(device) if settings.amp else None
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
 
     # -- state ---------------------------------------------------------------------------------------------
