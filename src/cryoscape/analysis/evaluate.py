@@ -1,0 +1,390 @@
+"""Evaluation of a trained run against simulation ground truth.
+
+Metrics (each from an independent, standard definition):
+
+* clustering: k-means (K = number of true states unless given) of the latents against the true state labels:
+  adjusted Rand index (Hubert & Arabie 1985, as used in the tomoDRGN paper), the confusion matrix, and the
+  accuracy after the best one-to-one matching of clusters to states (Hungarian algorithm,
+  ``scipy.optimize.linear_sum_assignment``);
+* cluster entropy (OPUS-DSD paper): per cluster ``-sum_i p_i log p_i`` of its true-state fractions ``p_i``,
+  averaged over clusters, with the uniform baseline ``log(n_states)``. The default base 10 reproduces the
+  paper's numbers (0.903 = log10 8 for eight uniformly mixed states);
+* continuous truth: ``|Spearman rho|`` between PC1 of the latents (or the latent itself when zdim = 1) and the
+  true coordinate (cryoDRGN paper, Fig. 3), plus the best single latent dimension;
+* maps: volumes generated at each true state's mean latent and at the k-means centres, compared with the
+  ground-truth maps by FSC (AUC, resolution at 0.5 and 0.143) and real-space correlation (state x map matrix).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from cryoscape.analysis.fsc import fsc, fsc_auc, resolution_at
+from cryoscape.analysis.latent import _as_latents, kmeans_on_data, load_latents, run_pca
+from cryoscape.analysis.maps import auto_mask, map_correlation
+from cryoscape.errors import InputError
+
+__all__ = [
+    "read_labels",
+    "read_gt_maps",
+    "hungarian_accuracy",
+    "clustering_scores",
+    "cluster_entropy",
+    "continuous_correlation",
+    "map_scores",
+    "evaluate_run",
+    "format_evaluation",
+]
+
+_STATE_FILE = re.compile(r"^state_(\d+)\.mrc$")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Truth files
+
+
+def read_labels(path: str | Path) -> dict[str, np.ndarray]:
+    """Per-particle truth from a simulator ``labels.npz``: ``state`` (int) and/or ``coordinate`` (float), ``(M,)``."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {key: np.asarray(npz[key]) for key in ("state", "coordinate") if key in npz.files}
+            keys = sorted(npz.files)
+    except FileNotFoundError:
+        raise InputError("file not found", path) from None
+    except (ValueError, OSError) as exc:
+        raise InputError(f"not a readable .npz file ({exc})", path) from None
+    out = {}
+    if "state" in data:
+        out["state"] = data["state"].astype(np.int64).ravel()
+    if "coordinate" in data:
+        out["coordinate"] = data["coordinate"].astype(np.float64).ravel()
+    if not out:
+        raise InputError(f"has neither a 'state' nor a 'coordinate' array (keys: {keys})", path)
+    lengths = {len(v) for v in out.values()}
+    if len(lengths) != 1:
+        raise InputError(f"'state' and 'coordinate' differ in length ({sorted(lengths)})", path)
+    return out
+
+
+def read_gt_maps(sim_dir: str | Path) -> tuple[dict[int, np.ndarray], float]:
+    """Ground-truth maps ``SIM_DIR/gt/state_XXX.mrc`` as ``{state: (D, D, D) float32}`` and their voxel size (A)."""
+    from cryoscape.io.mrc import read_mrc
+
+    gt_dir = Path(sim_dir) / "gt"
+    files = sorted(p for p in gt_dir.glob("state_*.mrc") if _STATE_FILE.match(p.name)) if gt_dir.is_dir() else []
+    if not files:
+        raise InputError("no gt/state_XXX.mrc maps found", sim_dir, "is this a `cryoscape simulate` output folder?")
+    maps, sizes = {}, set()
+    for p in files:
+        vol, info = read_mrc(p)
+        if vol.ndim != 3:
+            raise InputError(f"expected a volume, got shape {vol.shape}", p)
+        maps[int(_STATE_FILE.match(p.name).group(1))] = vol
+        sizes.add((vol.shape, round(info.voxel_size_angstrom, 4)))
+    if len(sizes) != 1:
+        raise InputError(f"ground-truth maps differ in box or voxel size: {sorted(sizes)}", gt_dir)
+    return maps, float(next(iter(sizes))[1])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Label metrics
+
+
+def hungarian_accuracy(confusion: np.ndarray) -> tuple[float, np.ndarray]:
+    """Accuracy of the best one-to-one matching of columns (clusters) to rows (states) of a confusion matrix.
+
+    Returns the matched fraction of all items and ``(n_matched, 2)`` pairs ``(row, column)``.
+    """
+    confusion = np.asarray(confusion, dtype=np.float64)
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(confusion, maximize=True)
+    total = confusion.sum()
+    acc = float(confusion[rows, cols].sum() / total) if total > 0 else float("nan")
+    return acc, np.stack([rows, cols], axis=1)
+
+
+def clustering_scores(cluster_labels: np.ndarray, true_labels: np.ndarray) -> dict:
+    """ARI, confusion matrix (rows: true states, columns: clusters) and Hungarian-matched accuracy.
+
+    Parameters
+    ----------
+    cluster_labels, true_labels : ``(N,)`` int arrays.
+    """
+    from sklearn.metrics import adjusted_rand_score, confusion_matrix
+
+    pred = np.asarray(cluster_labels).ravel()
+    true = np.asarray(true_labels).ravel()
+    if pred.shape != true.shape:
+        raise InputError(f"{pred.size} cluster labels but {true.size} true labels")
+    states, clusters = np.unique(true), np.unique(pred)
+    # rectangular confusion matrix: rows over true states, columns over clusters
+    t_idx = np.searchsorted(states, true)
+    c_idx = np.searchsorted(clusters, pred)
+    cm = confusion_matrix(t_idx, c_idx, labels=np.arange(max(len(states), len(clusters))))
+    cm = cm[: len(states), : len(clusters)]
+    acc, pairs = hungarian_accuracy(cm)
+    return {
+        "ari": float(adjusted_rand_score(true, pred)),
+        "accuracy": acc,
+        "confusion": cm.tolist(),
+        "states": states.tolist(),
+        "clusters": clusters.tolist(),
+        "matching": {int(clusters[c]): int(states[s]) for s, c in pairs},
+    }
+
+
+def cluster_entropy(cluster_labels: np.ndarray, true_labels: np.ndarray, base: float = 10.0) -> dict:
+    """Mean over clusters of the entropy of the true-state distribution within each cluster (OPUS-DSD measure).
+
+    Returns ``mean`` (average over non-empty clusters), ``weighted_mean`` (weighted by cluster size),
+    ``per_cluster`` entropies, ``uniform`` = ``log(n_states)`` (every cluster an even mix of all states) and
+    ``marginal`` = entropy of the overall state distribution (clusters carrying no information). Lower is better.
+    """
+    pred = np.asarray(cluster_labels).ravel()
+    true = np.asarray(true_labels).ravel()
+    if pred.shape != true.shape or pred.size == 0:
+        raise InputError(f"{pred.size} cluster labels but {true.size} true labels")
+    states = np.unique(true)
+
+    def entropy(labels: np.ndarray) -> float:
+        p = np.array([np.mean(labels == s) for s in states])
+        p = p[p > 0]
+        return float(-(p * np.log(p)).sum() / math.log(base))
+
+    clusters, sizes = np.unique(pred, return_counts=True)
+    per = np.array([entropy(true[pred == c]) for c in clusters])
+    return {
+        "mean": float(per.mean()),
+        "weighted_mean": float((per * sizes).sum() / sizes.sum()),
+        "per_cluster": {int(c): float(h) for c, h in zip(clusters, per)},
+        "uniform": float(math.log(len(states)) / math.log(base)),
+        "marginal": entropy(true),
+        "base": float(base),
+    }
+
+
+def continuous_correlation(z: np.ndarray, coordinate: np.ndarray) -> dict:
+    """``|Spearman rho|`` of PC1 of ``z`` ``(N, zdim)`` (the latent itself for zdim = 1) with ``coordinate`` ``(N,)``.
+
+    Also returns ``per_dimension`` ``|rho|`` of each latent dimension and the best of them.
+    """
+    from scipy.stats import spearmanr
+
+    z = _as_latents(z)
+    c = np.asarray(coordinate, dtype=np.float64).ravel()
+    if c.size != z.shape[0]:
+        raise InputError(f"{c.size} coordinates but {z.shape[0]} latents")
+
+    def rho(x: np.ndarray) -> float:
+        if np.ptp(x) == 0 or np.ptp(c) == 0:
+            return float("nan")
+        return float(abs(spearmanr(x, c).statistic))
+
+    pc1 = z[:, 0] if z.shape[1] == 1 else run_pca(z, n_components=1).projected[:, 0]
+    per_dim = [rho(z[:, j]) for j in range(z.shape[1])]
+    finite = [r for r in per_dim if np.isfinite(r)]
+    return {"abs_spearman_pc1": rho(pc1), "per_dimension": per_dim,
+            "abs_spearman_best_dimension": max(finite) if finite else float("nan")}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Map metrics
+
+
+def _fsc_summary(vol: np.ndarray, ref: np.ndarray, pixel_size: float, mask: np.ndarray | None) -> dict:
+    a, b = (vol, ref) if mask is None else (vol * mask, ref * mask)
+    freqs, curve = fsc(a, b)
+    return {
+        "fsc_auc": fsc_auc(curve),
+        "resolution_0.5_angstrom": resolution_at(freqs, curve, 0.5, pixel_size),
+        "resolution_0.143_angstrom": resolution_at(freqs, curve, 0.143, pixel_size),
+        "correlation": map_correlation(vol, ref, mask),
+        "fsc": curve.tolist(),
+    }
+
+
+def _prepare_gt(gt_maps: Mapping[int, np.ndarray], D: int, pixel_size: float,
+                gt_pixel_size: float | None) -> dict[int, np.ndarray]:
+    """Ground-truth maps on the generator's ``D^3`` grid (Fourier crop/pad when the box differs).
+
+    With ``gt_pixel_size`` the two fields of view (box x voxel size) must agree within 1 %.
+    """
+    import torch
+
+    from cryoscape.imaging.fft import resample_volume
+
+    out = {}
+    for s, vol in gt_maps.items():
+        if gt_pixel_size and abs(np.shape(vol)[-1] * gt_pixel_size - D * pixel_size) > 0.01 * D * pixel_size:
+            raise InputError(f"the ground-truth maps span {np.shape(vol)[-1] * gt_pixel_size:.1f} A but the model's "
+                             f"maps span {D * pixel_size:.1f} A", hint="was the run trained on this simulation?")
+        vol = np.asarray(vol, dtype=np.float32)
+        if vol.ndim != 3 or len(set(vol.shape)) != 1:
+            raise InputError(f"ground-truth map of state {s} has shape {vol.shape}, expected (D, D, D)")
+        if vol.shape[0] != D:
+            vol = resample_volume(torch.from_numpy(vol), D).numpy().astype(np.float32)
+        out[int(s)] = vol
+    return out
+
+
+def map_scores(generator, z: np.ndarray, true_states: np.ndarray, gt_maps: Mapping[int, np.ndarray],
+               centers: np.ndarray | None = None, matching: Mapping[int, int] | None = None,
+               mask: str | None = None, batch_size: int = 8, gt_pixel_size_angstrom: float | None = None) -> dict:
+    """Compare generated volumes with ground-truth maps.
+
+    Parameters
+    ----------
+    generator : object with ``generate_volumes`` and ``pixel_size_angstrom``.
+    z : ``(N, zdim)`` latents; true_states : ``(N,)`` int state of each particle.
+    gt_maps : ``{state: (D, D, D)}`` ground-truth maps, resampled to the generator's box if needed
+        (their field of view must match the training data's).
+    centers : ``(k, zdim)`` optional cluster-centre latents; matching : ``{cluster: state}`` used to pick the map
+        each centre is compared with (default: the map it correlates best with).
+    mask : None or "auto" (a tomoDRGN-style soft mask from each ground-truth map, applied to both maps).
+    gt_pixel_size_angstrom : voxel size of ``gt_maps``; when given, their field of view is checked.
+
+    Returns
+    -------
+    dict with ``states`` (per state: FSC AUC, resolutions in A, correlation, FSC curve), ``correlation_matrix``
+    (rows: states' mean-latent volumes, columns: ground-truth maps), ``map_states`` (column order) and, with
+    ``centers``, ``centers`` (per cluster) and ``center_correlation_matrix``.
+    """
+    z = _as_latents(z)
+    true_states = np.asarray(true_states).ravel()
+    pixel_size = float(generator.pixel_size_angstrom)
+    states = [int(s) for s in np.unique(true_states) if int(s) in gt_maps]
+    if not states:
+        raise InputError("no ground-truth map matches any state label",
+                         hint=f"labels are {np.unique(true_states)[:5].tolist()}..., maps are {sorted(gt_maps)[:5]}")
+    means = np.stack([z[true_states == s].mean(axis=0) for s in states]).astype(np.float32)
+    vols = np.asarray(generator.generate_volumes(means, batch_size=batch_size), dtype=np.float32)
+    gt = _prepare_gt(gt_maps, vols.shape[-1], pixel_size, gt_pixel_size_angstrom)
+    map_states = sorted(gt)
+    masks = {s: (auto_mask(gt[s], pixel_size) if mask == "auto" else None) for s in map_states}
+    result = {"pixel_size_angstrom": pixel_size, "map_states": map_states, "states": {}}
+    for s, vol in zip(states, vols):
+        result["states"][s] = _fsc_summary(vol, gt[s], pixel_size, masks[s])
+    result["correlation_matrix"] = [[map_correlation(v, gt[s]) for s in map_states] for v in vols]
+    result["correlation_matrix_rows"] = states
+    if centers is not None:
+        cvols = np.asarray(generator.generate_volumes(np.asarray(centers, np.float32), batch_size=batch_size))
+        cmat = np.array([[map_correlation(v, gt[s]) for s in map_states] for v in cvols])
+        result["center_correlation_matrix"] = cmat.tolist()
+        result["centers"] = {}
+        for c, (v, row) in enumerate(zip(cvols, cmat)):
+            s = (matching or {}).get(c)
+            s = int(map_states[int(np.nanargmax(row))]) if s is None or s not in gt else int(s)
+            result["centers"][c] = {"state": s, **_fsc_summary(v, gt[s], pixel_size, masks[s])}
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Whole run
+
+
+def _jsonable(obj):
+    """Replace non-finite floats by None and numpy scalars/arrays by Python types, recursively."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def evaluate_run(run_dir: str | Path, labels_npz: str | Path | Mapping[str, np.ndarray],
+                 gt_maps: Mapping[int, np.ndarray] | None = None, generator=None, epoch: int | None = None,
+                 k: int | None = None, seed: int = 0, mask: str | None = None, batch_size: int = 8,
+                 entropy_base: float = 10.0, gt_pixel_size_angstrom: float | None = None) -> dict:
+    """Evaluate the latents (and, with ``generator`` and ``gt_maps``, the maps) of a run against ground truth.
+
+    Parameters
+    ----------
+    run_dir : path
+        Run directory (``latents/epoch_NNN.npy``, ``indices.npy``).
+    labels_npz : path or mapping
+        Simulator ``labels.npz`` (or its arrays): ``state`` and/or ``coordinate`` per original particle; they are
+        selected with ``RUN/indices.npy``.
+    gt_maps : ``{state: (D, D, D)}``, optional.
+    generator : model with ``generate_volumes``, optional (e.g. ``cryoscape.models.load_run(run_dir, epoch)``).
+    k : number of k-means clusters (default: the number of true states).
+    mask, batch_size, gt_pixel_size_angstrom : see :func:`map_scores`; entropy_base : see :func:`cluster_entropy`.
+
+    Returns
+    -------
+    dict, JSON-serialisable (non-finite numbers become None): ``run_dir``, ``epoch``, ``n_particles``, ``zdim``,
+    and, when the truth allows, ``clustering``, ``entropy``, ``continuous``, ``maps``.
+    """
+    latents = load_latents(run_dir, epoch)
+    z = latents.z
+    truth = read_labels(labels_npz) if not isinstance(labels_npz, Mapping) else \
+        {key: np.asarray(v).ravel() for key, v in labels_npz.items()}
+    n_truth = len(next(iter(truth.values())))
+    indices = latents.indices
+    if indices is None:
+        if n_truth != z.shape[0]:
+            raise InputError(f"the run has {z.shape[0]} latents, no indices.npy, and the truth has {n_truth} "
+                             "particles", run_dir)
+        indices = np.arange(n_truth)
+    if indices.min() < 0 or indices.max() >= n_truth:
+        raise InputError(f"indices.npy refers to particle {int(indices.max())} but the truth has only {n_truth}",
+                         run_dir, "was this run trained on this simulation?")
+    truth = {key: v[indices] for key, v in truth.items()}
+    out: dict = {"run_dir": str(run_dir), "epoch": latents.epoch, "n_particles": int(z.shape[0]),
+                 "zdim": int(z.shape[1])}
+    km = None
+    states = truth.get("state")
+    if states is not None and len(np.unique(states)) > 1:
+        n_states = len(np.unique(states))
+        k = n_states if k is None else int(k)
+        km = kmeans_on_data(z, k, seed=seed)
+        out["clustering"] = {"k": k, "n_states": n_states, **clustering_scores(km.labels, states)}
+        out["entropy"] = cluster_entropy(km.labels, states, base=entropy_base)
+    coordinate = truth.get("coordinate")
+    if coordinate is not None and np.ptp(coordinate) > 0:
+        out["continuous"] = continuous_correlation(z, coordinate)
+    if generator is not None and gt_maps and states is not None:
+        out["maps"] = map_scores(generator, z, states, gt_maps,
+                                 centers=None if km is None else km.centers,
+                                 matching=None if km is None else out["clustering"]["matching"],
+                                 mask=mask, batch_size=batch_size, gt_pixel_size_angstrom=gt_pixel_size_angstrom)
+    return _jsonable(out)
+
+
+def _fmt(x, spec: str = ".3f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def format_evaluation(result: dict) -> str:
+    """A plain-text table of the headline numbers of :func:`evaluate_run`'s result."""
+    lines = [f"run: {result['run_dir']}  epoch {result.get('epoch')}  N={result['n_particles']}  "
+             f"zdim={result['zdim']}"]
+    if "clustering" in result:
+        c, e = result["clustering"], result["entropy"]
+        lines += [f"k-means (k={c['k']}) vs {c['n_states']} true states:",
+                  f"  adjusted Rand index     {_fmt(c['ari'])}",
+                  f"  matched accuracy        {_fmt(c['accuracy'])}",
+                  f"  mean cluster entropy    {_fmt(e['mean'])}  (uniform mix {_fmt(e['uniform'])}, "
+                  f"log base {e['base']:g})"]
+    if "continuous" in result:
+        c = result["continuous"]
+        lines += [f"|Spearman rho| PC1 vs coordinate  {_fmt(c['abs_spearman_pc1'])}  "
+                  f"(best dimension {_fmt(c['abs_spearman_best_dimension'])})"]
+    if "maps" in result:
+        lines += ["state  FSC-AUC  res@0.5(A)  res@0.143(A)  CC"]
+        for s, m in result["maps"]["states"].items():
+            lines.append(f"{s:>5}  {_fmt(m['fsc_auc'])}    {_fmt(m['resolution_0.5_angstrom'], '8.2f')}    "
+                         f"{_fmt(m['resolution_0.143_angstrom'], '8.2f')}    {_fmt(m['correlation'])}")
+    return "\n".join(lines)

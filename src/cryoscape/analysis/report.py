@@ -1,0 +1,319 @@
+"""A self-contained HTML report (``DIR/index.html``) of an analysis: every figure is embedded as a base64 PNG
+data URI and the style sheet is inline, so the single file can be mailed or archived; nothing is fetched from the
+network.
+
+Two levels of use::
+
+    build_report(out_dir, config=run_dir / "config.yaml", metrics=run_dir / "metrics.csv", z=z, pca=pca,
+                 umap=emb, kmeans=km, center_volumes=vols, traversals={"PC1": pc1_vols}, evaluation=result)
+
+builds the standard sections from whatever is given; custom :class:`Section` objects can be appended with
+``sections=[...]`` (or built with the ``*_section`` helpers and passed alone).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from cryoscape.analysis import plots
+from cryoscape.errors import InputError
+from cryoscape.utils.atomic import atomic_path, atomic_write_text
+
+__all__ = [
+    "Table",
+    "Section",
+    "config_section",
+    "loss_section",
+    "latent_section",
+    "kmeans_section",
+    "traversal_section",
+    "evaluation_section",
+    "build_report",
+    "render_html",
+]
+
+FigureLike = Figure | Path | str | bytes
+
+
+@dataclass
+class Table:
+    """A table: ``header`` (column names) and ``rows`` (lists of cells, rendered with ``str``)."""
+
+    header: Sequence[str]
+    rows: Sequence[Sequence]
+    caption: str = ""
+
+
+@dataclass
+class Section:
+    """One report section: a title, paragraphs of plain text, tables and ``(caption, figure)`` pairs.
+
+    A figure is a matplotlib ``Figure``, PNG bytes, or the path of a PNG file.
+    """
+
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[tuple[str, FigureLike]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Section builders
+
+
+def _flatten(d: Mapping, prefix: str = "") -> list[tuple[str, str]]:
+    out = []
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out += _flatten(value, name + ".")
+        else:
+            out.append((name, "" if value is None else str(value)))
+    return out
+
+
+def config_section(config) -> Section:
+    """Run summary: the configuration (a mapping, a dataclass such as ``RunConfig``, or a ``config.yaml`` path)."""
+    if isinstance(config, (str, Path)):
+        import yaml
+
+        path = Path(config)
+        try:
+            config = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise InputError("file not found", path) from None
+        except yaml.YAMLError as exc:
+            raise InputError(f"not valid YAML ({str(exc).splitlines()[0]})", path) from None
+    elif dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
+    if not isinstance(config, Mapping):
+        raise InputError(f"the configuration must be a mapping, got {type(config).__name__}")
+    return Section("Run summary", tables=[Table(["setting", "value"], _flatten(config))])
+
+
+def loss_section(metrics) -> Section:
+    """Loss curves from ``metrics.csv`` (path or DataFrame)."""
+    return Section("Loss curves", figures=[("Training and validation loss per epoch",
+                                            plots.plot_loss_curves(metrics))])
+
+
+def latent_section(z: np.ndarray, pca=None, umap: np.ndarray | None = None,
+                   labels: np.ndarray | None = None) -> Section:
+    """Latent space: a histogram (zdim 1) or PCA scatter/hexbin and explained variance, plus UMAP if given.
+
+    ``pca`` is a :class:`cryoscape.analysis.latent.PCAResult` (computed here when None and zdim > 1).
+    """
+    from cryoscape.analysis.latent import run_pca
+
+    z = np.asarray(z)
+    z = z[:, None] if z.ndim == 1 else z
+    sec = Section("Latent space", paragraphs=[f"{z.shape[0]} particles, {z.shape[1]}-dimensional latent space."])
+    if z.shape[1] == 1:
+        sec.figures.append(("Histogram of the latent", plots.plot_latent_histogram(z[:, 0])))
+        return sec
+    pca = pca if pca is not None else run_pca(z)
+    pc = pca.projected
+    sec.figures += [
+        ("PCA of the latents", plots.plot_scatter(pc, labels=labels, title="PCA")),
+        ("PCA density", plots.plot_hexbin(pc, title="PCA")),
+        ("Explained variance per principal component",
+         plots.plot_explained_variance(pca.explained_variance_ratio)),
+    ]
+    if umap is not None:
+        ax = ("UMAP1", "UMAP2")
+        sec.figures += [("UMAP of the latents", plots.plot_scatter(umap, labels=labels, axis_labels=ax,
+                                                                    title="UMAP")),
+                        ("UMAP density", plots.plot_hexbin(umap, axis_labels=ax, title="UMAP"))]
+    return sec
+
+
+def kmeans_section(labels: np.ndarray, center_volumes: Sequence[np.ndarray] | None = None,
+                   center_indices: np.ndarray | None = None, embedding: np.ndarray | None = None,
+                   axis_labels: tuple[str, str] = ("PC1", "PC2")) -> Section:
+    """k-means clusters: sizes, the clusters on an embedding ``(N, 2)``, thumbnails of the centre volumes."""
+    labels = np.asarray(labels).ravel()
+    clusters, sizes = np.unique(labels, return_counts=True)
+    header = ["cluster", "particles", "fraction"] + (["centre particle"] if center_indices is not None else [])
+    rows = []
+    for c, n in zip(clusters, sizes):
+        row = [int(c), int(n), f"{n / labels.size:.3f}"]
+        if center_indices is not None:
+            row.append(int(np.asarray(center_indices)[c]))
+        rows.append(row)
+    sec = Section(f"k-means clustering (k = {len(clusters)})", tables=[Table(header, rows)])
+    if embedding is not None:
+        centers = np.asarray(embedding)[np.asarray(center_indices)] if center_indices is not None else None
+        sec.figures.append(("Clusters", plots.plot_scatter(embedding, labels=labels, centers=centers,
+                                                           axis_labels=axis_labels, title="k-means clusters")))
+    if center_volumes is not None and len(center_volumes):
+        sec.figures.append(("Volumes at the cluster centres (projection along z)",
+                            plots.plot_volume_gallery(center_volumes, [f"cluster {i}" for i in
+                                                                       range(len(center_volumes))])))
+    return sec
+
+
+def traversal_section(traversals: Mapping[str, Sequence[np.ndarray]]) -> Section:
+    """Volumes along trajectories: ``{name (e.g. "PC1"): (n, D, D, D) volumes}``, one thumbnail row each."""
+    sec = Section("Trajectories")
+    for name, vols in traversals.items():
+        sec.figures.append((f"{name}: volumes along the trajectory (projection along z)",
+                            plots.plot_volume_gallery(vols, [f"{i + 1}" for i in range(len(vols))],
+                                                      ncols=len(vols))))
+    return sec
+
+
+def _num(x, spec: str = ".3f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def evaluation_section(result: Mapping) -> Section:
+    """Evaluation against ground truth (the dict of :func:`cryoscape.analysis.evaluate.evaluate_run`)."""
+    sec = Section("Evaluation against ground truth")
+    rows = []
+    if "clustering" in result:
+        c, e = result["clustering"], result["entropy"]
+        rows += [["adjusted Rand index", _num(c["ari"])], ["matched accuracy", _num(c["accuracy"])],
+                 ["mean cluster entropy", f"{_num(e['mean'])} (uniform mix {_num(e['uniform'])})"]]
+        sec.figures.append(("Confusion matrix (rows: true states, columns: k-means clusters)",
+                            plots.plot_confusion_matrix(c["confusion"], c["states"], c["clusters"])))
+    if "continuous" in result:
+        rows.append(["|Spearman rho|, PC1 vs true coordinate", _num(result["continuous"]["abs_spearman_pc1"])])
+    if rows:
+        sec.tables.append(Table(["metric", "value"], rows))
+    if "maps" in result:
+        m = result["maps"]
+        sec.tables.append(Table(
+            ["state", "FSC AUC", "resolution at 0.5 (Å)", "resolution at 0.143 (Å)", "correlation"],
+            [[s, _num(v["fsc_auc"]), _num(v["resolution_0.5_angstrom"], ".2f"),
+              _num(v["resolution_0.143_angstrom"], ".2f"), _num(v["correlation"])] for s, v in m["states"].items()],
+            caption="Volumes at each true state's mean latent against its ground-truth map"))
+        curves = {f"state {s}": (np.arange(len(v["fsc"])) / (2 * len(v["fsc"])), np.asarray(v["fsc"]))
+                  for s, v in list(m["states"].items())[:12]}
+        sec.figures.append(("FSC against the ground-truth maps",
+                            plots.plot_fsc_curves(curves, m["pixel_size_angstrom"])))
+    return sec
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rendering
+
+_STYLE = """
+body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { border-bottom: 2px solid #444; } h2 { border-bottom: 1px solid #bbb; margin-top: 2em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th { background: #eee; } caption { font-style: italic; text-align: left; padding: 0.3em 0; }
+figure { display: inline-block; margin: 0.5em 1em 0.5em 0; vertical-align: top; }
+figure img { max-width: 100%; } figcaption { font-size: 0.85em; color: #555; }
+nav ul { columns: 2; }
+"""
+
+
+def _png_bytes(fig: FigureLike) -> bytes:
+    if isinstance(fig, Figure):
+        return plots.figure_to_png(fig)
+    if isinstance(fig, bytes):
+        return fig
+    path = Path(fig)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read figure ({exc.strerror or exc})", path) from None
+
+
+def _anchor(i: int) -> str:
+    return f"section-{i + 1}"
+
+
+def render_html(sections: Sequence[Section], title: str = "cryoscape analysis", image_src=None) -> str:
+    """The HTML5 text of a report. ``image_src(section_index, figure_index, png_bytes) -> str`` gives each
+    ``<img>`` source (default: a base64 data URI)."""
+    esc = html.escape
+    if image_src is None:
+        def image_src(_i, _j, data):
+            return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           f"<title>{esc(title)}</title>", f"<style>{_STYLE}</style>", "</head>", "<body>",
+           f"<h1>{esc(title)}</h1>", "<nav><ul>"]
+    out += [f'<li><a href="#{_anchor(i)}">{esc(s.title)}</a></li>' for i, s in enumerate(sections)]
+    out.append("</ul></nav>")
+    for i, sec in enumerate(sections):
+        out.append(f'<section id="{_anchor(i)}">')
+        out.append(f"<h2>{esc(sec.title)}</h2>")
+        out += [f"<p>{esc(p)}</p>" for p in sec.paragraphs]
+        for table in sec.tables:
+            out.append("<table>")
+            if table.caption:
+                out.append(f"<caption>{esc(table.caption)}</caption>")
+            out.append("<thead><tr>" + "".join(f"<th>{esc(str(h))}</th>" for h in table.header) + "</tr></thead>")
+            out.append("<tbody>")
+            out += ["<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in table.rows]
+            out.append("</tbody></table>")
+        for j, (caption, fig) in enumerate(sec.figures):
+            src = image_src(i, j, _png_bytes(fig))
+            out.append(f'<figure><img src="{esc(src)}" alt="{esc(caption)}">'
+                       f"<figcaption>{esc(caption)}</figcaption></figure>")
+        out.append("</section>")
+    out += ["</body>", "</html>", ""]
+    return "\n".join(out)
+
+
+def build_report(out_dir: str | Path, sections: Sequence[Section] = (), *, title: str = "cryoscape analysis",
+                 config=None, metrics=None, z: np.ndarray | None = None, pca=None, umap: np.ndarray | None = None,
+                 kmeans=None, center_volumes: Sequence[np.ndarray] | None = None,
+                 traversals: Mapping[str, Sequence[np.ndarray]] | None = None, evaluation: Mapping | None = None,
+                 embed: bool = True, filename: str = "index.html") -> Path:
+    """Write ``out_dir/index.html`` and return its path.
+
+    Standard sections are built, in this order, from the arguments given: ``config`` (mapping, dataclass or
+    ``config.yaml`` path), ``metrics`` (``metrics.csv`` path or DataFrame), ``z`` ``(N, zdim)`` with optional
+    ``pca`` (:class:`~cryoscape.analysis.latent.PCAResult`) and ``umap`` ``(N, 2)``, ``kmeans``
+    (:class:`~cryoscape.analysis.latent.KMeansResult`) with optional ``center_volumes`` ``(k, D, D, D)``,
+    ``traversals`` ``{name: (n, D, D, D)}`` and ``evaluation`` (the dict of ``evaluate_run``); then
+    ``sections``. With ``embed=False`` the PNGs are written to ``out_dir/figures/`` and linked relatively.
+    """
+    out_dir = Path(out_dir)
+    std: list[Section] = []
+    if config is not None:
+        std.append(config_section(config))
+    if metrics is not None:
+        std.append(loss_section(metrics))
+    labels = None if kmeans is None else kmeans.labels
+    if z is not None:
+        if pca is None and np.asarray(z).ndim == 2 and np.asarray(z).shape[1] > 1:
+            from cryoscape.analysis.latent import run_pca
+
+            pca = run_pca(z)
+        std.append(latent_section(z, pca=pca, umap=umap, labels=labels))
+    if kmeans is not None:
+        emb = pca.projected[:, :2] if pca is not None and pca.projected.shape[1] >= 2 else None
+        std.append(kmeans_section(kmeans.labels, center_volumes, kmeans.center_indices, emb))
+    if traversals:
+        std.append(traversal_section(traversals))
+    if evaluation is not None:
+        std.append(evaluation_section(evaluation))
+    all_sections = std + list(sections)
+    image_src = None
+    if not embed:
+        fig_dir = out_dir / "figures"
+        fig_dir.mkdir(parents=True, exist_ok=True)
+
+        def image_src(i, j, data):
+            name = f"section{i + 1:02d}_figure{j + 1:02d}.png"
+            with atomic_path(fig_dir / name) as tmp:
+                tmp.write_bytes(data)
+            return f"figures/{name}"
+
+    text = render_html(all_sections, title=title, image_src=image_src)
+    path = out_dir / filename
+    atomic_write_text(path, text)
+    return path
