@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "eval-images": "eval_images",
     "eval-vol": "eval_vol",
+    "analyze": "analyze",
     "filter": "filter",
     "simulate": "simulate",
     "backproject": "backproject",

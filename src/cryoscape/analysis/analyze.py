@@ -1,0 +1,141 @@
+"""``analyze_run``: the standard analysis of a trained run, from latents to an HTML report.
+
+Writes into ``out_dir`` (default ``RUN/analysis/epoch_NNN``):
+
+* ``z_pca.png``, ``z_pca_hexbin.png``, ``explained_variance.png`` (zdim > 1), ``z_hist.png`` (zdim 1),
+  ``umap.npy``, ``umap.png``, ``umap_hexbin.png`` (unless skipped), ``loss.png``;
+* ``kmeansK/``: ``labels.npy`` (cluster of every particle, RUN order), ``centers.txt`` (on-data centres),
+  ``centers_ind.txt`` (their particle positions in the run and indices in the original input),
+  ``sizes.txt``, ``vol_001.mrc`` ... (one map per centre);
+* ``pcN/`` (``zN/`` for zdim 1): ``z_values.txt`` and ten maps from the 5th to the 95th percentile;
+* ``evaluation.json`` when a simulation truth is given;
+* ``index.html``: everything above, self-contained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from cryoscape.analysis.latent import kmeans_on_data, load_latents, pc_traversal_points, run_pca, run_umap
+from cryoscape.analysis.plots import (
+    plot_explained_variance,
+    plot_hexbin,
+    plot_latent_histogram,
+    plot_loss_curves,
+    plot_scatter,
+    save_figure,
+)
+from cryoscape.analysis.report import build_report
+from cryoscape.analysis.traversal import write_traversal
+from cryoscape.errors import InputError
+from cryoscape.utils.atomic import atomic_path, atomic_write_text, check_writable_dir
+
+log = logging.getLogger("cryoscape")
+
+
+def percentile_points(z1: np.ndarray, n: int = 10, lo: float = 5.0, hi: float = 95.0) -> np.ndarray:
+    """``(n, 1)`` evenly spaced values of a 1-D latent between two percentiles."""
+    a, b = np.percentile(z1, [lo, hi])
+    return np.linspace(a, b, n, dtype=np.float32)[:, None]
+
+
+def _maps(generator, out_dir: Path, points: np.ndarray, progress: bool) -> np.ndarray:
+    """Generate the maps at ``points``; write ``z_values.txt`` and ``vol_001.mrc``, ... into ``out_dir``."""
+    from cryoscape.io.mrc import write_mrc
+
+    write_traversal(out_dir, points)
+    vols = generator.generate_volumes(points, progress=progress)
+    for i, vol in enumerate(vols):
+        write_mrc(out_dir / f"vol_{i + 1:03d}.mrc", vol, voxel_size_angstrom=generator.pixel_size_angstrom)
+    return vols
+
+
+def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 20, n_pcs: int = 2,
+                skip_umap: bool = False, skip_volumes: bool = False, truth=None, device: str = "auto",
+                seed: int = 0, progress: bool = True) -> Path:
+    """Analyse the latents of ``run_dir`` at ``epoch`` and write plots, maps and ``index.html``; returns the report."""
+    from cryoscape.analysis.volume_space import load_generator
+
+    run_dir = Path(run_dir)
+    latents = load_latents(run_dir, epoch)
+    z, epoch = latents.z, latents.epoch
+    n, zdim = z.shape
+    if n < 2:
+        raise InputError("need at least two particles to analyse", run_dir)
+    out = check_writable_dir(out_dir or run_dir / "analysis" / f"epoch_{epoch:03d}")
+    generator = None if skip_volumes else load_generator(run_dir, epoch, device)
+    indices = latents.indices if latents.indices is not None else np.arange(n)
+    log.info(f"analysing {n} particles, zdim {zdim}, epoch {epoch} -> {out}")
+
+    pca = run_pca(z) if zdim > 1 else None
+    if pca is not None:
+        save_figure(plot_explained_variance(pca.explained_variance_ratio), out / "explained_variance.png")
+    else:
+        save_figure(plot_latent_histogram(z[:, 0]), out / "z_hist.png")
+
+    umap = None
+    if not skip_umap and zdim > 2:
+        umap = run_umap(z, seed=seed)
+        if umap is not None:
+            with atomic_path(out / "umap.npy") as tmp:
+                np.save(tmp, umap.astype(np.float32))
+
+    k = int(min(ksample, n))
+    km = kmeans_on_data(z, k, seed=seed)
+    kdir = out / f"kmeans{k}"
+    kdir.mkdir(exist_ok=True)
+    with atomic_path(kdir / "labels.npy") as tmp:
+        np.save(tmp, km.labels.astype(np.int64))
+    with atomic_path(kdir / "centers.txt") as tmp:
+        np.savetxt(tmp, z[km.center_indices], fmt="%.6g")
+    atomic_write_text(kdir / "centers_ind.txt", "# position_in_run index_in_input\n" + "".join(
+        f"{i} {indices[i]}\n" for i in km.center_indices))
+    sizes = np.bincount(km.labels, minlength=k)
+    atomic_write_text(kdir / "sizes.txt", "".join(f"{c} {s}\n" for c, s in enumerate(sizes)))
+
+    if pca is not None:
+        emb = pca.projected[:, :2]
+        axes = ("PC1", "PC2")
+        save_figure(plot_scatter(emb, km.labels, emb[km.center_indices], axes, "latent PCA, k-means clusters"),
+                    out / "z_pca.png")
+        save_figure(plot_hexbin(emb, axes, "latent PCA density"), out / "z_pca_hexbin.png")
+    if umap is not None:
+        save_figure(plot_scatter(umap, km.labels, umap[km.center_indices], ("UMAP1", "UMAP2"), "UMAP"),
+                    out / "umap.png")
+        save_figure(plot_hexbin(umap, ("UMAP1", "UMAP2"), "UMAP density"), out / "umap_hexbin.png")
+
+    metrics = run_dir / "metrics.csv"
+    if metrics.is_file():
+        save_figure(plot_loss_curves(metrics), out / "loss.png")
+
+    center_volumes = None
+    traversals: dict[str, np.ndarray] = {}
+    if generator is not None:
+        log.info(f"generating {k} k-means centre maps")
+        center_volumes = _maps(generator, kdir, z[km.center_indices], progress)
+        for pc in range(1, (min(n_pcs, zdim) if zdim > 1 else 1) + 1):
+            name = f"pc{pc}" if zdim > 1 else "z1"
+            points = pc_traversal_points(z, pc, pca=pca) if zdim > 1 else percentile_points(z[:, 0])
+            log.info(f"generating {len(points)} maps along {name}")
+            traversals[name] = _maps(generator, out / name, points, progress)
+
+    evaluation = None
+    if truth is not None:
+        from cryoscape.analysis.evaluate import evaluate_run, read_gt_maps
+
+        truth = Path(truth)
+        gt_maps, gt_apix = read_gt_maps(truth) if (truth / "gt").is_dir() else (None, None)
+        evaluation = evaluate_run(run_dir, truth / "labels.npz", gt_maps=gt_maps, generator=generator,
+                                  epoch=epoch, gt_pixel_size_angstrom=gt_apix)
+        atomic_write_text(out / "evaluation.json", json.dumps(evaluation, indent=2))
+
+    report = build_report(out, title=f"cryoscape analysis: {run_dir.name}, epoch {epoch}",
+                          config=run_dir / "config.yaml", metrics=metrics if metrics.is_file() else None,
+                          z=z, pca=pca, umap=umap, kmeans=km, center_volumes=center_volumes,
+                          traversals=traversals or None, evaluation=evaluation)
+    log.info(f"report: {report}")
+    return report
