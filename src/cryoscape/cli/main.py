@@ -17,12 +17,15 @@ from cryoscape.errors import CryoscapeError
 
 # command name -> module under cryoscape.cli (import is deferred so `--help` stays fast)
 COMMANDS: dict[str, str] = {
+    "demo": "demo",
     "train": "train",
     "eval-images": "eval_images",
     "eval-vol": "eval_vol",
     "analyze": "analyze",
     "filter": "filter",
+    "explore": "explore",
     "simulate": "simulate",
+    "simulate-tilt": "simulate_tilt",
     "backproject": "backproject",
     "downsample": "downsample",
     "fsc": "fsc",

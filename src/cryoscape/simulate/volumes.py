@@ -254,8 +254,14 @@ def _make_presets() -> dict[str, Preset]:
     )
 
     hc = np.linspace(0.0, 1.0, 25)
-    extra_sub = np.array(
-        [[-0.18, 0.08, 0.04], [-0.14, 0.12, 0.04], [-0.10, 0.08, 0.08], [-0.14, 0.08, 0.0], [-0.14, 0.15, 0.02]]
+    # a sizeable subunit (about a third of the arms' mass) on the fixed arm, so that its presence is a discrete
+    # state of similar visibility to the hinge motion
+    extra_sub = np.concatenate(
+        [
+            _rod([-0.26, 0.08, 0.0], [-0.06, 0.08, 0.0], _SP),
+            _rod([-0.22, 0.14, 0.04], [-0.10, 0.14, 0.04], _SP),
+            [[-0.16, 0.11, -0.06]],
+        ]
     )
     pts, coords, subunit = [], [], []
     for present in (0, 1):

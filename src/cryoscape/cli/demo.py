@@ -1,0 +1,42 @@
+"""Run the demo: simulate a heterogeneous sample, train a small model, analyse it and score the recovery.
+
+Takes about 5 minutes on a 2-core CPU. Prints the adjusted Rand index of the discrete state and the Spearman
+correlation of the continuous motion against the ground truth, and where the HTML report is.
+
+Example:
+  cryoscape demo -o cryoscape-demo
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--outdir", default="cryoscape-demo", help="output folder (default cryoscape-demo)")
+    p.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
+    p.add_argument("-N", "--n-particles", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    import dataclasses
+
+    from cryoscape.demo import DemoSettings, run_demo
+
+    settings = DemoSettings()
+    if args.epochs:
+        settings = dataclasses.replace(settings, epochs=args.epochs)
+    if args.n_particles:
+        settings = dataclasses.replace(settings, n_particles=args.n_particles)
+    scores = run_demo(args.outdir, settings, progress=not args.no_progress)
+    ok = scores["discrete_ari"] >= 0.9 and scores["continuous_spearman"] >= 0.8
+    print()
+    print("cryoscape demo: heterogeneity recovered from noisy images (SNR 0.3, with CTF)")
+    print(f"  discrete state (extra subunit), k-means vs truth: adjusted Rand index = {scores['discrete_ari']:.3f}")
+    print(f"  continuous motion (hinge angle), |Spearman rho| = {scores['continuous_spearman']:.3f}")
+    print(f"  time: {scores['minutes']:.1f} min")
+    print(f"  report: {scores['report']}")
+    if not ok:
+        print("  WARNING: the recovery is weaker than expected (ARI >= 0.9, rho >= 0.8)")
+    return 0
