@@ -22,6 +22,9 @@ from cryoscape.utils.atomic import atomic_write_text
 SCHEMA_VERSION = 1
 FAMILIES = ("cryodrgn", "tomodrgn", "opus-dsd")
 PE_TYPES = ("gaussian", "geom_lowf", "geom_full", "geom_nohighf", "geom_ft", "linear_lowf", "none")
+POOLINGS = ("concatenate", "max", "mean", "median")  # tomodrgn tilt pooling
+KL_NORMS = ("scored", "paper")  # tomodrgn KL normalisation
+TILT_FORMATS = ("auto", "imageseries", "optimisation_set")
 
 
 @dataclass
@@ -40,10 +43,13 @@ class DataConfig:
     window_inner: float = 0.85
     val_frac: float = 0.1
     num_workers: int = 0
+    tilt_format: str = "auto"  # tomodrgn: auto | imageseries | optimisation_set
 
     def __post_init__(self):
         if not 0.0 <= self.val_frac < 1.0:
             raise InputError(f"--val-frac must be in [0, 1), got {self.val_frac}")
+        if self.tilt_format not in TILT_FORMATS:
+            raise InputError(f"unknown --tilt-format {self.tilt_format!r}; choose one of {', '.join(TILT_FORMATS)}")
 
 
 @dataclass
@@ -60,6 +66,21 @@ class ModelConfig:
     pe_dim: int | None = None
     feat_sigma: float = 0.5
     activation: str = "relu"
+    # opus-dsd (ignored by the other families)
+    templateres: int | None = None  # decoder output box, a multiple of 16; None -> image box rounded up (>= 32)
+    channel_scale: float = 1.0  # multiplies the conv networks' channel counts (1 = the paper's widths)
+    mask: str | None = None  # solvent mask MRC; None -> a sphere of radius 0.85 * D/2
+    # tomodrgn (tilt series; ignored by the other families)
+    pooling: str = "concatenate"
+    ntilts: int | None = None  # tilts per particle; None: the smallest tilt count (concatenate) or all
+    tilt_embed_dim: int = 128  # encoder A output per tilt
+    enc_dim_b: int | None = None  # encoder B width (None: enc_dim)
+    enc_layers_b: int | None = None  # encoder B hidden layers (None: enc_layers)
+    kl_norm: str = "scored"  # scored: KL / summed loss weights of the particle; paper: KL / (tilts * D^2)
+    recon_dose_weight: bool = True
+    recon_tilt_weight: bool = True
+    dose_mask: bool = True
+    images_dose_weighted: bool = False
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -70,6 +91,16 @@ class ModelConfig:
             raise InputError(f"--zdim must be >= 0, got {self.zdim}")
         if self.activation not in ("relu", "leaky_relu"):
             raise InputError(f"unknown --activation {self.activation!r}")
+        if self.pooling not in POOLINGS:
+            raise InputError(f"unknown --pooling {self.pooling!r}; choose one of {', '.join(POOLINGS)}")
+        if self.kl_norm not in KL_NORMS:
+            raise InputError(f"unknown --kl-norm {self.kl_norm!r}; choose one of {', '.join(KL_NORMS)}")
+        if self.ntilts is not None and self.ntilts < 1:
+            raise InputError(f"--ntilts must be >= 1, got {self.ntilts}")
+        if self.templateres is not None and (self.templateres < 16 or self.templateres % 16):
+            raise InputError(f"--templateres must be a positive multiple of 16, got {self.templateres}")
+        if self.channel_scale <= 0:
+            raise InputError(f"--channel-scale must be positive, got {self.channel_scale}")
 
 
 @dataclass
@@ -86,6 +117,17 @@ class TrainConfig:
     device: str = "auto"
     checkpoint_every: int = 1
     threads: int | None = None
+    # opus-dsd (ignored by the other families); the KL weight is `beta` (None -> 0.01 for opus-dsd)
+    lamb: float = 0.5  # weight of the structural-disentanglement prior
+    knn: int = 128  # inter-class nearest neighbours (attraction)
+    kfarthest: int = 512  # inter-class farthest points (repulsion)
+    n_samples: int = 12800  # memory-bank codes of other classes sampled per batch
+    knn_intra: int = 4  # nearest neighbours attracted within a batch
+    momentum: float = 0.7  # memory-bank momentum
+    tv_weight: float = 1.0  # total-variation prior on the volumes
+    l1_weight: float = 0.3  # L1 (LASSO) prior on the volumes
+    anneal_images: int = 100000  # images per ramp of the cyclical annealing of the KL and prior weights (0: off)
+    lr_decay: float = 0.95  # learning rate multiplied by this after every epoch
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -94,6 +136,16 @@ class TrainConfig:
             raise InputError(f"-b/--batch-size must be >= 1, got {self.batch_size}")
         if self.lr <= 0:
             raise InputError(f"--lr must be positive, got {self.lr}")
+        for name in ("lamb", "tv_weight", "l1_weight", "anneal_images", "knn_intra"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("knn", "kfarthest", "n_samples"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise InputError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise InputError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
 
 
 @dataclass

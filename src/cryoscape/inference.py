@@ -26,11 +26,13 @@ def encode_particles(run_dir, output=None, epoch=None, particles=None, poses=Non
     if trained.zdim == 0:
         raise InputError("a homogeneous model (zdim 0) has no latent space to encode into", run_dir)
     config = trained.config
+    family = get_family(config.model.family)
     if particles is None:
         parts, _ = load_training_particles(config)
+    elif hasattr(family, "load_particles"):  # a family with its own input format (tomoDRGN tilt series)
+        parts, _ = family.load_particles(config, path=particles, datadir=datadir)
     else:
         parts = load_particles(particles, poses=poses, ctf=ctf, datadir=datadir, apix=config.data.apix)
-    family = get_family(config.model.family)
     data = family.make_data(parts, config, norm_std=trained.build["norm_std"], progress=progress)
     if data.D != trained.D:
         raise InputError(f"images are {data.D} px but the model was trained on {trained.D} px",
@@ -111,5 +113,6 @@ def generate_maps(run_dir, output, z=None, zfile=None, epoch=None, box=None, api
         out, voxel = postprocess_map(vol, trained.pixel_size_angstrom, box, flip, invert, lowpass_angstrom)
         write_mrc(path, out, voxel_size_angstrom=apix or voxel)
     if not single and points is not None:
-        np.savetxt(output / "z_values.txt", points)
+        with atomic_path(output / "z_values.txt") as tmp:
+            np.savetxt(tmp, points)
     return paths

@@ -44,7 +44,13 @@ def run(args) -> int:
     config = load_config(run_dir / "config.yaml")
     latents = load_latents(run_dir, args.epoch)
     d = config.data
-    particles = load_particles(d.particles, poses=d.poses, ctf=d.ctf, datadir=d.datadir, apix=d.apix, lazy=True)
+    from cryoscape.models.registry import get_family
+
+    family = get_family(config.model.family)
+    if hasattr(family, "write_subset"):  # a family with its own input format (tomoDRGN tilt series)
+        particles, _ = family.load_particles(config, apply_ind=False)
+    else:
+        particles = load_particles(d.particles, poses=d.poses, ctf=d.ctf, datadir=d.datadir, apix=d.apix, lazy=True)
     labels = None
     if args.clusters is not None:
         import numpy as np
@@ -63,7 +69,10 @@ def run(args) -> int:
     out = check_writable_dir(args.outdir)
     write_indices(out / "indices.npy", chosen)
     write_indices(out / "indices.txt", chosen)
-    fmt = args.format if args.format != "auto" else ("cs" if particles.source_format == "cs" else "star")
-    subset_path = write_particle_subset(particles, chosen, out / f"particles.{fmt}")
+    if hasattr(family, "write_subset"):
+        subset_path = family.write_subset(particles, chosen, out)
+    else:
+        fmt = args.format if args.format != "auto" else ("cs" if particles.source_format == "cs" else "star")
+        subset_path = write_particle_subset(particles, chosen, out / f"particles.{fmt}")
     print(f"selected {len(chosen)} of {len(particles)} particles -> {out / 'indices.npy'}, {subset_path}")
     return 0

@@ -49,7 +49,19 @@ class CryoDRGNFamily:
         return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay), None
 
 
-FAMILIES = {"cryodrgn": CryoDRGNFamily()}
+def _opus_dsd_family():
+    from cryoscape.models.opus_dsd import OpusDSDFamily
+
+    return OpusDSDFamily()
+
+
+def _tomodrgn_family():
+    from cryoscape.models.tomodrgn import TomoDRGNFamily
+
+    return TomoDRGNFamily()
+
+
+FAMILIES = {"cryodrgn": CryoDRGNFamily(), "opus-dsd": _opus_dsd_family(), "tomodrgn": _tomodrgn_family()}
 
 
 def get_family(name: str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from cryoscape.train.checkpoint import latest_checkpoint, load_checkpoint
 from cryoscape.train.distributed import DistInfo, barrier, init_distributed
 from cryoscape.train.engine import Engine, EngineSettings
 from cryoscape.utils.atomic import atomic_path, check_writable_dir
+from cryoscape.utils.diskspace import check_output_location, check_training_space, remove_partial_files
 
 log = logging.getLogger("cryoscape")
 
@@ -41,10 +43,16 @@ def split_positions(n: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.
 
 
 def load_training_particles(config: RunConfig):
-    """The particle set named by ``config.data`` (with ``--ind`` applied) and the original indices."""
+    """The particle set named by ``config.data`` (with ``--ind`` applied) and the original indices.
+
+    A family with its own input format (tomoDRGN's tilt series) supplies ``load_particles(config)``.
+    """
     from cryoscape.io.indices import read_indices
     from cryoscape.io.particles import load_particles
 
+    family_loader = getattr(get_family(config.model.family), "load_particles", None)
+    if family_loader is not None:
+        return family_loader(config)
     d = config.data
     particles = load_particles(d.particles, poses=d.poses, ctf=d.ctf, datadir=d.datadir, apix=d.apix, lazy=True)
     n_total = len(particles)
@@ -55,6 +63,9 @@ def load_training_particles(config: RunConfig):
         particles = particles.subset(indices)
     else:
         indices = np.arange(n_total, dtype=np.int64)
+    if particles.ctf is None and particles.source_format in ("star", "cs"):
+        raise InputError("no CTF parameters in this file", d.particles,
+                         hint="export the particles after CTF estimation, or give --ctf ctf.pkl")
     return particles, indices
 
 
@@ -65,8 +76,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     if info.is_main:
-        check_writable_dir(run_dir)
-        _attach_log_file(run_dir)
+        check_output_location(run_dir)  # writable, but nothing is created until the inputs have been checked
     else:
         log.setLevel(logging.WARNING)  # one process reports
     resume_from = None
@@ -94,6 +104,15 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
     model = family.build_model(config, build)
     optimizer, scheduler = family.make_optimizer(model, config)
     train_pos, val_pos = split_positions(len(data), config.data.val_frac, config.train.seed)
+    if info.is_main:
+        if resume:
+            stale = remove_partial_files([run_dir, run_dir / "checkpoints", run_dir / "latents"])
+            if stale:
+                log.info(f"removed {len(stale)} partial file(s) left by the interrupted run")
+        check_training_space(run_dir, model, len(data), config.model.zdim, state["epoch"] if state else 0,
+                             config.train.epochs, config.train.checkpoint_every)
+        check_writable_dir(run_dir)
+        _attach_log_file(run_dir)
 
     if info.is_main and not resume:
         save_config(config, run_dir / "config.yaml")
@@ -105,8 +124,10 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
     t = config.train
     settings = EngineSettings(epochs=t.epochs, batch_size=t.batch_size, seed=t.seed, amp=t.amp,
                               checkpoint_every=t.checkpoint_every, progress=progress)
+    plan = getattr(family, "epoch_batches", None)
     engine = Engine(model, data, optimizer, settings, train_pos, val_pos, run_dir, device, info, build=build,
-                    family=family.name, scheduler=scheduler, epoch_end=getattr(family, "epoch_end", None))
+                    family=family.name, scheduler=scheduler, epoch_end=getattr(family, "epoch_end", None),
+                    batch_plan=functools.partial(plan, data) if plan else None)
     if state is not None:
         engine.load_state_dict(state)
         log.info(f"resuming from {resume_from} (epoch {engine.state.epoch}, step {engine.state.step})")
@@ -114,18 +135,26 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
     log.info(f"{family.name}: {len(train_pos)} training and {len(val_pos)} validation particles, "
              f"D={build.get('D')}, {n_params:,} parameters, device {device}"
              + (f", {info.world_size} processes" if info.enabled else ""))
-    engine.fit()
-    if info.is_main:
-        log.info(f"done: {run_dir}")
+    try:
+        engine.fit()
+        if info.is_main:
+            log.info(f"done: {run_dir}")
+    finally:
+        _detach_log_file()
     return run_dir
+
+
+def _detach_log_file() -> None:
+    logger = logging.getLogger("cryoscape")
+    for h in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+        logger.removeHandler(h)
+        h.close()
 
 
 def _attach_log_file(run_dir: Path) -> None:
     logger = logging.getLogger("cryoscape")
     path = (run_dir / "log.txt").resolve()
-    for h in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
-        logger.removeHandler(h)
-        h.close()
+    _detach_log_file()
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logger.addHandler(handler)

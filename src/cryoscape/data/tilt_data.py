@@ -1,0 +1,151 @@
+"""Batches of tilt-series particles for tomoDRGN-style models: every tilt image of each particle, padded.
+
+A batch of ``B`` particles holds all their tilt images, padded to the largest tilt count ``T`` of the batch
+(``tilt_mask`` marks real images). Which tilts a model uses (a random subset while training, a fixed one for
+evaluation) is decided by the model, which knows whether it is training; ``tilt_key`` is a fixed random number per
+image that makes the evaluation subset reproducible.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cryoscape.data.fourier_pixels import FourierPixels
+from cryoscape.data.preprocess import check_finite, hartley_pixels, make_window
+from cryoscape.errors import InputError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TiltSeriesData"]
+
+
+class TiltSeriesData:
+    """Normalised Hartley pixels and per-image metadata of a tilt-series particle set.
+
+    Same interface as :class:`cryoscape.data.particle_data.SliceParticleData` (``batch``, ``__len__``, ``to``,
+    ``lazy``, ``D``, ``pixel_size_angstrom``, ``norm_std``); ``len`` and batch indices count *particles*.
+
+    Parameters
+    ----------
+    tilts : :class:`cryoscape.io.tilt_series.TiltSeriesSet`.
+    pixels : the model's Fourier pixel table (``P`` pixels).
+    invert, window, window_inner : image preparation (see :func:`cryoscape.data.preprocess.hartley_pixels`).
+    lazy : read and prepare images per batch.
+    norm_std : scale the Hartley values are divided by; estimated from up to 1000 images when ``None``.
+    """
+
+    def __init__(self, tilts, pixels: FourierPixels, *, invert=False, window=True, window_inner=0.85, lazy=False,
+                 norm_std: float | None = None, progress=True):
+        self.tilts = tilts
+        self.pixels = pixels
+        self.D = pixels.D
+        if tilts.D != self.D:
+            raise InputError(f"images are {tilts.D} px but the model uses {self.D} px", tilts.source_path)
+        self.pixel_size_angstrom = float(tilts.pixel_size_angstrom)
+        self.invert = invert
+        self.window = make_window(self.D, window, window_inner)
+        self.lazy = lazy
+        self.source = str(tilts.source_path)
+        self.offsets = torch.as_tensor(tilts.offsets, dtype=torch.long)
+        self.counts = self.offsets[1:] - self.offsets[:-1]
+        self.rotations = torch.as_tensor(tilts.rotations, dtype=torch.float32)
+        self._shifts_cpu = torch.as_tensor(tilts.shifts_angstrom / self.pixel_size_angstrom, dtype=torch.float32)
+        self.ctf = torch.as_tensor(tilts.ctf.to_array())
+        self.exposure = torch.as_tensor(tilts.exposure_e_per_angstrom2, dtype=torch.float32)
+        self.tilt_deg = torch.as_tensor(tilts.tilt_deg, dtype=torch.float32)
+        self.tilt_key = torch.as_tensor(np.random.default_rng(12345).random(tilts.n_images), dtype=torch.float32)
+        self.device = torch.device("cpu")
+        self.norm_std = float(norm_std) if norm_std is not None else self._estimate_norm()
+        self.values: torch.Tensor | None = None
+        if not lazy:
+            self.values = self._prepare_all(progress)
+
+    def __len__(self) -> int:
+        return len(self.tilts)
+
+    @property
+    def n_images(self) -> int:
+        """Number of tilt images."""
+        return self.tilts.n_images
+
+    @property
+    def min_tilts(self) -> int:
+        """Smallest tilt count of any particle."""
+        return int(self.counts.min()) if len(self) else 0
+
+    @property
+    def max_tilts(self) -> int:
+        """Largest tilt count of any particle."""
+        return int(self.counts.max()) if len(self) else 0
+
+    def _prepare(self, images: np.ndarray) -> torch.Tensor:
+        """Hartley pixels ``(K, P)`` (not normalised) of image rows ``images``."""
+        raw = np.asarray(self.tilts.images[images], dtype=np.float32)
+        check_finite(raw, images, self.source)
+        return hartley_pixels(torch.from_numpy(raw), self.pixels, self._shifts_cpu[images], self.window, self.invert)
+
+    def _estimate_norm(self) -> float:
+        m = self.n_images
+        sample = np.unique(np.linspace(0, m - 1, min(m, 1000)).astype(np.int64))
+        values = torch.cat([self._prepare(c) for c in np.array_split(sample, max(1, len(sample) // 256))])
+        std = float(values.std())
+        if not np.isfinite(std) or std == 0:
+            raise InputError("images have no variance; cannot normalise", self.source)
+        return std
+
+    def _prepare_all(self, progress: bool) -> torch.Tensor:
+        m = self.n_images
+        out = torch.empty((m, self.pixels.n_pixels), dtype=torch.float32)
+        chunk = 1024
+        with tqdm(total=m, desc="preparing tilt images", unit="img", disable=not progress, leave=False) as bar:
+            for start in range(0, m, chunk):
+                idx = np.arange(start, min(m, start + chunk))
+                out[start : start + len(idx)] = self._prepare(idx) / self.norm_std
+                bar.update(len(idx))
+        return out
+
+    def to(self, device: torch.device) -> "TiltSeriesData":
+        """Keep the prepared data (in-memory mode) and the metadata on ``device``."""
+        self.device = torch.device(device)
+        for name in ("offsets", "counts", "rotations", "ctf", "exposure", "tilt_deg", "tilt_key"):
+            setattr(self, name, getattr(self, name).to(self.device))
+        if self.values is not None:
+            self.values = self.values.to(self.device)
+        return self
+
+    def image_grid(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image rows ``(B, T)`` of the particles at ``indices`` (padded with each particle's first image) and the
+        ``(B, T)`` bool mask of real images; ``T`` is the largest tilt count among them."""
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=self.device)
+        counts = self.counts[idx]
+        T = int(counts.max()) if idx.numel() else 0
+        slot = torch.arange(T, device=self.device)
+        mask = slot[None, :] < counts[:, None]
+        rows = self.offsets[idx][:, None] + torch.where(mask, slot[None, :], torch.zeros_like(slot)[None, :])
+        return rows, mask
+
+    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        """The particles at ``indices`` with all their tilt images.
+
+        Returns
+        -------
+        dict with ``index`` ``(B,)``, ``y`` ``(B, T, P)`` normalised Hartley pixels, ``rot`` ``(B, T, 3, 3)``,
+        ``ctf`` ``(B, T, 9)``, ``exposure`` ``(B, T)`` (e/A^2), ``tilt_deg`` ``(B, T)``, ``tilt_mask`` ``(B, T)``
+        bool and ``tilt_key`` ``(B, T)`` (a fixed random number per image).
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        rows, mask = self.image_grid(indices)
+        if self.values is not None:
+            y = self.values[rows]
+        else:
+            flat = rows.reshape(-1).cpu().numpy()
+            uniq, inverse = np.unique(flat, return_inverse=True)
+            prepared = (self._prepare(uniq) / self.norm_std).to(self.device)
+            y = prepared[torch.as_tensor(inverse.reshape(rows.shape), device=self.device)]
+        return {"index": torch.as_tensor(indices, device=self.device), "y": y, "rot": self.rotations[rows],
+                "ctf": self.ctf[rows], "exposure": self.exposure[rows], "tilt_deg": self.tilt_deg[rows],
+                "tilt_mask": mask, "tilt_key": self.tilt_key[rows]}
