@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= cryoscape-demo
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test browser clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,7 +20,19 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/cryoscape demo -o $(DEMO_OUT)
 
-test: setup
+# Debian's chromium for the browser tests (tests/test_browser_*.py), installed when missing and possible (root with
+# apt-get). Never fails: without chromium those tests skip, or fail with the reason when CI is set.
+browser:
+	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the browser tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "could not install chromium: the browser tests will be skipped (or fail under CI)"; \
+	  else \
+	    echo "no chromium, and no root apt-get to install it: the browser tests will be skipped (or fail under CI)"; \
+	  fi; }
+
+test: setup browser
 	$(PY) -m pytest -q -n 2 tests
 
 clean:

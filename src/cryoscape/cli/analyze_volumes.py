@@ -1,0 +1,78 @@
+"""Volume-space analysis (tomoDRGN paper): maps for many particles, PCA of the maps, UMAP and k-means there.
+
+Generates the map of a k-means sketch of the latent space (or of every particle with --all), optionally correlates
+each with a reference map, then runs PCA on the (masked) maps as voxel vectors, UMAP of the principal components
+and k-means. Writes OUT/vol_pcs.npy, OUT/explained_variance.png, OUT/vol_pca.png, OUT/labels.npy (per sampled map),
+OUT/sample_indices.npy (latent rows sampled), OUT/mean.mrc, OUT/pc_001.mrc ..., and OUT/reference_cc.npy with --reference.
+
+Example:
+  cryoscape analyze-volumes runs/vae8 --sample 500 --mask auto -k 10 -o runs/vae8/volume_space
+  cryoscape analyze-volumes runs/vae8 --sample 200 --reference consensus.mrc -o vs/
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder written by `cryoscape train`")
+    p.add_argument("-o", "--outdir", required=True, help="output folder")
+    p.add_argument("--epoch", type=int, help="epoch (default: best_epoch, else the last)")
+    p.add_argument("--sample", type=int, default=500, help="maps to generate: k-means sketch size (default 500)")
+    p.add_argument("--all", action="store_true", help="generate the map of every particle instead of a sketch")
+    p.add_argument("--mask", default="auto", help="'auto', 'none' or a mask MRC (default auto)")
+    p.add_argument("--pcs", type=int, default=10, help="principal components (default 10)")
+    p.add_argument("-k", type=int, default=10, help="k-means clusters on the principal components (default 10)")
+    p.add_argument("--reference", help="MRC map: correlation of every generated map with it")
+    p.add_argument("--skip-umap", action="store_true")
+    p.add_argument("-b", "--batch-size", type=int, default=8, help="maps generated per batch (default 8)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from cryoscape.analysis.latent import kmeans_on_data, load_latents
+    from cryoscape.analysis.plots import plot_explained_variance, plot_scatter, save_figure
+    from cryoscape.analysis.volume_space import analyze_volume_space, correlation_to_reference, load_generator
+    from cryoscape.errors import InputError
+    from cryoscape.io.mrc import read_mrc, write_mrc
+    from cryoscape.utils.atomic import atomic_path, check_writable_dir
+
+    latents = load_latents(args.run, args.epoch)
+    z = latents.z
+    if args.all or args.sample >= len(z):
+        rows = np.arange(len(z))
+    else:
+        rows = np.sort(kmeans_on_data(z, args.sample, seed=args.seed, n_init=1).center_indices)
+    generator = load_generator(args.run, latents.epoch, args.device)
+    out = check_writable_dir(args.outdir)
+    mask = None if args.mask == "none" else args.mask
+    if mask not in (None, "auto"):
+        mask, _ = read_mrc(mask)
+    if args.reference:
+        ref, _ = read_mrc(args.reference)
+        if ref.shape != (generator.D,) * 3:
+            raise InputError(f"reference is {ref.shape} but the model makes {generator.D}^3 maps", args.reference)
+        cc = correlation_to_reference(generator, z[rows], ref, batch_size=args.batch_size)
+        with atomic_path(out / "reference_cc.npy") as tmp:
+            np.save(tmp, cc)
+        print(f"correlation with the reference: median {np.median(cc):.3f}, min {cc.min():.3f}, max {cc.max():.3f}")
+    result = analyze_volume_space(generator, z[rows], mask=mask, n_components=args.pcs,
+                                  k=min(args.k, len(rows)), umap=not args.skip_umap, seed=args.seed,
+                                  batch_size=args.batch_size)
+    for name, arr in (("sample_indices.npy", rows), ("vol_pcs.npy", result.pcs), ("labels.npy", result.labels)):
+        with atomic_path(out / name) as tmp:
+            np.save(tmp, arr)
+    apix = generator.pixel_size_angstrom
+    write_mrc(out / "mean.mrc", result.mean_volume, voxel_size_angstrom=apix)
+    for i, comp in enumerate(result.components[:5]):
+        write_mrc(out / f"pc_{i + 1:03d}.mrc", comp, voxel_size_angstrom=apix)
+    save_figure(plot_explained_variance(result.explained_variance_ratio), out / "explained_variance.png")
+    emb = result.umap if result.umap is not None else result.pcs[:, :2]
+    axes = ("UMAP1", "UMAP2") if result.umap is not None else ("volume PC1", "volume PC2")
+    save_figure(plot_scatter(emb, result.labels, None, axes, "volume space"), out / "vol_pca.png")
+    print(f"volume-space analysis of {len(rows)} maps -> {out}")
+    return 0
