@@ -1,0 +1,133 @@
+"""Batches of centred, normalised real-space particle images (for real-space models such as OPUS-DSD)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cryoscape.data.healpix_sampler import view_classes
+from cryoscape.data.preprocess import check_finite, make_window
+from cryoscape.errors import InputError
+from cryoscape.imaging.shift import translate_images
+
+__all__ = ["ImageParticleData", "prepare_images"]
+
+
+def prepare_images(images: torch.Tensor, shifts_px: torch.Tensor | None = None, window: torch.Tensor | None = None,
+                   invert: bool = False) -> torch.Tensor:
+    """Centre, window and (optionally) invert real-space particle images.
+
+    Parameters
+    ----------
+    images : float ``(B, D, D)`` real-space images.
+    shifts_px : ``(B, 2)`` RELION origins ``(x, y)`` in pixels; each image is translated by ``+origin`` (Fourier
+        phase shift), which moves the particle centre to the box centre ``D // 2``. ``None``: no translation.
+    window : ``(D, D)`` real-space window applied after centring, or ``None``.
+    invert : multiply by -1 (for stacks where the protein is dark).
+
+    Returns
+    -------
+    float ``(B, D, D)`` (not yet normalised).
+    """
+    x = images
+    if shifts_px is not None:
+        x = translate_images(x, shifts_px)
+    if window is not None:
+        x = x * window
+    return -x if invert else x
+
+
+class ImageParticleData:
+    """Centred real-space images, rotations, CTF parameters and projection classes of a particle set.
+
+    In memory (default) all images are prepared once (centred by their origin, windowed, divided by
+    ``norm_std``); with ``lazy=True`` they are read from the memory-mapped stacks and prepared per batch.
+
+    Parameters
+    ----------
+    particles : ``cryoscape.io.particles.ParticleSet`` with poses (and CTF, if any).
+    invert, window, window_inner : image preparation (see :func:`prepare_images`).
+    lazy : read and prepare images per batch.
+    norm_std : scale the images are divided by; the standard deviation of up to 1000 prepared images when
+        ``None``.
+    nside : HEALPix resolution of the projection classes (``batch["view_class"]``).
+    """
+
+    def __init__(self, particles, *, invert=False, window=True, window_inner=0.85, lazy=False,
+                 norm_std: float | None = None, nside: int = 2, progress=True):
+        if particles.poses is None:
+            raise InputError(
+                "no poses for these particles", particles.source_path,
+                hint="give --poses pose.pkl, or a STAR/.cs file with angles from a consensus refinement",
+            )
+        self.particles = particles
+        self.D = int(particles.images.D)
+        self.pixel_size_angstrom = float(particles.pixel_size_angstrom)
+        self.invert = invert
+        self.window = make_window(self.D, window, window_inner)
+        self.lazy = lazy
+        self.source = str(particles.source_path)
+        rotations = np.asarray(particles.poses.rotations, dtype=np.float64)
+        self.view_classes = view_classes(rotations, nside)
+        self.rotations = torch.as_tensor(rotations, dtype=torch.float32)
+        self._shifts_cpu = torch.as_tensor(particles.poses.shifts_px(self.pixel_size_angstrom), dtype=torch.float32)
+        self._classes = torch.as_tensor(self.view_classes)
+        self.ctf = None if particles.ctf is None else torch.as_tensor(particles.ctf.to_array(), dtype=torch.float32)
+        self.device = torch.device("cpu")
+        self.norm_std = float(norm_std) if norm_std is not None else self._estimate_norm()
+        self.images: torch.Tensor | None = None
+        if not lazy:
+            self.images = self._prepare_all(progress)
+
+    def __len__(self) -> int:
+        return len(self.particles)
+
+    def _prepare(self, indices: np.ndarray) -> torch.Tensor:
+        raw = np.asarray(self.particles.images[indices], dtype=np.float32)
+        check_finite(raw, indices, self.source)
+        return prepare_images(torch.from_numpy(raw), self._shifts_cpu[indices], self.window, self.invert)
+
+    def _estimate_norm(self) -> float:
+        n = len(self)
+        sample = np.unique(np.linspace(0, n - 1, min(n, 1000)).astype(np.int64))
+        values = torch.cat([self._prepare(c) for c in np.array_split(sample, max(1, len(sample) // 256))])
+        std = float(values.std())
+        if not np.isfinite(std) or std == 0:
+            raise InputError("images have no variance; cannot normalise", self.source)
+        return std
+
+    def _prepare_all(self, progress: bool) -> torch.Tensor:
+        n = len(self)
+        out = torch.empty((n, self.D, self.D), dtype=torch.float32)
+        with tqdm(total=n, desc="preparing images", unit="img", disable=not progress, leave=False) as bar:
+            for start in range(0, n, 512):
+                idx = np.arange(start, min(n, start + 512))
+                out[start : start + len(idx)] = self._prepare(idx) / self.norm_std
+                bar.update(len(idx))
+        return out
+
+    def to(self, device: torch.device) -> "ImageParticleData":
+        """Keep the prepared images (in-memory mode) and metadata on ``device``."""
+        self.device = torch.device(device)
+        self.rotations = self.rotations.to(self.device)
+        self._classes = self._classes.to(self.device)
+        if self.ctf is not None:
+            self.ctf = self.ctf.to(self.device)
+        if self.images is not None:
+            self.images = self.images.to(self.device)
+        return self
+
+    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        """The particles at ``indices``: ``index`` (B,), ``y`` (B, D, D) centred normalised images, ``rot``
+        (B, 3, 3), ``view_class`` (B,) and, if known, ``ctf`` (B, 9)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        idx = torch.from_numpy(indices).to(self.device)
+        if self.images is not None:
+            y = self.images[idx]
+        else:
+            y = (self._prepare(indices) / self.norm_std).to(self.device)
+        batch = {"index": idx, "y": y, "rot": self.rotations[idx], "view_class": self._classes[idx]}
+        if self.ctf is not None:
+            batch["ctf"] = self.ctf[idx]
+        return batch

@@ -1,0 +1,331 @@
+"""The OPUS-DSD family: a 3-D convolutional VAE rendered in real space, with a structural-disentanglement prior.
+
+Implements Luo et al. 2023 (``shared/papers/opus-dsd-2022.txt``; see ``docs/opus-dsd.md``):
+
+* encoder: the centred image, contrast/brightness-jittered while training, repeated along z, rotated into the
+  consensus frame by the inverse pose, masked and reduced by 3-D convolutions to ``q(z|X)``
+  (``models.opus_networks``);
+* decoder: ``z`` -> ``templateres^3`` volume (transposed 3-D convolutions), Fourier-resampled to the image box
+  ``D^3`` and multiplied by the solvent mask;
+* rendering: ``project_real`` (spatial transformer, sum along z) at the particle's pose, CTF in Fourier space;
+  the observed image is centred by its origin in the data provider (``docs/conventions.md``);
+* loss, summed-likelihood form divided by the number ``M`` of pixels inside the projected mask:
+  ``recon + (beta_c * kl_weight * KL + tv_weight * TV + l1_weight * L1 + beta_c * lamb * J) / M`` with ``recon`` the
+  mean squared error per pixel inside the projected mask, ``J`` the structural-disentanglement prior
+  (``models.opus_prior``, training only) and ``beta_c`` the cyclical annealing weight.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from cryoscape.imaging.ctf import ctf_image
+from cryoscape.imaging.fft import fft2_centered, ifft2_centered, resample_volume
+from cryoscape.imaging.masks import sphere_mask
+from cryoscape.imaging.projection import project_real
+from cryoscape.models.opus_networks import ConvDecoder, ConvEncoder, pseudo_volumes
+from cryoscape.models.opus_prior import (
+    INTER_REPULSION_WEIGHT,
+    MemoryBank,
+    cyclic_weight,
+    inter_class_prior,
+    intra_class_prior,
+    l1_norm,
+    total_variation,
+)
+
+__all__ = ["OpusDSD", "default_templateres", "kl_divergence_logstd", "render_images"]
+
+MASK_RADIUS_FRAC = 0.85  # default spherical solvent mask: radius 0.85 * D/2 (the reference's default window)
+
+
+def default_templateres(D: int) -> int:
+    """Decoder output size for images of ``D`` pixels: ``D`` rounded up to a multiple of 16, at least 32."""
+    return max(32, 16 * -(-int(D) // 16))
+
+
+def kl_divergence_logstd(mu: torch.Tensor, logstd: torch.Tensor) -> torch.Tensor:
+    """``KL(N(mu, exp(logstd)^2) || N(0, I))`` per row, ``(B,)``, for ``mu``, ``logstd`` ``(B, zdim)``."""
+    return (-logstd + 0.5 * (torch.exp(2.0 * logstd) + mu * mu) - 0.5).sum(dim=1)
+
+
+def render_images(volumes: torch.Tensor, rotations: torch.Tensor, ctf: torch.Tensor | None,
+                  pixel_size_angstrom: float) -> torch.Tensor:
+    """Real-space projections ``(B, D, D)`` of ``volumes`` ``(B, D, D, D)`` at RELION poses ``(B, 3, 3)``,
+    multiplied by the CTF (parameters ``(B, 9)``, ``None``: no CTF) in Fourier space."""
+    proj = project_real(volumes, rotations)
+    if ctf is None:
+        return proj
+    D = proj.shape[-1]
+    values = ctf_image(D, pixel_size_angstrom, ctf.to(proj.dtype))
+    return ifft2_centered(fft2_centered(proj) * values).real
+
+
+def _gather_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Concatenate ``tensors`` (equal first dimension per process) over all processes (identity if single)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensors
+    world = dist.get_world_size()
+    n = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    out = []
+    for t in tensors:
+        padded = t.new_zeros((max(sizes),) + tuple(t.shape[1:]))
+        padded[: t.shape[0]] = t
+        parts = [torch.zeros_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.contiguous())
+        out.append(torch.cat([p[:s] for p, s in zip(parts, sizes)]))
+    return tuple(out)
+
+
+class OpusDSD(nn.Module):
+    """OPUS-DSD VAE.
+
+    Parameters
+    ----------
+    D : image box size (even, >= 8); volumes are generated at ``D^3``.
+    pixel_size_angstrom : of the training images.
+    n_particles : size of the memory bank (particles in the training data set).
+    zdim : latent dimension (>= 1).
+    templateres : decoder output size (multiple of 16; ``None``: :func:`default_templateres`).
+    channel_scale : multiplies every channel count of the paper's networks.
+    mask : ``(D, D, D)`` solvent mask in ``[0, 1]``; ``None``: a sphere of radius ``0.85 * D/2``.
+    kl_weight, lamb, tv_weight, l1_weight : loss weights (see the module docstring).
+    knn, kfarthest, n_samples : inter-class neighbours, far points and bank samples per batch.
+    knn_intra : nearest neighbours attracted within a batch.
+    momentum : memory-bank momentum.
+    anneal_images : images per ramp of the cyclical annealing of ``kl_weight`` and ``lamb`` (0: no annealing).
+    norm_std : data normalisation (generated volumes are multiplied by it).
+    """
+
+    family = "opus-dsd"
+
+    def __init__(self, D: int, pixel_size_angstrom: float, n_particles: int, zdim: int = 8,
+                 templateres: int | None = None, channel_scale: float = 1.0, mask: torch.Tensor | None = None,
+                 kl_weight: float = 0.01, lamb: float = 0.5, tv_weight: float = 1.0, l1_weight: float = 0.3,
+                 knn: int = 128, kfarthest: int = 512, n_samples: int = 12800, knn_intra: int = 4,
+                 momentum: float = 0.7, anneal_images: float = 100_000, norm_std: float = 1.0):
+        super().__init__()
+        if zdim < 1:
+            raise ValueError("OPUS-DSD needs zdim >= 1")
+        self.D, self.zdim = int(D), int(zdim)
+        self.templateres = int(templateres) if templateres else default_templateres(D)
+        self.kl_weight, self.lamb, self.tv_weight, self.l1_weight = kl_weight, lamb, tv_weight, l1_weight
+        self.knn, self.kfarthest, self.n_samples, self.knn_intra = knn, kfarthest, n_samples, knn_intra
+        self.anneal_images = float(anneal_images)
+        self.encoder = ConvEncoder(zdim, channel_scale)
+        self.decoder = ConvDecoder(zdim, self.templateres, channel_scale)
+        self.bank = MemoryBank(n_particles, zdim, momentum)
+        if mask is None:
+            mask = sphere_mask(D, MASK_RADIUS_FRAC * D / 2).float()
+        mask = torch.as_tensor(mask, dtype=torch.float32)
+        if mask.shape != (D, D, D):
+            raise ValueError(f"mask must be ({D}, {D}, {D}), got {tuple(mask.shape)}")
+        self.register_buffer("volume_mask", mask.clamp(0.0, 1.0))
+        self.register_buffer("pixel_size_angstrom", torch.tensor(float(pixel_size_angstrom)))
+        self.register_buffer("norm_std", torch.tensor(float(norm_std)))
+        self.register_buffer("images_seen", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("snr_ema", torch.zeros(()))
+
+    # -- the forward model ---------------------------------------------------------------------------------
+    def augment(self, y: torch.Tensor) -> torch.Tensor:
+        """Random contrast and brightness of encoder inputs ``(B, D, D)``, scaled by the running SNR estimate:
+        ``y * (1 + 0.3 s (u - 0.5)) + 0.2 s n`` with ``s = sqrt(min(snr, 1))``, ``u ~ U(0, 1)``, ``n ~ N(0, 1)``
+        per image."""
+        s = torch.sqrt(self.snr_ema.clamp(0.0, 1.0)).to(y.dtype)
+        B = y.shape[0]
+        u = torch.rand(B, 1, 1, device=y.device, dtype=y.dtype)
+        n = torch.randn(B, 1, 1, device=y.device, dtype=y.dtype)
+        return y * (1.0 + 0.3 * s * (u - 0.5)) + 0.2 * s * n
+
+    def encode(self, y: torch.Tensor, rotations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centred images ``(B, D, D)`` and poses ``(B, 3, 3)`` -> ``(mu, logstd)``, each ``(B, zdim)``.
+
+        The pseudo-volume ``P(x, y, z) = image(x, y)`` is carried into the volume frame, ``W(r) = P(A r)``, and
+        multiplied by the solvent mask before the convolutions.
+        """
+        mu, logstd = self.encoder(pseudo_volumes(y, rotations) * self.volume_mask)
+        return mu.float(), logstd.float()
+
+    def volumes(self, z: torch.Tensor) -> torch.Tensor:
+        """Masked volumes ``(B, D, D, D)`` (normalised units) for latents ``(B, zdim)``."""
+        v = self.decoder(z).float()  # FFTs below need float32 under --amp
+        if v.shape[-1] != self.D:
+            v = resample_volume(v, self.D)
+        return v * self.volume_mask
+
+    @torch.no_grad()
+    def loss_mask(self, rotations: torch.Tensor) -> torch.Tensor:
+        """Pixels ``(B, D, D)`` (0/1) inside the projection of the solvent mask at each pose."""
+        inside = (self.volume_mask > 0.5).to(self.volume_mask.dtype)
+        return (project_real(inside, rotations) > 0.5).to(inside.dtype)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Loss and its terms (``recon``, ``kl``, ``tv``, ``l1``, and ``prior``, ``anneal`` while training)."""
+        dev = self.volume_mask.device
+        y, rot = batch["y"].to(dev), batch["rot"].to(dev)
+        ctf = batch["ctf"].to(dev) if "ctf" in batch else None
+        mu, logstd = self.encode(self.augment(y) if self.training else y, rot)
+        z = mu + torch.randn_like(mu) * torch.exp(logstd) if self.training else mu
+        vol = self.volumes(z)
+        pred = render_images(vol, rot, ctf, float(self.pixel_size_angstrom))
+        mask2d = self.loss_mask(rot)
+        n_pix = mask2d.sum(dim=(1, 2)).clamp(min=1.0)
+        err = (pred - y) ** 2 * mask2d
+        recon = (err.sum(dim=(1, 2)) / n_pix).mean()
+        M = n_pix.mean()
+        kl = kl_divergence_logstd(mu, logstd).mean()
+        inside = self.volume_mask > 0
+        tv = total_variation(vol, inside).mean()
+        l1 = l1_norm(vol, inside).mean()
+        beta_c = cyclic_weight(float(self.images_seen), self.anneal_images)
+        loss = recon + (beta_c * self.kl_weight * kl + self.tv_weight * tv + self.l1_weight * l1) / M
+        terms = {"recon": recon, "kl": kl, "tv": tv, "l1": l1}
+        if self.training:
+            index = batch["index"].to(dev)
+            classes = batch["view_class"].to(dev)
+            prior = self.disentanglement_prior(mu, index, classes)
+            loss = loss + beta_c * self.lamb * prior / M
+            terms["prior"] = prior
+            terms["anneal"] = torch.tensor(beta_c)
+            self._after_step(index, mu, classes, (pred.detach() ** 2 * mask2d).sum(), err.detach().sum())
+        terms["loss"] = loss
+        return terms
+
+    def disentanglement_prior(self, mu: torch.Tensor, index: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Intra-class attraction/repulsion within the batch plus inter-class attraction/repulsion against the
+        memory bank (codes of the batch's classes excluded); scalar."""
+        att, rep = intra_class_prior(mu, self.knn_intra)
+        samples = self.bank.sample_other_classes(torch.unique(classes), self.n_samples)
+        query = self.bank.lookup(index, mu)
+        c_att, c_rep = inter_class_prior(mu, query, samples, self.knn, self.kfarthest)
+        return att + rep + c_att + INTER_REPULSION_WEIGHT * c_rep
+
+    @torch.no_grad()
+    def _after_step(self, index, mu, classes, signal_power, error_power) -> None:
+        """Update the memory bank (codes of every process), the image counter and the SNR estimate."""
+        index, mu, classes = _gather_rows(index, mu.detach().float(), classes)
+        self.bank.update(index, mu, classes)
+        self.images_seen += index.shape[0]
+        snr = (signal_power / error_power.clamp(min=1e-12)).to(self.snr_ema.dtype)
+        self.snr_ema.mul_(0.9).add_(0.1 * snr)
+
+    @torch.no_grad()
+    def latent_means(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Posterior means ``(B, zdim)`` of a batch (no augmentation)."""
+        dev = self.volume_mask.device
+        return self.encode(batch["y"].to(dev), batch["rot"].to(dev))[0]
+
+    # -- volumes ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_volumes(self, z: np.ndarray, batch_size: int = 1) -> np.ndarray:
+        """Volumes ``(n, D, D, D)`` float32 at latents ``z`` ``(n, zdim)``, in the units of the input images."""
+        z = np.asarray(z, dtype=np.float32).reshape(-1, self.zdim)
+        dev = self.volume_mask.device
+        out = []
+        for start in range(0, len(z), max(1, int(batch_size))):
+            zb = torch.from_numpy(z[start : start + max(1, int(batch_size))]).to(dev)
+            out.append((self.volumes(zb) * self.norm_std).float().cpu().numpy())
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0,) + (self.D,) * 3, np.float32)
+
+
+# -- family hooks: mask file, best epoch -----------------------------------------------------------------------
+def load_volume_mask(path, D: int) -> torch.Tensor:
+    """A solvent mask MRC as a ``(D, D, D)`` float32 tensor in ``[0, 1]`` (trilinear resampling if its box differs;
+    the mask is assumed to span the same physical box as the images)."""
+    import torch.nn.functional as nnf
+
+    from cryoscape.errors import InputError
+    from cryoscape.io.mrc import read_mrc
+
+    data, _ = read_mrc(path)
+    if data.ndim != 3 or len(set(data.shape)) != 1:
+        raise InputError(f"the mask must be a cubic 3-D map, got shape {data.shape}", path)
+    if not np.all(np.isfinite(data)) or data.max() <= 0:
+        raise InputError("the mask has no positive voxels (or contains NaN/Inf)", path)
+    m = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+    if m.shape[-1] != D:
+        m = nnf.interpolate(m[None, None], size=(D, D, D), mode="trilinear", align_corners=False)[0, 0]
+    return m.clamp(0.0, 1.0)
+
+
+def select_best_epoch(history: list[dict], eligible, key: str = "val_recon") -> int | None:
+    """The epoch with the lowest finite ``key`` among the rows of ``history`` whose epoch is in ``eligible``
+    (the first one on ties); ``None`` if there is none."""
+    eligible = {int(e) for e in eligible}
+    best: tuple[int, float] | None = None
+    for row in history:
+        e, v = int(row["epoch"]), row.get(key)
+        if e in eligible and v is not None and np.isfinite(v) and (best is None or v < best[1]):
+            best = (e, float(v))
+    return None if best is None else best[0]
+
+
+class OpusDSDFamily:
+    """OPUS-DSD: real-space images, 3-D conv VAE, HEALPix class batches, best epoch by validation error."""
+
+    name = "opus-dsd"
+
+    def make_data(self, particles, config, norm_std=None, progress=True):
+        from cryoscape.data.image_data import ImageParticleData
+
+        d = config.data
+        return ImageParticleData(particles, invert=d.invert_data, window=d.window, window_inner=d.window_inner,
+                                 lazy=d.lazy, norm_std=norm_std, progress=progress)
+
+    def build_info(self, data) -> dict:
+        return {"D": int(data.D), "pixel_size_angstrom": float(data.pixel_size_angstrom),
+                "norm_std": float(data.norm_std), "n_particles": int(len(data))}
+
+    def build_model(self, config, build: dict) -> OpusDSD:
+        from pathlib import Path
+
+        from cryoscape.errors import InputError
+
+        m, t = config.model, config.train
+        D = int(build["D"])
+        if m.zdim < 1:
+            raise InputError("--model opus-dsd needs --zdim >= 1 (it is a VAE)")
+        if D < 8:
+            raise InputError(f"--model opus-dsd needs images of at least 8 pixels, got {D}")
+        # a missing mask file is checked when training starts; here (e.g. loading a finished run) the mask is
+        # restored from the checkpoint, so a placeholder sphere is fine
+        mask = load_volume_mask(m.mask, D) if m.mask and Path(m.mask).is_file() else None
+        return OpusDSD(D=D, pixel_size_angstrom=float(build["pixel_size_angstrom"]),
+                       n_particles=int(build["n_particles"]), zdim=m.zdim, templateres=m.templateres,
+                       channel_scale=m.channel_scale, mask=mask,
+                       kl_weight=0.01 if t.beta is None else float(t.beta), lamb=t.lamb, tv_weight=t.tv_weight,
+                       l1_weight=t.l1_weight, knn=t.knn, kfarthest=t.kfarthest, n_samples=t.n_samples,
+                       knn_intra=t.knn_intra, momentum=t.momentum, anneal_images=t.anneal_images,
+                       norm_std=float(build["norm_std"]))
+
+    def make_optimizer(self, model, config):
+        t = config.train
+        opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        return opt, torch.optim.lr_scheduler.ExponentialLR(opt, gamma=t.lr_decay)
+
+    def epoch_batches(self, data, train_positions, seed, epoch, batch_size, info):
+        from cryoscape.data.healpix_sampler import class_batches
+
+        return class_batches(data.view_classes, train_positions, seed, epoch, batch_size, info.rank,
+                             info.world_size)
+
+    def epoch_end(self, engine, epoch: int, row: dict) -> None:
+        """Write ``RUN/best_epoch``: the epoch, among those with a checkpoint, of lowest validation error."""
+        from cryoscape.train.checkpoint import completed_epochs
+        from cryoscape.utils.atomic import atomic_write_text
+
+        if not engine.info.is_main or "val_recon" not in row:
+            return
+        s = engine.settings
+        eligible = set(completed_epochs(engine.run_dir))
+        if epoch % s.checkpoint_every == 0 or epoch == s.epochs or engine._stop_requested:
+            eligible.add(epoch)  # its checkpoint is written right after this hook
+        best = select_best_epoch(engine.state.history, eligible)
+        if best is not None:
+            atomic_write_text(engine.run_dir / "best_epoch", f"{best}\n")
