@@ -19,6 +19,7 @@ def trained(tmp_path_factory):
     run = root / "run"
     assert main(["train", str(sim / "particles.star"), "-o", str(run), "-n", "2", "--zdim", "3", "--enc-dim", "16",
                  "--enc-layers", "1", "--dec-dim", "16", "--dec-layers", "1", "-b", "8", "--no-progress"]) == 0
+    assert main(["analyze", str(run), "--ksample", "4", "--pc", "2", "--truth", str(sim), "--device", "cpu"]) == 0
     return sim, run
 
 
@@ -34,7 +35,6 @@ class _Images(HTMLParser):
 
 def test_analyze_writes_everything_it_promises(trained):
     sim, run = trained
-    assert main(["analyze", str(run), "--ksample", "4", "--pc", "2", "--truth", str(sim), "--device", "cpu"]) == 0
     out = run / "analysis" / "epoch_002"
     labels = np.load(out / "kmeans4" / "labels.npy")
     assert labels.shape == (80,) and set(labels) <= set(range(4))

@@ -62,3 +62,39 @@ def select_particles(z: np.ndarray, run_indices: np.ndarray, n_input: int, *, cl
     if chosen.size == 0:
         raise InputError("the selection is empty; nothing written")
     return chosen
+
+
+def load_run_input(config, particles_path=None, datadir=None):
+    """The original input of a run (before ``--ind``) and its model family.
+
+    ``particles_path`` substitutes another file with the same particles in the same order (e.g. the full-size
+    STAR of a run trained on downsampled images), so subsets can be written for it.
+    """
+    from cryoscape.io.particles import load_particles
+    from cryoscape.models.registry import get_family
+
+    family = get_family(config.model.family)
+    d = config.data
+    if particles_path is not None:
+        particles = load_particles(particles_path, datadir=datadir, lazy=True)
+    elif hasattr(family, "write_subset"):  # a family with its own input format (tomoDRGN tilt series)
+        particles, _ = family.load_particles(config, apply_ind=False)
+    else:
+        particles = load_particles(d.particles, poses=d.poses, ctf=d.ctf, datadir=d.datadir, apix=d.apix, lazy=True)
+    return particles, family
+
+
+def write_selection(particles, family, chosen: np.ndarray, out_dir: Path, fmt: str = "auto") -> list[Path]:
+    """Write ``indices.npy``, ``indices.txt`` and the particle subset (STAR/.cs, all metadata kept) into ``out_dir``."""
+    from cryoscape.io.indices import write_indices
+    from cryoscape.io.particles import ParticleSet, write_particle_subset
+
+    out_dir = Path(out_dir)
+    written = [write_indices(out_dir / "indices.npy", chosen), write_indices(out_dir / "indices.txt", chosen)]
+    if not isinstance(particles, ParticleSet) and hasattr(family, "write_subset"):
+        written.append(Path(family.write_subset(particles, chosen, out_dir)))
+    else:
+        if fmt == "auto":
+            fmt = "cs" if particles.source_format == "cs" else "star"
+        written.append(write_particle_subset(particles, chosen, out_dir / f"particles.{fmt}"))
+    return written

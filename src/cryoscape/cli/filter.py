@@ -25,6 +25,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epoch", type=int, help="epoch of the latents/analysis (default: best, else last)")
     p.add_argument("--k", type=int, help="which k-means result (kmeansK) when several exist")
     p.add_argument("--analysis", help="analysis folder (default RUN/analysis/epoch_NNN)")
+    p.add_argument("--particles", help="write the subset of this file instead (e.g. the full-size STAR the run's "
+                   "downsampled input was made from: same particles, same order)")
+    p.add_argument("--datadir", help="folder of the stacks of --particles")
     p.add_argument("--format", choices=["star", "cs", "auto"], default="auto",
                    help="subset format (default: that of the input; .mrcs inputs get a STAR)")
 
@@ -32,29 +35,27 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
+    import numpy as np
+
     from cryoscape.analysis.latent import load_latents
-    from cryoscape.analysis.selection import find_kmeans_labels, select_particles
+    from cryoscape.analysis.selection import find_kmeans_labels, load_run_input, select_particles, write_selection
     from cryoscape.config import load_config
     from cryoscape.errors import InputError
-    from cryoscape.io.indices import read_indices, write_indices
-    from cryoscape.io.particles import load_particles, write_particle_subset
+    from cryoscape.io.indices import read_indices
     from cryoscape.utils.atomic import check_writable_dir
 
     run_dir = Path(args.run)
     config = load_config(run_dir / "config.yaml")
     latents = load_latents(run_dir, args.epoch)
-    d = config.data
-    from cryoscape.models.registry import get_family
-
-    family = get_family(config.model.family)
-    if hasattr(family, "write_subset"):  # a family with its own input format (tomoDRGN tilt series)
-        particles, _ = family.load_particles(config, apply_ind=False)
-    else:
-        particles = load_particles(d.particles, poses=d.poses, ctf=d.ctf, datadir=d.datadir, apix=d.apix, lazy=True)
+    particles, family = load_run_input(config)
+    n_input = len(particles)
+    if args.particles:
+        particles, _ = load_run_input(config, args.particles, args.datadir)
+        if len(particles) != n_input:
+            raise InputError(f"has {len(particles)} particles but the run's input has {n_input}", args.particles,
+                             "give the file the run's input was made from (same particles, same order)")
     labels = None
     if args.clusters is not None:
-        import numpy as np
-
         labels = np.load(find_kmeans_labels(run_dir, latents.epoch, args.k,
                                             Path(args.analysis) if args.analysis else None))
     z_range = None
@@ -63,16 +64,10 @@ def run(args) -> int:
             z_range = (int(args.z_range[0]), float(args.z_range[1]), float(args.z_range[2]))
         except ValueError:
             raise InputError("--z-range needs an integer DIM and two numbers LO HI") from None
-    ind = read_indices(args.ind, n=len(particles)) if args.ind else None
-    chosen = select_particles(latents.z, latents.indices, len(particles), cluster_labels=labels,
+    ind = read_indices(args.ind, n=n_input) if args.ind else None
+    chosen = select_particles(latents.z, latents.indices, n_input, cluster_labels=labels,
                               clusters=args.clusters, z_range=z_range, ind=ind, invert=args.invert)
     out = check_writable_dir(args.outdir)
-    write_indices(out / "indices.npy", chosen)
-    write_indices(out / "indices.txt", chosen)
-    if hasattr(family, "write_subset"):
-        subset_path = family.write_subset(particles, chosen, out)
-    else:
-        fmt = args.format if args.format != "auto" else ("cs" if particles.source_format == "cs" else "star")
-        subset_path = write_particle_subset(particles, chosen, out / f"particles.{fmt}")
-    print(f"selected {len(chosen)} of {len(particles)} particles -> {out / 'indices.npy'}, {subset_path}")
+    written = write_selection(particles, family, chosen, out, args.format)
+    print(f"selected {len(chosen)} of {n_input} particles -> {', '.join(str(p) for p in written)}")
     return 0

@@ -235,19 +235,14 @@ def load_explorer_data(run_dir, epoch: int | None = None, k: int | None = None, 
 
 def _attach_particles(data: ExplorerData) -> None:
     """Load the run's input particles (as ``cryoscape filter`` does) and their metadata; degrade with a warning."""
+    from cryoscape.analysis.selection import load_run_input
     from cryoscape.config import load_config
-    from cryoscape.io.particles import ParticleSet, load_particles
-    from cryoscape.models.registry import get_family
+    from cryoscape.io.particles import ParticleSet
 
     try:
         config = load_config(data.run_dir / "config.yaml")
         d = config.data
-        family = get_family(config.model.family)
-        if hasattr(family, "write_subset"):  # a family with its own input format (tomoDRGN tilt series)
-            particles, _ = family.load_particles(config, apply_ind=False)
-        else:
-            particles = load_particles(d.particles, poses=d.poses, ctf=d.ctf, datadir=d.datadir, apix=d.apix,
-                                       lazy=True)
+        particles, family = load_run_input(config)
         if data.input_indices.max() >= len(particles):
             raise InputError(f"the run's indices reach {data.input_indices.max()} but the input has "
                              f"{len(particles)} particles", d.particles)

@@ -105,9 +105,8 @@ def export_selection(data, input_indices, name: str | None = None) -> dict:
     InputError
         Bad name or indices (nothing is written).
     """
-    from cryoscape.analysis.selection import select_particles
+    from cryoscape.analysis.selection import select_particles, write_selection
     from cryoscape.io.indices import write_indices
-    from cryoscape.io.particles import write_particle_subset
 
     name = check_selection_name(name) if name else next_selection_name(data.run_dir)
     n_input = data.n_input
@@ -120,12 +119,9 @@ def export_selection(data, input_indices, name: str | None = None) -> dict:
     except FileExistsError:
         raise SelectionExists(f"a selection named {name!r} exists already", out, "choose another name") from None
     try:
-        files = [write_indices(out / "indices.npy", chosen).name, write_indices(out / "indices.txt", chosen).name]
-        if data.particles is not None and hasattr(data.family, "write_subset"):  # as `cryoscape filter` does
-            files.append(Path(data.family.write_subset(data.particles, chosen, out)).name)
-        elif data.particles is not None:
-            fmt = "cs" if data.particles.source_format == "cs" else "star"
-            files.append(write_particle_subset(data.particles, chosen, out / f"particles.{fmt}").name)
+        files = [p.name for p in write_selection(data.particles, data.family, chosen, out)] \
+            if data.particles is not None else \
+            [write_indices(out / "indices.npy", chosen).name, write_indices(out / "indices.txt", chosen).name]
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from pathlib import Path
@@ -69,6 +70,13 @@ def load_training_particles(config: RunConfig):
     return particles, indices
 
 
+def with_absolute_paths(config: RunConfig) -> RunConfig:
+    """A copy whose input paths are absolute, so later commands work from any folder."""
+    d = config.data
+    paths = {k: str(Path(v).resolve()) for k in ("particles", "poses", "ctf", "ind", "datadir") if (v := getattr(d, k))}
+    return dataclasses.replace(config, data=dataclasses.replace(d, **paths))
+
+
 def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
     """Train a model as configured; returns the run folder. See ``docs/run-directory.md`` for what is written."""
     run_dir = Path(run_dir)
@@ -90,6 +98,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
     elif latest_checkpoint(run_dir) is not None:
         raise InputError("this run folder already has checkpoints", run_dir,
                          hint="continue it with --resume, or choose another -o")
+    else:
+        config = with_absolute_paths(config)
 
     torch.manual_seed(config.train.seed)
     device = select_device(config.train.device, info)
