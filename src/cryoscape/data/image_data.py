@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from cryoscape.data.healpix_sampler import view_classes
+from cryoscape.data.prepared import estimate_norm, prepare_all
 from cryoscape.data.preprocess import check_finite, make_window
 from cryoscape.errors import InputError
 from cryoscape.imaging.shift import translate_images
@@ -89,23 +89,10 @@ class ImageParticleData:
         return prepare_images(torch.from_numpy(raw), self._shifts_cpu[indices], self.window, self.invert)
 
     def _estimate_norm(self) -> float:
-        n = len(self)
-        sample = np.unique(np.linspace(0, n - 1, min(n, 1000)).astype(np.int64))
-        values = torch.cat([self._prepare(c) for c in np.array_split(sample, max(1, len(sample) // 256))])
-        std = float(values.std())
-        if not np.isfinite(std) or std == 0:
-            raise InputError("images have no variance; cannot normalise", self.source)
-        return std
+        return estimate_norm(self._prepare, len(self), self.source)
 
     def _prepare_all(self, progress: bool) -> torch.Tensor:
-        n = len(self)
-        out = torch.empty((n, self.D, self.D), dtype=torch.float32)
-        with tqdm(total=n, desc="preparing images", unit="img", disable=not progress, leave=False) as bar:
-            for start in range(0, n, 512):
-                idx = np.arange(start, min(n, start + 512))
-                out[start : start + len(idx)] = self._prepare(idx) / self.norm_std
-                bar.update(len(idx))
-        return out
+        return prepare_all(self._prepare, len(self), (self.D, self.D), self.norm_std, progress)
 
     def to(self, device: torch.device) -> "ImageParticleData":
         """Keep the prepared images (in-memory mode) and metadata on ``device``."""

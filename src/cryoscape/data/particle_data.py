@@ -6,9 +6,9 @@ import logging
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from cryoscape.data.fourier_pixels import FourierPixels
+from cryoscape.data.prepared import estimate_norm, prepare_all
 from cryoscape.data.preprocess import check_finite, hartley_pixels, make_window
 from cryoscape.errors import InputError
 
@@ -66,24 +66,10 @@ class SliceParticleData:
         return hartley_pixels(images, self.pixels, self._shifts_cpu[indices], self.window, self.invert)
 
     def _estimate_norm(self) -> float:
-        n = len(self)
-        sample = np.unique(np.linspace(0, n - 1, min(n, 1000)).astype(np.int64))
-        values = torch.cat([self._prepare(chunk) for chunk in np.array_split(sample, max(1, len(sample) // 256))])
-        std = float(values.std())
-        if not np.isfinite(std) or std == 0:
-            raise InputError("images have no variance; cannot normalise", self.source)
-        return std
+        return estimate_norm(self._prepare, len(self), self.source)
 
     def _prepare_all(self, progress: bool) -> torch.Tensor:
-        n = len(self)
-        out = torch.empty((n, self.pixels.n_pixels), dtype=torch.float32)
-        chunk = 512
-        with tqdm(total=n, desc="preparing images", unit="img", disable=not progress, leave=False) as bar:
-            for start in range(0, n, chunk):
-                idx = np.arange(start, min(n, start + chunk))
-                out[start : start + len(idx)] = self._prepare(idx) / self.norm_std
-                bar.update(len(idx))
-        return out
+        return prepare_all(self._prepare, len(self), (self.pixels.n_pixels,), self.norm_std, progress)
 
     def to(self, device: torch.device) -> "SliceParticleData":
         """Keep the prepared data (in-memory mode) and metadata on ``device``."""

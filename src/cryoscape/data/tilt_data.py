@@ -12,9 +12,9 @@ import logging
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from cryoscape.data.fourier_pixels import FourierPixels
+from cryoscape.data.prepared import estimate_norm, prepare_all
 from cryoscape.data.preprocess import check_finite, hartley_pixels, make_window
 from cryoscape.errors import InputError
 
@@ -89,24 +89,11 @@ class TiltSeriesData:
         return hartley_pixels(torch.from_numpy(raw), self.pixels, self._shifts_cpu[images], self.window, self.invert)
 
     def _estimate_norm(self) -> float:
-        m = self.n_images
-        sample = np.unique(np.linspace(0, m - 1, min(m, 1000)).astype(np.int64))
-        values = torch.cat([self._prepare(c) for c in np.array_split(sample, max(1, len(sample) // 256))])
-        std = float(values.std())
-        if not np.isfinite(std) or std == 0:
-            raise InputError("images have no variance; cannot normalise", self.source)
-        return std
+        return estimate_norm(self._prepare, self.n_images, self.source)
 
     def _prepare_all(self, progress: bool) -> torch.Tensor:
-        m = self.n_images
-        out = torch.empty((m, self.pixels.n_pixels), dtype=torch.float32)
-        chunk = 1024
-        with tqdm(total=m, desc="preparing tilt images", unit="img", disable=not progress, leave=False) as bar:
-            for start in range(0, m, chunk):
-                idx = np.arange(start, min(m, start + chunk))
-                out[start : start + len(idx)] = self._prepare(idx) / self.norm_std
-                bar.update(len(idx))
-        return out
+        return prepare_all(self._prepare, self.n_images, (self.pixels.n_pixels,), self.norm_std, progress,
+                           desc="preparing tilt images", chunk=1024)
 
     def to(self, device: torch.device) -> "TiltSeriesData":
         """Keep the prepared data (in-memory mode) and the metadata on ``device``."""
