@@ -87,6 +87,13 @@ class CTFParams:
                 raise InputError(f"CTF field {f.name} has shape {arr.shape}, expected ({n},)")
             if not np.all(np.isfinite(arr)):
                 raise InputError(f"CTF field {f.name} contains NaN or Inf values")
+            if n and np.abs(arr).max() > 1e10:  # also keeps the float32 copy used for training finite
+                raise InputError(f"CTF field {f.name} has an implausible value {arr[np.argmax(np.abs(arr))]:g}")
+        if n and self.voltage_kv.min() <= 0:
+            raise InputError(f"CTF voltage must be positive (found {self.voltage_kv.min():g} kV)")
+        if n and (self.amplitude_contrast.min() < 0 or self.amplitude_contrast.max() > 1):
+            bad = self.amplitude_contrast[(self.amplitude_contrast < 0) | (self.amplitude_contrast > 1)][0]
+            raise InputError(f"CTF amplitude contrast must be between 0 and 1 (found {bad:g})")
 
     def subset(self, indices) -> "CTFParams":
         """The parameters of the particles at ``indices``."""
@@ -122,6 +129,8 @@ class Poses:
             raise InputError(f"shifts have shape {s.shape}, expected ({r.shape[0]}, 2)")
         if not (np.all(np.isfinite(r)) and np.all(np.isfinite(s))):
             raise InputError("poses contain NaN or Inf values")
+        if s.size and np.abs(s).max() > 1e8:
+            raise InputError(f"an origin shift of {np.abs(s).max():g} A is implausible")
 
     def __len__(self) -> int:
         return int(self.rotations.shape[0])

@@ -82,7 +82,10 @@ class CSParticles:
         return "ctf/df1_A" in self.fields
 
     def _f(self, name: str) -> np.ndarray:
-        return np.asarray(self.array[name], dtype=np.float64)
+        values = self.array[name]
+        if values.dtype.base.kind not in "fiub":
+            raise InputError(f"field {name} holds {values.dtype} values, not numbers", self.path)
+        return np.asarray(values, dtype=np.float64)
 
     def poses(self) -> Poses:
         """Rotations ``A = expmap(pose)^T`` and shifts (pixels -> Angstrom) from the alignment fields."""
@@ -124,13 +127,15 @@ def _load(path: Path) -> np.ndarray:
     try:
         with open(path, "rb") as fh:
             array = np.load(fh, allow_pickle=False)
-    except ValueError as exc:
-        raise InputError(f"not a readable cryoSPARC .cs file ({exc})", path,
-                         "export the particles from cryoSPARC as a .cs file") from None
     except (OSError, EOFError) as exc:
         raise InputError(f"cannot read the .cs file ({exc})", path) from None
+    except Exception as exc:  # a damaged .npy header raises ValueError, SyntaxError, tokenize errors...
+        raise InputError(f"not a readable cryoSPARC .cs file ({type(exc).__name__}: {exc})", path,
+                         "export the particles from cryoSPARC as a .cs file") from None
     if not isinstance(array, np.ndarray) or array.dtype.names is None or array.ndim != 1:
         raise InputError("not a cryoSPARC .cs file (expected a 1-D structured array)", path)
+    if len(array) == 0:
+        raise InputError("holds no particles", path)
     return array
 
 
@@ -161,6 +166,9 @@ def read_cs(path: str | Path, datadir: str | Path | None = None, apix: float | N
     missing = [n for n in _BLOB if n not in array.dtype.names]
     if missing:
         raise InputError(f"missing blob field(s): {', '.join(missing)}", path)
+    for name in ("blob/idx", "blob/shape", "blob/psize_A"):
+        if array.dtype[name].base.kind not in "iuf":
+            raise InputError(f"field {name} holds {array.dtype[name]} values, not numbers", path)
     names = np.char.decode(np.asarray(array["blob/path"]).astype(bytes), "utf-8", "replace") \
         if array.dtype["blob/path"].kind == "S" else np.asarray(array["blob/path"]).astype(str)
     names = np.char.lstrip(names.astype(str), ">").astype(object)

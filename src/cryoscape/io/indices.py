@@ -24,7 +24,10 @@ def validate_indices(values, n: int | None = None, path: str | Path | None = Non
     InputError
         Non-integer values, negative values, duplicates, or values ``>= n`` (naming ``path``).
     """
-    arr = np.asarray(values)
+    try:
+        arr = np.asarray(values)
+    except (ValueError, TypeError):
+        raise InputError("not a list of particle indices (ragged or nested values)", path) from None
     if arr.ndim == 2 and 1 in arr.shape:
         arr = arr.reshape(-1)
     if arr.ndim != 1:

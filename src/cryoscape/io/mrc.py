@@ -143,6 +143,11 @@ def _read_header_cached(resolved: str, mtime_ns: int, size: int, display: str) -
         raise InputError(
             f"truncated MRC file: the header says {nz} sections of {nx} x {ny} pixels ({expected} bytes) "
             f"but the file has only {size} bytes", path, "the file was probably not copied completely")
+    if size > expected:
+        raise InputError(
+            f"the header does not describe this file: {nz} sections of {nx} x {ny} pixels in mode {mode} make "
+            f"{expected} bytes but the file has {size}", path,
+            "the header's size or data mode is wrong; rewrite the file with a correct header")
     origin = (float(header.origin.x), float(header.origin.y), float(header.origin.z))
     is_stack = nz == 1 or int(header.ispg) == 0
     info = MRCInfo(float(voxel.x), origin, (nz, ny, nx), mode, is_stack)

@@ -145,8 +145,8 @@ def load_particles(path: str | Path, poses: str | Path | None = None, ctf: str |
     if source is not None:
         images = ImageStack.from_paths_and_indices(source.stack_paths, source.stack_indices, lazy=True)
         pixel_size = float(source.pixel_size_angstrom[0]) if len(source) else None
-        file_poses = source.poses() if source.has_poses() else None
-        file_ctf = source.ctf() if source.has_ctf() else None
+        file_poses = source.poses() if source.has_poses() and poses is None else None
+        file_ctf = source.ctf() if source.has_ctf() and ctf is None else None
     else:
         images = ImageStack.from_txt(path, datadir=datadir) if suffix == ".txt" else ImageStack.from_mrcs(path)
         pixel_size, file_poses, file_ctf = None, None, None
@@ -156,18 +156,20 @@ def load_particles(path: str | Path, poses: str | Path | None = None, ctf: str |
     if ctf is not None:
         file_ctf, D0, apix0 = read_ctf_pkl(ctf)
         if len(file_ctf) != n:
-            raise InputError(f"{ctf} has CTF parameters for {len(file_ctf)} particles but {path} has {n}", ctf)
+            raise InputError(f"has CTF parameters for {len(file_ctf)} particles but {path} has {n}", ctf)
         ctf_info = (D0, apix0, ctf)
         if pixel_size is not None and abs(D0 * apix0 / images.D - pixel_size) > 0.01 * pixel_size:
             log.warning("%s: pixel size %.4f A (at D=%d) differs from %.4f A of %s", ctf, D0 * apix0 / images.D,
                         images.D, pixel_size, path)
     if pixel_size is None:
         pixel_size = _pixel_size_for_stack(images, apix, ctf_info, path)
+    if not (np.isfinite(pixel_size) and pixel_size > 0):
+        raise InputError(f"pixel size {pixel_size:g} A is not a positive number", path, "pass --apix")
     images._pixel_size = float(pixel_size)
     if poses is not None:
         file_poses = read_pose_pkl(poses, images.D, pixel_size)
         if len(file_poses) != n:
-            raise InputError(f"{poses} has {len(file_poses)} poses but {path} has {n} particles", poses)
+            raise InputError(f"has {len(file_poses)} poses but {path} has {n} particles", poses)
 
     particles = ParticleSet(images, float(pixel_size), file_poses, file_ctf, path, fmt, source)
     if indices is not None:

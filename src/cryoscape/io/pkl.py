@@ -33,6 +33,7 @@ _ALLOWED = {
     ("numeric", "_frombuffer"),
 }
 _ALLOWED_TOP = {("numpy", "ndarray"), ("numpy", "dtype")}
+_OBJECT_FLAGS = 0x01 | 0x02 | 0x04  # numpy's NPY_ITEM_REFCOUNT, NPY_LIST_PICKLE, NPY_ITEM_IS_POINTER
 _CODECS_ENCODE = ("_codecs", "encode")  # protocol-2 pickles encode bytes with it (a pure data transform)
 
 
@@ -43,10 +44,24 @@ def _core():
         return importlib.import_module("numpy.core")
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only numpy array/dtype/scalar reconstruction helpers; anything else is refused."""
+class RestrictedUnpickler(pickle._Unpickler):
+    """Unpickler that resolves only numpy array/dtype/scalar reconstruction helpers; anything else is refused.
+
+    It is the pure-Python unpickler so that the state given to each numpy dtype can be checked: a damaged or
+    crafted pickle can otherwise flag a plain integer dtype as holding Python objects.
+    """
 
     source = None  # path named in the error
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def _load_build_checked(self):
+        inst = self.stack[-2]  # BUILD: the object below its state
+        pickle._Unpickler.load_build(self)
+        if isinstance(inst, np.dtype) and (inst.hasobject or inst.flags & _OBJECT_FLAGS):
+            raise InputError(f"refusing to load this pickle (a numpy data type {inst.str} flagged as holding "
+                             "Python objects); only numeric arrays are accepted", self.source)
+
+    dispatch[pickle.BUILD[0]] = _load_build_checked
 
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED_TOP:
@@ -108,13 +123,21 @@ def read_pose_pkl(path: str | Path, D: int, pixel_size_angstrom: float) -> Poses
         rot, trans = obj
     else:
         rot, trans = obj, None
-    rot = np.asarray(rot, dtype=np.float64) if isinstance(rot, np.ndarray) else None
+    rot = np.asarray(rot, dtype=np.float64) if isinstance(rot, np.ndarray) and rot.dtype.kind in "fiu" else None
     if rot is None or rot.ndim != 3 or rot.shape[1:] != (3, 3):
         raise InputError("not a cryoDRGN pose file: expected (rotations (N, 3, 3), translations (N, 2))", path)
     n = rot.shape[0]
+    if n and np.isfinite(rot).all():
+        error = np.abs(rot @ rot.transpose(0, 2, 1) - np.eye(3)).max(axis=(1, 2))
+        bad = np.flatnonzero((error > 1e-3) | (np.linalg.det(rot) < 0))
+        if bad.size:
+            raise InputError(f"{bad.size} of the {n} matrices are not rotations (e.g. particle {int(bad[0])}: "
+                             "not orthonormal, or a reflection)", path)
     if trans is None:
         shifts = np.zeros((n, 2))
     else:
+        if not isinstance(trans, np.ndarray) or trans.dtype.kind not in "fiu":
+            raise InputError("translations are not a numeric (N, 2) array", path)
         trans = np.asarray(trans, dtype=np.float64)
         if trans.shape != (n, 2):
             raise InputError(f"translations have shape {trans.shape}, expected ({n}, 2)", path)
@@ -148,7 +171,7 @@ def read_ctf_pkl(path: str | Path) -> tuple[CTFParams, int, float]:
     """
     path = Path(path)
     arr = load_pickle(path, "CTF")
-    if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.shape[1] != 9:
+    if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.shape[1] != 9 or arr.dtype.kind not in "fiu":
         shape = getattr(arr, "shape", type(arr).__name__)
         raise InputError(f"not a cryoDRGN CTF file: expected an (N, 9) array, found {shape}", path)
     arr = arr.astype(np.float64)
@@ -157,6 +180,8 @@ def read_ctf_pkl(path: str | Path) -> tuple[CTFParams, int, float]:
     if len(arr) == 0:
         raise InputError("CTF file holds no particles", path)
     D, apix = arr[:, 0], arr[:, 1]
+    if D[0] < 2 or apix[0] <= 0:
+        raise InputError(f"box size {D[0]:g} and pixel size {apix[0]:g} A in columns 1-2 must be positive", path)
     if np.ptp(D) != 0 or not np.allclose(apix, apix[0], rtol=1e-4):
         raise InputError(f"CTF file mixes box sizes {np.unique(D).tolist()} or pixel sizes "
                          f"{np.unique(apix).round(4).tolist()}", path)

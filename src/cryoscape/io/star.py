@@ -105,8 +105,8 @@ class StarParticles:
             raise InputError(f"missing {what} column(s): {', '.join(missing)}", self.path)
 
     def has_poses(self) -> bool:
-        """Whether all three Euler angle columns are present."""
-        return all(self.has(n) for n in _ANGLES)
+        """Whether any Euler angle column is present (:meth:`poses` then requires all three)."""
+        return any(self.has(n) for n in _ANGLES)
 
     def has_ctf(self) -> bool:
         """Whether a defocus column is present (the other CTF columns are then required)."""
@@ -249,6 +249,8 @@ def read_star_particles(path: str | Path, datadir: str | Path | None = None, api
     blocks = _read_blocks(path)
     pkey, okey = _find_particles(blocks, path)
     table = blocks[pkey].reset_index(drop=True)
+    if len(table) == 0:
+        raise InputError(f"holds no particles (the table data_{pkey} has no rows)", path)
     blocks[pkey] = table
     optics = blocks[okey] if okey else None
     rows = _optics_rows(table, optics, path) if optics is not None else None

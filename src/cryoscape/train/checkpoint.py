@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from cryoscape.errors import InputError
+from cryoscape.errors import InputError, OutputError
 from cryoscape.utils.atomic import atomic_path
 
 _EPOCH_RE = re.compile(r"^epoch_(\d+)\.pt$")
@@ -27,9 +27,22 @@ def epoch_checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Save ``state`` (tensors, numbers, strings, lists, dicts only) atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Save ``state`` (tensors, numbers, strings, lists, dicts only) atomically.
+
+    Raises
+    ------
+    OutputError
+        The file could not be written (disk full, folder not writable); nothing is left under ``path`` and
+        earlier checkpoints are untouched.
+    """
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError, OutputError) as exc:  # torch reports a failed write as a RuntimeError
+        cause = exc.__cause__ if isinstance(exc, OutputError) and exc.__cause__ is not None else exc
+        reason = (str(cause).splitlines() or [""])[0][:160]
+        raise OutputError(f"{path}: could not write the checkpoint ({reason}); is the disk full? Earlier "
+                          "checkpoints are intact: free some space and continue with --resume") from exc
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -40,8 +53,9 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/foreign files
+        reason = (str(exc).splitlines() or [""])[0].split(". ")[0][:120]
         raise InputError(
-            f"cannot read checkpoint ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})", path,
+            f"cannot read checkpoint ({exc.__class__.__name__}: {reason})", path,
             hint="the file may be truncated or not a cryoscape checkpoint",
         ) from exc
     if not isinstance(state, dict) or "model" not in state or "family" not in state:
