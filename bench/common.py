@@ -1,0 +1,128 @@
+"""Shared helpers of the benchmark scripts: machine description, timed subprocess runs, run-log parsing.
+
+Nothing here is imported by the cryoscape package; the scripts are run with ``.venv/bin/python bench/NAME.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+WORK = BENCH / "_work"
+CRYOSCAPE = ROOT / ".venv" / "bin" / "cryoscape"
+CRYODRGN_VENV = BENCH / "cryodrgn-venv"
+CRYODRGN = CRYODRGN_VENV / "bin" / "cryodrgn"
+
+
+def load_average() -> tuple[float, float, float]:
+    """The 1, 5 and 15 minute load averages (as ``uptime`` prints them)."""
+    return tuple(round(x, 2) for x in os.getloadavg())
+
+
+def machine_info() -> dict:
+    """CPU model, core count, memory, torch/python versions of this machine."""
+    import torch
+
+    model = ""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        m = re.search(r"Model name:\s*(.+)", out)
+        model = m.group(1).strip() if m else ""
+        bf16 = "avx512_bf16" in out
+    except OSError:
+        bf16 = False
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpu": model, "cores": os.cpu_count(), "avx512_bf16": bf16, "memory_gib": round(mem_gb, 1),
+            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_average": load_average(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def run_timed(cmd: list[str], log_path: Path, env: dict | None = None, cwd: Path | None = None) -> dict:
+    """Run ``cmd`` under ``/usr/bin/time -v``; return wall seconds, peak RSS (MiB), load averages, exit code.
+
+    stdout+stderr go to ``log_path``; the load averages are read just before and just after the run.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    full = ["/usr/bin/time", "-v", *map(str, cmd)]
+    load_before = load_average()
+    t0 = time.perf_counter()
+    with open(log_path, "w") as fh:
+        fh.write("$ " + " ".join(shlex.quote(str(c)) for c in cmd) + "\n")
+        fh.flush()
+        proc = subprocess.run(full, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd, check=False)
+    wall = time.perf_counter() - t0
+    text = log_path.read_text(errors="replace")
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    return {"cmd": " ".join(shlex.quote(str(c)) for c in cmd), "returncode": proc.returncode,
+            "wall_s": round(wall, 2), "peak_rss_mib": round(int(m.group(1)) / 1024, 1) if m else None,
+            "load_before": load_before, "load_after": load_average(), "log": str(log_path)}
+
+
+def tail(path: Path, n: int = 15) -> str:
+    return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+
+
+def cryoscape_epochs(run_dir: Path) -> list[dict]:
+    """Per-epoch rows of a cryoscape run's ``metrics.csv`` (seconds = training loop of that epoch only)."""
+    import csv
+
+    with open(run_dir / "metrics.csv") as fh:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+
+
+_CDRGN_TIME = re.compile(r"^\((\w+)\) \(([\w.]+)\) \((\d\d-\w\w\w-\d\d \d\d:\d\d:\d\d)\) (.*)$")
+
+
+def cryodrgn_epoch_seconds(log_text: str) -> list[float]:
+    """Seconds between cryoDRGN's per-epoch summary lines ("=====> Epoch: N Average ...") in its run.log.
+
+    The first interval is measured from the "Epoch 1" start (the first training-batch log line is not always
+    written, so the training start is taken as the line announcing the data/model summary). Returns one
+    value per epoch after the first (steady state), which is what the harness reports.
+    """
+    from datetime import datetime
+
+    stamps = []
+    for line in log_text.splitlines():
+        m = _CDRGN_TIME.match(line.strip())
+        if m and "=====> Epoch:" in m.group(4):
+            stamps.append(datetime.strptime(m.group(3), "%d-%b-%y %H:%M:%S"))
+    return [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])]
+
+
+def write_json(path: Path, obj) -> None:
+    """Write ``obj`` as indented JSON (atomically: temporary file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def ensure_simulation(preset: str, n: int, D: int, snr: float, out: Path, seed: int = 0) -> Path:
+    """``cryoscape simulate`` into ``out`` (with cryoDRGN pose.pkl/ctf.pkl) unless it is already there."""
+    if (out / "particles.star").is_file() and (out / "ctf.pkl").is_file() and (out / "labels.npz").is_file():
+        return out
+    cmd = [str(CRYOSCAPE), "simulate", "--preset", preset, "-N", str(n), "-D", str(D), "--snr", str(snr),
+           "--seed", str(seed), "--pkl", "-o", str(out)]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return out
+
+
+def need_cryodrgn() -> bool:
+    """True when the reference install (bench/setup_cryodrgn.sh) is present."""
+    if CRYODRGN.is_file():
+        return True
+    print(f"note: {CRYODRGN} not found; run `bash bench/setup_cryodrgn.sh` for the cryoDRGN comparison",
+          file=sys.stderr)
+    return False
