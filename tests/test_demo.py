@@ -16,12 +16,17 @@ def test_score_demo_known_answers():
     # a latent space that separates the subunit on z0 and orders the hinge on z1
     z = np.stack([subunit * 10.0 + rng.normal(0, 0.1, n), hinge + rng.normal(0, 0.01, n)], axis=1)
     scores = score_demo(z, subunit, hinge)
-    assert scores["discrete_ari"] > 0.99
+    assert scores["discrete_accuracy"] > 0.99 and scores["discrete_ari"] > 0.99
     assert scores["continuous_spearman"] > 0.95
+    assert sum(scores["cluster_sizes"]) == n and len(scores["cluster_sizes"]) == 8
+    # the hinge spread wider than the subunit gap: two clusters would cut the hinge, eight still find the subunit
+    wide = np.stack([subunit * 1.0 + rng.normal(0, 0.05, n), hinge * 6.0], axis=1)
+    scores = score_demo(wide, subunit, hinge)
+    assert scores["discrete_accuracy"] > 0.95 and scores["continuous_spearman"] > 0.95
     # a latent space that knows nothing
     noise = rng.normal(size=(n, 2))
     scores = score_demo(noise, subunit, hinge)
-    assert abs(scores["discrete_ari"]) < 0.05 and scores["continuous_spearman"] < 0.3
+    assert scores["discrete_accuracy"] < 0.7 and scores["continuous_spearman"] < 0.3
 
 
 def test_demo_command_runs_end_to_end(tmp_path, capsys):
@@ -29,5 +34,5 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "adjusted Rand index" in out and "report:" in out
     scores = json.loads((tmp_path / "demo_scores.json").read_text())
-    assert set(scores) >= {"discrete_ari", "continuous_spearman", "report"}
+    assert set(scores) >= {"discrete_accuracy", "discrete_ari", "continuous_spearman", "report"}
     assert (tmp_path / "run" / "analysis" / "epoch_001" / "index.html").is_file()

@@ -1,7 +1,8 @@
 """Run the demo: simulate a heterogeneous sample, train a small model, analyse it and score the recovery.
 
-Takes about 5 minutes on a 2-core CPU. Prints the adjusted Rand index of the discrete state and the Spearman
-correlation of the continuous motion against the ground truth, and where the HTML report is.
+Takes a few minutes on a 2-core CPU. Prints how well the discrete state (an extra subunit, present in half the
+particles) and the continuous motion (a hinge) were recovered against the simulation's ground truth, and where the
+HTML report is.
 
 Example:
   cryoscape demo -o cryoscape-demo
@@ -30,13 +31,16 @@ def run(args) -> int:
     if args.n_particles:
         settings = dataclasses.replace(settings, n_particles=args.n_particles)
     scores = run_demo(args.outdir, settings, progress=not args.no_progress)
-    ok = scores["discrete_ari"] >= 0.9 and scores["continuous_spearman"] >= 0.8
+    ok = scores["discrete_accuracy"] >= 0.9 and scores["continuous_spearman"] >= 0.8
+    clusters = ", ".join(str(c) for c in scores["clusters_with_subunit"]) or "none"
     print()
     print("cryoscape demo: heterogeneity recovered from noisy images (SNR 0.3, with CTF)")
-    print(f"  discrete state (extra subunit), k-means vs truth: adjusted Rand index = {scores['discrete_ari']:.3f}")
-    print(f"  continuous motion (hinge angle), |Spearman rho| = {scores['continuous_spearman']:.3f}")
+    print(f"  discrete state (extra subunit): the report's k-means clusters {clusters} hold the particles with it;")
+    print(f"    they sort {100 * scores['discrete_accuracy']:.1f}% of particles correctly "
+          f"(adjusted Rand index {scores['discrete_ari']:.3f})")
+    print(f"  continuous motion (hinge angle), within each group |Spearman rho| = {scores['continuous_spearman']:.3f}")
     print(f"  time: {scores['minutes']:.1f} min")
     print(f"  report: {scores['report']}")
     if not ok:
-        print("  WARNING: the recovery is weaker than expected (ARI >= 0.9, rho >= 0.8)")
+        print("  WARNING: the recovery is weaker than expected (>= 90% sorted, rho >= 0.8)")
     return 0
