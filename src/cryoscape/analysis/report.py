@@ -302,18 +302,16 @@ def build_report(out_dir: str | Path, sections: Sequence[Section] = (), *, title
     if evaluation is not None:
         std.append(evaluation_section(evaluation))
     all_sections = std + list(sections)
-    image_src = None
-    if not embed:
-        fig_dir = out_dir / "figures"
+    fig_dir = out_dir / "figures"
+
+    def write_figure(i, j, data):
+        name = f"section{i + 1:02d}_figure{j + 1:02d}.png"
         fig_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(fig_dir / name) as tmp:
+            tmp.write_bytes(data)
+        return f"figures/{name}"
 
-        def image_src(i, j, data):
-            name = f"section{i + 1:02d}_figure{j + 1:02d}.png"
-            with atomic_path(fig_dir / name) as tmp:
-                tmp.write_bytes(data)
-            return f"figures/{name}"
-
-    text = render_html(all_sections, title=title, image_src=image_src)
+    text = render_html(all_sections, title=title, image_src=None if embed else write_figure)
     path = out_dir / filename
     atomic_write_text(path, text)
     return path
