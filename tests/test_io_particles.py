@@ -112,3 +112,17 @@ def test_write_subset_other_formats(dataset, tmp_path):
     back = load_particles(out)
     np.testing.assert_array_equal(back.images.to_array(), images[[4, 2]])
     np.testing.assert_allclose(back.poses.rotations, poses.rotations[[4, 2]], atol=1e-5)
+
+
+def test_negative_ctf_bfactor_of_warp_files_is_not_applied(dataset, caplog):
+    # Warp/M image-series STAR files store -4 x exposure as rlnCtfBfactor; applied as a RELION B-factor it would
+    # amplify high frequencies exponentially, so the cryoDRGN-family reader sets it to 0 and says so
+    root, _, _, _ = dataset
+    star = starfile.read(root / "p.star", always_dict=True)
+    bfactors = np.array([0.0, -8.0, -16.0, 20.0, -24.0, 0.0])
+    star["particles"]["rlnCtfBfactor"] = bfactors
+    starfile.write(star, root / "warp.star")
+    with caplog.at_level("WARNING"):
+        ps = load_particles(root / "warp.star")
+    np.testing.assert_allclose(ps.ctf.bfactor_angstrom2, [0.0, 0.0, 0.0, 20.0, 0.0, 0.0])
+    assert "3 particles have a negative CTF B-factor" in caplog.text and "warp.star" in caplog.text

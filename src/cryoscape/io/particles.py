@@ -100,6 +100,18 @@ def _pixel_size_for_stack(images: ImageStack, apix: float | None, ctf_info: tupl
     return header
 
 
+def _without_amplifying_bfactors(ctf: CTFParams, path: Path) -> CTFParams:
+    """Zero negative CTF B-factors: Warp/M write ``-4 x`` cumulative exposure there, not a RELION B-factor."""
+    negative = ctf.bfactor_angstrom2 < 0
+    if not negative.any():
+        return ctf
+    log.warning("%s: %d particles have a negative CTF B-factor (min %.1f A^2), which would amplify high "
+                "frequencies; Warp/M tilt-series files store -4 x the exposure there. They are set to 0. "
+                "Tilt series: train with --model tomodrgn, which weights by exposure.", path, int(negative.sum()),
+                float(ctf.bfactor_angstrom2.min()))
+    return replace(ctf, bfactor_angstrom2=np.where(negative, 0.0, ctf.bfactor_angstrom2))
+
+
 def load_particles(path: str | Path, poses: str | Path | None = None, ctf: str | Path | None = None,
                    datadir: str | Path | None = None, apix: float | None = None, lazy: bool = True,
                    indices=None) -> ParticleSet:
@@ -147,6 +159,8 @@ def load_particles(path: str | Path, poses: str | Path | None = None, ctf: str |
         pixel_size = float(source.pixel_size_angstrom[0]) if len(source) else None
         file_poses = source.poses() if source.has_poses() and poses is None else None
         file_ctf = source.ctf() if source.has_ctf() and ctf is None else None
+        if file_ctf is not None:
+            file_ctf = _without_amplifying_bfactors(file_ctf, path)
     else:
         images = ImageStack.from_txt(path, datadir=datadir) if suffix == ".txt" else ImageStack.from_mrcs(path)
         pixel_size, file_poses, file_ctf = None, None, None
