@@ -58,7 +58,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--wd", type=float, default=0.0, help="weight decay (default 0)")
     t.add_argument("--beta", type=float, help="KL weight (default 1/zdim; 0.01 for opus-dsd)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    t.add_argument("--amp", action="store_true", help="mixed precision: bfloat16 autocast on CUDA (float16 on GPUs without bfloat16) and on CPUs with AVX-512 BF16; elsewhere float32 with a warning")
+    t.add_argument("--amp", action="store_true",
+                   help="mixed precision: bfloat16 autocast on CUDA (float16 on GPUs without bfloat16) and on CPUs "
+                        "with AVX-512 BF16; elsewhere float32 with a warning")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     t.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default 1)")
     t.add_argument("--threads", type=int, help="CPU threads for torch")
