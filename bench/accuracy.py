@@ -37,10 +37,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    BENCH, CRYODRGN, CRYOSCAPE, WORK, cryoscape_epochs, ensure_simulation, machine_info, need_cryodrgn,
-    run_timed, tail, write_json,
+    BENCH, CRYODRGN, CRYOSCAPE, WORK, cryodrgn_epoch_seconds, cryoscape_epochs, ensure_simulation, machine_info,
+    need_cryodrgn, run_timed, tail, write_json,
 )
-from throughput import cryodrgn_epoch_seconds  # noqa: E402
 
 CASES = [("linear1d", 1), ("discrete3", 1), ("discrete3", 8), ("homogeneous", 0)]
 FULL = dict(n=3000, width=128, layers=3, epochs=15, batch=32)

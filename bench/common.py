@@ -80,24 +80,15 @@ def cryoscape_epochs(run_dir: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
 
 
-_CDRGN_TIME = re.compile(r"^\((\w+)\) \(([\w.]+)\) \((\d\d-\w\w\w-\d\d \d\d:\d\d:\d\d)\) (.*)$")
+_FINISHED = re.compile(r"=====> Epoch: (\d+) .*Finished in (\d+):(\d\d):(\d\d(?:\.\d+)?)")
 
 
-def cryodrgn_epoch_seconds(log_text: str) -> list[float]:
-    """Seconds between cryoDRGN's per-epoch summary lines ("=====> Epoch: N Average ...") in its run.log.
-
-    The first interval is measured from the "Epoch 1" start (the first training-batch log line is not always
-    written, so the training start is taken as the line announcing the data/model summary). Returns one
-    value per epoch after the first (steady state), which is what the harness reports.
-    """
-    from datetime import datetime
-
-    stamps = []
-    for line in log_text.splitlines():
-        m = _CDRGN_TIME.match(line.strip())
-        if m and "=====> Epoch:" in m.group(4):
-            stamps.append(datetime.strptime(m.group(3), "%d-%b-%y %H:%M:%S"))
-    return [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])]
+def cryodrgn_epoch_seconds(log_text: str) -> dict[int, float]:
+    """``{epoch: seconds}`` from cryoDRGN's per-epoch "Finished in H:MM:SS.ffffff" lines."""
+    out = {}
+    for m in _FINISHED.finditer(log_text):
+        out[int(m.group(1))] = int(m.group(2)) * 3600 + int(m.group(3)) * 60 + float(m.group(4))
+    return out
 
 
 def write_json(path: Path, obj) -> None:

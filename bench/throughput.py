@@ -27,7 +27,6 @@ Writes ``bench/results/throughput.json`` (and prints a Markdown table for bench/
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import subprocess
 import sys
@@ -36,8 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    BENCH, CRYODRGN, CRYODRGN_VENV, CRYOSCAPE, WORK, cryoscape_epochs, ensure_simulation, load_average,
-    machine_info, need_cryodrgn, run_timed, tail, write_json,
+    BENCH, CRYODRGN, CRYODRGN_VENV, CRYOSCAPE, WORK, cryodrgn_epoch_seconds, cryoscape_epochs, ensure_simulation,
+    load_average, machine_info, need_cryodrgn, run_timed, tail, write_json,
 )
 
 ARCH = dict(enc_layers=3, enc_dim=256, dec_layers=3, dec_dim=256, zdim=8, batch=32, feat_sigma=0.5)
@@ -62,15 +61,6 @@ def cryodrgn_cmd(sim: Path, out: Path, epochs: int, a=ARCH) -> list[str]:
             "--log-interval", "100000000"]
 
 
-_FINISHED = re.compile(r"=====> Epoch: (\d+) .*Finished in (\d+):(\d\d):(\d\d(?:\.\d+)?)")
-
-
-def cryodrgn_epoch_seconds(log_text: str) -> dict[int, float]:
-    """``{epoch: seconds}`` from cryoDRGN's per-epoch "Finished in H:MM:SS.ffffff" lines."""
-    out = {}
-    for m in _FINISHED.finditer(log_text):
-        out[int(m.group(1))] = int(m.group(2)) * 3600 + int(m.group(3)) * 60 + float(m.group(4))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
