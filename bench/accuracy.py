@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from common import (  # noqa: E402
     need_cryodrgn, run_timed, tail, write_json,
 )
 
-CASES = [("linear1d", 1), ("discrete3", 1), ("discrete3", 8), ("homogeneous", 0)]
+CASES = [("linear1d", 1), ("discrete3", 1), ("discrete3", 8), ("homogeneous", 0), ("atomic", 0)]
 FULL = dict(n=3000, width=128, layers=3, epochs=15, batch=32)
 QUICK = dict(n=800, width=64, layers=3, epochs=5, batch=32)
 
@@ -50,12 +51,30 @@ QUICK = dict(n=800, width=64, layers=3, epochs=5, batch=32)
 # training
 
 
-def train_cryoscape(sim: Path, out: Path, zdim: int, s: dict, amp: bool = False) -> dict:
+def ensure_atomic_simulation(n: int, out: Path) -> Path:
+    """The homogeneous case with power to Nyquist: the pseudo-atomic helical protein (``pseudo_atomic.py``, radius
+    66 A) rendered at Nyquist resolution, D=64, 3 A/px, SNR 0.1, written with cryoDRGN pkl files."""
+    if (out / "particles.star").is_file() and (out / "ctf.pkl").is_file() and (out / "labels.npz").is_file():
+        return out
+    from pseudo_atomic import helical_protein, write_pdb
+
+    out.mkdir(parents=True, exist_ok=True)
+    pdb = write_pdb(out / "model.pdb", *helical_protein(66.0, seed=0))
+    cmd = [str(CRYOSCAPE), "simulate", "--pdb", str(pdb), "--apix", "3", "-N", str(n), "-D", "64", "--snr", "0.1",
+           "--seed", "0", "--pkl", "-o", str(out)]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return out
+
+
+def train_cryoscape(sim: Path, out: Path, zdim: int, s: dict, amp: bool = False, march: bool = False) -> dict:
     cmd = [str(CRYOSCAPE), "train", str(sim / "particles.star"), "-o", str(out), "--zdim", str(zdim),
            "--enc-dim", str(s["width"]), "--enc-layers", str(s["layers"]), "--dec-dim", str(s["width"]),
            "--dec-layers", str(s["layers"]), "--pe-type", "gaussian", "--feat-sigma", "0.5", "-b", str(s["batch"]),
            "-n", str(s["epochs"]), "--lr", str(s.get("lr", 1e-4)), "--val-frac", "0",
            "--checkpoint-every", str(s["epochs"]), "--no-progress"] + (["--amp"] if amp else [])
+    if march:
+        cmd += ["--freq-march", f"{s['march_fraction'] * s['epochs']:g}"]
     res = run_timed(cmd, out.parent / f"{out.name}.log")
     rows = cryoscape_epochs(out) if (out / "metrics.csv").is_file() else []
     res["epoch_seconds"] = [round(r["seconds"], 2) for r in rows]
@@ -240,7 +259,10 @@ def headline(case: str, zdim: int, ev: dict) -> tuple[str, float | None, bool | 
 
 
 def run_case(case: str, zdim: int, program: str, s: dict, tag: str) -> dict:
-    sim = ensure_simulation(case, s["n"], 64, 0.1, WORK / f"acc_{case}_N{s['n']}")
+    if case == "atomic":
+        sim = ensure_atomic_simulation(s["n"], WORK / f"acc_{case}_N{s['n']}")
+    else:
+        sim = ensure_simulation(case, s["n"], 64, 0.1, WORK / f"acc_{case}_N{s['n']}")
     out = WORK / f"acc_runs{tag}" / f"{case}_z{zdim}_{program}"
     if out.exists():
         shutil.rmtree(out)
@@ -248,7 +270,7 @@ def run_case(case: str, zdim: int, program: str, s: dict, tag: str) -> dict:
     if program == "cryodrgn":
         res = train_cryodrgn(sim, out, zdim, s)
     else:
-        res = train_cryoscape(sim, out, zdim, s, amp=program.endswith("amp"))
+        res = train_cryoscape(sim, out, zdim, s, amp=program.endswith("amp"), march="march" in program)
     rec = {"case": case, "zdim": zdim, "program": program, "settings": s, **res}
     if res["returncode"] != 0:
         rec["error"] = tail(Path(res["log"]))
@@ -288,14 +310,17 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="N=800, 64-wide networks, 5 epochs")
     p.add_argument("--cases", nargs="+", help="subset, e.g. linear1d:1 discrete3:8 homogeneous:0")
     p.add_argument("--programs", nargs="+", default=["cryoscape", "cryodrgn"],
-                   help="cryoscape, cryoscape-amp, cryodrgn (default cryoscape cryodrgn)")
+                   help="cryoscape, cryoscape-amp, cryoscape-march (frequency marching), cryodrgn "
+                        "(default cryoscape cryodrgn)")
+    p.add_argument("--march-fraction", type=float, default=0.75,
+                   help="cryoscape-march: --freq-march = this fraction of the epochs (default 0.75)")
     p.add_argument("--n", type=int, help="override the number of particles")
     p.add_argument("--epochs", type=int, help="override the number of epochs")
     p.add_argument("--width", type=int, help="override the network width")
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate of both programs (default 1e-4)")
     p.add_argument("-o", "--output", help="JSON output (default bench/results/accuracy[_quick].json)")
     args = p.parse_args(argv)
-    s = dict(QUICK if args.quick else FULL, lr=args.lr)
+    s = dict(QUICK if args.quick else FULL, lr=args.lr, march_fraction=args.march_fraction)
     for key in ("n", "epochs", "width"):
         if getattr(args, key):
             s[key] = getattr(args, key)

@@ -2,7 +2,7 @@
 
 One command::
 
-    .venv/bin/python bench/scale.py --n 1000000          # 16 GB stack (the size)
+    .venv/bin/python bench/scale.py --n 1000000 --train-all --eval-all --batch 128   # the test (16 GB)
     .venv/bin/python bench/scale.py --n 200000 --train-n 2000
 
 1. Writes a large D=64 float32 stack quickly: the images of a small ``cryoscape simulate`` set (``--source``,
@@ -11,6 +11,7 @@ One command::
 2. ``cryoscape train --lazy`` for one epoch with a small network (enc/dec 2x32, zdim 8) on ``--train-n`` particles
    spread evenly over the whole stack (``--ind``; the images are read from the memory-mapped 16 GB file), and the
    same subset in memory (no ``--lazy``) for the throughput comparison.
+   With ``--train-all``, one ``--lazy`` epoch over every image of the stack as well (the issue's test).
 3. ``cryoscape eval-images RUN`` on the trained subset read lazily from the large stack (batch 256); with
    ``--eval-all``, ``eval-images RUN --particles STACK.star`` encodes every image of the stack.
 Peak RSS of each command comes from ``/usr/bin/time -v``; the target is < 4 GB.
@@ -66,16 +67,19 @@ def write_big_stack(source: Path, n: int, out: Path, chunk: int = 20000) -> dict
             "total_seconds": round(time.perf_counter() - t0, 1)}
 
 
-def train_cmd(star: Path, out: Path, ind: Path, lazy: bool) -> list[str]:
+def train_cmd(star: Path, out: Path, ind: Path | None, lazy: bool, batch: int = 32) -> list[str]:
     return [str(CRYOSCAPE), "train", str(star), "-o", str(out), "--zdim", "8", "--enc-dim", "32", "--enc-layers", "2",
-            "--dec-dim", "32", "--dec-layers", "2", "-b", "32", "-n", "1", "--val-frac", "0", "--ind", str(ind),
-            "--no-progress"] + (["--lazy"] if lazy else [])
+            "--dec-dim", "32", "--dec-layers", "2", "-b", str(batch), "-n", "1", "--val-frac", "0",
+            "--no-progress"] + (["--ind", str(ind)] if ind is not None else []) + (["--lazy"] if lazy else [])
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=1_000_000, help="images in the large stack (default 1,000,000)")
     p.add_argument("--train-n", type=int, default=2000, help="particles trained on, spread over the stack")
+    p.add_argument("--train-all", action="store_true",
+                   help="also train one --lazy epoch over every image of the stack (the issue's test)")
+    p.add_argument("--batch", type=int, default=32, help="batch size of the training runs (default 32)")
     p.add_argument("--skip-eval", action="store_true", help="do not run eval-images")
     p.add_argument("--eval-all", action="store_true", help="eval-images over the whole stack (not just the subset)")
     p.add_argument("-o", "--output", default=str(BENCH / "results" / "scale.json"))
@@ -90,11 +94,14 @@ def main(argv=None) -> int:
     ind = big / f"ind_{args.train_n}.npy"
     np.save(ind, np.linspace(0, args.n - 1, args.train_n).round().astype(np.int64))
     result["runs"] = {}
-    for name, lazy in (("train_lazy", True), ("train_in_memory", False)):
+    plan = [("train_lazy", True, ind), ("train_in_memory", False, ind)]
+    if args.train_all:
+        plan.append(("train_lazy_all", True, None))
+    for name, lazy, subset in plan:
         out = big / name
         if out.exists():
             shutil.rmtree(out)
-        r = run_timed(train_cmd(big / "particles.star", out, ind, lazy), big / f"{name}.log")
+        r = run_timed(train_cmd(big / "particles.star", out, subset, lazy, args.batch), big / f"{name}.log")
         rows = cryoscape_epochs(out) if (out / "metrics.csv").is_file() else []
         r["particles_per_s"] = round(rows[0]["particles_per_s"], 1) if rows else None
         if r["returncode"] != 0:
@@ -104,7 +111,8 @@ def main(argv=None) -> int:
         write_json(Path(args.output), result)
     if not args.skip_eval:
         extra = ["--particles", str(big / "particles.star")] if args.eval_all else []
-        r = run_timed([str(CRYOSCAPE), "eval-images", str(big / "train_lazy"), *extra, "-o", str(big / "z_eval.npy"),
+        run = big / ("train_lazy_all" if args.train_all else "train_lazy")
+        r = run_timed([str(CRYOSCAPE), "eval-images", str(run), *extra, "-o", str(big / "z_eval.npy"),
                        "-b", "256", "--device", "cpu"], big / "eval_images.log")
         n_eval = args.n if args.eval_all else args.train_n
         r["images_encoded"] = n_eval

@@ -11,10 +11,14 @@ pose.pkl/ctf.pkl of the same particles). Architecture for both programs: encoder
 with feat_sigma 0.5 (pe_dim D/2), Adam lr 1e-4, fourier-domain decoder (cryoDRGN's default). Runs are interleaved
 (cryoscape fp32, cryoscape amp, cryoDRGN, then again), so that changing machine load touches all of them alike.
 
-Throughput = particles/s of the training loop in steady state: the mean over epochs 2..E of
-(particles / seconds of that epoch), read from cryoscape's ``metrics.csv`` and from cryoDRGN's
+Throughput = particles/s of the training loop in steady state: particles x (E - 1) / seconds of epochs 2..E, read from cryoscape's ``metrics.csv`` and from cryoDRGN's
 "Epoch: N ... Finished in H:MM:SS" log lines. Peak RSS is from ``/usr/bin/time -v`` (whole process, includes
 start-up and the dataset in memory). The load averages before/after each run are recorded.
+
+``cryoscape-march`` runs train with frequency marching (``--freq-march`` = 3/4 of the epochs by default): the
+lattice radius grows from 1/4 of Nyquist to Nyquist, so epochs differ in cost and the figure is the mean over the
+whole schedule (epoch 1, the cheapest, excluded); compare with ``bench/accuracy.py --programs cryoscape-march`` for
+the accuracy of the same schedule.
 
 Roofline: the FLOPs of one training step are counted from the layer shapes (forward 2*m*k*n per matmul; backward
 2x forward, except the first encoder layer, whose input needs no gradient) and the number of Fourier lattice
@@ -42,12 +46,14 @@ from common import (  # noqa: E402
 ARCH = dict(enc_layers=3, enc_dim=256, dec_layers=3, dec_dim=256, zdim=8, batch=32, feat_sigma=0.5)
 
 
-def cryoscape_cmd(sim: Path, out: Path, epochs: int, amp: bool, a=ARCH) -> list[str]:
+def cryoscape_cmd(sim: Path, out: Path, epochs: int, amp: bool, a=ARCH, march_epochs: float = 0.0) -> list[str]:
     cmd = [str(CRYOSCAPE), "train", str(sim / "particles.star"), "-o", str(out), "--model", "cryodrgn",
            "--zdim", str(a["zdim"]), "--enc-layers", str(a["enc_layers"]), "--enc-dim", str(a["enc_dim"]),
            "--dec-layers", str(a["dec_layers"]), "--dec-dim", str(a["dec_dim"]), "--pe-type", "gaussian",
            "--feat-sigma", str(a["feat_sigma"]), "-b", str(a["batch"]), "-n", str(epochs), "--lr", "1e-4",
            "--val-frac", "0", "--checkpoint-every", str(epochs), "--no-progress"]
+    if march_epochs > 0:
+        cmd += ["--freq-march", f"{march_epochs:g}"]
     return cmd + (["--amp"] if amp else [])
 
 
@@ -121,7 +127,7 @@ def matmul_rate(dtype_name: str, n: int = 2048, repeats: int = 5) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def one_run(code: str, sim: Path, out: Path, epochs: int, n: int) -> dict:
+def one_run(code: str, sim: Path, out: Path, epochs: int, n: int, march_fraction: float = 0.75) -> dict:
     if out.exists():
         shutil.rmtree(out)
     if code == "cryodrgn":
@@ -129,7 +135,9 @@ def one_run(code: str, sim: Path, out: Path, epochs: int, n: int) -> dict:
         secs = cryodrgn_epoch_seconds(Path(res["log"]).read_text(errors="replace"))
         per_epoch = [secs[e] for e in sorted(secs)]
     else:
-        res = run_timed(cryoscape_cmd(sim, out, epochs, amp=code.endswith("amp")), out.parent / f"{out.name}.log")
+        march = march_fraction * epochs if "march" in code else 0.0
+        res = run_timed(cryoscape_cmd(sim, out, epochs, amp=code.endswith("amp"), march_epochs=march),
+                        out.parent / f"{out.name}.log")
         per_epoch = [r["seconds"] for r in cryoscape_epochs(out)] if (out / "metrics.csv").is_file() else []
     if res["returncode"] != 0 or len(per_epoch) < 2:
         print(tail(Path(res["log"])), file=sys.stderr)
@@ -148,7 +156,8 @@ def summarize(runs: list[dict], D: int, counts: dict, rates: dict) -> dict:
             continue
         pps = [r["particles_per_s"] for r in rs]
         prog = "cryodrgn" if code == "cryodrgn" else "cryoscape"
-        flops = step_flops(D, counts[prog]) if prog in counts else None
+        # a marching run's step shrinks and grows again: no single FLOP count, so no roofline fraction
+        flops = step_flops(D, counts[prog]) if prog in counts and "march" not in code else None
         rate = rates["bf16" if code.endswith("amp") else "fp32"]
         roof = rate / flops * ARCH["batch"] if flops else None
         out[code] = {"particles_per_s_runs": pps, "particles_per_s_mean": round(sum(pps) / len(pps), 2),
@@ -169,8 +178,9 @@ def markdown(result: dict) -> str:
         for code, v in block["summary"].items():
             lines.append(f"| {D} | {code} | {', '.join(f'{p:.1f}' for p in v['particles_per_s_runs'])} | "
                          f"{v['particles_per_s_mean']:.1f} | {v['ratio_vs_cryodrgn'] or '-'} | "
-                         f"{v['peak_rss_mib_max']:.0f} | {v['step_gflop']} | {v['roofline_particles_per_s']} | "
-                         f"{100 * v['fraction_of_roofline']:.0f}% |")
+                         f"{v['peak_rss_mib_max']:.0f} | {v['step_gflop'] or '-'} | "
+                         f"{v['roofline_particles_per_s'] or '-'} | "
+                         + (f"{100 * v['fraction_of_roofline']:.0f}% |" if v["fraction_of_roofline"] else "- |"))
     return "\n".join(lines)
 
 
@@ -181,7 +191,11 @@ def main(argv=None) -> int:
                    help="particles per box size, in --sizes order (default 1000 300)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per run; epochs 2.. are timed (default 3)")
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats (default 2)")
-    p.add_argument("--codes", nargs="+", default=["cryoscape-fp32", "cryoscape-amp", "cryodrgn"])
+    p.add_argument("--codes", nargs="+", default=["cryoscape-fp32", "cryoscape-amp", "cryodrgn"],
+                   help="runs per repeat: cryoscape-fp32, cryoscape-amp, cryoscape-march (fp32 with frequency "
+                        "marching), cryoscape-march-amp, cryodrgn")
+    p.add_argument("--march-fraction", type=float, default=0.75,
+                   help="cryoscape-march*: --freq-march = this fraction of --epochs (default 0.75)")
     p.add_argument("-o", "--output", default=str(BENCH / "results" / "throughput.json"))
     args = p.parse_args(argv)
     codes = [c for c in args.codes if c != "cryodrgn" or need_cryodrgn()]
@@ -198,7 +212,7 @@ def main(argv=None) -> int:
         result["sizes"][str(D)] = block
         for rep in range(args.repeats):
             for code in codes:
-                r = one_run(code, sim, WORK / "tp_runs" / f"D{D}_{code}_{rep}", args.epochs, n)
+                r = one_run(code, sim, WORK / "tp_runs" / f"D{D}_{code}_{rep}", args.epochs, n, args.march_fraction)
                 runs.append(r)
                 print(f"D={D} {code} rep {rep}: {r['particles_per_s']} particles/s, epochs {r['epoch_seconds']} s, "
                       f"peak RSS {r['peak_rss_mib']} MiB, load {r['load_before']} -> {r['load_after']}", flush=True)

@@ -120,3 +120,19 @@ def test_ddp_two_processes_match_one(sim, tmp_path):
     np.testing.assert_allclose(two["val_recon"], one["val_recon"], rtol=0.05)
     np.testing.assert_allclose(two["train_recon"], one["train_recon"], rtol=0.05)
     assert np.load(tmp_path / "two" / "latents" / "epoch_003.npy").shape == (60, 2)
+
+
+def test_frequency_marching_trains_and_resumes_exactly(sim, tmp_path):
+    star = str(sim / "particles.star")
+    march = ["--freq-march", "2", "--march-start", "0.3", *SMALL]
+    assert main(["train", star, "-o", str(tmp_path / "a"), "-n", "3", *march]) == 0
+    assert main(["train", star, "-o", str(tmp_path / "b"), "-n", "1", *march]) == 0
+    assert main(["train", star, "-o", str(tmp_path / "b"), "-n", "3", "--resume", *march]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "a" / "latents" / "epoch_003.npy"),
+                                  np.load(tmp_path / "b" / "latents" / "epoch_003.npy"))
+    import yaml
+    cfg = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
+    assert cfg["train"]["freq_march"] == 2 and cfg["train"]["march_start"] == 0.3
+    # the other families refuse the option with a one-line error
+    assert main(["train", star, "-o", str(tmp_path / "c"), "--model", "opus-dsd", "--freq-march", "2",
+                 "-n", "1", "--no-progress"]) == 2

@@ -92,3 +92,38 @@ def test_data_normalisation_and_shift_centering():
     parts2.poses = Poses(parts.poses.rotations, origin * parts.pixel_size_angstrom)
     data2 = SliceParticleData(parts2, FourierPixels.create(16), window=False, norm_std=data.norm_std, progress=False)
     torch.testing.assert_close(data2.values, data.values, atol=1e-4, rtol=1e-4)
+
+
+def test_frequency_marching_schedule_and_subset():
+    parts, _, _ = two_state_particles(n=8, D=16)
+    data = SliceParticleData(parts, FourierPixels.create(16), progress=False)
+    batch = data.batch(np.arange(8))
+    model = CryoDRGN(16, 2.0, zdim=2, enc_dim=16, enc_layers=1, dec_dim=16, dec_layers=1,
+                     freq_march_epochs=4, march_start=0.25)
+    model.set_training_progress(0.0)
+    assert model.train_radius_px == pytest.approx(2.0)
+    model.set_training_progress(2.0)
+    assert model.train_radius_px == pytest.approx(5.0)  # halfway from 0.25 to 1 of Nyquist (8 px)
+    subset = model.pixel_subset()
+    m = model.pixels.n_half
+    half = subset[: (subset.numel() - 1) // 2]
+    radius = model.pixels.half_freqs().norm(dim=1) * 16
+    assert set(half.tolist()) == set(torch.nonzero(radius < 5.0).squeeze(1).tolist())
+    assert 0 < half.numel() < m and subset[-1] == 2 * m
+    # the marched slice is the full slice restricted to the subset
+    z, rot = torch.randn(8, 2), batch["rot"]
+    torch.testing.assert_close(model.render(rot, z, half), model.render(rot, z)[:, subset])
+    # the training loss is scored on the subset only; evaluation always uses the full lattice
+    torch.manual_seed(0)
+    terms = model(batch)
+    terms["loss"].backward()
+    assert torch.isfinite(terms["loss"])
+    model.eval()
+    assert model.pixel_subset() is None
+    model.train()
+    model.set_training_progress(4.0)
+    assert model.pixel_subset() is None and model.train_radius_px == 8.0
+    # off by default
+    plain = CryoDRGN(16, 2.0, zdim=2, enc_dim=16, enc_layers=1, dec_dim=16, dec_layers=1)
+    plain.set_training_progress(0.0)
+    assert plain.pixel_subset() is None

@@ -117,6 +117,9 @@ class TrainConfig:
     device: str = "auto"
     checkpoint_every: int = 1
     threads: int | None = None
+    # cryodrgn family: frequency marching (the training lattice's radius grows during training)
+    freq_march: float = 0.0  # epochs over which the radius grows to Nyquist (0: full lattice from the start)
+    march_start: float = 0.25  # starting radius as a fraction of Nyquist
     # opus-dsd (ignored by the other families); the KL weight is `beta` (None -> 0.01 for opus-dsd)
     lamb: float = 0.5  # weight of the structural-disentanglement prior
     knn: int = 128  # inter-class nearest neighbours (attraction)
@@ -136,7 +139,9 @@ class TrainConfig:
             raise InputError(f"-b/--batch-size must be >= 1, got {self.batch_size}")
         if self.lr <= 0:
             raise InputError(f"--lr must be positive, got {self.lr}")
-        for name in ("lamb", "tv_weight", "l1_weight", "anneal_images", "knn_intra"):
+        if not 0.0 < self.march_start <= 1.0:
+            raise InputError(f"--march-start must be in (0, 1], got {self.march_start}")
+        for name in ("lamb", "tv_weight", "l1_weight", "anneal_images", "knn_intra", "freq_march"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name in ("knn", "kfarthest", "n_samples"):
@@ -155,6 +160,10 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.train.freq_march > 0 and self.model.family != "cryodrgn":
+            raise InputError(f"--freq-march is an option of the cryodrgn family, not of --model {self.model.family}")
 
     def to_dict(self) -> dict:
         """Plain nested dict (YAML-serialisable)."""

@@ -61,6 +61,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--amp", action="store_true",
                    help="mixed precision: bfloat16 autocast on CUDA (float16 on GPUs without bfloat16) and on CPUs "
                         "with AVX-512 BF16; elsewhere float32 with a warning")
+    t.add_argument("--freq-march", type=float, default=0.0, metavar="EPOCHS",
+                   help="cryodrgn family: frequency marching; the training lattice's radius grows linearly from "
+                        "--march-start x Nyquist to Nyquist over the first EPOCHS epochs (fewer points decoded "
+                        "while the low resolutions are learnt; default 0 = full lattice throughout)")
+    t.add_argument("--march-start", type=float, default=0.25,
+                   help="starting radius of --freq-march as a fraction of Nyquist (default 0.25)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     t.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default 1)")
     t.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -139,7 +145,8 @@ def config_from_args(args) -> RunConfig:
                           dose_mask=not args.no_dose_mask, images_dose_weighted=args.images_dose_weighted),
         train=TrainConfig(epochs=args.epochs, batch_size=batch_size, lr=lr, weight_decay=args.wd,
                           beta=args.beta, seed=args.seed, amp=args.amp, device=args.device,
-                          checkpoint_every=args.checkpoint_every, threads=args.threads, lamb=args.lamb,
+                          checkpoint_every=args.checkpoint_every, threads=args.threads,
+                          freq_march=args.freq_march, march_start=args.march_start, lamb=args.lamb,
                           knn=args.knn, kfarthest=args.kfarthest, n_samples=args.n_samples,
                           knn_intra=args.knn_intra, momentum=args.momentum, tv_weight=args.tv_weight,
                           l1_weight=args.l1_weight, anneal_images=args.anneal_images, lr_decay=args.lr_decay),

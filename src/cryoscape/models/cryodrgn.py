@@ -8,6 +8,12 @@ Loss = MSE + beta * KL / P (KL to N(0, I), ``P`` = number of pixels, beta = 1/zd
 ``zdim = 0`` is the homogeneous coordinate network (cryoDRGN's ``train_nn``).
 
 Only half of the Hermitian-symmetric slice is evaluated; the other half follows from ``F(-k) = conj F(k)``.
+
+Frequency marching (optional, as in cryoDRGN-AI): while training, only pixels with ``|k| < r`` are decoded and
+scored, the radius ``r`` growing linearly from ``march_start * D/2`` to ``D/2`` over the first
+``freq_march_epochs`` epochs. The low resolutions, which carry the heterogeneity signal, are learnt first, and the
+decoder, ~97 % of the step's arithmetic, evaluates ``(r / (D/2))^2`` of the points meanwhile. The encoder always
+sees the whole image, and evaluation (validation loss, latents, volumes) always uses the full lattice.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class CryoDRGN(nn.Module):
     zdim, enc_dim, enc_layers, dec_dim, dec_layers, pe_type, pe_dim, feat_sigma, activation : architecture.
     beta : KL weight; ``None`` gives ``1 / zdim``.
     norm_std : the data normalisation (volumes are rescaled by it).
+    freq_march_epochs, march_start : frequency marching (see the module docstring; ``0`` epochs = off).
     """
 
     family = "cryodrgn"
@@ -46,7 +53,7 @@ class CryoDRGN(nn.Module):
     def __init__(self, D: int, pixel_size_angstrom: float, zdim: int = 8, enc_dim: int = 256, enc_layers: int = 3,
                  dec_dim: int = 256, dec_layers: int = 3, pe_type: str = "gaussian", pe_dim: int | None = None,
                  feat_sigma: float = 0.5, activation: str = "relu", beta: float | None = None,
-                 norm_std: float = 1.0):
+                 norm_std: float = 1.0, freq_march_epochs: float = 0.0, march_start: float = 0.25):
         super().__init__()
         self.D = D
         self.zdim = zdim
@@ -55,6 +62,11 @@ class CryoDRGN(nn.Module):
         self.register_buffer("pixel_size_angstrom", torch.tensor(float(pixel_size_angstrom)))
         self.register_buffer("norm_std", torch.tensor(float(norm_std)))
         self.register_buffer("freqs", self.pixels.freqs.clone(), persistent=False)
+        half_radius_px = self.pixels.half_freqs().norm(dim=1) * D
+        self.register_buffer("half_radius_px", half_radius_px, persistent=False)
+        self.freq_march_epochs = float(freq_march_epochs)
+        self.march_start = float(march_start)
+        self.train_radius_px = D / 2  # set by set_training_progress
         self.encoder = (
             ResidualMLP(self.pixels.n_pixels, enc_layers, enc_dim, 2 * zdim, activation) if zdim > 0 else None
         )
@@ -69,11 +81,36 @@ class CryoDRGN(nn.Module):
         out = self.encoder(x)
         return out[:, : self.zdim], out[:, self.zdim :]
 
-    def render(self, rotations: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
-        """Hartley values ``(B, P)`` of the central slices at ``rotations`` ``(B, 3, 3)`` for latents ``z``."""
+    def set_training_progress(self, epochs_done: float) -> None:
+        """Frequency-marching schedule: the training lattice radius after ``epochs_done`` (fractional) epochs."""
+        nyquist = self.D / 2
+        if self.freq_march_epochs <= 0:
+            self.train_radius_px = nyquist
+            return
+        t = min(1.0, max(0.0, epochs_done) / self.freq_march_epochs)
+        self.train_radius_px = nyquist * (self.march_start + (1.0 - self.march_start) * t)
+
+    def pixel_subset(self) -> torch.Tensor | None:
+        """Positions ``(P',)`` (``[half, mates, DC]`` order) trained at the current radius; ``None`` = all."""
+        if not self.training or self.train_radius_px >= self.D / 2:
+            return None
+        m = self.pixels.n_half
+        half = torch.nonzero(self.half_radius_px < self.train_radius_px).squeeze(1)
+        return torch.cat([half, half + m, torch.tensor([2 * m], device=half.device)])
+
+    def render(self, rotations: torch.Tensor, z: torch.Tensor | None, half: torch.Tensor | None = None) -> torch.Tensor:
+        """Hartley values of the central slices at ``rotations`` ``(B, 3, 3)`` for latents ``z``.
+
+        Returns ``(B, P)`` in the model's pixel order, or ``(B, 2 M' + 1)`` for the half-plane positions ``half``
+        ``(M',)`` only (``[half, their mates, DC]``).
+        """
         B = rotations.shape[0]
         m = self.pixels.n_half
-        freqs = self.freqs[: m + 1].clone()  # half-plane + a dummy row replaced by DC below
+        if half is None:
+            freqs = self.freqs[: m + 1].clone()  # half-plane + a dummy row replaced by DC below
+        else:
+            freqs = torch.cat([self.freqs[half], self.freqs[:1]])
+            m = half.numel()
         freqs[m] = 0.0
         q = central_slice_coords(rotations, freqs)  # (B, m + 1, 3)
         out = self.decoder(q, z)
@@ -98,10 +135,16 @@ class CryoDRGN(nn.Module):
             mu, logvar = self.encode(y, ctf)
             z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
             terms["kl"] = kl_divergence(mu, logvar)
-        pred = self.render(batch["rot"], z)
+        subset = self.pixel_subset()
+        if subset is None:
+            pred = self.render(batch["rot"], z)
+            target = y
+        else:
+            pred = self.render(batch["rot"], z, subset[: (subset.numel() - 1) // 2])
+            target, ctf = y[:, subset], (None if ctf is None else ctf[:, subset])
         if ctf is not None:
             pred = pred * ctf
-        recon = torch.mean((pred - y) ** 2)
+        recon = torch.mean((pred - target) ** 2)
         terms["recon"] = recon
         loss = recon
         if "kl" in terms:

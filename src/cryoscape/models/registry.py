@@ -42,7 +42,8 @@ class CryoDRGNFamily:
         return CryoDRGN(D=int(build["D"]), pixel_size_angstrom=float(build["pixel_size_angstrom"]), zdim=m.zdim,
                         enc_dim=m.enc_dim, enc_layers=m.enc_layers, dec_dim=m.dec_dim, dec_layers=m.dec_layers,
                         pe_type=m.pe_type, pe_dim=m.pe_dim, feat_sigma=m.feat_sigma, activation=m.activation,
-                        beta=config.train.beta, norm_std=float(build["norm_std"]))
+                        beta=config.train.beta, norm_std=float(build["norm_std"]),
+                        freq_march_epochs=config.train.freq_march, march_start=config.train.march_start)
 
     def make_optimizer(self, model, config: RunConfig):
         t = config.train

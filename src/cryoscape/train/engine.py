@@ -114,6 +114,9 @@ class Engine:
     batch_plan : optional ``(train_positions, seed, epoch, batch_size, info) -> list of index arrays``: this
         process's batches of an epoch (e.g. one projection class per batch); it must be a pure function of its
         arguments so that resume is exact. Default: a seeded shuffle split evenly over processes.
+
+    A model may define ``set_training_progress(epochs_done: float)``; the engine calls it before every training
+    step with the fractional number of epochs completed (a pure function of epoch and step, so resume is exact).
     """
 
     def __init__(self, model: nn.Module, data, optimizer: torch.optim.Optimizer, settings: EngineSettings,
@@ -134,6 +137,7 @@ class Engine:
         self.scheduler = scheduler
         self.epoch_end = epoch_end
         self.batch_plan = batch_plan or default_batch_plan
+        self._set_progress = getattr(self.model, "set_training_progress", None)
         self.state = LoopState()
         self._stop_requested = False
         if info.enabled:
@@ -254,6 +258,8 @@ class Engine:
                    disable=not (s.progress and self.info.is_main), leave=False, dynamic_ncols=True)
         for step in range(first, len(batches)):
             idx = batches[step]
+            if self._set_progress is not None:  # e.g. frequency marching: a schedule over (fractional) epochs
+                self._set_progress(epoch - 1 + step / len(batches))
             terms = self._step(self.data.batch(idx))
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v * len(idx)
