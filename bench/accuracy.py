@@ -2,7 +2,9 @@
 
 One command::
 
-    .venv/bin/python bench/accuracy.py            # N=3000, 128x3 networks, 15 epochs (the issue's setting)
+    .venv/bin/python bench/accuracy.py            # N=3000, 128x3 networks, 15 epochs, lr 1e-4
+    .venv/bin/python bench/accuracy.py --n 3000 --epochs 20 --width 128 --lr 1e-3 \
+        --programs cryoscape cryoscape-march cryodrgn # what bench/RESULTS.md section 3 records
     .venv/bin/python bench/accuracy.py --quick    # N=800, 64x3 networks, 5 epochs (a loaded 2-core machine)
 
 Data: ``cryoscape simulate --preset P -D 64 --snr 0.1 --pkl`` (one data set per preset, used by both programs).
@@ -14,11 +16,19 @@ Cases and targets:
   correlate best with that class's ground-truth map (the diagonal of the correlation matrix is the row maximum);
 * ``homogeneous`` zdim 0 (cryoDRGN: ``train_nn``): FSC of the map against the ground truth >= 0.5 at every shell
   beyond 2/3 of Nyquist is the target as stated; the table reports the minimum FSC over shells from 2/3 Nyquist to
-  Nyquist and the resolution at FSC 0.5.
+  Nyquist and the resolution at FSC 0.5. The presets' blob maps have no power beyond about half of Nyquist, so
+  this case cannot test the target (both programs score ~0 there, FSC of noise against numerical zero);
+* ``atomic`` zdim 0: the same target on a ground truth with power to Nyquist, a pseudo-atomic protein of packed
+  alpha-helical bundles (``bench/pseudo_atomic.py``, ~28,000 atoms, radius 66 A) rendered by
+  ``cryoscape simulate --pdb ... --apix 3 -D 64`` at Nyquist resolution (Chimera molmap widths), SNR 0.1.
+
+``--programs cryoscape-march`` adds cryoscape runs with frequency marching (``--freq-march`` = ``--march-fraction``
+x epochs; the training lattice radius grows from 1/4 of Nyquist to Nyquist over those epochs), so its accuracy
+is measured on the same data and epochs as the full-lattice runs.
 
 Both programs: Adam lr 1e-4, batch 32, gaussian PE (feat_sigma 0.5), fourier-domain decoder, beta = 1/zdim,
-all particles trained (cryoscape ``--val-frac 0``), cryoscape in float32 (``--amp-too`` adds a cryoscape --amp run
-of each case for comparison). cryoDRGN maps come from ``cryodrgn eval_vol`` at the same latents; its volume axes
+all particles trained (cryoscape ``--val-frac 0``), cryoscape in float32 (``--programs ... cryoscape-amp`` adds a
+cryoscape --amp run of each case for comparison). cryoDRGN maps come from ``cryodrgn eval_vol`` at the same latents; its volume axes
 are aligned to the ground truth once per case by choosing among identity / ``--flip`` / transpose / both the one that
 correlates best with the ground truth (reported as ``orientation``). Metrics are cryoscape's
 (``cryoscape.analysis.evaluate`` functions, the same as ``cryoscape evaluate``) for both programs.

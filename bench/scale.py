@@ -22,6 +22,7 @@ Writes ``bench/results/scale.json`` and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -67,10 +68,11 @@ def write_big_stack(source: Path, n: int, out: Path, chunk: int = 20000) -> dict
             "total_seconds": round(time.perf_counter() - t0, 1)}
 
 
-def train_cmd(star: Path, out: Path, ind: Path | None, lazy: bool, batch: int = 32) -> list[str]:
+def train_cmd(star: Path, out: Path, ind: Path | None, lazy: bool, batch: int = 32, extra: str = "") -> list[str]:
     return [str(CRYOSCAPE), "train", str(star), "-o", str(out), "--zdim", "8", "--enc-dim", "32", "--enc-layers", "2",
             "--dec-dim", "32", "--dec-layers", "2", "-b", str(batch), "-n", "1", "--val-frac", "0",
-            "--no-progress"] + (["--ind", str(ind)] if ind is not None else []) + (["--lazy"] if lazy else [])
+            "--no-progress"] + (["--ind", str(ind)] if ind is not None else []) + (["--lazy"] if lazy else []) \
+        + shlex.split(extra)
 
 
 def main(argv=None) -> int:
@@ -80,6 +82,10 @@ def main(argv=None) -> int:
     p.add_argument("--train-all", action="store_true",
                    help="also train one --lazy epoch over every image of the stack (the issue's test)")
     p.add_argument("--batch", type=int, default=32, help="batch size of the training runs (default 32)")
+    p.add_argument("--train-args", default="",
+                   help="extra `cryoscape train` options of every training run, e.g. \"--freq-march 1e6 --march-start "
+                        "0.1\" to shrink the decoded lattice to a 3-pixel radius so that the epoch measures the data "
+                        "path (reads, FFT, batching) rather than the network")
     p.add_argument("--skip-eval", action="store_true", help="do not run eval-images")
     p.add_argument("--eval-all", action="store_true", help="eval-images over the whole stack (not just the subset)")
     p.add_argument("-o", "--output", default=str(BENCH / "results" / "scale.json"))
@@ -88,7 +94,8 @@ def main(argv=None) -> int:
 
     source = ensure_simulation("linear1d", 2000, 64, 0.1, WORK / "tp_D64")
     big = WORK / f"scale_{args.n}"
-    result = {"command": " ".join(sys.argv), "machine": machine_info(), "n": args.n, "train_n": args.train_n}
+    result = {"command": " ".join(sys.argv), "machine": machine_info(), "n": args.n, "train_n": args.train_n,
+              "batch": args.batch, "train_args": args.train_args}
     result["write"] = write_big_stack(source, args.n, big)
     print("stack:", result["write"], flush=True)
     ind = big / f"ind_{args.train_n}.npy"
@@ -101,7 +108,8 @@ def main(argv=None) -> int:
         out = big / name
         if out.exists():
             shutil.rmtree(out)
-        r = run_timed(train_cmd(big / "particles.star", out, subset, lazy, args.batch), big / f"{name}.log")
+        r = run_timed(train_cmd(big / "particles.star", out, subset, lazy, args.batch, args.train_args),
+                      big / f"{name}.log")
         rows = cryoscape_epochs(out) if (out / "metrics.csv").is_file() else []
         r["particles_per_s"] = round(rows[0]["particles_per_s"], 1) if rows else None
         if r["returncode"] != 0:
