@@ -159,12 +159,12 @@ class CryoDRGN(nn.Module):
 
     # -- volumes --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate_volume(self, z: torch.Tensor | None = None, chunk: int = 65536) -> torch.Tensor:
-        """Real-space volume ``(D, D, D)`` for one latent ``z`` (``(zdim,)``; ``None`` when homogeneous).
+    def generate_volume_batch(self, z: torch.Tensor | None = None, chunk: int = 65536) -> torch.Tensor:
+        """Real-space volumes ``(b, D, D, D)`` for latents ``z`` ``(b, zdim)`` (``None``: the homogeneous map, b = 1).
 
         The decoder is evaluated on every voxel of the centred ``D^3`` Fourier grid inside the sphere of radius
-        ``D/2``; values are rescaled by the data normalisation so that projections of the volume match the
-        input images.
+        ``D/2``, for all ``b`` latents in one call per chunk of ``chunk // b`` coordinates; values are rescaled
+        by the data normalisation so that projections of the volume match the input images.
         """
         D = self.D
         device = self.norm_std.device
@@ -172,20 +172,30 @@ class CryoDRGN(nn.Module):
         grid = torch.stack(torch.meshgrid(k, k, k, indexing="ij"), dim=-1)  # [z, y, x] -> (kz, ky, kx)
         coords = grid.flip(-1).reshape(-1, 3)  # (x, y, z)
         inside = torch.nonzero(coords.norm(dim=1) < 0.5).squeeze(1)
-        values = torch.zeros(D**3, dtype=torch.complex64, device=device)
-        zb = None if z is None else torch.as_tensor(z, dtype=torch.float32, device=device).reshape(1, -1)
-        for start in range(0, inside.numel(), chunk):
-            idx = inside[start : start + chunk]
-            out = self.decoder(coords[idx][None], zb)[0]
-            values[idx] = torch.complex(out[:, 0], out[:, 1])
+        zb = None if z is None else torch.as_tensor(z, dtype=torch.float32, device=device).reshape(-1, self.zdim)
+        b = 1 if zb is None else zb.shape[0]
+        values = torch.zeros(b, D**3, dtype=torch.complex64, device=device)
+        step = max(1, chunk // b)
+        for start in range(0, inside.numel(), step):
+            idx = inside[start : start + step]
+            out = self.decoder(coords[idx][None].expand(b, -1, -1), zb)
+            values[:, idx] = torch.complex(out[..., 0], out[..., 1])
         dc = (D // 2) * D * D + (D // 2) * D + D // 2
-        values[dc] = values[dc].real + 0j
-        volume = ifft3_centered(values.reshape(D, D, D)).real
+        values[:, dc] = values[:, dc].real + 0j
+        volume = ifft3_centered(values.reshape(b, D, D, D)).real
         return volume * self.norm_std
 
+    @torch.no_grad()
+    def generate_volume(self, z: torch.Tensor | None = None, chunk: int = 65536) -> torch.Tensor:
+        """Real-space volume ``(D, D, D)`` for one latent ``z`` (``(zdim,)``; ``None`` when homogeneous)."""
+        return self.generate_volume_batch(None if z is None else torch.as_tensor(z).reshape(1, -1), chunk)[0]
+
     def generate_volumes(self, z: np.ndarray | None, batch_size: int = 1) -> np.ndarray:
-        """Volumes ``(n, D, D, D)`` float32 for latents ``z`` ``(n, zdim)`` (``None`` -> the one homogeneous map)."""
+        """Volumes ``(n, D, D, D)`` float32 for latents ``z`` ``(n, zdim)`` (``None`` -> the one homogeneous map),
+        decoded ``batch_size`` latents at a time."""
         if z is None or self.zdim == 0:
             return self.generate_volume(None).cpu().numpy()[None].astype(np.float32)
         z = np.asarray(z, dtype=np.float32).reshape(-1, self.zdim)
-        return np.stack([self.generate_volume(torch.from_numpy(zi)).cpu().numpy() for zi in z]).astype(np.float32)
+        step = max(1, int(batch_size))
+        return np.concatenate([self.generate_volume_batch(torch.from_numpy(z[i : i + step])).cpu().numpy()
+                               for i in range(0, len(z), step)]).astype(np.float32)
