@@ -123,6 +123,7 @@ class TomoDRGN(nn.Module):
     """
 
     family = "tomodrgn"
+    generate_volume_batch = CryoDRGN.generate_volume_batch
     generate_volume = CryoDRGN.generate_volume
     generate_volumes = CryoDRGN.generate_volumes
 
