@@ -152,3 +152,14 @@ def test_concatenate_needs_enough_tilts():
                      enc_layers_b=1, dec_dim=16, dec_layers=1)
     with pytest.raises(InputError, match="fewer than the 5 tilts"):
         model(random_batch())
+
+
+def test_volumes_in_batches_over_z():
+    torch.manual_seed(0)
+    model = TomoDRGN(D, APIX, ntilts=None, zdim=2, pooling="mean", enc_dim=16, enc_layers=1, tilt_embed_dim=8,
+                     enc_dim_b=16, enc_layers_b=1, dec_dim=16, dec_layers=1).eval()
+    z = np.random.default_rng(1).normal(size=(3, 2)).astype(np.float32)
+    vols = model.generate_volumes(z, batch_size=3)
+    assert vols.shape == (3, D, D, D) and np.isfinite(vols).all()
+    np.testing.assert_allclose(vols[1], model.generate_volume(torch.from_numpy(z[1])).numpy(), atol=1e-5, rtol=1e-4)
+    assert np.abs(vols[0] - vols[2]).max() > 1e-6  # the latent matters
