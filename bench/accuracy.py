@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -49,7 +48,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     BENCH, CRYODRGN, CRYOSCAPE, WORK, cryodrgn_epoch_seconds, cryoscape_epochs, ensure_simulation, machine_info,
-    need_cryodrgn, run_timed, tail, write_json,
+    need_cryodrgn, run_timed, simulation_exists, tail, write_json,
 )
 
 CASES = [("linear1d", 1), ("discrete3", 1), ("discrete3", 8), ("homogeneous", 0), ("atomic", 0)]
@@ -64,17 +63,13 @@ QUICK = dict(n=800, width=64, layers=3, epochs=5, batch=32)
 def ensure_atomic_simulation(n: int, out: Path) -> Path:
     """The homogeneous case with power to Nyquist: the pseudo-atomic helical protein (``pseudo_atomic.py``, radius
     66 A) rendered at Nyquist resolution, D=64, 3 A/px, SNR 0.1, written with cryoDRGN pkl files."""
-    if (out / "particles.star").is_file() and (out / "ctf.pkl").is_file() and (out / "labels.npz").is_file():
+    if simulation_exists(out):
         return out
     from pseudo_atomic import helical_protein, write_pdb
 
     out.mkdir(parents=True, exist_ok=True)
     pdb = write_pdb(out / "model.pdb", *helical_protein(66.0, seed=0))
-    cmd = [str(CRYOSCAPE), "simulate", "--pdb", str(pdb), "--apix", "3", "-N", str(n), "-D", "64", "--snr", "0.1",
-           "--seed", "0", "--pkl", "-o", str(out)]
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    return out
+    return ensure_simulation("atomic", n, 64, 0.1, out, source=["--pdb", str(pdb), "--apix", "3"])
 
 
 def train_cryoscape(sim: Path, out: Path, zdim: int, s: dict, amp: bool = False, march: bool = False) -> dict:

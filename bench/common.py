@@ -99,12 +99,21 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def ensure_simulation(preset: str, n: int, D: int, snr: float, out: Path, seed: int = 0) -> Path:
-    """``cryoscape simulate`` into ``out`` (with cryoDRGN pose.pkl/ctf.pkl) unless it is already there."""
-    if (out / "particles.star").is_file() and (out / "ctf.pkl").is_file() and (out / "labels.npz").is_file():
+def simulation_exists(out: Path) -> bool:
+    """True when ``out`` holds a finished ``cryoscape simulate --pkl`` data set."""
+    return all((out / f).is_file() for f in ("particles.star", "ctf.pkl", "labels.npz"))
+
+
+def ensure_simulation(preset: str, n: int, D: int, snr: float, out: Path, seed: int = 0,
+                      source: list[str] | None = None) -> Path:
+    """``cryoscape simulate`` into ``out`` (with cryoDRGN pose.pkl/ctf.pkl) unless it is already there.
+
+    ``source``: simulate options replacing ``--preset PRESET`` (e.g. ``["--pdb", "model.pdb", "--apix", "3"]``).
+    """
+    if simulation_exists(out):
         return out
-    cmd = [str(CRYOSCAPE), "simulate", "--preset", preset, "-N", str(n), "-D", str(D), "--snr", str(snr),
-           "--seed", str(seed), "--pkl", "-o", str(out)]
+    cmd = [str(CRYOSCAPE), "simulate", *(source or ["--preset", preset]), "-N", str(n), "-D", str(D),
+           "--snr", str(snr), "--seed", str(seed), "--pkl", "-o", str(out)]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return out
