@@ -62,8 +62,10 @@ class CryoDRGN(nn.Module):
         self.register_buffer("pixel_size_angstrom", torch.tensor(float(pixel_size_angstrom)))
         self.register_buffer("norm_std", torch.tensor(float(norm_std)))
         self.register_buffer("freqs", self.pixels.freqs.clone(), persistent=False)
-        half_radius_px = self.pixels.half_freqs().norm(dim=1) * D
-        self.register_buffer("half_radius_px", half_radius_px, persistent=False)
+        half_radius_px = (self.pixels.half_freqs().norm(dim=1) * D).numpy()
+        self._half_by_radius = np.argsort(half_radius_px, kind="stable")  # marching subsets are prefixes of this
+        self._sorted_half_radius = half_radius_px[self._half_by_radius]
+        self._subset_cache: tuple[int, torch.Tensor] | None = None
         self.freq_march_epochs = float(freq_march_epochs)
         self.march_start = float(march_start)
         self.train_radius_px = D / 2  # set by set_training_progress
@@ -94,9 +96,14 @@ class CryoDRGN(nn.Module):
         """Positions ``(P',)`` (``[half, mates, DC]`` order) trained at the current radius; ``None`` = all."""
         if not self.training or self.train_radius_px >= self.D / 2:
             return None
-        m = self.pixels.n_half
-        half = torch.nonzero(self.half_radius_px < self.train_radius_px).squeeze(1)
-        return torch.cat([half, half + m, torch.tensor([2 * m], device=half.device)])
+        count = int(np.searchsorted(self._sorted_half_radius, self.train_radius_px, side="left"))
+        device = self.freqs.device
+        if self._subset_cache is None or self._subset_cache[0] != count or self._subset_cache[1].device != device:
+            m = self.pixels.n_half
+            half = torch.from_numpy(np.sort(self._half_by_radius[:count]))  # raster order, as the full lattice
+            subset = torch.cat([half, half + m, torch.tensor([2 * m])]).to(device)
+            self._subset_cache = (count, subset)
+        return self._subset_cache[1]
 
     def render(self, rotations: torch.Tensor, z: torch.Tensor | None, half: torch.Tensor | None = None) -> torch.Tensor:
         """Hartley values of the central slices at ``rotations`` ``(B, 3, 3)`` for latents ``z``.
