@@ -15,10 +15,10 @@ from cryoscape.train.run import split_positions
 from _synthetic import two_state_particles
 
 
-def make_engine(run_dir, epochs=3, zdim=2, seed=0, n=64):
+def make_engine(run_dir, epochs=3, zdim=2, seed=0, n=64, lazy=False):
     torch.manual_seed(seed)
     parts, labels, _ = two_state_particles(n=n, D=16, seed=1)
-    data = SliceParticleData(parts, FourierPixels.create(16), progress=False)
+    data = SliceParticleData(parts, FourierPixels.create(16), progress=False, lazy=lazy)
     model = CryoDRGN(16, 2.0, zdim=zdim, enc_dim=32, enc_layers=1, dec_dim=32, dec_layers=2, feat_sigma=0.3)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     train, val = split_positions(len(data), 0.125, seed)
@@ -101,3 +101,39 @@ def test_stop_request_mid_epoch_checkpoints_and_resumes_exactly(tmp_path):
     np.testing.assert_allclose(
         np.load(tmp_path / "stop" / "latents" / "epoch_002.npy"),
         np.load(tmp_path / "full" / "latents" / "epoch_002.npy"), rtol=1e-5, atol=1e-6)
+
+
+def test_lazy_data_trains_like_in_memory_data(tmp_path):
+    """Lazy batches are prepared in a background thread (train/prefetch.py); the result must not change."""
+    memory, _ = make_engine(tmp_path / "memory", epochs=2)
+    memory.fit()
+    lazy, _ = make_engine(tmp_path / "lazy", epochs=2, lazy=True)
+    assert lazy.data.lazy and lazy.data.values is None
+    history = lazy.fit()
+    np.testing.assert_allclose(history[-1]["val_loss"], memory.state.history[-1]["val_loss"], rtol=1e-4)
+    np.testing.assert_allclose(np.load(tmp_path / "lazy" / "latents" / "epoch_002.npy"),
+                               np.load(tmp_path / "memory" / "latents" / "epoch_002.npy"), rtol=1e-3, atol=1e-4)
+
+
+def test_prefetched_keeps_order_runs_ahead_and_raises():
+    from cryoscape.train.prefetch import prefetched
+
+    import threading
+
+    started = {i: threading.Event() for i in range(7)}
+
+    def fetch(i):
+        started[i].set()
+        if i == 5:
+            raise ValueError("bad image 5")
+        return i * 10
+
+    stream = prefetched(range(4), fetch)
+    assert next(stream) == 0
+    assert started[1].wait(timeout=10)  # item 1 is prepared while the caller works on item 0
+    assert not started[2].is_set()  # one fetch in flight at a time
+    assert list(stream) == [10, 20, 30]
+    assert list(prefetched([], fetch)) == []
+    assert list(prefetched(range(3), fetch, enabled=False)) == [0, 10, 20]
+    with pytest.raises(ValueError, match="bad image 5"):
+        list(prefetched([4, 5, 6], fetch))

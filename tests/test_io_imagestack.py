@@ -44,7 +44,7 @@ def test_from_mrcs_and_pickling(two_stacks):
     pa, _, a, _ = two_stacks
     stack = ImageStack.from_mrcs(pa, pixel_size_angstrom=2.0)
     assert stack.pixel_size_angstrom == 2.0 and len(stack) == 6
-    stack[[0]]  # opens the memory map
+    stack[[0]]  # opens the file
     clone = pickle.loads(pickle.dumps(stack))  # e.g. sent to a DataLoader worker
     np.testing.assert_array_equal(clone[[5, 1]], a[[5, 1]])
 
@@ -101,3 +101,56 @@ def test_resolve_stack_paths_datadir(tmp_path):
     # RELION project-relative path from Refine3D/job010/run_data.star
     out = resolve_stack_paths(["Extract/e.mrcs"], tmp_path / "proj" / "Refine3D" / "job010")
     assert list(out) == [str(tmp_path / "proj" / "Extract" / "e.mrcs")]
+
+
+def test_positioned_reads_match_memory_map(tmp_path):
+    import mrcfile
+
+    from cryoscape.io.stack_reader import StackReader
+
+    rng = np.random.default_rng(5)
+    images = rng.normal(size=(40, 8, 8)).astype(np.float32)
+    path = write_mrc(tmp_path / "s.mrcs", images, 1.0)
+    int_path = tmp_path / "int16.mrcs"
+    with mrcfile.new(int_path) as m:  # mode 1: the reader keeps the file's dtype, ImageStack converts
+        m.set_data((images * 100).astype(np.int16))
+        m.set_image_stack()
+    order = np.array([7, 3, 4, 5, 39, 0, 3, 6, 7, 8, 20])  # unsorted, repeats, runs of consecutive images
+    for p, want in ((path, images), (int_path, (images * 100).astype(np.int16))):
+        pread, mapped = StackReader(p), StackReader(p, use_pread=False)
+        np.testing.assert_array_equal(pread.read(order), want[order])
+        np.testing.assert_array_equal(mapped.read(order), want[order])
+        assert pread.read(order).dtype == want.dtype
+        np.testing.assert_array_equal(pread.read(np.arange(40)), want)
+        assert pread.read(np.array([], dtype=np.int64)).shape == (0, 8, 8)
+        with pytest.raises(IndexError):
+            pread.read(np.array([40]))
+        pread.close()
+        with pytest.raises(ValueError, match="closed"):
+            pread.read(np.array([0]))
+
+
+def test_stack_truncated_after_opening_is_a_clear_error(tmp_path):
+    from cryoscape.io.stack_reader import StackReader
+
+    path = write_mrc(tmp_path / "s.mrcs", np.ones((10, 8, 8), np.float32), 1.0)
+    reader = StackReader(path)
+    with open(path, "r+b") as f:  # e.g. a copy still being written, or a file system that lost data
+        f.truncate(path.stat().st_size - 8 * 8 * 4 * 3)
+    np.testing.assert_array_equal(reader.read(np.array([0, 6])), np.ones((2, 8, 8)))
+    with pytest.raises(InputError, match="truncated") as err:
+        reader.read(np.array([8]))
+    assert "s.mrcs" in str(err.value)
+
+
+def test_least_recently_used_stack_files_are_closed(tmp_path, monkeypatch):
+    import cryoscape.io.imagestack as imagestack_module
+
+    monkeypatch.setattr(imagestack_module, "_MAX_OPEN_FILES", 2)
+    paths = [write_mrc(tmp_path / f"{i}.mrcs", np.full((3, 8, 8), i, np.float32), 1.0) for i in range(3)]
+    stack = ImageStack.from_stacks(paths)
+    first = stack[[0]]
+    reader0 = stack._cache[0]
+    np.testing.assert_array_equal(stack[[3, 6]][:, 0, 0], [1, 2])  # opens files 1 and 2, closes file 0
+    assert 0 not in stack._cache and reader0._fd is None and len(stack._cache) == 2
+    np.testing.assert_array_equal(stack[[0, 8]], np.stack([first[0], np.full((8, 8), 2, np.float32)]))

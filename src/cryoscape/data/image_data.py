@@ -42,7 +42,7 @@ class ImageParticleData:
     """Centred real-space images, rotations, CTF parameters and projection classes of a particle set.
 
     In memory (default) all images are prepared once (centred by their origin, windowed, divided by
-    ``norm_std``); with ``lazy=True`` they are read from the memory-mapped stacks and prepared per batch.
+    ``norm_std``); with ``lazy=True`` they are read from the stacks on disk and prepared per batch.
 
     Parameters
     ----------

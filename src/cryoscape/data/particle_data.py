@@ -20,7 +20,7 @@ class SliceParticleData:
 
     In memory (default), all images are transformed once (centred by their origin, windowed, Hartley
     transformed, restricted to the model's pixels) and batches are plain index operations, on the training
-    device if :meth:`to` moved them there. With ``lazy=True`` images are read from the memory-mapped stacks and
+    device if :meth:`to` moved them there. With ``lazy=True`` images are read from the stacks on disk and
     prepared per batch, so memory stays bounded for stacks larger than RAM.
 
     Parameters

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.errors import InputError
-from cryoscape.imaging.fft import fft2_centered
 from cryoscape.imaging.masks import soft_circular_window
-from cryoscape.imaging.shift import phase_shift
 
 
 def hartley_pixels(
@@ -39,11 +39,33 @@ def hartley_pixels(
         x = x * window
     if invert:
         x = -x
-    F = fft2_centered(x)
-    if shifts_px is not None:
-        F = phase_shift(F, shifts_px)
-    H = (F.real - F.imag).reshape(F.shape[0], -1)
-    return H[:, pixels.index.to(H.device)]
+    B, D = x.shape[0], x.shape[-1]
+    rows, cols, conj_sign, freqs = _rfft_gather_table(pixels, x.device)
+    # the centred spectrum at integer frequency k is (-1)^(kx+ky) fft2(x)[k]: a translation by -D/2, folded into
+    # the origin shift, so the transform needs no fftshift/ifftshift copies and only the rfft half-plane
+    R = torch.fft.rfft2(x.to(torch.float32))
+    picked = R[:, rows, cols]
+    re, im = picked.real, picked.imag * conj_sign
+    shifts = torch.zeros(B, 2, device=x.device) if shifts_px is None else torch.as_tensor(
+        shifts_px, device=x.device, dtype=torch.float32)
+    phase = (-2.0 * math.pi) * ((shifts - D // 2) @ freqs.T)
+    c, s = torch.cos(phase), torch.sin(phase)
+    # H = Re(v e^{i phi}) - Im(v e^{i phi}) with v = re + i im
+    return re * (c - s) - im * (c + s)
+
+
+def _rfft_gather_table(pixels: FourierPixels, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row/column of each model pixel in ``rfft2`` output, the sign of its imaginary part (-1 where the pixel is
+    read from its Friedel mate, ``F(-k) = conj F(k)`` for real images) and its ``(kx, ky)`` in cycles/pixel."""
+    D = pixels.D
+    freqs = pixels.freqs.to(device=device, dtype=torch.float32)
+    k = torch.round(freqs * D).long()
+    kx, ky = k[:, 0], k[:, 1]
+    mate = kx < 0
+    kx = torch.where(mate, -kx, kx)
+    ky = torch.where(mate, -ky, ky)
+    conj_sign = torch.where(mate, -1.0, 1.0).to(device)
+    return torch.remainder(ky, D), kx, conj_sign, freqs
 
 
 def make_window(D: int, enabled: bool, inner: float = 0.85) -> torch.Tensor | None:

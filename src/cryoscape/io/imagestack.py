@@ -1,7 +1,7 @@
 """ImageStack: particle images referenced as (stack file, 0-based index) over one or many MRC stacks.
 
-Lazy stacks read through memory maps (only the requested images are touched; a bounded number of files is kept
-open), loaded stacks hold one float32 array. Reads are grouped per file and returned in the requested order.
+Lazy stacks read only the requested images, with positioned reads (``io.stack_reader``; a bounded number of
+files is kept open), loaded stacks hold one float32 array. Reads are grouped per file and returned in the requested order.
 Every image that is read is checked for NaN/Inf.
 """
 
@@ -15,7 +15,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from cryoscape.errors import InputError
-from cryoscape.io.mrc import MRCInfo, open_stack, read_header, validate_box
+from cryoscape.io.mrc import MRCInfo, read_header, validate_box
+from cryoscape.io.stack_reader import StackReader
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class ImageStack:
     pixel_size_angstrom : float, optional
         Pixel size in Angstrom; default: from the header of the first stack.
     lazy : bool
-        Memory-map the stacks (bounded memory) instead of loading all images now.
+        Read images from disk on demand (bounded memory) instead of loading all images now.
 
     Raises
     ------
@@ -55,7 +56,7 @@ class ImageStack:
         if self.file_ids.shape != self.local_indices.shape:
             raise ValueError("file_ids and local_indices must have the same length")
         self.lazy = bool(lazy)
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cache: OrderedDict[int, StackReader] = OrderedDict()
         if not _validated:
             self._infos = self._validate()
         self._D = None
@@ -222,16 +223,16 @@ class ImageStack:
             idx = np.arange(start, min(start + batch_size, len(self)))
             yield idx, self[idx]
 
-    def _stack(self, fid: int) -> np.ndarray:
-        mm = self._cache.get(fid)
-        if mm is None:
-            mm, _ = open_stack(self.files[fid], lazy=True)
-            self._cache[fid] = mm
+    def _stack(self, fid: int) -> StackReader:
+        reader = self._cache.get(fid)
+        if reader is None:
+            reader = StackReader(self.files[fid])
+            self._cache[fid] = reader
             if len(self._cache) > _MAX_OPEN_FILES:
-                self._cache.popitem(last=False)
+                self._cache.popitem(last=False)[1].close()
         else:
             self._cache.move_to_end(fid)
-        return mm
+        return reader
 
     def _read(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64)
@@ -244,9 +245,9 @@ class ImageStack:
         bounds = np.flatnonzero(np.diff(fids[order])) + 1
         for group in np.split(order, bounds):
             fid = int(fids[group[0]])
-            mm = self._stack(fid)
+            reader = self._stack(fid)
             try:
-                block = np.asarray(mm[local[group]], dtype=np.float32)
+                block = np.asarray(reader.read(local[group]), dtype=np.float32)
             except OSError as exc:
                 raise InputError(f"cannot read images ({exc})", self.files[fid]) from None
             bad = ~np.isfinite(block).reshape(block.shape[0], -1).all(axis=1)
@@ -273,7 +274,7 @@ class ImageStack:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_cache"] = OrderedDict()  # memory maps are reopened in the receiving process
+        state["_cache"] = OrderedDict()  # stack readers are reopened in the receiving process
         return state
 
 

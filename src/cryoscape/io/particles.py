@@ -128,7 +128,7 @@ def load_particles(path: str | Path, poses: str | Path | None = None, ctf: str |
     apix : float, optional
         Pixel size in Angstrom overriding the files.
     lazy : bool
-        Memory-map the images instead of loading them.
+        Read the images from disk per batch instead of loading them.
     indices : array of int or path, optional
         0-based particles to keep (an index file is read with :func:`read_indices`), in that order.
 

@@ -30,6 +30,7 @@ from cryoscape.train.checkpoint import (
     save_checkpoint,
 )
 from cryoscape.train.distributed import DistInfo, all_reduce_sum, barrier, broadcast_flag
+from cryoscape.train.prefetch import prefetched
 from cryoscape.utils.atomic import atomic_path, atomic_write_text
 
 log = logging.getLogger("cryoscape")
@@ -206,8 +207,8 @@ class Engine:
         self.model.eval()
         sums: dict[str, float] = {}
         count = 0
-        for idx in _batches(positions, self.settings.batch_size, self.info):
-            batch = self.data.batch(idx)
+        batches = _batches(positions, self.settings.batch_size, self.info)
+        for idx, batch in zip(batches, prefetched(batches, self.data.batch, _is_lazy(self.data))):
             with self._autocast():
                 terms = self.model(batch)
             for k, v in terms.items():
@@ -256,11 +257,12 @@ class Engine:
         t0 = time.perf_counter() - float(self.state.partial.get("_seconds", 0.0))
         bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch}/{s.epochs}", unit="batch",
                    disable=not (s.progress and self.info.is_main), leave=False, dynamic_ncols=True)
-        for step in range(first, len(batches)):
+        upcoming = prefetched(batches[first:], self.data.batch, _is_lazy(self.data))
+        for step, batch in zip(range(first, len(batches)), upcoming):
             idx = batches[step]
             if self._set_progress is not None:  # e.g. frequency marching: a schedule over (fractional) epochs
                 self._set_progress(epoch - 1 + step / len(batches))
-            terms = self._step(self.data.batch(idx))
+            terms = self._step(batch)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v * len(idx)
             count += len(idx)
@@ -324,10 +326,16 @@ def encode_all(model: nn.Module, data, batch_size: int = 256, progress: bool = F
     model.eval()
     n = len(data)
     out = []
-    for start in tqdm(range(0, n, batch_size), desc="encoding", unit="batch", disable=not progress, leave=False):
-        idx = np.arange(start, min(n, start + batch_size))
-        out.append(model.latent_means(data.batch(idx)).float().cpu().numpy())
+    chunks = [np.arange(start, min(n, start + batch_size)) for start in range(0, n, batch_size)]
+    batches = prefetched(chunks, data.batch, _is_lazy(data))
+    for batch in tqdm(batches, total=len(chunks), desc="encoding", unit="batch", disable=not progress, leave=False):
+        out.append(model.latent_means(batch).float().cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, model.zdim), np.float32)
+
+
+def _is_lazy(data) -> bool:
+    """Whether ``data`` reads from disk per batch (worth preparing the next batch in the background)."""
+    return bool(getattr(data, "lazy", False))
 
 
 def _fmt(key: str, value) -> str:
