@@ -42,6 +42,23 @@ def test_train_eval_from_star(sim, tmp_path):
     assert data.shape == (12, 12, 12) and info.voxel_size_angstrom == pytest.approx(8.0)
 
 
+def test_eval_images_streams_the_images(sim, tmp_path, monkeypatch):
+    """eval-images reads each image once, per batch: it never prepares the whole stack in memory (1M images
+    of a run trained in memory would need ~13 GB), and gives the same latents as training."""
+    from cryoscape.data.particle_data import SliceParticleData
+
+    run = tmp_path / "run"
+    assert main(["train", str(sim / "particles.star"), "-o", str(run), "-n", "1", *SMALL]) == 0
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("eval-images prepared every image in memory")
+
+    monkeypatch.setattr(SliceParticleData, "_prepare_all", refuse)
+    z = tmp_path / "z.npy"
+    assert main(["eval-images", str(run), "-o", str(z), "-b", "7", "--device", "cpu"]) == 0
+    np.testing.assert_allclose(np.load(z), np.load(run / "latents" / "epoch_001.npy"), atol=1e-5)
+
+
 def test_formats_give_identical_training_data(sim):
     """STAR, .cs and .mrcs + pkl describe the same particles: same images, poses and CTF after import."""
     star = load_particles(sim / "particles.star")

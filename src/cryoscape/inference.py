@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +34,13 @@ def encode_particles(run_dir, output=None, epoch=None, particles=None, poses=Non
         parts, _ = family.load_particles(config, path=particles, datadir=datadir)
     else:
         parts = load_particles(particles, poses=poses, ctf=ctf, datadir=datadir, apix=config.data.apix)
-    data = family.make_data(parts, config, norm_std=trained.build["norm_std"], progress=progress)
+    # each image is encoded once, so it is read and prepared per batch (bounded memory, any stack size)
+    streaming = dataclasses.replace(config, data=dataclasses.replace(config.data, lazy=True))
+    data = family.make_data(parts, streaming, norm_std=trained.build["norm_std"], progress=progress)
     if data.D != trained.D:
         raise InputError(f"images are {data.D} px but the model was trained on {trained.D} px",
                          particles or config.data.particles, hint="downsample them with `cryoscape downsample`")
-    if not getattr(data, "lazy", False):
-        data.to(dev)
+    data.to(dev)  # metadata only: the images stay on disk until their batch
     z = encode_all(trained.model, data, batch_size, progress=progress)
     if output is not None:
         with atomic_path(output) as tmp:

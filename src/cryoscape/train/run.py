@@ -108,8 +108,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
     state = load_checkpoint(resume_from) if resume_from else None
     norm = state["build"].get("norm_std") if state else None
     data = family.make_data(particles, config, norm_std=norm, progress=progress and info.is_main)
-    if not getattr(data, "lazy", False):
-        data.to(device)  # prepared data stays on the training device
+    data.to(device)  # prepared data (in memory) and metadata stay on the training device; lazy batches move there
     build = family.build_info(data)
     model = family.build_model(config, build)
     optimizer, scheduler = family.make_optimizer(model, config)
