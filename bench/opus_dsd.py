@@ -310,7 +310,9 @@ def main(argv=None) -> int:
     p.add_argument("--opus-args", default="", help="extra `cryoscape train` options for opus-dsd (one string)")
     p.add_argument("--cryodrgn-args", default="", help="extra `cryoscape train` options for cryodrgn (one string)")
     p.add_argument("--no-maps", action="store_true", help="skip map generation/FSC (latent metrics only)")
-    p.add_argument("-o", "--output", help="JSON output (default bench/results/opus_dsd[_quick].json)")
+    p.add_argument("--tag", default="", help="name of a variant (e.g. lr1e-3): its runs go to bench/_work/opus_runs_TAG, "
+                   "so variants with different options do not overwrite each other")
+    p.add_argument("-o", "--output", help="JSON output (default bench/results/opus_dsd[_quick][_TAG].json)")
     args = p.parse_args(argv)
     s = dict(QUICK if args.quick else FULL)
     for key, val in (("n", args.n), ("epochs", args.epochs), ("D", args.box), ("snrs", args.snr)):
@@ -320,7 +322,7 @@ def main(argv=None) -> int:
         p.error(f"--n must be a multiple of 8 (equal counts of the 8 conformations), got {s['n']}")
     s.update(zdim=ZDIM, k=K, seed=SEED, preset="eightconf", channel_scale=resolve_channel_scale(args.channel_scale),
              extra_args={"opus-dsd": args.opus_args, "cryodrgn": args.cryodrgn_args}, maps=not args.no_maps)
-    tag = "_quick" if args.quick else ""
+    tag = ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")
     output = Path(args.output or BENCH / "results" / f"opus_dsd{tag}.json")
     result = {"command": " ".join(sys.argv), "machine": machine_info(), "settings": s,
               "paper_entropy_snr0.05": PAPER_ENTROPY, "records": []}
