@@ -2,14 +2,15 @@
 
 One command::
 
-    .venv/bin/python bench/scale.py --n 1000000 --train-all --eval-all --batch 128   # the test (16 GB)
+    .venv/bin/python bench/scale.py --n 1000000 --train-n 2000 --train-all --eval-all --batch 128 \
+        --train-args "--freq-march 1e6 --march-start 0.1"      # the test (16 GB), ~10 min on 2 cores
     .venv/bin/python bench/scale.py --n 200000 --train-n 2000
 
 1. Writes a large D=64 float32 stack quickly: the images of a small ``cryoscape simulate`` set (``--source``,
-   simulated once) tiled into a memory-mapped .mrcs of ``--n`` images, plus a RELION 3.1 STAR whose rows repeat
-   the source's poses and CTFs (``bench/_work/scale_N/``).
+   simulated once) tiled into a .mrcs of ``--n`` images (written through a memory map), plus a RELION 3.1 STAR
+   whose rows repeat the source's poses and CTFs (``bench/_work/scale_N/``).
 2. ``cryoscape train --lazy`` for one epoch with a small network (enc/dec 2x32, zdim 8) on ``--train-n`` particles
-   spread evenly over the whole stack (``--ind``; the images are read from the memory-mapped 16 GB file), and the
+   spread evenly over the whole stack (``--ind``; the images are read from the 16 GB file per batch), and the
    same subset in memory (no ``--lazy``) for the throughput comparison.
    With ``--train-all``, one ``--lazy`` epoch over every image of the stack as well (the issue's test).
 3. ``cryoscape eval-images RUN`` on the trained subset read lazily from the large stack (batch 256); with
