@@ -7,6 +7,7 @@ the independent half-plane and ``mates`` their Friedel mates ``-k``. A decoder t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,18 @@ class FourierPixels:
     @property
     def n_pixels(self) -> int:
         return int(self.index.numel())
+
+    @functools.cached_property
+    def rfft_gather(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Where each pixel sits in ``torch.fft.rfft2`` output of an uncentred image: row ``(P,)``, column ``(P,)``
+        and the sign ``(P,)`` of its imaginary part (-1 where it is read from its Friedel mate, ``F(-k) = conj
+        F(k)`` for real images, because ``rfft2`` keeps only ``kx >= 0``)."""
+        D = self.D
+        ky = torch.div(self.index, D, rounding_mode="floor") - D // 2
+        kx = self.index % D - D // 2
+        mate = kx < 0
+        ky, kx = torch.where(mate, -ky, ky), torch.where(mate, -kx, kx)
+        return torch.remainder(ky, D), kx, torch.where(mate, -1.0, 1.0)
 
     def half_freqs(self) -> torch.Tensor:
         """``(M, 2)`` frequencies of the independent half."""

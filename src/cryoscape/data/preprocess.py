@@ -40,7 +40,8 @@ def hartley_pixels(
     if invert:
         x = -x
     B, D = x.shape[0], x.shape[-1]
-    rows, cols, conj_sign, freqs = _rfft_gather_table(pixels, x.device)
+    rows, cols, conj_sign = (t.to(x.device) for t in pixels.rfft_gather)
+    freqs = pixels.freqs.to(device=x.device, dtype=torch.float32)
     # the centred spectrum at integer frequency k is (-1)^(kx+ky) fft2(x)[k]: a translation by -D/2, folded into
     # the origin shift, so the transform needs no fftshift/ifftshift copies and only the rfft half-plane
     R = torch.fft.rfft2(x.to(torch.float32))
@@ -52,20 +53,6 @@ def hartley_pixels(
     c, s = torch.cos(phase), torch.sin(phase)
     # H = Re(v e^{i phi}) - Im(v e^{i phi}) with v = re + i im
     return re * (c - s) - im * (c + s)
-
-
-def _rfft_gather_table(pixels: FourierPixels, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row/column of each model pixel in ``rfft2`` output, the sign of its imaginary part (-1 where the pixel is
-    read from its Friedel mate, ``F(-k) = conj F(k)`` for real images) and its ``(kx, ky)`` in cycles/pixel."""
-    D = pixels.D
-    freqs = pixels.freqs.to(device=device, dtype=torch.float32)
-    k = torch.round(freqs * D).long()
-    kx, ky = k[:, 0], k[:, 1]
-    mate = kx < 0
-    kx = torch.where(mate, -kx, kx)
-    ky = torch.where(mate, -ky, ky)
-    conj_sign = torch.where(mate, -1.0, 1.0).to(device)
-    return torch.remainder(ky, D), kx, conj_sign, freqs
 
 
 def make_window(D: int, enabled: bool, inner: float = 0.85) -> torch.Tensor | None:
