@@ -139,3 +139,49 @@ def test_volumes_batched_over_z_match_one_at_a_time():
     # a small chunk splits the coordinates across several decoder calls without changing the result
     torch.testing.assert_close(model.generate_volume_batch(torch.from_numpy(z), chunk=300),
                                torch.from_numpy(one_by_one), atol=1e-5, rtol=1e-4)
+
+
+def _out_of_place(modules, h):
+    """The MLP layers applied without in-place ops or the ``W + I`` folding (textbook residual layers)."""
+    from cryoscape.models.mlp import ResidualLinear
+
+    for module in modules:
+        if isinstance(module, ResidualLinear):
+            h = h + torch.nn.functional.linear(h, module.linear.weight, module.linear.bias)
+        elif isinstance(module, torch.nn.ReLU):
+            h = torch.relu(h)
+        elif isinstance(module, torch.nn.LeakyReLU):
+            h = torch.nn.functional.leaky_relu(h, module.negative_slope)
+        else:
+            h = module(h)
+    return h
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+def test_in_place_activations_compute_the_textbook_network_and_gradients(activation):
+    from cryoscape.models.mlp import ResidualMLP
+
+    torch.manual_seed(0)
+    dec = CoordinateDecoder(16, 3, 32, 2, activation=activation)
+    enc = ResidualMLP(20, 2, 32, 6, activation=activation)
+    q = torch.rand(4, 50, 3) - 0.5
+    z = torch.randn(4, 3, requires_grad=True)
+    x = torch.randn(4, 5, 20, requires_grad=True)  # leading dims (batch, tilt) as in the tomoDRGN encoder
+
+    def reference():
+        sign = canonical_sign(q)
+        h = dec.input_coords(dec.encoding(q * sign[..., None])) + dec.input_latent(z)[:, None, :]
+        out = _out_of_place(dec.body, h)
+        return torch.stack([out[..., 0], out[..., 1] * sign], dim=-1), _out_of_place(enc.net, x)
+
+    outputs = [dec(q, z), enc(x)]
+    expected = reference()
+    params = [*dec.parameters(), *enc.parameters(), z, x]
+    weights = [torch.randn_like(o) for o in outputs]
+    grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outputs, weights)), params)
+    grads_ref = torch.autograd.grad(sum((o * w).sum() for o, w in zip(expected, weights)), params)
+    for got, want in zip(outputs, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert outputs[1].shape == (4, 5, 6)

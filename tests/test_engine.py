@@ -142,10 +142,9 @@ def test_prefetched_keeps_order_runs_ahead_and_raises():
 def test_prefetched_returns_freed_heap_memory_periodically(monkeypatch):
     import cryoscape.train.prefetch as prefetch_module
 
-    real_trim = prefetch_module._malloc_trim()
-    real_trim()  # glibc's malloc_trim(0), or the no-op stand-in elsewhere, runs cleanly
+    prefetch_module.malloc_trim()  # glibc's malloc_trim(0), or a no-op elsewhere, runs cleanly
     calls = []
-    monkeypatch.setattr(prefetch_module, "_malloc_trim", lambda: lambda: calls.append(1))
+    monkeypatch.setattr(prefetch_module, "malloc_trim", lambda: calls.append(1))
     monkeypatch.setattr(prefetch_module, "_TRIM_EVERY", 4)
     assert list(prefetch_module.prefetched(range(10), lambda i: -i)) == [-i for i in range(10)]
     assert len(calls) == 2  # after the 4th and the 8th hand-over

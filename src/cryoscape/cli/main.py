@@ -14,6 +14,7 @@ import traceback
 
 from cryoscape import __version__
 from cryoscape.errors import CryoscapeError
+from cryoscape.utils.malloc import keep_freed_memory
 
 # command name -> module under cryoscape.cli (import is deferred so `--help` stays fast)
 COMMANDS: dict[str, str] = {
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",
     )
+    keep_freed_memory()
     try:
         result = args._module.run(args)
     except CryoscapeError as exc:

@@ -36,9 +36,9 @@ class CoordinateDecoder(nn.Module):
         self.encoding = PositionalEncoding(pe_type, D, pe_dim, feat_sigma)
         self.input_coords = nn.Linear(self.encoding.out_dim, hidden_dim)
         self.input_latent = nn.Linear(zdim, hidden_dim, bias=False) if zdim > 0 else None
-        layers: list[nn.Module] = [activation_layer(activation)]
+        layers: list[nn.Module] = [activation_layer(activation, inplace=True)]  # after a linear layer: safe
         for _ in range(n_hidden_layers):
-            layers += [ResidualLinear(hidden_dim), activation_layer(activation)]
+            layers += [ResidualLinear(hidden_dim), activation_layer(activation, inplace=True)]
         layers.append(nn.Linear(hidden_dim, 2))
         self.body = nn.Sequential(*layers)
 
@@ -54,9 +54,18 @@ class CoordinateDecoder(nn.Module):
         -------
         ``(B, P, 2)``: ``(re, im)`` of ``F(q)``, Hermitian-consistent.
         """
+        B, P = q.shape[:2]
         sign = canonical_sign(q)
-        h = self.input_coords(self.encoding(q * sign[..., None]))
+        pe = self.encoding(q * sign[..., None])
+        # Rows are (image, point) pairs of a 2-D activation: the in-place activations then act on fresh matmul
+        # outputs, not on views of them (an in-place op on a view costs autograd a copy of the gradient).
+        h = self.input_coords(pe.reshape(B * P, -1)).view(B, P, -1)
         if self.input_latent is not None:
             h = h + self.input_latent(z)[:, None, :]
-        out = self.body(h)
+        else:
+            h = h.clone()
+        h = self.body[0](h).view(B * P, -1)
+        for layer in self.body[1:]:
+            h = layer(h)
+        out = h.view(B, P, 2)
         return torch.stack([out[..., 0], out[..., 1] * sign], dim=-1)

@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 
-def activation_layer(name: str) -> nn.Module:
-    """``relu`` or ``leaky_relu``."""
-    return nn.LeakyReLU(0.2) if name == "leaky_relu" else nn.ReLU()
+def activation_layer(name: str, inplace: bool = False) -> nn.Module:
+    """``relu`` or ``leaky_relu``; ``inplace`` overwrites its input (safe after a linear layer, whose backward
+    pass does not need its own output), saving one activation-sized allocation per layer."""
+    return nn.LeakyReLU(0.2, inplace=inplace) if name == "leaky_relu" else nn.ReLU(inplace=inplace)
 
 
 class ResidualLinear(nn.Module):
@@ -38,12 +39,14 @@ class ResidualMLP(nn.Module):
         super().__init__()
         layers: list[nn.Module] = [
             ResidualLinear(in_dim) if in_dim == hidden_dim else nn.Linear(in_dim, hidden_dim),
-            activation_layer(activation),
+            activation_layer(activation, inplace=True),
         ]
         for _ in range(n_hidden_layers):
-            layers += [ResidualLinear(hidden_dim), activation_layer(activation)]
+            layers += [ResidualLinear(hidden_dim), activation_layer(activation, inplace=True)]
         layers.append(nn.Linear(hidden_dim, out_dim))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        """``x``: ``(..., in_dim)`` -> ``(..., out_dim)`` (leading dimensions folded into one row dimension, so
+        that the in-place activations act on matmul outputs rather than on views of them)."""
+        return self.net(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)

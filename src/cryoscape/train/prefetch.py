@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
+
+from cryoscape.utils.malloc import malloc_trim
 
 __all__ = ["prefetched"]
 
@@ -16,18 +15,6 @@ B = TypeVar("B")
 # Batches allocated in the worker thread and freed in the main one fragment glibc's per-thread heaps: without a
 # periodic trim, resident memory grew by ~0.3 GB per 100,000 images encoded (bench/RESULTS.md section 4b).
 _TRIM_EVERY = 64
-
-
-@functools.lru_cache(maxsize=1)
-def _malloc_trim() -> Callable[[], None]:
-    """``malloc_trim(0)`` of glibc (returns free heap pages to the system), or a no-op elsewhere."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without the symbol)
-        return lambda: None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return lambda: trim(0)
 
 
 def prefetched(items: Iterable[T], fetch: Callable[[T], B], enabled: bool = True) -> Iterator[B]:
@@ -51,6 +38,6 @@ def prefetched(items: Iterable[T], fetch: Callable[[T], B], enabled: bool = True
             ready = pending.result()
             pending = pool.submit(fetch, item)
             if count % _TRIM_EVERY == 0:
-                _malloc_trim()()
+                malloc_trim()
             yield ready
         yield pending.result()

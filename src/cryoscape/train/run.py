@@ -18,6 +18,7 @@ from cryoscape.train.distributed import DistInfo, barrier, init_distributed
 from cryoscape.train.engine import Engine, EngineSettings
 from cryoscape.utils.atomic import atomic_path, check_writable_dir
 from cryoscape.utils.diskspace import check_output_location, check_training_space, remove_partial_files
+from cryoscape.utils.malloc import keep_freed_memory
 
 log = logging.getLogger("cryoscape")
 
@@ -80,6 +81,7 @@ def with_absolute_paths(config: RunConfig) -> RunConfig:
 def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
     """Train a model as configured; returns the run folder. See ``docs/run-directory.md`` for what is written."""
     run_dir = Path(run_dir)
+    keep_freed_memory()
     info = init_distributed()
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
