@@ -31,6 +31,7 @@ Writes ``bench/results/throughput.json`` (and prints a Markdown table for bench/
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -108,10 +109,13 @@ def step_flops(D: int, counts: dict, a=ARCH) -> float:
     return fwd_enc + 2 * fwd_enc - 2 * B * enc_first + 3 * fwd_dec
 
 
-def matmul_rate(dtype_name: str, n: int = 2048, repeats: int = 5) -> float:
-    """Dense torch.mm rate (FLOP/s) for an n^3 product, best of ``repeats``."""
+def matmul_rate(dtype_name: str, n: int = 2048, repeats: int = 5) -> float | None:
+    """Dense torch.mm rate (FLOP/s) for an n^3 product, best of ``repeats``; ``None`` for bf16 on a CPU without
+    fast bfloat16 (where ``--amp`` trains in float32 and torch's fallback bf16 gemm would take minutes)."""
     import torch
 
+    if dtype_name == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return None
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     a = torch.randn(n, n).to(dtype)
     b = torch.randn(n, n).to(dtype)
@@ -130,14 +134,23 @@ def matmul_rate(dtype_name: str, n: int = 2048, repeats: int = 5) -> float:
 def one_run(code: str, sim: Path, out: Path, epochs: int, n: int, march_fraction: float = 0.75) -> dict:
     if out.exists():
         shutil.rmtree(out)
-    if code == "cryodrgn":
-        res = run_timed(cryodrgn_cmd(sim, out, epochs), out.parent / f"{out.name}.log")
+    env = dict(os.environ)
+    if code.endswith("-malloc"):  # glibc set as cryoscape sets itself (utils/malloc.py), through its env variables
+        env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(1 << 30))
+        code_base = code[: -len("-malloc")]
+    elif code.endswith("-glibc-default"):
+        env["CRYOSCAPE_KEEP_FREED_MEMORY"] = "0"
+        code_base = code[: -len("-glibc-default")]
+    else:
+        code_base = code
+    if code_base == "cryodrgn":
+        res = run_timed(cryodrgn_cmd(sim, out, epochs), out.parent / f"{out.name}.log", env=env)
         secs = cryodrgn_epoch_seconds(Path(res["log"]).read_text(errors="replace"))
         per_epoch = [secs[e] for e in sorted(secs)]
     else:
         march = march_fraction * epochs if "march" in code else 0.0
-        res = run_timed(cryoscape_cmd(sim, out, epochs, amp=code.endswith("amp"), march_epochs=march),
-                        out.parent / f"{out.name}.log")
+        res = run_timed(cryoscape_cmd(sim, out, epochs, amp=code_base.endswith("amp"), march_epochs=march),
+                        out.parent / f"{out.name}.log", env=env)
         per_epoch = [r["seconds"] for r in cryoscape_epochs(out)] if (out / "metrics.csv").is_file() else []
     if res["returncode"] != 0 or len(per_epoch) < 2:
         print(tail(Path(res["log"])), file=sys.stderr)
@@ -155,10 +168,10 @@ def summarize(runs: list[dict], D: int, counts: dict, rates: dict) -> dict:
         if not rs:
             continue
         pps = [r["particles_per_s"] for r in rs]
-        prog = "cryodrgn" if code == "cryodrgn" else "cryoscape"
+        prog = "cryodrgn" if code.startswith("cryodrgn") else "cryoscape"
         # a marching run's step shrinks and grows again: no single FLOP count, so no roofline fraction
         flops = step_flops(D, counts[prog]) if prog in counts and "march" not in code else None
-        rate = rates["bf16" if code.endswith("amp") else "fp32"]
+        rate = rates["bf16" if "amp" in code else "fp32"] or rates["fp32"]  # no fast bf16: --amp is float32
         roof = rate / flops * ARCH["batch"] if flops else None
         out[code] = {"particles_per_s_runs": pps, "particles_per_s_mean": round(sum(pps) / len(pps), 2),
                      "peak_rss_mib_max": max(r["peak_rss_mib"] or 0 for r in rs),
@@ -193,17 +206,19 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats (default 2)")
     p.add_argument("--codes", nargs="+", default=["cryoscape-fp32", "cryoscape-amp", "cryodrgn"],
                    help="runs per repeat: cryoscape-fp32, cryoscape-amp, cryoscape-march (fp32 with frequency "
-                        "marching), cryoscape-march-amp, cryodrgn")
+                        "marching), cryoscape-march-amp, cryodrgn; suffix -malloc: run with glibc's "
+                        "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1GiB (cryoscape's own allocator setting, "
+                        "given to cryoDRGN), -glibc-default: cryoscape with CRYOSCAPE_KEEP_FREED_MEMORY=0")
     p.add_argument("--march-fraction", type=float, default=0.75,
                    help="cryoscape-march*: --freq-march = this fraction of --epochs (default 0.75)")
     p.add_argument("-o", "--output", default=str(BENCH / "results" / "throughput.json"))
     args = p.parse_args(argv)
-    codes = [c for c in args.codes if c != "cryodrgn" or need_cryodrgn()]
+    codes = [c for c in args.codes if not c.startswith("cryodrgn") or need_cryodrgn()]
     ns = (args.n * len(args.sizes))[: len(args.sizes)] if len(args.n) < len(args.sizes) else args.n
     result = {"command": " ".join(sys.argv), "machine": machine_info(), "architecture": ARCH,
               "epochs": args.epochs, "repeats": args.repeats, "sizes": {}}
     result["matmul_flops"] = {k: matmul_rate(k) for k in ("fp32", "bf16")}
-    print("dense mm GFLOP/s:", {k: round(v / 1e9, 1) for k, v in result["matmul_flops"].items()}, flush=True)
+    print("dense mm GFLOP/s:", {k: v and round(v / 1e9, 1) for k, v in result["matmul_flops"].items()}, flush=True)
     for D, n in zip(args.sizes, ns):
         sim = ensure_simulation("linear1d", n, D, 0.1, WORK / f"tp_D{D}_N{n}")
         counts = lattice_counts(D)
