@@ -4,13 +4,14 @@ volume priors (TV, L1), masks and network shapes."""
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as nnf
 from torch import nn
 
 from cryoscape.data.image_data import prepare_images
 from cryoscape.errors import InputError
 from cryoscape.imaging.ctf import ctf_image
 from cryoscape.imaging.fft import fft2_centered, ifft2_centered
-from cryoscape.imaging.projection import project_fourier, project_real
+from cryoscape.imaging.projection import project_fourier, project_real, rotation_grid
 from cryoscape.imaging.rotations import euler_relion_to_matrix, random_rotations
 from cryoscape.imaging.shift import translate_images
 from cryoscape.io.mrc import write_mrc
@@ -101,6 +102,38 @@ def test_rotate_volumes_then_sum_is_project_real():
     rot = torch.as_tensor(random_rotations(3, 5), dtype=torch.float32)
     rotated = rotate_volumes(vol[None, None].expand(3, 1, -1, -1, -1), rot.transpose(1, 2))
     np.testing.assert_allclose(rotated[:, 0].sum(1).numpy(), project_real(vol, rot).numpy(), atol=1e-4)
+
+
+def test_rotation_grid_equals_affine_grid():
+    M = torch.as_tensor(random_rotations(4, 3), dtype=torch.float32)
+    for n in (8, 9, 16):
+        c = (n // 2) * 2.0 / (n - 1) - 1.0
+        theta = torch.cat([M, c * (torch.ones(4, 3, 1) - M @ torch.ones(4, 3, 1))], dim=2)
+        expected = nnf.affine_grid(theta, [4, 1, n, n, n], align_corners=True)
+        np.testing.assert_allclose(rotation_grid(M, n).numpy(), expected.numpy(), atol=1e-6)
+
+
+def test_default_loss_mask_is_the_projected_sphere_at_every_pose():
+    from cryoscape.imaging.masks import sphere_mask
+    from cryoscape.models.opus_dsd import MASK_RADIUS_FRAC
+
+    rot = torch.as_tensor(random_rotations(5, 4), dtype=torch.float32)
+    default = OpusDSD(D, 1.0, 10, zdim=2, channel_scale=0.1)
+    supplied = OpusDSD(D, 1.0, 10, zdim=2, channel_scale=0.1,
+                       mask=sphere_mask(D, MASK_RADIUS_FRAC * D / 2).float())  # projected at each pose
+    disc = default.loss_mask(rot)
+    assert disc.shape == (5, D, D)
+    i = torch.arange(D, dtype=torch.float32) - D // 2
+    radius = torch.sqrt(i[:, None] ** 2 + i[None, :] ** 2)
+    R = MASK_RADIUS_FRAC * D / 2
+    assert torch.all(disc[:, radius < R - 1] == 1) and torch.all(disc[:, radius > R + 1] == 0)
+    for k in range(5):
+        assert torch.equal(disc[k], disc[0])
+    per_pose = supplied.loss_mask(rot)
+    # the per-pose projection differs from the disc only by interpolation at the rim
+    differ = per_pose != disc
+    assert torch.all((radius[None].expand_as(differ)[differ] - R).abs() < 2)
+    assert differ.float().mean() < 0.05
 
 
 def test_pseudo_volume_is_smeared_along_the_beam_in_the_volume_frame():

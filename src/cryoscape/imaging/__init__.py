@@ -22,7 +22,13 @@ from cryoscape.imaging.fft import (
 )
 from cryoscape.imaging.lattice import central_slice_coords, circle_mask, hermitian_half, radius_grid_px
 from cryoscape.imaging.masks import soft_circular_window, soft_edge_mask, sphere_mask
-from cryoscape.imaging.projection import extract_central_slices, project_fourier, project_real, sample_volume
+from cryoscape.imaging.projection import (
+    extract_central_slices,
+    project_fourier,
+    project_real,
+    rotation_grid,
+    sample_volume,
+)
 from cryoscape.imaging.rotations import (
     cryosparc_pose_to_matrix,
     euler_relion_to_matrix,
@@ -69,6 +75,7 @@ __all__ = [
     "extract_central_slices",
     "project_fourier",
     "project_real",
+    "rotation_grid",
     "soft_circular_window",
     "sphere_mask",
     "soft_edge_mask",

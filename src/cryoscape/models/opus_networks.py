@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as nnf
 from torch import nn
 
+from cryoscape.imaging.projection import rotation_grid
+
 __all__ = ["rotate_volumes", "pseudo_volumes", "ConvEncoder", "ConvDecoder"]
 
 _SLOPE = 0.2
@@ -36,12 +38,7 @@ def rotate_volumes(volumes: torch.Tensor, matrices: torch.Tensor) -> torch.Tenso
     With ``M = A^T`` and a sum over z this is ``cryoscape.imaging.project_real``; with ``M = A`` it carries a
     volume given in the image frame back into the consensus (volume) frame.
     """
-    B, C, D = volumes.shape[0], volumes.shape[1], volumes.shape[-1]
-    M = matrices.to(device=volumes.device, dtype=volumes.dtype)
-    c = (D // 2) * 2.0 / (D - 1) - 1.0  # normalised position of the centre index (align_corners=True)
-    ones = volumes.new_ones(B, 3, 1)
-    theta = torch.cat([M, c * (ones - M @ ones)], dim=2)
-    grid = nnf.affine_grid(theta, [B, C, D, D, D], align_corners=True)
+    grid = rotation_grid(matrices.to(device=volumes.device, dtype=volumes.dtype), volumes.shape[-1])
     return nnf.grid_sample(volumes, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
