@@ -10,9 +10,11 @@ two versions of the code under the same machine load (interleave the runs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 
 def main(argv=None) -> int:
@@ -47,18 +49,12 @@ def main(argv=None) -> int:
         opt.step()
 
     step()
-    prof = None
-    if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-
-        prof = profile(activities=[ProfilerActivity.CPU])
-        prof.__enter__()
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    seconds = (time.perf_counter() - t0) / args.steps
+    with (profile(activities=[ProfilerActivity.CPU]) if args.profile else contextlib.nullcontext()) as prof:
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        seconds = (time.perf_counter() - t0) / args.steps
     if prof is not None:
-        prof.__exit__(None, None, None)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
     print(f"D={D} batch={B} channel_scale={args.channel_scale} threads={args.threads}: "
           f"{seconds:.2f} s per step, {B / seconds:.1f} images/s")

@@ -16,7 +16,8 @@ import torch.nn.functional as nnf
 from cryoscape.imaging.fft import fft3_centered, ifft2_centered
 from cryoscape.imaging.lattice import central_slice_coords
 
-__all__ = ["sample_volume", "extract_central_slices", "project_fourier", "project_real", "rotation_grid"]
+__all__ = ["sample_volume", "extract_central_slices", "project_fourier", "project_real", "rotate_volumes",
+           "rotation_grid"]
 
 
 def rotation_grid(matrices: torch.Tensor, D: int) -> torch.Tensor:
@@ -44,6 +45,24 @@ def rotation_grid(matrices: torch.Tensor, D: int) -> torch.Tensor:
     # summed channel-first, where the innermost axis is long; grid_sample accepts the permuted view
     grid = (along_z[:, :, :, None] + along_y[:, :, None, :])[..., None] + along_x[:, :, None, None, :]
     return grid.permute(0, 2, 3, 4, 1)
+
+
+def rotate_volumes(volumes: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """Resample volumes on a rotated grid (spatial transformer, trilinear, zero outside the box).
+
+    Parameters
+    ----------
+    volumes : ``(B, C, D, D, D)`` (array order ``[z, y, x]``).
+    matrices : ``(B, 3, 3)``.
+
+    Returns
+    -------
+    ``(B, C, D, D, D)`` with ``out(n) = volume(M n)``, ``n = (x, y, z)`` in pixels relative to the centre ``D // 2``.
+    With ``M = A^T`` and a sum over z this is :func:`project_real`; with ``M = A`` it carries a
+    volume given in the image frame back into the consensus (volume) frame.
+    """
+    grid = rotation_grid(matrices.to(device=volumes.device, dtype=volumes.dtype), volumes.shape[-1])
+    return nnf.grid_sample(volumes, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
 def _batch_volume(volume: torch.Tensor, B: int) -> torch.Tensor:
@@ -159,7 +178,7 @@ def project_fourier(
 
 
 def project_real(volume: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-    """Real-space projections with a spatial transformer (:func:`rotation_grid` + ``grid_sample``, trilinear).
+    """Real-space projections with a spatial transformer (:func:`rotate_volumes`, trilinear).
 
     Parameters
     ----------
@@ -171,11 +190,6 @@ def project_real(volume: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     real tensor ``(B, D, D)``: ``image(x, y) = sum_z V(A^T (x, y, z))``, with coordinates in pixels relative to
     the centre ``D // 2``. Memory grows as ``B * D**3``; call it on chunks of poses for large boxes.
     """
-    D = volume.shape[-1]
     B = rotations.shape[0]
     A_t = rotations.to(device=volume.device, dtype=volume.dtype).transpose(1, 2)
-    grid = rotation_grid(A_t, D)
-    rotated = nnf.grid_sample(
-        _batch_volume(volume, B), grid, mode="bilinear", padding_mode="zeros", align_corners=True
-    )
-    return rotated[:, 0].sum(dim=1)
+    return rotate_volumes(_batch_volume(volume, B), A_t)[:, 0].sum(dim=1)

@@ -17,29 +17,11 @@ import torch
 import torch.nn.functional as nnf
 from torch import nn
 
-from cryoscape.imaging.projection import rotation_grid
+from cryoscape.imaging.projection import rotate_volumes
 
 __all__ = ["rotate_volumes", "pseudo_volumes", "ConvEncoder", "ConvDecoder"]
 
 _SLOPE = 0.2
-
-
-def rotate_volumes(volumes: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
-    """Resample volumes on a rotated grid (spatial transformer, trilinear, zero outside the box).
-
-    Parameters
-    ----------
-    volumes : ``(B, C, D, D, D)`` (array order ``[z, y, x]``).
-    matrices : ``(B, 3, 3)``.
-
-    Returns
-    -------
-    ``(B, C, D, D, D)`` with ``out(n) = volume(M n)``, ``n = (x, y, z)`` in pixels relative to the centre ``D // 2``.
-    With ``M = A^T`` and a sum over z this is ``cryoscape.imaging.project_real``; with ``M = A`` it carries a
-    volume given in the image frame back into the consensus (volume) frame.
-    """
-    grid = rotation_grid(matrices.to(device=volumes.device, dtype=volumes.dtype), volumes.shape[-1])
-    return nnf.grid_sample(volumes, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
 def pseudo_volumes(images: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
