@@ -16,6 +16,7 @@ import numpy as np
 
 from cryoscape.errors import InputError
 from cryoscape.io.cs import CSParticles, read_cs, write_cs, write_cs_subset
+from cryoscape.io.ctf_flags import star_particles_premultiplied
 from cryoscape.io.imagestack import ImageStack
 from cryoscape.io.indices import read_indices, validate_indices
 from cryoscape.io.mrc import open_stack_for_writing
@@ -48,6 +49,8 @@ class ParticleSet:
         The parsed metadata file (for writing subsets with every original column).
     source_indices : np.ndarray of int64, shape (N,)
         Row of every particle in the source file (0-based); default ``arange(N)``.
+    ctf_premultiplied : bool
+        The images hold ``CTF x image`` (``rlnCtfDataAreCtfPremultiplied 1``); models then render ``CTF^2 x slice``.
     """
 
     images: ImageStack
@@ -58,6 +61,7 @@ class ParticleSet:
     source_format: str
     source: StarParticles | CSParticles | None = None
     source_indices: np.ndarray | None = None
+    ctf_premultiplied: bool = False
 
     def __post_init__(self):
         if self.source_indices is None:
@@ -185,7 +189,9 @@ def load_particles(path: str | Path, poses: str | Path | None = None, ctf: str |
         if len(file_poses) != n:
             raise InputError(f"has {len(file_poses)} poses but {path} has {n} particles", poses)
 
-    particles = ParticleSet(images, float(pixel_size), file_poses, file_ctf, path, fmt, source)
+    premultiplied = star_particles_premultiplied(source) if isinstance(source, StarParticles) else False
+    particles = ParticleSet(images, float(pixel_size), file_poses, file_ctf, path, fmt, source,
+                            ctf_premultiplied=premultiplied)
     if indices is not None:
         if isinstance(indices, (str, os.PathLike)):
             idx = read_indices(indices, n=n)

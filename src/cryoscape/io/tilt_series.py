@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from cryoscape.errors import InputError
+from cryoscape.io.ctf_flags import PREMULTIPLIED_COLUMN, ctf_premultiplied_from_values, star_particles_premultiplied
 from cryoscape.io.imagestack import ImageStack
 from cryoscape.metadata import CTFParams
 
@@ -65,6 +66,8 @@ class TiltSeriesSet:
     source_indices : ``(N,)`` index of each particle in the source file's particle order.
     coordinates_angstrom : ``(N, 3)`` particle centres in the tomogram (Angstrom), or None.
     particle_rotations : ``(N, 3, 3)`` particle poses in the tomogram frame, or None.
+    ctf_premultiplied : the stacks hold ``CTF x image`` (``rlnCtfDataAreCtfPremultiplied 1``); models then render
+        ``CTF^2 x slice``.
     """
 
     images: ImageStack
@@ -85,6 +88,7 @@ class TiltSeriesSet:
     source_indices: np.ndarray | None = None
     coordinates_angstrom: np.ndarray | None = None
     particle_rotations: np.ndarray | None = field(default=None, repr=False)
+    ctf_premultiplied: bool = False
 
     def __post_init__(self):
         n, m = len(self.offsets) - 1, len(self.images)
@@ -266,17 +270,20 @@ def read_image_series_star(path: str | Path, datadir=None, apix: float | None = 
     images._pixel_size = pixel
     return TiltSeriesSet(images, pixel, poses.rotations[order], poses.shifts_angstrom[order], ctf.subset(order),
                          exposure[order], tilt[order], offsets, names, np.asarray(tomograms, dtype=object), path,
-                         "imageseries", sp, order.astype(np.int64), coordinates_angstrom=coords)
+                         "imageseries", sp, order.astype(np.int64), coordinates_angstrom=coords,
+                         ctf_premultiplied=star_particles_premultiplied(sp))
 
 
 def write_image_series_star(path: str | Path, stack_name: str, pixel_size_angstrom: float, D: int,
                             rotations: np.ndarray, shifts_angstrom: np.ndarray, ctf: CTFParams,
                             exposure_e_per_angstrom2: np.ndarray, tilt_deg: np.ndarray, particle_names,
-                            tomogram_names, coordinates_px: np.ndarray | None = None, stack_indices=None) -> Path:
+                            tomogram_names, coordinates_px: np.ndarray | None = None, stack_indices=None,
+                            ctf_premultiplied: bool = False) -> Path:
     """Write a Warp-style image-series STAR (RELION 3.0 table, one row per image, images ``1..M`` of one stack).
 
     Per-image arrays are ``(M, ...)``; ``particle_names``/``tomogram_names`` (and ``coordinates_px`` ``(M, 3)``)
-    are given per image. Exposure is written as ``rlnCtfBfactor = -4 N`` and tilt as ``rlnCtfScalefactor = cos``.
+    are given per image. Exposure is written as ``rlnCtfBfactor = -4 N`` and tilt as ``rlnCtfScalefactor = cos``;
+    ``ctf_premultiplied`` adds the column ``rlnCtfDataAreCtfPremultiplied 1``.
     """
     from cryoscape.io.star import format_image_names, write_star
     from cryoscape.metadata import Poses
@@ -293,6 +300,8 @@ def write_image_series_star(path: str | Path, stack_name: str, pixel_size_angstr
     if coordinates_px is not None:
         for j, a in enumerate("XYZ"):
             extra[f"rlnCoordinate{a}"] = np.asarray(coordinates_px, dtype=np.float64)[:, j]
+    if ctf_premultiplied:
+        extra[PREMULTIPLIED_COLUMN] = np.ones(m, dtype=np.int64)
     return write_star(path, format_image_names([stack_name] * m, idx), pixel_size_angstrom, D,
                       Poses(np.asarray(rotations, np.float64), np.asarray(shifts_angstrom, np.float64)), encoded,
                       extra_columns=extra, relion30=True)
@@ -460,8 +469,9 @@ def read_optimisation_set(path: str | Path, datadir=None, apix: float | None = N
     Raises
     ------
     InputError
-        3-D subtomograms (``rlnTomoSubTomosAre2DStacks`` != 1), CTF-premultiplied stacks, unknown tomograms, missing
-        projection matrices, visible-frame lists of the wrong length, stacks of the wrong size.
+        3-D subtomograms (``rlnTomoSubTomosAre2DStacks`` != 1), a mix of CTF-premultiplied and plain stacks,
+        unknown tomograms, missing projection matrices, visible-frame lists of the wrong length, stacks of the wrong
+        size.
     """
     from cryoscape.io.mrc import read_header
 
@@ -506,10 +516,10 @@ def read_optimisation_set(path: str | Path, datadir=None, apix: float | None = N
         values = star_numbers(glob, name, tpath, default) if len(glob) else np.zeros(0)
         return np.where(tomo_row >= 0, values[np.maximum(tomo_row, 0)] if len(values) else np.nan, np.nan)
 
-    if optics is not None and "rlnCtfDataAreCtfPremultiplied" in optics.columns and \
-            np.any(star_numbers(optics, "rlnCtfDataAreCtfPremultiplied", ppath) == 1):
-        raise InputError("the stacks are CTF-premultiplied, which cryoscape does not model", ppath,
-                         "re-extract the 2-D stacks without CTF premultiplication")
+    # WarpTools / RELION 5 write the flag per optics group; accept a particle column too
+    premultiplied = ctf_premultiplied_from_values(
+        star_numbers(parts, PREMULTIPLIED_COLUMN, ppath) if PREMULTIPLIED_COLUMN in parts.columns else
+        star_numbers(optics, PREMULTIPLIED_COLUMN, ppath, 0.0)[orow] if optics is not None else [], ppath)
     pixel = float(apix) if apix is not None else float(optic("rlnImagePixelSize")[0])
     ts_pixels = optic("rlnTomoTiltSeriesPixelSize", pixel)
     ctf_values = [optic(n, d) for n, d in (("rlnVoltage", None), ("rlnSphericalAberration", None),
@@ -589,7 +599,7 @@ def read_optimisation_set(path: str | Path, datadir=None, apix: float | None = N
                          np.asarray(offsets, np.int64), np.asarray(pnames, dtype=object),
                          np.asarray(names, dtype=object), path, "optimisation_set", source,
                          particle_rows=np.arange(len(parts), dtype=np.int64), coordinates_angstrom=centres,
-                         particle_rotations=A_p)
+                         particle_rotations=A_p, ctf_premultiplied=premultiplied)
 
 
 def _resolve_many(names, base: Path, datadir) -> np.ndarray:
@@ -624,12 +634,13 @@ def particle_centre_angstrom(row: pd.Series, grow: pd.Series, ts_pixel: float, p
 def write_optimisation_set(out_dir: str | Path, pixel_size_angstrom: float, D: int,
                            tomograms: list[TomogramGeometry], tomogram_of_particle, particle_names,
                            centres_angstrom: np.ndarray, particle_rotations: np.ndarray, origins_angstrom: np.ndarray,
-                           stack_names, visible) -> Path:
+                           stack_names, visible, ctf_premultiplied: bool = False) -> Path:
     """Write ``OUT/particles_optimisation_set.star`` naming ``OUT/particles_tomo.star`` and ``OUT/tomograms.star``.
 
     Per particle (``N``): tomogram name, name, centre relative to the tomogram centre (Angstrom, after the origin
     shift), pose in the tomogram frame, 3-D origin (Angstrom), the path of its 2-D stack (relative to ``OUT``), and a
-    bool array of visible frames. Returns the optimisation-set path.
+    bool array of visible frames. ``ctf_premultiplied`` writes ``rlnCtfDataAreCtfPremultiplied 1`` in the optics
+    table (as WarpTools and RELION 5 do). Returns the optimisation-set path.
     """
     from cryoscape.imaging.rotations import matrix_to_euler_relion
 
@@ -649,7 +660,8 @@ def write_optimisation_set(out_dir: str | Path, pixel_size_angstrom: float, D: i
                            "rlnAmplitudeContrast": [t0.amplitude_contrast],
                            "rlnTomoTiltSeriesPixelSize": [t0.pixel_size_angstrom],
                            "rlnImagePixelSize": [float(pixel_size_angstrom)], "rlnImageSize": [int(D)],
-                           "rlnImageDimensionality": [2], "rlnCtfDataAreCtfPremultiplied": [0]})
+                           "rlnImageDimensionality": [2],
+                           "rlnCtfDataAreCtfPremultiplied": [int(bool(ctf_premultiplied))]})
     _write_blocks({"general": {"rlnTomoSubTomosAre2DStacks": 1}, "optics": optics, "particles": parts},
                   out / "particles_tomo.star")
     glob = pd.DataFrame({"rlnTomoName": [t.name for t in tomograms],
