@@ -89,12 +89,40 @@ def test_cli_defaults_and_mask_option(tmp_path):
     t, m = cfg.train, cfg.model
     assert (t.batch_size, t.lr, t.lamb, t.knn, t.kfarthest, t.n_samples, t.momentum, t.lr_decay) == (
         72, 1e-4, 0.5, 128, 512, 12800, 0.7, 0.95)
-    assert t.beta is None and m.templateres is None and m.channel_scale == 1.0
+    assert t.beta is None and m.templateres is None and m.channel_scale is None  # chosen for the device
     assert train_cli.config_from_args(p.parse_args(["x.star", "-o", "r"])).train.batch_size == 16
     with pytest.raises(InputError, match="mask file not found"):
         train_cli.config_from_args(p.parse_args(["x.star", "-o", "r", "--mask", str(tmp_path / "no.mrc")]))
     with pytest.raises(InputError, match="multiple of 16"):
         train_cli.config_from_args(p.parse_args(["x.star", "-o", "r", "--templateres", "40"]))
+
+
+def test_default_channel_scale_follows_the_device(sim, tmp_path, caplog):
+    import logging
+
+    import yaml
+
+    from cryoscape.config import ModelConfig, RunConfig, load_config, save_config
+    from cryoscape.models.opus_dsd import OpusDSDFamily
+
+    fam = OpusDSDFamily()
+    cfg = RunConfig(model=ModelConfig(family="opus-dsd"))
+    assert fam.resolve_defaults(cfg, torch.device("cpu")).model.channel_scale == 0.25
+    assert fam.resolve_defaults(cfg, torch.device("cuda", 0)).model.channel_scale == 1.0
+    given = RunConfig(model=ModelConfig(family="opus-dsd", channel_scale=0.5))
+    assert fam.resolve_defaults(given, torch.device("cpu")).model.channel_scale == 0.5
+    # a config written before the default became device-dependent (channel_scale 1.0) still loads as 1.0
+    save_config(RunConfig(model=ModelConfig(family="opus-dsd", channel_scale=1.0)), tmp_path / "old.yaml")
+    assert load_config(tmp_path / "old.yaml").model.channel_scale == 1.0
+    # training on the CPU without --channel-scale: 0.25 used, logged and recorded in config.yaml
+    small = [a for a in SMALL if a not in ("--channel-scale", "0.0625")]
+    out = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="cryoscape"):
+        assert main(["train", str(sim / "particles.star"), "-o", str(out), "-n", "1", "--device", "cpu",
+                     "--val-frac", "0", *small]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"]["channel_scale"] == 0.25
+    assert any("--channel-scale 0.25 on cpu" in r.getMessage() for r in caplog.records)
+    assert load_run(out).model.encoder is not None
 
 
 def test_ddp_two_processes_share_the_memory_bank(sim, tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cryoscape.models.opus_dsd import OpusDSD, select_best_epoch
+from cryoscape.models.opus_dsd import OpusDSD
 from cryoscape.models.opus_prior import (
     EPS,
     MemoryBank,
@@ -140,9 +140,12 @@ def test_cyclic_weight_schedule():
 
 
 def test_best_epoch_selection():
+    """The engine's rule applied to OPUS-DSD's column, val_recon."""
+    from cryoscape.train.engine import select_best_epoch
+
     hist = [{"epoch": 1, "val_recon": 3.0}, {"epoch": 2, "val_recon": 1.0}, {"epoch": 3, "val_recon": 2.0},
             {"epoch": 4, "val_recon": 1.0}, {"epoch": 5, "val_recon": float("nan")}]
-    assert select_best_epoch(hist, range(1, 6)) == 2  # first of the tied minima
-    assert select_best_epoch(hist, {1, 3, 5}) == 3  # only epochs with a checkpoint
-    assert select_best_epoch(hist, {5}) is None
-    assert select_best_epoch([{"epoch": 1, "train_recon": 1.0}], {1}) is None
+    assert select_best_epoch(hist, range(1, 6), "val_recon") == 2  # first of the tied minima
+    assert select_best_epoch(hist, {1, 3, 5}, "val_recon") == 3  # only epochs with a checkpoint
+    assert select_best_epoch(hist, {5}, "val_recon") is None
+    assert select_best_epoch([{"epoch": 1, "train_recon": 1.0}], {1}, "val_recon") is None

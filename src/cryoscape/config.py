@@ -68,7 +68,9 @@ class ModelConfig:
     activation: str = "relu"
     # opus-dsd (ignored by the other families)
     templateres: int | None = None  # decoder output box, a multiple of 16; None -> image box rounded up (>= 32)
-    channel_scale: float = 1.0  # multiplies the conv networks' channel counts (1 = the paper's widths)
+    # multiplies the conv networks' channel counts (1 = the paper's widths); None: chosen for the training device
+    # when training starts (1 on CUDA, 0.25 on a CPU) and recorded resolved in config.yaml
+    channel_scale: float | None = None
     mask: str | None = None  # solvent mask MRC; None -> a sphere of radius 0.85 * D/2
     # tomodrgn (tilt series; ignored by the other families)
     pooling: str = "concatenate"
@@ -99,7 +101,7 @@ class ModelConfig:
             raise InputError(f"--ntilts must be >= 1, got {self.ntilts}")
         if self.templateres is not None and (self.templateres < 16 or self.templateres % 16):
             raise InputError(f"--templateres must be a positive multiple of 16, got {self.templateres}")
-        if self.channel_scale <= 0:
+        if self.channel_scale is not None and self.channel_scale <= 0:
             raise InputError(f"--channel-scale must be positive, got {self.channel_scale}")
 
 

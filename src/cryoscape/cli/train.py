@@ -101,8 +101,9 @@ def _add_opus_args(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("opus-dsd", "options of --model opus-dsd (see docs/opus-dsd.md)")
     o.add_argument("--templateres", type=int,
                    help="decoder output box, a multiple of 16 (default: image box rounded up to 16, at least 32)")
-    o.add_argument("--channel-scale", type=float, default=1.0,
-                   help="multiply the conv networks' channel counts (default 1 = the paper's)")
+    o.add_argument("--channel-scale", type=float, default=None,
+                   help="multiply the conv networks' channel counts (default: 1 = the paper's widths on a GPU, "
+                        "0.25 on a CPU; the value used is logged and recorded in config.yaml)")
     o.add_argument("--mask", help="solvent mask MRC (default: a sphere of radius 0.85 * D/2)")
     o.add_argument("--lamb", type=float, default=0.5, help="structural-disentanglement prior weight (default 0.5)")
     o.add_argument("--knn", type=int, default=128, help="inter-class nearest neighbours (default 128)")

@@ -247,7 +247,7 @@ class OpusDSD(nn.Module):
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0,) + (self.D,) * 3, np.float32)
 
 
-# -- family hooks: mask file, best epoch -----------------------------------------------------------------------
+# -- family hooks: mask file, channel widths -------------------------------------------------------------------
 def load_volume_mask(path, D: int) -> torch.Tensor:
     """A solvent mask MRC as a ``(D, D, D)`` float32 tensor in ``[0, 1]`` (trilinear resampling if its box differs;
     the mask is assumed to span the same physical box as the images)."""
@@ -267,22 +267,47 @@ def load_volume_mask(path, D: int) -> torch.Tensor:
     return m.clamp(0.0, 1.0)
 
 
-def select_best_epoch(history: list[dict], eligible, key: str = "val_recon") -> int | None:
-    """The epoch with the lowest finite ``key`` among the rows of ``history`` whose epoch is in ``eligible``
-    (the first one on ties); ``None`` if there is none."""
-    eligible = {int(e) for e in eligible}
-    best: tuple[int, float] | None = None
-    for row in history:
-        e, v = int(row["epoch"]), row.get(key)
-        if e in eligible and v is not None and np.isfinite(v) and (best is None or v < best[1]):
-            best = (e, float(v))
-    return None if best is None else best[0]
+CPU_CHANNEL_SCALE = 0.25  # default --channel-scale on a CPU (docs/opus-dsd.md: the paper's widths need a GPU)
+
+
+def resolve_channel_scale(channel_scale: float | None, device=None) -> float:
+    """``channel_scale`` if given; else 1.0 (the paper's widths) on a CUDA device and :data:`CPU_CHANNEL_SCALE`
+    on a CPU (``device`` ``None``: CUDA if available)."""
+    if channel_scale is not None:
+        return float(channel_scale)
+    if device is None:
+        cuda = torch.cuda.is_available()
+    else:
+        cuda = torch.device(device).type == "cuda"
+    return 1.0 if cuda else CPU_CHANNEL_SCALE
 
 
 class OpusDSDFamily:
-    """OPUS-DSD: real-space images, 3-D conv VAE, HEALPix class batches, best epoch by validation error."""
+    """OPUS-DSD: real-space images, 3-D conv VAE, HEALPix class batches.
+
+    ``RUN/best_epoch`` (written by the engine) is chosen by ``val_recon``, the validation reconstruction error:
+    the total loss carries the cyclically annealed KL and prior weights, so it is not comparable across epochs.
+    """
 
     name = "opus-dsd"
+    selection_metric = "val_recon"
+
+
+    def resolve_defaults(self, config, device):
+        """The config with device-dependent defaults filled in (``channel_scale`` None: 1 on CUDA, 0.25 on a
+        CPU), logged; ``config.yaml`` records the resolved value."""
+        import dataclasses
+        import logging
+
+        m = config.model
+        if m.channel_scale is not None:
+            return config
+        scale = resolve_channel_scale(None, device)
+        logging.getLogger("cryoscape").info(
+            f"opus-dsd: --channel-scale {scale:g} on {torch.device(device).type}"
+            + ("" if scale == 1.0 else " (the paper's widths, --channel-scale 1, are slow on a CPU: about 16x the "
+               "parameters and computation; see docs/opus-dsd.md)"))
+        return dataclasses.replace(config, model=dataclasses.replace(m, channel_scale=scale))
 
     def make_data(self, particles, config, norm_std=None, progress=True):
         from cryoscape.data.image_data import ImageParticleData
@@ -311,11 +336,12 @@ class OpusDSDFamily:
         mask = load_volume_mask(m.mask, D) if m.mask and Path(m.mask).is_file() else None
         return OpusDSD(D=D, pixel_size_angstrom=float(build["pixel_size_angstrom"]),
                        n_particles=int(build["n_particles"]), zdim=m.zdim, templateres=m.templateres,
-                       channel_scale=m.channel_scale, mask=mask,
+                       channel_scale=resolve_channel_scale(m.channel_scale), mask=mask,
                        kl_weight=0.01 if t.beta is None else float(t.beta), lamb=t.lamb, tv_weight=t.tv_weight,
                        l1_weight=t.l1_weight, knn=t.knn, kfarthest=t.kfarthest, n_samples=t.n_samples,
                        knn_intra=t.knn_intra, momentum=t.momentum, anneal_images=t.anneal_images,
-                       norm_std=float(build["norm_std"]))
+                       norm_std=float(build["norm_std"]),
+                       ctf_premultiplied=bool(build.get("ctf_premultiplied", False)))
 
     def make_optimizer(self, model, config):
         t = config.train
@@ -327,18 +353,3 @@ class OpusDSDFamily:
 
         return class_batches(data.view_classes, train_positions, seed, epoch, batch_size, info.rank,
                              info.world_size)
-
-    def epoch_end(self, engine, epoch: int, row: dict) -> None:
-        """Write ``RUN/best_epoch``: the epoch, among those with a checkpoint, of lowest validation error."""
-        from cryoscape.train.checkpoint import completed_epochs
-        from cryoscape.utils.atomic import atomic_write_text
-
-        if not engine.info.is_main or "val_recon" not in row:
-            return
-        s = engine.settings
-        eligible = set(completed_epochs(engine.run_dir))
-        if epoch % s.checkpoint_every == 0 or epoch == s.epochs or engine._stop_requested:
-            eligible.add(epoch)  # its checkpoint is written right after this hook
-        best = select_best_epoch(engine.state.history, eligible)
-        if best is not None:
-            atomic_write_text(engine.run_dir / "best_epoch", f"{best}\n")

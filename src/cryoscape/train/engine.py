@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from cryoscape.errors import CryoscapeError
 from cryoscape.train.checkpoint import (
     checkpoint_dir,
+    completed_epochs,
     epoch_checkpoint_path,
     save_checkpoint,
 )
@@ -93,6 +94,42 @@ def amp_dtype(device: torch.device):
     return None
 
 
+ESTIMATE_AFTER_BATCHES = 5  # the epoch-time estimate is logged after this many batches ...
+ESTIMATE_AFTER_SECONDS = 10.0  # ... or earlier, once two batches or more have taken this long
+
+
+def selection_metric(family: str) -> str:
+    """The validation column whose minimum chooses ``RUN/best_epoch``: the family's ``selection_metric``
+    attribute where it has one (OPUS-DSD: ``val_recon``, its loss weights being annealed), else ``val_loss``."""
+    if family:
+        from cryoscape.models.registry import get_family  # train -> models; imported late (registry imports models)
+
+        with contextlib.suppress(CryoscapeError):
+            return str(getattr(get_family(family), "selection_metric", "val_loss"))
+    return "val_loss"
+
+
+def select_best_epoch(history: list[dict], eligible, key: str = "val_loss") -> int | None:
+    """The epoch with the lowest finite ``key`` among the rows of ``history`` whose epoch is in ``eligible``
+    (the first one on ties); ``None`` if there is none."""
+    eligible = {int(e) for e in eligible}
+    best: tuple[int, float] | None = None
+    for row in history:
+        e, v = int(row["epoch"]), row.get(key)
+        if e in eligible and v is not None and np.isfinite(v) and (best is None or v < best[1]):
+            best = (e, float(v))
+    return None if best is None else best[0]
+
+
+def format_duration(seconds: float) -> str:
+    """``"45 s"``, ``"13 min"``, ``"2.1 h"``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def default_batch_plan(train_positions: np.ndarray, seed: int, epoch: int, batch_size: int,
                        info: DistInfo) -> list[np.ndarray]:
     """Shuffle the training positions (seeded by epoch) and split them into this process's batches."""
@@ -118,6 +155,10 @@ class Engine:
 
     A model may define ``set_training_progress(epochs_done: float)``; the engine calls it before every training
     step with the fractional number of epochs completed (a pure function of epoch and step, so resume is exact).
+
+    After every checkpointed epoch with a validation set the engine writes ``RUN/best_epoch``: the checkpointed
+    epoch of lowest :func:`selection_metric` (``val_loss`` unless the family names another column). During the
+    first epoch it runs it logs an estimate of the epoch's duration.
     """
 
     def __init__(self, model: nn.Module, data, optimizer: torch.optim.Optimizer, settings: EngineSettings,
@@ -141,6 +182,8 @@ class Engine:
         self._set_progress = getattr(self.model, "set_training_progress", None)
         self.state = LoopState()
         self._stop_requested = False
+        self.selection_metric = selection_metric(family)
+        self._estimated = False  # the epoch-time estimate is logged once per fit()
         if info.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
@@ -258,6 +301,7 @@ class Engine:
         bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch}/{s.epochs}", unit="batch",
                    disable=not (s.progress and self.info.is_main), leave=False, dynamic_ncols=True)
         upcoming = prefetched(batches[first:], self.data.batch, _is_lazy(self.data))
+        t_start = time.perf_counter()
         for step, batch in zip(range(first, len(batches)), upcoming):
             idx = batches[step]
             if self._set_progress is not None:  # e.g. frequency marching: a schedule over (fractional) epochs
@@ -268,6 +312,8 @@ class Engine:
             count += len(idx)
             self.state.step = step + 1
             bar.update(1)
+            if not self._estimated:
+                self._estimate_epoch_time(epoch, step + 1 - first, time.perf_counter() - t_start, len(batches))
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{sums['loss'] / max(count, 1):.4g}")
             if broadcast_flag(self._stop_requested, self.info, self.device) and step + 1 < len(batches):
@@ -298,8 +344,29 @@ class Engine:
             self.epoch_end(self, epoch, row)
         if epoch % s.checkpoint_every == 0 or epoch == s.epochs or self._stop_requested:
             self.save_epoch(epoch)
+            self.write_best_epoch()
         if self._stop_requested and epoch < s.epochs:
             raise TrainingInterrupted(f"training stopped after epoch {epoch}; continue with --resume")
+
+    def _estimate_epoch_time(self, epoch: int, done: int, elapsed: float, n_batches: int) -> None:
+        """Log ``epoch N: ~T per epoch (estimated after K batches)`` once enough batches have run."""
+        enough = done >= ESTIMATE_AFTER_BATCHES or (done >= 2 and elapsed >= ESTIMATE_AFTER_SECONDS)
+        if done >= n_batches or not enough:
+            return
+        self._estimated = True
+        per_epoch = elapsed / done * n_batches
+        left = self.settings.epochs - epoch
+        more = f"; ~{format_duration(per_epoch * (left + 1))} for the {left + 1} epochs to go" if left else ""
+        log.info(f"epoch {epoch}: ~{format_duration(per_epoch)} per epoch (estimated after {done} batches{more}; "
+                 "validation not included)")
+
+    def write_best_epoch(self) -> int | None:
+        """Write ``RUN/best_epoch`` (main process): the checkpointed epoch of lowest ``self.selection_metric``
+        (first on ties); nothing without a validation set. Returns the epoch chosen."""
+        best = select_best_epoch(self.state.history, completed_epochs(self.run_dir), self.selection_metric)
+        if best is not None and self.info.is_main:
+            atomic_write_text(self.run_dir / "best_epoch", f"{best}\n")
+        return best
 
     def save_epoch(self, epoch: int) -> None:
         """Write the epoch checkpoint, the latents of every particle and the metrics table (main process)."""

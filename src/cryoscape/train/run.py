@@ -106,6 +106,9 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
     torch.manual_seed(config.train.seed)
     device = select_device(config.train.device, info)
     family = get_family(config.model.family)
+    resolve_defaults = getattr(family, "resolve_defaults", None)  # device-dependent defaults (opus-dsd widths)
+    if resolve_defaults is not None:
+        config = resolve_defaults(config, device)
     particles, indices = load_training_particles(config)
     state = load_checkpoint(resume_from) if resume_from else None
     norm = state["build"].get("norm_std") if state else None
