@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from cryoscape.analysis.traversal import direct_traversal, graph_traversal, neighbor_graph, write_traversal
+from scipy.sparse.csgraph import connected_components
+
+from cryoscape.analysis.traversal import (
+    bridge_components,
+    direct_traversal,
+    graph_traversal,
+    neighbor_graph,
+    write_traversal,
+)
 from cryoscape.errors import InputError
 
 
@@ -71,15 +79,56 @@ def test_neighbor_graph_degree_and_weights():
     np.testing.assert_array_equal((graph.toarray() > 0)[clear], (directed | directed.T)[clear])
 
 
-def test_disconnected_anchors_raise_clear_error():
+def test_disconnected_anchors_raise_clear_error_when_strict():
     rng = np.random.default_rng(5)
     z = np.concatenate([rng.normal(0, 0.3, (50, 2)), rng.normal(20, 0.3, (50, 2))])
     with pytest.raises(InputError, match="not connected"):
-        graph_traversal(z, [0, 75])
+        graph_traversal(z, [0, 75], bridge_gaps=False)
     with pytest.raises(InputError, match="out of range"):
         graph_traversal(z, [0, 100])
     with pytest.raises(InputError, match="at least two anchors"):
         graph_traversal(z, [3])
+
+
+def islands(seed=6):
+    """Three blobs of 60 points in 3-D at x = 0, 10 and 25, plus two lone points far from everything."""
+    rng = np.random.default_rng(seed)
+    blobs = [rng.normal(0, 0.4, (60, 3)) + [x, 0, 0] for x in (0, 10, 25)]
+    lone = np.array([[5.0, 8.0, 0.0], [30.0, -9.0, 0.0]])
+    return np.concatenate(blobs + [lone])
+
+
+def test_default_traversal_bridges_disconnected_islands_by_their_shortest_gaps():
+    z = islands()
+    graph, thr = neighbor_graph(z)
+    n_parts, labels = connected_components(graph, directed=False)
+    assert n_parts >= 5  # three blobs and two lone points: the strict graph cannot join them
+    with pytest.raises(InputError, match="not connected"):
+        graph_traversal(z, [0, 179], bridge_gaps=False)
+    path = graph_traversal(z, [0, 179, 180, 181])  # blob 1 -> blob 3 -> lone point -> other lone point
+    np.testing.assert_array_equal(path.indices[path.anchor_positions], [0, 179, 180, 181])
+    # blob 1 -> blob 3 must go through blob 2 (single linkage: 0-10 and 10-25 are the shortest gaps)
+    assert set(path.indices) & set(range(60, 120))
+    D = cdist(z, z)
+    steps = np.linalg.norm(np.diff(path.z, axis=0), axis=1)
+    assert len(path.bridges) == int((steps > thr).sum()) >= 2
+    for i, j in path.bridges:  # every bridge is the shortest pair between the two parts it joins
+        assert labels[i] != labels[j]
+        between = D[np.ix_(labels == labels[i], labels == labels[j])]
+        assert D[i, j] == pytest.approx(between.min())
+    # the bridges form a tree over the parts: the joined graph is connected with exactly parts - 1 extra edges
+    joined, bridges = bridge_components(z, graph)
+    assert connected_components(joined, directed=False)[0] == 1 and len(bridges) == n_parts - 1
+
+
+def test_bridges_do_not_change_a_path_within_one_part():
+    z = bridged_blobs()
+    start = int(np.argmin(np.linalg.norm(z[:, :2] - [-6, 0], axis=1)))
+    end = int(np.argmin(np.linalg.norm(z[:, :2] - [6, 0], axis=1)))
+    bridged = graph_traversal(z, [start, end])
+    strict = graph_traversal(z, [start, end], bridge_gaps=False)
+    np.testing.assert_array_equal(bridged.indices, strict.indices)
+    assert bridged.bridges.shape == (0, 2)
 
 
 def test_direct_traversal_and_writing(tmp_path):

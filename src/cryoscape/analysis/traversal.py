@@ -10,21 +10,32 @@ Implementation note: each node keeps its ``max_neighbors`` nearest neighbours (a
 ``O(N * max_neighbors)``); the threshold is the distance that leaves ``avg_neighbors * N`` of those directed
 edges; the graph is then made undirected (an edge kept by either end joins both), so a node can end up with a
 few more than ``max_neighbors`` edges when it is in many other nodes' lists.
+
+Gaps: with these settings the graph of a real run is rarely connected. Particles in sparse regions keep no edge
+at all (the threshold is a global distance), and a small, well-separated state forms its own island, so a path
+between two k-means centres often did not exist. By default (``bridge_gaps=True``) the islands are therefore
+joined by *bridges*: the fewest and shortest extra edges that connect them, i.e. the edges of a minimum spanning
+tree over the islands (single linkage; found among each particle's ``max_neighbors`` nearest neighbours first,
+then by an exact nearest-pair search between the islands that are still apart). Within an island nothing
+changes (the bridges form a tree over the islands, so a shortest path between two particles of one island never
+leaves it); between islands the path crosses the bridges, which :attr:`GraphPath.bridges` lists so that the
+unsupported steps can be reported. ``bridge_gaps=False`` keeps the paper's strict graph and refuses such anchors.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse
-from scipy.sparse.csgraph import dijkstra
+from scipy.sparse.csgraph import connected_components, dijkstra
 
 from cryoscape.analysis.latent import _as_latents
 from cryoscape.errors import InputError
 
-__all__ = ["GraphPath", "neighbor_graph", "graph_traversal", "direct_traversal", "write_traversal"]
+__all__ = ["GraphPath", "neighbor_graph", "bridge_components", "graph_traversal", "direct_traversal",
+           "write_traversal"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,10 @@ class GraphPath:
         int64 ``(n_anchors,)`` position of each anchor in ``indices``.
     threshold : float
         The neighbour distance threshold used.
+    bridges : np.ndarray
+        int64 ``(B, 2)`` consecutive particles of the path joined by a bridge between otherwise disconnected
+        parts of the graph (steps longer than ``threshold``, not supported by data); empty for a fully
+        data-supported path.
     """
 
     indices: np.ndarray
@@ -50,6 +65,7 @@ class GraphPath:
     cumulative_distance: np.ndarray
     anchor_positions: np.ndarray
     threshold: float
+    bridges: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
 
 
 def neighbor_graph(z: np.ndarray, avg_neighbors: float = 5, max_neighbors: int = 10
@@ -64,6 +80,17 @@ def neighbor_graph(z: np.ndarray, avg_neighbors: float = 5, max_neighbors: int =
         Edges are kept when their length is ``<= threshold`` (chosen so the mean number of kept neighbour
         entries per node is ``avg_neighbors``, each node keeping at most ``max_neighbors``).
     """
+    graph, threshold, _ = _neighbor_graph(z, avg_neighbors, max_neighbors)
+    return graph, threshold
+
+
+def _tiny(d: np.ndarray) -> np.ndarray:
+    """Distance 0 (duplicate latents) would be read as "no edge" by csgraph: use a tiny positive weight instead."""
+    return np.maximum(d, np.finfo(np.float64).tiny)
+
+
+def _neighbor_graph(z: np.ndarray, avg_neighbors: float, max_neighbors: int):
+    """:func:`neighbor_graph` and the directed candidate edges ``(src, dst, d)`` (each node's nearest)."""
     from sklearn.neighbors import NearestNeighbors
 
     z = _as_latents(z)
@@ -85,15 +112,95 @@ def neighbor_graph(z: np.ndarray, avg_neighbors: float = 5, max_neighbors: int =
     n_edges = min(int(round(avg_neighbors * n)), d.size)
     threshold = float(np.partition(d, n_edges - 1)[n_edges - 1])
     ok = d <= threshold
-    src, dst, d = src[ok], dst[ok], d[ok]
-    # distance 0 (duplicate latents) would be read as "no edge" by csgraph: use a tiny positive weight instead
-    d = np.maximum(d, np.finfo(np.float64).tiny)
-    graph = scipy.sparse.coo_matrix((d, (src, dst)), shape=(n, n)).tocsr()
+    graph = scipy.sparse.coo_matrix((_tiny(d[ok]), (src[ok], dst[ok])), shape=(n, n)).tocsr()
     graph = graph.maximum(graph.T).tocsr()
-    return graph, threshold
+    return graph, threshold, (src, dst, d)
 
 
-def graph_traversal(z: np.ndarray, anchors, avg_neighbors: float = 5, max_neighbors: int = 10) -> GraphPath:
+class _Components:
+    """Union-find over the connected components of a graph (labels ``(N,)``)."""
+
+    def __init__(self, labels: np.ndarray):
+        self.labels = labels
+        self.parent = np.arange(int(labels.max()) + 1)
+        self.count = len(self.parent)
+
+    def find(self, a: int) -> int:
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return int(a)
+
+    def join(self, i: int, j: int) -> bool:
+        """Merge the groups of nodes ``i`` and ``j``; False when they were one group already."""
+        a, b = self.find(self.labels[i]), self.find(self.labels[j])
+        if a == b:
+            return False
+        self.parent[a] = b
+        self.count -= 1
+        return True
+
+    def groups(self) -> np.ndarray:
+        roots = np.array([self.find(c) for c in range(len(self.parent))])
+        return roots[self.labels]
+
+
+def bridge_components(z: np.ndarray, graph: scipy.sparse.csr_matrix, candidates=None
+                      ) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
+    """Join the connected components of ``graph`` by the fewest, shortest edges (a minimum spanning tree over them).
+
+    Parameters
+    ----------
+    z : ``(N, zdim)`` latents; graph : ``(N, N)`` symmetric neighbour graph of ``z``.
+    candidates : optional ``(src, dst, d)`` edges to try first (e.g. each node's nearest neighbours); components
+        they leave apart are joined through the exact nearest pair of particles between them.
+
+    Returns
+    -------
+    graph : the connected graph (``graph`` plus the bridges, symmetric, Euclidean weights).
+    bridges : int64 ``(B, 2)`` the particle pairs added (``B`` = number of components - 1).
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    z = _as_latents(z)
+    n_comp, labels = connected_components(graph, directed=False)
+    if n_comp == 1:
+        return graph, np.zeros((0, 2), dtype=np.int64)
+    uf = _Components(labels)
+    added: list[tuple[int, int, float]] = []
+
+    def kruskal(src, dst, d):
+        for e in np.argsort(d, kind="stable"):
+            if uf.count == 1:
+                break
+            if uf.join(int(src[e]), int(dst[e])):
+                added.append((int(src[e]), int(dst[e]), float(d[e])))
+
+    if candidates is not None:
+        src, dst, d = (np.asarray(a) for a in candidates)
+        between = labels[src] != labels[dst]
+        kruskal(src[between], dst[between], d[between])
+    while uf.count > 1:  # Boruvka rounds: each group's nearest particle outside it
+        groups = uf.groups()
+        src, dst, d = [], [], []
+        for g in np.unique(groups):
+            inside = np.flatnonzero(groups == g)
+            outside = np.flatnonzero(groups != g)
+            dist, nbr = NearestNeighbors(n_neighbors=1).fit(z[outside]).kneighbors(z[inside])
+            best = int(np.argmin(dist[:, 0]))
+            src.append(inside[best])
+            dst.append(outside[nbr[best, 0]])
+            d.append(dist[best, 0])
+        kruskal(np.array(src), np.array(dst), np.array(d))
+    i, j, d = (np.array(a) for a in zip(*added))
+    n = z.shape[0]
+    extra = scipy.sparse.coo_matrix((_tiny(d), (i, j)), shape=(n, n)).tocsr()
+    joined = graph.maximum(extra).maximum(extra.T).tocsr()
+    return joined, np.stack([i, j], axis=1).astype(np.int64)
+
+
+def graph_traversal(z: np.ndarray, anchors, avg_neighbors: float = 5, max_neighbors: int = 10,
+                    bridge_gaps: bool = True) -> GraphPath:
     """Shortest data-supported path through the latents of ``anchors`` (particle indices), in order.
 
     Parameters
@@ -104,11 +211,15 @@ def graph_traversal(z: np.ndarray, anchors, avg_neighbors: float = 5, max_neighb
         At least two row indices of ``z`` (e.g. k-means centre particles); the path visits them in order.
     avg_neighbors, max_neighbors :
         Neighbour-graph parameters (see :func:`neighbor_graph`).
+    bridge_gaps : bool
+        Join the disconnected parts of the neighbour graph by their shortest bridges (see the module notes;
+        the path's :attr:`GraphPath.bridges` lists those it crosses). False: refuse anchors in different parts.
 
     Raises
     ------
     InputError
-        When an anchor is out of range, or two consecutive anchors lie in disconnected parts of the graph.
+        When an anchor is out of range, or (``bridge_gaps=False``) two consecutive anchors lie in disconnected
+        parts of the graph.
     """
     z = _as_latents(z)
     anchors = np.asarray(anchors, dtype=np.int64).ravel()
@@ -118,7 +229,11 @@ def graph_traversal(z: np.ndarray, anchors, avg_neighbors: float = 5, max_neighb
     bad = anchors[(anchors < 0) | (anchors >= n)]
     if bad.size:
         raise InputError(f"anchor index {int(bad[0])} is out of range for {n} latents (valid: 0..{n - 1})")
-    graph, threshold = neighbor_graph(z, avg_neighbors, max_neighbors)
+    graph, threshold, candidates = _neighbor_graph(z, avg_neighbors, max_neighbors)
+    if bridge_gaps:
+        _, labels = connected_components(graph, directed=False)
+        if len(np.unique(labels[anchors])) > 1:  # only then: a path within one part never crosses a bridge
+            graph, _ = bridge_components(z, graph, candidates)
     path = [int(anchors[0])]
     positions = [0]
     for a, b in zip(anchors[:-1], anchors[1:]):
@@ -127,8 +242,8 @@ def graph_traversal(z: np.ndarray, anchors, avg_neighbors: float = 5, max_neighb
             raise InputError(
                 f"anchors {int(a)} and {int(b)} are not connected in the latent neighbour graph "
                 f"(distance threshold {threshold:.4g})",
-                hint="choose anchors in one populated region, add an intermediate anchor, or raise "
-                     "--avg-neighbors/--max-neighbors")
+                hint="choose anchors in one populated region, add an intermediate anchor, raise "
+                     "--avg-neighbors/--max-neighbors, or let the path bridge the gap (without --strict)")
         segment = [int(b)]
         while segment[-1] != int(a):
             segment.append(int(pred[segment[-1]]))
@@ -136,12 +251,14 @@ def graph_traversal(z: np.ndarray, anchors, avg_neighbors: float = 5, max_neighb
         positions.append(len(path) - 1)
     indices = np.asarray(path, dtype=np.int64)
     steps = np.linalg.norm(np.diff(z[indices], axis=0), axis=1)
+    jumps = np.flatnonzero(steps > threshold)
     return GraphPath(
         indices=indices,
         z=z[indices].copy(),
         cumulative_distance=np.concatenate([[0.0], np.cumsum(steps)]),
         anchor_positions=np.asarray(positions, dtype=np.int64),
         threshold=threshold,
+        bridges=np.stack([indices[jumps], indices[jumps + 1]], axis=1).astype(np.int64),
     )
 
 
