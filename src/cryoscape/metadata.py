@@ -142,3 +142,42 @@ class Poses:
     def shifts_px(self, pixel_size_angstrom: float) -> np.ndarray:
         """Origins in pixels of an image with the given pixel size."""
         return self.shifts_angstrom / float(pixel_size_angstrom)
+
+
+DEFAULT_AMPLITUDE_CONTRAST = 0.1  # RELION's default (--amp-contrast of its CTF programs) and cryoDRGN's -w
+
+
+@dataclass(frozen=True)
+class CTFOverrides:
+    """Optics values given on the command line (``--kv``, ``--cs``, ``--amp-contrast``, ``--ps``).
+
+    Each value, when set, replaces the file's for every particle, and fills in a column the file lacks (RELION 3.0
+    files may have no ``rlnAmplitudeContrast``, ``rlnVoltage`` or ``rlnSphericalAberration``).
+    """
+
+    voltage_kv: float | None = None
+    cs_mm: float | None = None
+    amplitude_contrast: float | None = None
+    phase_shift_deg: float | None = None
+
+    def __post_init__(self):
+        for name, option in (("voltage_kv", "--kv"), ("cs_mm", "--cs"), ("amplitude_contrast", "--amp-contrast"),
+                             ("phase_shift_deg", "--ps")):
+            value = getattr(self, name)
+            if value is not None and not np.isfinite(value):
+                raise InputError(f"{option} must be a finite number, got {value}")
+        if self.voltage_kv is not None and self.voltage_kv <= 0:
+            raise InputError(f"--kv must be positive, got {self.voltage_kv:g}")
+        if self.amplitude_contrast is not None and not 0.0 <= self.amplitude_contrast <= 1.0:
+            raise InputError(f"--amp-contrast must be between 0 and 1, got {self.amplitude_contrast:g}")
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self))
+
+    def apply(self, ctf: CTFParams) -> CTFParams:
+        """``ctf`` with every set value replacing the corresponding field."""
+        values = {name: getattr(ctf, name) for name in CTF_COLUMNS}
+        for f in fields(self):
+            if getattr(self, f.name) is not None:
+                values[f.name] = np.full(len(ctf), float(getattr(self, f.name)))
+        return CTFParams(**values)

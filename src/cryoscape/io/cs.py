@@ -18,7 +18,7 @@ import numpy as np
 
 from cryoscape.errors import InputError
 from cryoscape.io.imagestack import check_header_pixel_sizes, check_stacks, resolve_stack_paths
-from cryoscape.metadata import CTFParams, Poses
+from cryoscape.metadata import DEFAULT_AMPLITUDE_CONTRAST, CTFOverrides, CTFParams, Poses
 from cryoscape.utils.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ class CSParticles:
         Box size from ``blob/shape``.
     alignments : str
         The alignment field prefix used for poses (``alignments3D``).
+    file_pixel_size_angstrom : np.ndarray of float64 (N,)
+        ``blob/psize_A`` as in the file (before ``apix``).
     """
 
     path: Path
@@ -57,6 +59,7 @@ class CSParticles:
     pixel_size_angstrom: np.ndarray
     image_size: int
     alignments: str = "alignments3D"
+    file_pixel_size_angstrom: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.array.shape[0])
@@ -75,8 +78,18 @@ class CSParticles:
         if missing:
             raise InputError(f"missing {what} field(s): {', '.join(missing)}", self.path)
 
+    @property
+    def alignment_sets(self) -> list[str]:
+        """The alignment field prefixes with poses in this file (``alignments3D``, ``alignments_class_0``, ...)."""
+        return sorted({n.rsplit("/", 1)[0] for n in self.fields
+                       if n.endswith("/pose") and n.startswith("alignments") and not n.startswith("alignments2D")})
+
     def has_poses(self) -> bool:
-        return f"{self.alignments}/pose" in self.fields
+        """Whether the chosen alignment set has poses; also True when the default ``alignments3D`` is missing but
+        other 3-D sets exist (:meth:`poses` then names them)."""
+        if f"{self.alignments}/pose" in self.fields or self.alignments != "alignments3D":
+            return True  # a set chosen by name must exist: poses() says which ones do
+        return bool(self.alignment_sets)
 
     def has_ctf(self) -> bool:
         return "ctf/df1_A" in self.fields
@@ -92,6 +105,13 @@ class CSParticles:
         from cryoscape.imaging.rotations import cryosparc_pose_to_matrix
 
         a = self.alignments
+        others = [s for s in self.alignment_sets if s != a]
+        if f"{a}/pose" not in self.fields and (others or a != "alignments3D"):
+            if not others:
+                raise InputError(f"has no {a} poses, nor any other alignment set", self.path)
+            raise InputError(f"has no {a} poses; its alignment sets are {', '.join(others)} (ab-initio and "
+                             "heterogeneous refinement write one per class)", self.path,
+                             f"choose one with --cs-alignments {others[0]}")
         self._require((f"{a}/pose", f"{a}/shift"), "pose")
         pose, shift = self._f(f"{a}/pose"), self._f(f"{a}/shift")
         if pose.shape != (len(self), 3) or shift.shape != (len(self), 2):
@@ -106,17 +126,41 @@ class CSParticles:
         except InputError as exc:
             raise InputError(exc.problem, self.path) from None
 
-    def ctf(self) -> CTFParams:
-        """CTF parameters (angles converted to degrees; B-factor 0 and scale 1 when absent)."""
-        self._require(_CTF, "CTF")
+    def ctf(self, overrides: CTFOverrides | None = None) -> CTFParams:
+        """CTF parameters (angles converted to degrees; B-factor 0 and scale 1 when absent).
+
+        ``overrides`` (``--kv``, ``--cs``, ``--amp-contrast``, ``--ps``) replace the file's values and fill in
+        missing fields; a missing ``ctf/amp_contrast`` is otherwise 0.1 (with a warning).
+        """
+        overrides = overrides or CTFOverrides()
         f = self.fields
+        given = {"ctf/accel_kv": overrides.voltage_kv, "ctf/cs_mm": overrides.cs_mm,
+                 "ctf/amp_contrast": overrides.amplitude_contrast}
+        missing = [n for n in _CTF if n not in f and given.get(n) is None and n != "ctf/amp_contrast"]
+        if missing:
+            options = {"ctf/accel_kv": "--kv", "ctf/cs_mm": "--cs"}
+            hint = f"pass {' and '.join(options[n] for n in missing)}" if all(n in options for n in missing) \
+                else None
+            raise InputError(f"missing CTF field(s): {', '.join(missing)}", self.path, hint)
+        values = {}
+        for name in ("ctf/accel_kv", "ctf/cs_mm", "ctf/amp_contrast"):
+            if given[name] is not None:
+                values[name] = given[name]
+            elif name in f:
+                values[name] = self._f(name)
+            else:
+                log.warning("%s: no %s field; using %g (set it with --amp-contrast)", self.path, name,
+                            DEFAULT_AMPLITUDE_CONTRAST)
+                values[name] = DEFAULT_AMPLITUDE_CONTRAST
         phase = np.degrees(self._f("ctf/phase_shift_rad")) if "ctf/phase_shift_rad" in f else 0.0
+        if overrides.phase_shift_deg is not None:
+            phase = overrides.phase_shift_deg
         bfac = self._f("ctf/bfactor") if "ctf/bfactor" in f else 0.0
         scale = self._f("ctf/scale") if "ctf/scale" in f else 1.0
         try:
             return CTFParams.create(self._f("ctf/df1_A"), self._f("ctf/df2_A"),
-                                    np.degrees(self._f("ctf/df_angle_rad")), self._f("ctf/accel_kv"),
-                                    self._f("ctf/cs_mm"), self._f("ctf/amp_contrast"), phase, bfac, scale)
+                                    np.degrees(self._f("ctf/df_angle_rad")), values["ctf/accel_kv"],
+                                    values["ctf/cs_mm"], values["ctf/amp_contrast"], phase, bfac, scale)
         except InputError as exc:
             raise InputError(exc.problem, self.path) from None
 
@@ -140,7 +184,8 @@ def _load(path: Path) -> np.ndarray:
 
 
 def read_cs(path: str | Path, datadir: str | Path | None = None, apix: float | None = None,
-            check_images: bool = True, alignments: str = "alignments3D") -> CSParticles:
+            check_images: bool = True, alignments: str = "alignments3D",
+            allow_mixed_pixel_sizes: bool = False) -> CSParticles:
     """Read a cryoSPARC particle ``.cs`` file.
 
     Parameters
@@ -153,7 +198,10 @@ def read_cs(path: str | Path, datadir: str | Path | None = None, apix: float | N
     check_images : bool
         Check that the stacks exist, hold every ``blob/idx`` and agree with the pixel size.
     alignments : str
-        Field prefix for poses (``alignments3D``; ``alignments_class_0`` for ab-initio jobs).
+        Field prefix for poses (``alignments3D``; ``alignments_class_N`` for ab-initio and heterogeneous
+        refinement jobs).
+    allow_mixed_pixel_sizes : bool
+        Accept particles with different ``blob/psize_A`` (otherwise an error unless ``apix`` is given).
 
     Raises
     ------
@@ -179,12 +227,13 @@ def read_cs(path: str | Path, datadir: str | Path | None = None, apix: float | N
     if len(sizes) > 1:
         raise InputError(f"particles have different box sizes {sizes.tolist()}", path)
     image_size = int(sizes[0][-1]) if len(sizes) else 0
+    file_psize = np.asarray(array["blob/psize_A"], dtype=np.float64)
     if apix is not None:
         psize = np.full(len(array), float(apix))
     else:
-        psize = np.asarray(array["blob/psize_A"], dtype=np.float64)
+        psize = file_psize
         uniq = np.unique(psize)
-        if len(uniq) > 1 and not np.allclose(uniq, uniq[0], rtol=1e-4):
+        if len(uniq) > 1 and not np.allclose(uniq, uniq[0], rtol=1e-4) and not allow_mixed_pixel_sizes:
             raise InputError(f"particles have different pixel sizes {uniq.round(4).tolist()} A", path,
                              "pass --apix to use one pixel size")
     if check_images and len(array):
@@ -196,7 +245,7 @@ def read_cs(path: str | Path, datadir: str | Path | None = None, apix: float | N
         image_size = int(first.shape[-1])
         if apix is None:
             check_header_pixel_sizes(infos, stacks, psize, path)
-    return CSParticles(path, array, stacks, indices, psize, image_size, alignments)
+    return CSParticles(path, array, stacks, indices, psize, image_size, alignments, file_psize)
 
 
 def _save(array: np.ndarray, out_path: Path) -> Path:

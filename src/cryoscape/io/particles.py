@@ -23,7 +23,7 @@ from cryoscape.io.mrc import open_stack_for_writing
 from cryoscape.io.pkl import read_ctf_pkl, read_pose_pkl
 from cryoscape.io.star import StarParticles, format_image_names, read_star_particles, write_star, \
     write_star_subset
-from cryoscape.metadata import CTFParams, Poses
+from cryoscape.metadata import CTFOverrides, CTFParams, Poses
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +116,41 @@ def _without_amplifying_bfactors(ctf: CTFParams, path: Path) -> CTFParams:
     return replace(ctf, bfactor_angstrom2=np.where(negative, 0.0, ctf.bfactor_angstrom2))
 
 
+def _common_pixel_size(source, images: ImageStack, apix: float | None, path: Path):
+    """``(images, pixel size)``: one pixel size for a set whose optics groups may have several (see
+    :func:`load_particles`)."""
+    own = source.file_pixel_size_angstrom
+    if own is None or not len(source) or np.allclose(own, own[0], rtol=1e-4):
+        return images, (float(source.pixel_size_angstrom[0]) if len(source) else None)
+    from cryoscape.io.rescale import RescaledImageStack
+
+    target = float(apix) if apix is not None else float(own.min())
+    if not (np.isfinite(target) and target > 0):
+        raise InputError(f"pixel size {target:g} A is not a positive number", path, "pass --apix")
+    source.pixel_size_angstrom = np.asarray(own, dtype=np.float64)  # 3.0 pixel origins: each particle's own size
+    sizes, counts = np.unique(own.round(6), return_counts=True)
+    log.info("%s: the particles have %d pixel sizes (%s A); each image is resampled on reading to %.4f A (%s), "
+             "keeping the %d px box", path, len(sizes),
+             ", ".join(f"{s:g} x {c}" for s, c in zip(sizes, counts)), target,
+             "--apix" if apix is not None else "the finest", images.D)
+    return RescaledImageStack.wrap(images, own, target), target
+
+
+def _optional(optional: bool, path: Path, what: str, read, *args):
+    """``read(*args)``; when ``optional``, an InputError leaves the value out with an info line."""
+    if not optional:
+        return read(*args)
+    try:
+        return read(*args)
+    except InputError as exc:
+        log.info("%s: %s not read (%s); this command does not use them", path, what, exc.problem)
+        return None
+
+
 def load_particles(path: str | Path, poses: str | Path | None = None, ctf: str | Path | None = None,
                    datadir: str | Path | None = None, apix: float | None = None, lazy: bool = True,
-                   indices=None) -> ParticleSet:
+                   indices=None, ctf_overrides: CTFOverrides | None = None, cs_alignments: str | None = None,
+                   metadata_optional: bool = False) -> ParticleSet:
     """Load particles from a ``.star``, ``.cs``, ``.mrcs``/``.mrc`` or ``.txt`` (list of stacks) file.
 
     Parameters
@@ -135,6 +167,17 @@ def load_particles(path: str | Path, poses: str | Path | None = None, ctf: str |
         Read the images from disk per batch instead of loading them.
     indices : array of int or path, optional
         0-based particles to keep (an index file is read with :func:`read_indices`), in that order.
+    ctf_overrides : CTFOverrides, optional
+        ``--kv``/``--cs``/``--amp-contrast``/``--ps``: replace the CTF values of the file (or ``ctf.pkl``) and fill
+        in missing columns.
+    cs_alignments : str, optional
+        Alignment set of a ``.cs`` file to read poses from (default ``alignments3D``; ``alignments_class_N``).
+    metadata_optional : bool
+        For commands that use neither poses nor CTF (``downsample``, ``filter``): poses or CTF that cannot be read
+        (e.g. a RELION 3.0 file without voltage) are left out with an info line instead of an error.
+
+    Several pixel sizes in one STAR/.cs file (optics groups) are brought to one: the finest, or ``apix`` when given;
+    every image is resampled on reading to it, keeping the box (:mod:`cryoscape.io.rescale`).
 
     Raises
     ------
@@ -147,11 +190,14 @@ def load_particles(path: str | Path, poses: str | Path | None = None, ctf: str |
         raise InputError("particle file not found", path)
     suffix = path.suffix.lower()
     source = None
+    if cs_alignments is not None and suffix != ".cs":
+        raise InputError(f"--cs-alignments {cs_alignments} applies to cryoSPARC .cs files only", path)
     if suffix == ".star":
-        source = read_star_particles(path, datadir=datadir, apix=apix)
+        source = read_star_particles(path, datadir=datadir, apix=apix, allow_mixed_pixel_sizes=True)
         fmt = "star"
     elif suffix == ".cs":
-        source = read_cs(path, datadir=datadir, apix=apix)
+        source = read_cs(path, datadir=datadir, apix=apix, alignments=cs_alignments or "alignments3D",
+                         allow_mixed_pixel_sizes=True)
         fmt = "cs"
     elif suffix in (".mrcs", ".mrc", ".txt"):
         fmt = "mrcs"
@@ -160,9 +206,11 @@ def load_particles(path: str | Path, poses: str | Path | None = None, ctf: str |
 
     if source is not None:
         images = ImageStack.from_paths_and_indices(source.stack_paths, source.stack_indices, lazy=True)
-        pixel_size = float(source.pixel_size_angstrom[0]) if len(source) else None
-        file_poses = source.poses() if source.has_poses() and poses is None else None
-        file_ctf = source.ctf() if source.has_ctf() and ctf is None else None
+        images, pixel_size = _common_pixel_size(source, images, apix, path)
+        file_poses = _optional(metadata_optional, path, "poses", source.poses) \
+            if source.has_poses() and poses is None else None
+        file_ctf = _optional(metadata_optional, path, "CTF", source.ctf, ctf_overrides) \
+            if source.has_ctf() and ctf is None else None
         if file_ctf is not None:
             file_ctf = _without_amplifying_bfactors(file_ctf, path)
     else:
@@ -173,6 +221,8 @@ def load_particles(path: str | Path, poses: str | Path | None = None, ctf: str |
     ctf_info = None
     if ctf is not None:
         file_ctf, D0, apix0 = read_ctf_pkl(ctf)
+        if ctf_overrides:
+            file_ctf = ctf_overrides.apply(file_ctf)
         if len(file_ctf) != n:
             raise InputError(f"has CTF parameters for {len(file_ctf)} particles but {path} has {n}", ctf)
         ctf_info = (D0, apix0, ctf)

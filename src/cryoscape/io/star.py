@@ -19,7 +19,7 @@ import starfile
 
 from cryoscape.errors import InputError
 from cryoscape.io.imagestack import check_header_pixel_sizes, check_stacks, resolve_stack_paths
-from cryoscape.metadata import CTFParams, Poses
+from cryoscape.metadata import DEFAULT_AMPLITUDE_CONTRAST, CTFOverrides, CTFParams, Poses
 from cryoscape.utils.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,12 @@ _ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 _CTF_REQUIRED = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage", "rlnSphericalAberration",
                  "rlnAmplitudeContrast")
 _CTF_OPTIONAL = (("rlnPhaseShift", 0.0), ("rlnCtfBfactor", 0.0), ("rlnCtfScalefactor", 1.0))
+# columns the command line can set: column -> (CTFOverrides field, option)
+_CTF_OVERRIDABLE = {"rlnVoltage": ("voltage_kv", "--kv"), "rlnSphericalAberration": ("cs_mm", "--cs"),
+                    "rlnAmplitudeContrast": ("amplitude_contrast", "--amp-contrast")}
+_CTF_UNITS = {"rlnVoltage": "accelerating voltage in kV, e.g. 300", "rlnSphericalAberration": "in mm, e.g. 2.7",
+              "rlnAmplitudeContrast": "a fraction, e.g. 0.1"}
+_CTF_DEFAULTED = ("rlnAmplitudeContrast",)  # RELION 3.0 files may lack it; RELION then uses 0.1
 
 
 @dataclass
@@ -66,6 +72,7 @@ class StarParticles:
     pixel_size_angstrom: np.ndarray
     image_size: int
     _group_rows: np.ndarray | None = field(default=None, repr=False)
+    file_pixel_size_angstrom: np.ndarray | None = field(default=None, repr=False)  # the file's own, before --apix
 
     @property
     def table(self) -> pd.DataFrame:
@@ -133,11 +140,38 @@ class StarParticles:
         except InputError as exc:
             raise InputError(exc.problem, self.path) from None
 
-    def ctf(self) -> CTFParams:
-        """CTF parameters per particle (phase shift 0, B-factor 0, scale 1 when absent)."""
-        self._require(_CTF_REQUIRED, "CTF")
-        v = {n: self.values(n) for n in _CTF_REQUIRED}
+    def ctf(self, overrides: CTFOverrides | None = None) -> CTFParams:
+        """CTF parameters per particle (phase shift 0, B-factor 0, scale 1 when absent).
+
+        ``overrides`` (``--kv``, ``--cs``, ``--amp-contrast``, ``--ps``) replace the file's values and fill in
+        missing columns. Without them a missing ``rlnAmplitudeContrast`` is 0.1 (RELION's default, with a warning);
+        a missing ``rlnVoltage`` or ``rlnSphericalAberration`` is an error naming the column and the option.
+        """
+        overrides = overrides or CTFOverrides()
+        given = {name: getattr(overrides, field) for name, (field, _) in _CTF_OVERRIDABLE.items()}
+        missing = [n for n in _CTF_REQUIRED if given.get(n) is None and n not in _CTF_DEFAULTED and not self.has(n)]
+        if missing:
+            options = [f"{_CTF_OVERRIDABLE[n][1]} ({_CTF_UNITS[n]})" for n in missing if n in _CTF_OVERRIDABLE]
+            raise InputError(f"missing CTF column(s): {', '.join(missing)}", self.path,
+                             f"pass {' and '.join(options)}" if len(options) == len(missing) else None)
+        v = {}
+        for n in _CTF_REQUIRED:
+            if given.get(n) is not None:
+                if self.has(n):
+                    file_values = np.unique(self.values(n))
+                    if not np.allclose(file_values, given[n]):
+                        log.info("%s: using %s %g instead of the file's %s %s", self.path, _CTF_OVERRIDABLE[n][1],
+                                 given[n], n, file_values.round(4).tolist()[:4])
+                v[n] = given[n]
+            elif self.has(n):
+                v[n] = self.values(n)
+            else:  # only rlnAmplitudeContrast gets here
+                log.warning("%s: no %s column; using %g (RELION's default; set it with --amp-contrast)", self.path,
+                            n, DEFAULT_AMPLITUDE_CONTRAST)
+                v[n] = DEFAULT_AMPLITUDE_CONTRAST
         o = {n: self.values(n, d) for n, d in _CTF_OPTIONAL}
+        if overrides.phase_shift_deg is not None:
+            o["rlnPhaseShift"] = overrides.phase_shift_deg
         try:
             return CTFParams.create(v["rlnDefocusU"], v["rlnDefocusV"], v["rlnDefocusAngle"], v["rlnVoltage"],
                                     v["rlnSphericalAberration"], v["rlnAmplitudeContrast"], o["rlnPhaseShift"],
@@ -213,11 +247,22 @@ def _parse_image_names(names: pd.Series, path: Path) -> tuple[np.ndarray, np.nda
 
 
 def _pixel_sizes(sp: StarParticles) -> np.ndarray | None:
+    """Per-particle pixel size in A, as RELION reads it: ``rlnImagePixelSize`` (3.1+), else 3.0's
+    ``rlnDetectorPixelSize`` (um) x 10^4 / ``rlnMagnification``; a lone ``rlnDetectorPixelSize`` (no magnification,
+    as tomoDRGN and Warp write 3.0 tables) is the pixel size in A."""
     if sp.has("rlnImagePixelSize"):
         return sp.values("rlnImagePixelSize")
     if sp.has("rlnDetectorPixelSize") and sp.has("rlnMagnification"):
         return sp.values("rlnDetectorPixelSize") * 1e4 / sp.values("rlnMagnification")
+    if sp.has("rlnDetectorPixelSize") and not _has_magnification_like(sp):
+        return sp.values("rlnDetectorPixelSize")
     return None
+
+
+def _has_magnification_like(sp: StarParticles) -> bool:
+    """A column named like a magnification (e.g. a misspelt one): the detector pixel size is then in um, not A."""
+    tables = [sp.table] + ([sp.optics] if sp.optics is not None else [])
+    return any(str(c).startswith("rlnMagnification") for t in tables for c in t.columns)
 
 
 def read_star_particles(path: str | Path, datadir: str | Path | None = None, apix: float | None = None,
@@ -260,6 +305,7 @@ def read_star_particles(path: str | Path, datadir: str | Path | None = None, api
                        np.zeros(len(table)), 0, rows)
 
     psize = _pixel_sizes(sp)
+    sp.file_pixel_size_angstrom = psize
     if sp.has("rlnImageSize"):
         sizes = np.unique(sp.values("rlnImageSize").astype(np.int64))
         if len(sizes) > 1:
@@ -313,7 +359,7 @@ def _write_blocks(blocks: dict, out_path: Path, relion31: bool) -> Path:
 
 def write_star(path: str | Path, image_names: Sequence[str], pixel_size_angstrom: float, image_size: int,
                poses: Poses | None = None, ctf: CTFParams | None = None, extra_columns: dict | None = None,
-               relion30: bool = False) -> Path:
+               relion30: bool = False, ctf_premultiplied: bool = False) -> Path:
     """Write new particle metadata as a RELION 3.1 STAR file (``data_optics`` + ``data_particles``).
 
     Parameters
@@ -332,6 +378,8 @@ def write_star(path: str | Path, image_names: Sequence[str], pixel_size_angstrom
     relion30 : bool
         Write one RELION 3.0 table instead (origins in pixels, pixel size as rlnDetectorPixelSize with
         rlnMagnification 10000).
+    ctf_premultiplied : bool
+        The images are CTF-premultiplied: ``rlnCtfDataAreCtfPremultiplied`` 1 (optics table; 3.0: a column).
     """
     from cryoscape.imaging.rotations import matrix_to_euler_relion
 
@@ -363,6 +411,8 @@ def write_star(path: str | Path, image_names: Sequence[str], pixel_size_angstrom
     if relion30:
         cols.update(optics_cols)
         cols.update(rlnDetectorPixelSize=np.full(n, float(pixel_size_angstrom)), rlnMagnification=np.full(n, 1e4))
+        if ctf_premultiplied:
+            cols["rlnCtfDataAreCtfPremultiplied"] = np.ones(n, dtype=np.int64)
         return _write_blocks({"": pd.DataFrame(cols)}, Path(path), relion31=False)
 
     if n == 0:
@@ -377,7 +427,7 @@ def write_star(path: str | Path, image_names: Sequence[str], pixel_size_angstrom
     optics["rlnImagePixelSize"] = float(pixel_size_angstrom)
     optics["rlnImageSize"] = int(image_size)
     optics["rlnImageDimensionality"] = 2
-    optics["rlnCtfDataAreCtfPremultiplied"] = 0
+    optics["rlnCtfDataAreCtfPremultiplied"] = int(bool(ctf_premultiplied))
     cols["rlnOpticsGroup"] = np.asarray(group, dtype=np.int64).reshape(-1) + 1
     return _write_blocks({"optics": optics, "particles": pd.DataFrame(cols)}, Path(path), relion31=True)
 
