@@ -128,5 +128,5 @@ def test_evaluate_command(run_dir, tmp_path, capsys):
     assert res["maps"]["states"]["0"]["correlation"] > 0.9
     assert res["continuous"]["abs_spearman_pc1"] > 0.7
     assert "adjusted Rand index" in capsys.readouterr().out
-    assert main(["evaluate", str(run), "--truth", str(tmp_path), "-o", str(out)]) == 2
+    assert main(["evaluate", str(run), "--truth", str(tmp_path), "-o", str(out), "--overwrite"]) == 2
     assert "labels.npz" in capsys.readouterr().err

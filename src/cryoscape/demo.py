@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cryoscape.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from cryoscape.utils.atomic import atomic_write_text, check_writable_dir
+from cryoscape.utils.atomic import atomic_write_text
 
 log = logging.getLogger("cryoscape")
 
@@ -74,16 +74,32 @@ def score_demo(z: np.ndarray, subunit: np.ndarray, hinge: np.ndarray, k: int = 8
     }
 
 
+# what the demo writes into its folder: --overwrite replaces these and keeps everything else, including the
+# selections exported from `cryoscape explore` into run/explore_selections (carried over into the new run)
+DEMO_OUTPUTS = ("data", "run", "demo_scores.json")
+DEMO_KEEP = ("run/explore_selections",)
+
+
 def run_demo(out_dir: str | Path = "cryoscape-demo", settings: DemoSettings = DemoSettings(),
-             progress: bool = True) -> dict:
-    """Run the whole story into ``out_dir``; returns the scores and the report path."""
+             progress: bool = True, overwrite: bool = False) -> dict:
+    """Run the whole story into ``out_dir``; returns the scores and the report path.
+
+    ``out_dir`` must be new or empty unless ``overwrite``; then only ``DEMO_OUTPUTS`` are replaced (the explorer's
+    selections in ``run/explore_selections`` are kept), and a failed demo puts the previous one back.
+    """
+    from cryoscape.utils.outputs import prepare_output_dir
+
+    with prepare_output_dir(out_dir, "demo", overwrite, own=DEMO_OUTPUTS, keep=DEMO_KEEP) as out:
+        return _run_demo(Path(out), settings, progress)
+
+
+def _run_demo(out: Path, settings: DemoSettings, progress: bool) -> dict:
     from cryoscape.analysis.analyze import analyze_run
     from cryoscape.simulate.particles import simulate_dataset
     from cryoscape.simulate.volumes import states_from_preset
     from cryoscape.train.run import train
 
     s = settings
-    out = check_writable_dir(out_dir)
     t0 = time.perf_counter()
     sim = out / "data"
     log.info(f"[1/3] simulating {s.n_particles} particles of a hinged object with an optional subunit -> {sim}")
@@ -97,10 +113,6 @@ def run_demo(out_dir: str | Path = "cryoscape-demo", settings: DemoSettings = De
         model=ModelConfig(family="cryodrgn", zdim=s.zdim, enc_dim=s.width, dec_dim=s.width),
         train=TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed),
     )
-    if (run_dir / "checkpoints").is_dir():
-        import shutil
-
-        shutil.rmtree(run_dir)
     train(config, run_dir, progress=progress)
 
     log.info("[3/3] analysing the latent space")

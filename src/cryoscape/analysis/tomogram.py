@@ -41,16 +41,18 @@ class Placements:
 def read_placements(path: str | Path, coordinate_pixel_size_angstrom: float | None = None) -> Placements:
     """Particle positions and poses from a STAR file, without reading any image.
 
-    * RELION 5 / WarpTools optimisation set: ``rlnCenteredCoordinate*Angst`` (or ``rlnCoordinate*`` pixels) with
-      the tomogram sizes and tilt-series pixel size of the tomograms file, minus the rotated origin; poses
-      ``A_subtomogram @ A_angles``.
+    * RELION 5 / WarpTools optimisation set: ``rlnCenteredCoordinate*Angst`` (or ``rlnCoordinate*`` pixels) plus
+      half the tomogram (``rlnTomoSize* x rlnTomoTiltSeriesPixelSize``), minus the rotated origin; poses
+      ``A_subtomogram @ A_angles``. The unit of ``rlnCoordinate*`` is RELION's or WarpTools' (see
+      :func:`cryoscape.io.tilt_series.particle_positions`), or ``coordinate_pixel_size_angstrom`` when given.
     * Volume-series STAR (one row per particle, e.g. ``particles_volumeseries.star`` of ``cryoscape simulate-tilt``
       or Warp's sub-tomogram STAR): ``rlnCoordinateX/Y/Z`` in pixels minus ``rlnOriginX/Y/ZAngst``, pose from
       ``rlnAngleRot/Tilt/Psi``.
     * Image-series STAR (one row per tilt image): the coordinates of each particle's first row; no poses.
 
-    The coordinate pixel size is ``coordinate_pixel_size_angstrom``, else ``rlnPixelSize``/``rlnImagePixelSize``/
-    ``rlnDetectorPixelSize`` of the file.
+    For the other STAR files the coordinate pixel size is ``coordinate_pixel_size_angstrom``, else
+    ``rlnPixelSize``/``rlnImagePixelSize``/``rlnDetectorPixelSize`` of the file (WarpTools writes coordinates in
+    pixels of the exported particles and that pixel size as ``rlnPixelSize``/``rlnImagePixelSize``).
     """
     from cryoscape.io import tilt_series as ts
 
@@ -103,23 +105,18 @@ def _placements_from_optimisation_set(path: Path, apix_override: float | None) -
     ppath = ts.resolve_relative(kv["rlnTomoParticlesFile"], path.parent)
     tpath = ts.resolve_relative(kv["rlnTomoTomogramsFile"], path.parent)
     pblocks, tblocks = ts.read_star_blocks(ppath), ts.read_star_blocks(tpath)
+    if "particles" not in pblocks or "global" not in tblocks:
+        raise InputError("missing data_particles / data_global table", ppath if "particles" not in pblocks else tpath)
     parts, glob = pblocks["particles"], tblocks["global"]
-    names = parts["rlnTomoName"].astype(str).to_numpy()
-    gnames = glob["rlnTomoName"].astype(str).tolist()
-    missing = sorted(set(names) - set(gnames))
-    if missing:
-        raise InputError(f"particles refer to tomograms {missing[:3]} not in the tomograms file", ppath)
-    rows = [glob.iloc[gnames.index(n)] for n in names]
-    optics = pblocks.get("optics")
-    ts_apix = np.array([float(r["rlnTomoTiltSeriesPixelSize"]) if "rlnTomoTiltSeriesPixelSize" in r.index else
-                        float(optics["rlnTomoTiltSeriesPixelSize"].iloc[0]) for r in rows])
-    apix = np.full(len(parts), apix_override) if apix_override else ts_apix
+    positions = ts.particle_positions(parts, pblocks.get("optics"), glob, ppath, tpath,
+                                      coordinate_pixel_size=apix_override)
+    if np.isnan(positions.box_angstrom).any():
+        raise InputError("the tomograms need rlnTomoSizeX/Y/Z to place particles from the tomogram's first voxel", tpath)
     A_sub = ts.euler_columns(parts, ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi"), ppath)
     A = A_sub @ ts.euler_columns(parts, ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"), ppath)
     origin = np.stack([ts.star_numbers(parts, f"rlnOrigin{a}Angst", ppath, 0.0) for a in "XYZ"], axis=1)
-    centred = np.stack([ts.particle_centre_angstrom(parts.iloc[i], rows[i], ts_apix[i], ppath) for i in range(len(parts))])
-    half = np.stack([[float(r[f"rlnTomoSize{a}"]) / 2 for a in "XYZ"] for r in rows]) * apix[:, None]
-    coords = centred - np.einsum("nij,nj->ni", A_sub, origin) + half
+    coords = positions.from_first_voxel_angstrom - np.einsum("nij,nj->ni", A_sub, origin)
+    names = parts["rlnTomoName"].astype(str).to_numpy()
     pnames = parts["rlnTomoParticleName"].astype(str).to_numpy() if "rlnTomoParticleName" in parts.columns else None
     return Placements(np.asarray(names, dtype=object), coords, A, pnames)
 

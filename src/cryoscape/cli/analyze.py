@@ -2,6 +2,8 @@
 
 Writes plots (PNG), maps (MRC) and a self-contained index.html into DIR (default RUN/analysis/epoch_NNN).
 With --truth SIM_DIR (a `cryoscape simulate` output) the report also scores the run against the ground truth.
+DIR must be new or empty: to analyse the same epoch again into the same folder, give --overwrite (it replaces the
+files analyze writes there and keeps any others).
 
 Example:
   cryoscape analyze runs/vae8 --ksample 20 --pc 2 -o runs/vae8/analysis
@@ -16,6 +18,8 @@ import argparse
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder written by `cryoscape train`")
     p.add_argument("-o", "--outdir", help="output folder (default RUN/analysis/epoch_NNN)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty DIR (e.g. analyse again): replace the files analyze writes there")
     p.add_argument("--epoch", type=int, help="epoch to analyse (default: best_epoch, else the last)")
     p.add_argument("--ksample", type=int, default=20, help="k-means clusters, one map each (default 20)")
     p.add_argument("--pc", type=int, default=2, help="principal components to traverse (default 2)")
@@ -26,11 +30,24 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def run(args) -> int:
-    from cryoscape.analysis.analyze import analyze_run
+# everything `analyze` writes into DIR (see cryoscape.analysis.analyze.analyze_run and analysis.report)
+OUTPUTS = ("index.html", "figures", "explained_variance.png", "z_hist.png", "umap.npy", "z_pca.png", "z_pca_hexbin.png",
+           "umap.png", "umap_hexbin.png", "loss.png", "kmeans[0-9]*", "pc[0-9]*", "z1", "evaluation.json")
 
-    report = analyze_run(args.run, args.outdir, epoch=args.epoch, ksample=args.ksample, n_pcs=args.pc,
-                         skip_umap=args.skip_umap, skip_volumes=args.skip_vol, truth=args.truth,
-                         device=args.device, seed=args.seed)
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from cryoscape.analysis.analyze import analyze_run
+    from cryoscape.analysis.latent import load_latents
+    from cryoscape.utils.outputs import prepare_output_dir
+
+    outdir = args.outdir
+    if outdir is None:
+        outdir = Path(args.run) / "analysis" / f"epoch_{load_latents(args.run, args.epoch).epoch:03d}"
+    with prepare_output_dir(outdir, "analyze", args.overwrite, own=OUTPUTS):
+        report = analyze_run(args.run, args.outdir, epoch=args.epoch, ksample=args.ksample, n_pcs=args.pc,
+                             skip_umap=args.skip_umap, skip_volumes=args.skip_vol, truth=args.truth,
+                             device=args.device, seed=args.seed)
     print(f"report: {report}")
     return 0

@@ -4,6 +4,7 @@ Generates the map of a k-means sketch of the latent space (or of every particle 
 each with a reference map, then runs PCA on the (masked) maps as voxel vectors, UMAP of the principal components
 and k-means. Writes OUT/vol_pcs.npy, OUT/explained_variance.png, OUT/vol_pca.png, OUT/labels.npy (per sampled map),
 OUT/sample_indices.npy (latent rows sampled), OUT/mean.mrc, OUT/pc_001.mrc ..., and OUT/reference_cc.npy with --reference.
+OUT must be new or empty unless --overwrite is given (which replaces these files there, nothing else).
 
 Example:
   cryoscape analyze-volumes runs/vae8 --sample 500 --mask auto -k 10 -o runs/vae8/volume_space
@@ -15,9 +16,16 @@ from __future__ import annotations
 import argparse
 
 
+# everything `analyze-volumes` writes into OUT (--overwrite replaces these, stale ones included)
+OUTPUTS = ("vol_pcs.npy", "labels.npy", "sample_indices.npy", "mean.mrc", "pc_[0-9]*.mrc", "explained_variance.png",
+           "vol_pca.png", "reference_cc.npy")
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder written by `cryoscape train`")
-    p.add_argument("-o", "--outdir", required=True, help="output folder")
+    p.add_argument("-o", "--outdir", required=True, help="output folder (new or empty, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty OUT: replace the files analyze-volumes writes there, keep others")
     p.add_argument("--epoch", type=int, help="epoch (default: best_epoch, else the last)")
     p.add_argument("--sample", type=int, default=500, help="maps to generate: k-means sketch size (default 500)")
     p.add_argument("--all", action="store_true", help="generate the map of every particle instead of a sketch")
@@ -35,12 +43,12 @@ def run(args) -> int:
     import numpy as np
 
     from cryoscape.analysis.latent import kmeans_on_data, load_latents
-    from cryoscape.analysis.plots import plot_explained_variance, plot_scatter, save_figure
-    from cryoscape.analysis.volume_space import analyze_volume_space, correlation_to_reference, load_generator
+    from cryoscape.analysis.volume_space import load_generator
     from cryoscape.errors import InputError
-    from cryoscape.io.mrc import read_mrc, write_mrc
-    from cryoscape.utils.atomic import atomic_path, check_writable_dir
+    from cryoscape.io.mrc import read_mrc
+    from cryoscape.utils.outputs import prepare_output_dir
 
+    out_dir = prepare_output_dir(args.outdir, "analyze-volumes", args.overwrite, own=OUTPUTS)
     latents = load_latents(args.run, args.epoch)
     z = latents.z
     if args.all or args.sample >= len(z):
@@ -48,14 +56,29 @@ def run(args) -> int:
     else:
         rows = np.sort(kmeans_on_data(z, args.sample, seed=args.seed, n_init=1).center_indices)
     generator = load_generator(args.run, latents.epoch, args.device)
-    out = check_writable_dir(args.outdir)
     mask = None if args.mask == "none" else args.mask
     if mask not in (None, "auto"):
         mask, _ = read_mrc(mask)
+    ref = None
     if args.reference:
         ref, _ = read_mrc(args.reference)
         if ref.shape != (generator.D,) * 3:
             raise InputError(f"reference is {ref.shape} but the model makes {generator.D}^3 maps", args.reference)
+    with out_dir as out:
+        _write(args, generator, z, rows, mask, ref, out)
+    print(f"volume-space analysis of {len(rows)} maps -> {out}")
+    return 0
+
+
+def _write(args, generator, z, rows, mask, ref, out) -> None:
+    import numpy as np
+
+    from cryoscape.analysis.plots import plot_explained_variance, plot_scatter, save_figure
+    from cryoscape.analysis.volume_space import analyze_volume_space, correlation_to_reference
+    from cryoscape.io.mrc import write_mrc
+    from cryoscape.utils.atomic import atomic_path
+
+    if ref is not None:
         cc = correlation_to_reference(generator, z[rows], ref, batch_size=args.batch_size)
         with atomic_path(out / "reference_cc.npy") as tmp:
             np.save(tmp, cc)
@@ -74,5 +97,3 @@ def run(args) -> int:
     emb = result.umap if result.umap is not None else result.pcs[:, :2]
     axes = ("UMAP1", "UMAP2") if result.umap is not None else ("volume PC1", "volume PC2")
     save_figure(plot_scatter(emb, result.labels, None, axes, "volume space"), out / "vol_pca.png")
-    print(f"volume-space analysis of {len(rows)} maps -> {out}")
-    return 0

@@ -3,6 +3,8 @@
 Writes OUT/backproject.mrc, the half maps OUT/half_map_a.mrc and OUT/half_map_b.mrc (even / odd particles), OUT/fsc.txt
 (frequency in 1/A, FSC between the half maps), OUT/fsc.png, and prints the resolution at FSC = 0.143. With
 --reference (e.g. a simulated ground truth) it also writes OUT/fsc_reference.txt and reports the resolution at 0.5.
+OUT must be new or empty (--overwrite replaces these files, nothing else); it is created only once the inputs
+have been read and checked.
 
 Example:
   cryoscape backproject sim/particles.star -o bp/
@@ -22,11 +24,16 @@ from cryoscape.errors import InputError
 
 log = logging.getLogger(__name__)
 
+# everything `backproject` writes into OUT (--overwrite replaces these, also a stale fsc_reference.txt)
+OUTPUTS = ("backproject.mrc", "half_map_a.mrc", "half_map_b.mrc", "fsc.txt", "fsc.png", "fsc_reference.txt")
+
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``cryoscape backproject``."""
     parser.add_argument("particles", help="particles: .star, .cs, .mrcs or .txt (list of stacks)")
-    parser.add_argument("-o", "--outdir", required=True, help="output folder")
+    parser.add_argument("-o", "--outdir", required=True, help="output folder (new or empty, unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty OUT: replace the files backproject writes there, keep others")
     parser.add_argument("--poses", help="cryoDRGN pose.pkl (replaces the poses of the particle file)")
     parser.add_argument("--ctf", help="cryoDRGN ctf.pkl (replaces the CTF of the particle file)")
     parser.add_argument("--ind", help="file of 0-based particle indices to use (.npy, .txt or .pkl)")
@@ -90,11 +97,11 @@ def run(args: argparse.Namespace) -> int:
     from cryoscape.analysis.fsc import fsc, resolution_at
     from cryoscape.io.mrc import read_mrc, write_mrc
     from cryoscape.io.particles import load_particles
-    from cryoscape.utils.atomic import check_writable_dir
+    from cryoscape.utils.outputs import prepare_output_dir
 
+    out_dir = prepare_output_dir(args.outdir, "backproject", args.overwrite, own=OUTPUTS)
     if args.first is not None and args.first < 1:
         raise InputError(f"--first must be at least 1, got {args.first}")
-    out = check_writable_dir(args.outdir)
     particles = load_particles(args.particles, poses=args.poses, ctf=args.ctf, datadir=args.datadir,
                                apix=args.apix, indices=args.ind)
     if particles.poses is None:
@@ -102,6 +109,15 @@ def run(args: argparse.Namespace) -> int:
     if args.first is not None:
         particles = particles.subset(np.arange(min(args.first, len(particles))))
     apix = particles.pixel_size_angstrom
+    ref = None
+    if args.reference:
+        ref, info = read_mrc(args.reference)
+        if ref.shape != (particles.D,) * 3:
+            raise InputError(f"reference map has shape {ref.shape} but the reconstruction is "
+                             f"{(particles.D,) * 3}", args.reference, "resample the reference to the same box")
+        ref_apix = info.voxel_size_angstrom
+        if ref_apix > 0 and abs(ref_apix - apix) > 0.01 * apix:
+            log.warning("%s: voxel size %.4f A differs from the particles' %.4f A", args.reference, ref_apix, apix)
     ctf = None if particles.ctf is None else particles.ctf.to_array()
     if ctf is None and args.ctf_correction != "none":
         log.warning("no CTF parameters: back-projecting without CTF correction")
@@ -111,28 +127,22 @@ def run(args: argparse.Namespace) -> int:
     result = backproject(images, particles.poses.rotations, particles.poses.shifts_px(apix), ctf, apix,
                          ctf_correction=args.ctf_correction, batch_size=args.batch_size,
                          progress=sys.stderr.isatty(), device=args.device)
-    write_mrc(out / "backproject.mrc", result["volume"], apix)
-    write_mrc(out / "half_map_a.mrc", result["half_a"], apix)
-    write_mrc(out / "half_map_b.mrc", result["half_b"], apix)
-
     freqs, curve = fsc(result["half_a"], result["half_b"])
     s = freqs / apix
-    _write_curve(out / "fsc.txt", s, curve, "frequency_1/A  FSC(half_map_a, half_map_b)")
     res = resolution_at(freqs, curve, 0.143, apix)
     curves = [("half maps", s, curve)]
-    print(f"half-map resolution (FSC = 0.143): {res:.2f} A")
-    if args.reference:
-        ref, info = read_mrc(args.reference)
-        if ref.shape != result["volume"].shape:
-            raise InputError(f"reference map has shape {ref.shape} but the reconstruction is "
-                             f"{result['volume'].shape}", args.reference, "resample the reference to the same box")
-        ref_apix = info.voxel_size_angstrom
-        if ref_apix > 0 and abs(ref_apix - apix) > 0.01 * apix:
-            log.warning("%s: voxel size %.4f A differs from the particles' %.4f A", args.reference, ref_apix, apix)
-        freqs_r, curve_r = fsc(result["volume"], ref)
-        _write_curve(out / "fsc_reference.txt", freqs_r / apix, curve_r, "frequency_1/A  FSC(backproject, reference)")
-        curves.append(("vs reference", freqs_r / apix, curve_r))
-        print(f"resolution against the reference (FSC = 0.5): {resolution_at(freqs_r, curve_r, 0.5, apix):.2f} A")
-    _plot_fsc(out / "fsc.png", curves, [0.143] + ([0.5] if args.reference else []))
+    with out_dir as out:
+        write_mrc(out / "backproject.mrc", result["volume"], apix)
+        write_mrc(out / "half_map_a.mrc", result["half_a"], apix)
+        write_mrc(out / "half_map_b.mrc", result["half_b"], apix)
+        _write_curve(out / "fsc.txt", s, curve, "frequency_1/A  FSC(half_map_a, half_map_b)")
+        print(f"half-map resolution (FSC = 0.143): {res:.2f} A")
+        if ref is not None:
+            freqs_r, curve_r = fsc(result["volume"], ref)
+            _write_curve(out / "fsc_reference.txt", freqs_r / apix, curve_r,
+                         "frequency_1/A  FSC(backproject, reference)")
+            curves.append(("vs reference", freqs_r / apix, curve_r))
+            print(f"resolution against the reference (FSC = 0.5): {resolution_at(freqs_r, curve_r, 0.5, apix):.2f} A")
+        _plot_fsc(out / "fsc.png", curves, [0.143] + ([0.5] if ref is not None else []))
     log.info("wrote %s", out)
     return 0

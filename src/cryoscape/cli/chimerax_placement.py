@@ -7,6 +7,7 @@ rlnCoordinateX/Y/Z (markers only); it must list the particles in the order of th
 DIR/TOMOGRAM.cxc (open in ChimeraX: markers, or one cluster map per particle with --mode volumes),
 DIR/cluster_colors.txt, DIR/cluster_distribution.csv/.png (clusters per tomogram), DIR/neighbours.csv (each
 particle's nearest neighbour: distance, cluster, direction in the particle's frame) and DIR/neighbour_summary.csv.
+DIR must be new or empty unless --overwrite is given (which replaces these files there, nothing else).
 
 Example:
   cryoscape chimerax-placement runs/tomo -k 4 --star sim/particles_volumeseries.star -o runs/tomo/placement
@@ -18,10 +19,17 @@ from __future__ import annotations
 import argparse
 
 
+# everything `chimerax-placement` writes into DIR (one TOMOGRAM.cxc per tomogram)
+OUTPUTS = ("*.cxc", "cluster_colors.txt", "cluster_distribution.csv", "cluster_distribution.png", "neighbours.csv",
+           "neighbour_summary.csv")
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
     """Register the options of ``cryoscape chimerax-placement``."""
     p.add_argument("run", help="run folder written by `cryoscape train --model tomodrgn`")
-    p.add_argument("-o", "--outdir", required=True, help="output folder")
+    p.add_argument("-o", "--outdir", required=True, help="output folder (new or empty, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty DIR: replace the files chimerax-placement writes there, keep others")
     p.add_argument("--star", help="STAR with particle coordinates/poses (default: the run's input file)")
     p.add_argument("--epoch", type=int, help="epoch of the latents (default: best_epoch, else the last)")
     g = p.add_mutually_exclusive_group()
@@ -72,8 +80,10 @@ def run(args) -> int:
     from cryoscape.config import load_config
     from cryoscape.errors import InputError
     from cryoscape.io.mrc import read_header
-    from cryoscape.utils.atomic import atomic_path, atomic_write_text, check_writable_dir
+    from cryoscape.utils.atomic import atomic_path, atomic_write_text
+    from cryoscape.utils.outputs import prepare_output_dir
 
+    out_dir = prepare_output_dir(args.outdir, "chimerax-placement", args.overwrite, own=OUTPUTS)
     run_dir = Path(args.run)
     config = load_config(run_dir / "config.yaml")
     latents = load_latents(run_dir, args.epoch)
@@ -87,11 +97,8 @@ def run(args) -> int:
     tomos = placements.tomograms[indices]
     coords = placements.coordinates_angstrom[indices]
     rot = None if placements.rotations is None else placements.rotations[indices]
-    out = check_writable_dir(args.outdir)
     k = int(labels.max()) + 1
     colors = tc.cluster_colors(k)
-    atomic_write_text(out / "cluster_colors.txt", "".join(
-        f"{c}\t{tc._hex(colors[c])}\t{int((labels == c).sum())}\n" for c in range(k)))
     volumes = None
     if args.mode == "volumes":
         if not args.volumes:
@@ -101,31 +108,34 @@ def run(args) -> int:
             path = Path(args.volumes) / f"vol_{c + 1:03d}.mrc"
             info = read_header(path)
             volumes[c] = (str(path.resolve()), info.shape[-1], info.voxel_size_angstrom)
-    for t in np.unique(tomos.astype(str)):
-        sel = np.flatnonzero(tomos.astype(str) == t)
-        tmap = None
-        if args.tomogram_dir and (Path(args.tomogram_dir) / f"{t}.mrc").is_file():
-            tmap = str((Path(args.tomogram_dir) / f"{t}.mrc").resolve())
-        text = tc.chimerax_script(t, coords[sel], labels[sel], colors, None if rot is None else rot[sel], volumes,
-                                  args.marker_radius, args.level, tmap)
-        atomic_write_text(out / f"{Path(t).stem}.cxc", text)
-    table = tc.cluster_distribution(tomos, labels)
-    with atomic_path(out / "cluster_distribution.csv") as tmp:
-        table.to_csv(tmp)
-    save_figure(tc.plot_cluster_distribution(table), out / "cluster_distribution.png")
-    nn = tc.nearest_neighbours(coords, tomos, rot)
-    has = nn["index"] >= 0
-    neighbours = pd.DataFrame({"particle": indices, "tomogram": tomos, "cluster": labels,
-                               "neighbour": np.where(has, indices[np.maximum(nn["index"], 0)], -1),
-                               "neighbour_cluster": np.where(has, labels[np.maximum(nn["index"], 0)], -1),
-                               "distance_angstrom": nn["distance_angstrom"],
-                               "direction_x": nn["direction"][:, 0], "direction_y": nn["direction"][:, 1],
-                               "direction_z": nn["direction"][:, 2]})
-    with atomic_path(out / "neighbours.csv") as tmp:
-        neighbours.to_csv(tmp, index=False)
-    summary = tc.neighbour_summary(nn, labels)
-    with atomic_path(out / "neighbour_summary.csv") as tmp:
-        summary.to_csv(tmp, index=False)
+    with out_dir as out:
+        atomic_write_text(out / "cluster_colors.txt", "".join(
+            f"{c}\t{tc._hex(colors[c])}\t{int((labels == c).sum())}\n" for c in range(k)))
+        for t in np.unique(tomos.astype(str)):
+            sel = np.flatnonzero(tomos.astype(str) == t)
+            tmap = None
+            if args.tomogram_dir and (Path(args.tomogram_dir) / f"{t}.mrc").is_file():
+                tmap = str((Path(args.tomogram_dir) / f"{t}.mrc").resolve())
+            text = tc.chimerax_script(t, coords[sel], labels[sel], colors, None if rot is None else rot[sel], volumes,
+                                      args.marker_radius, args.level, tmap)
+            atomic_write_text(out / f"{Path(t).stem}.cxc", text)
+        table = tc.cluster_distribution(tomos, labels)
+        with atomic_path(out / "cluster_distribution.csv") as tmp:
+            table.to_csv(tmp)
+        save_figure(tc.plot_cluster_distribution(table), out / "cluster_distribution.png")
+        nn = tc.nearest_neighbours(coords, tomos, rot)
+        has = nn["index"] >= 0
+        neighbours = pd.DataFrame({"particle": indices, "tomogram": tomos, "cluster": labels,
+                                   "neighbour": np.where(has, indices[np.maximum(nn["index"], 0)], -1),
+                                   "neighbour_cluster": np.where(has, labels[np.maximum(nn["index"], 0)], -1),
+                                   "distance_angstrom": nn["distance_angstrom"],
+                                   "direction_x": nn["direction"][:, 0], "direction_y": nn["direction"][:, 1],
+                                   "direction_z": nn["direction"][:, 2]})
+        with atomic_path(out / "neighbours.csv") as tmp:
+            neighbours.to_csv(tmp, index=False)
+        summary = tc.neighbour_summary(nn, labels)
+        with atomic_path(out / "neighbour_summary.csv") as tmp:
+            summary.to_csv(tmp, index=False)
     frame = "particle" if rot is not None else "tomogram"
     print(f"wrote {len(np.unique(tomos))} ChimeraX script(s) and the tomogram context to {out} "
           f"(neighbour directions in the {frame} frame)")

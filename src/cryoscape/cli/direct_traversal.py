@@ -4,6 +4,7 @@ Writes OUT/z_values.txt with N points per segment from the latent of the first a
 anchor in order; the points need not lie in populated regions, see `cryoscape graph-traversal`) and, when
 SOURCE is a run folder, the maps OUT/vol_001.mrc ... at the training voxel size. Anchors are row numbers of the
 latent array (0-based, in RUN/indices.npy order); --z-start/--z-end give latent points directly instead.
+OUT must be new or empty unless --overwrite is given (which replaces these files there, nothing else).
 
 Example:
   cryoscape direct-traversal runs/vae8 --anchors 120 4711 -n 10 -o traj/
@@ -21,7 +22,9 @@ log = logging.getLogger(__name__)
 def add_args(p: argparse.ArgumentParser) -> None:
     """Register the options of ``cryoscape direct-traversal``."""
     p.add_argument("source", help="run folder written by `cryoscape train`, or a .npy file of latents (N, zdim)")
-    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("-o", "--output", required=True, help="output folder (new or empty, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty OUT: replace z_values.txt and vol_NNN.mrc there, keep others")
     p.add_argument("--anchors", type=int, nargs="+", help="two or more latent row numbers to join in order")
     p.add_argument("--z-start", type=float, nargs="+", help="start latent (zdim values), with --z-end")
     p.add_argument("--z-end", type=float, nargs="+", help="end latent (zdim values), with --z-start")
@@ -40,8 +43,10 @@ def run(args) -> int:
     from cryoscape.analysis.traversal import direct_traversal, write_traversal
     from cryoscape.analysis.volume_space import load_generator
     from cryoscape.errors import InputError
-    from cryoscape.utils.atomic import check_writable_dir
+    from cryoscape.utils.outputs import prepare_output_dir
 
+    out_dir = prepare_output_dir(args.output, "direct-traversal", args.overwrite,
+                                 own=("z_values.txt", "vol_[0-9]*.mrc"))
     latents = load_latents(args.source, args.epoch)
     z = latents.z
     if args.anchors is not None:
@@ -61,10 +66,10 @@ def run(args) -> int:
         raise InputError("give --anchors, or both --z-start and --z-end")
     segments = [direct_traversal(a, b, args.n_points) for a, b in zip(ends[:-1], ends[1:])]
     points = np.concatenate([segments[0]] + [s[1:] for s in segments[1:]])
-    out = check_writable_dir(args.output)
     generator = None
     if latents.run_dir is not None and not args.no_volumes:
         generator = load_generator(latents.run_dir, latents.epoch, args.device)
-    vols = write_traversal(out, points, generator, args.batch_size)
+    with out_dir as out:
+        vols = write_traversal(out, points, generator, args.batch_size)
     log.info("%d points%s -> %s", len(points), f", {len(vols)} maps" if vols else "", out)
     return 0

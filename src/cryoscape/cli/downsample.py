@@ -3,6 +3,7 @@
 The pixel size grows by D/D' and the image mean is kept. IN may be a .mrcs stack, a RELION .star or a cryoSPARC .cs
 file; all its particles are written, in order, to one stack OUT.mrcs. With a .star input OUT.star is written too:
 the same rows and columns, rlnImageName pointing into OUT.mrcs, and the pixel size and box size updated.
+Existing output files are not replaced unless --overwrite is given.
 
 Example:
   cryoscape downsample particles.star -D 64 -o particles.64.mrcs
@@ -23,6 +24,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="particles: .mrcs, .star, .cs or .txt (list of stacks)")
     parser.add_argument("-D", "--box", type=int, required=True, help="new box size in pixels (even)")
     parser.add_argument("-o", "--output", required=True, help="output stack OUT.mrcs (with .star input also OUT.star)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT.mrcs (and OUT.star) if they exist")
     parser.add_argument("--chunk-size", type=int, default=1000, help="images processed at once (default 1000)")
     parser.add_argument("--datadir", help="folder holding the stacks named in a .star/.cs/.txt file")
     parser.add_argument("--apix", type=float, help="pixel size of the input in Angstrom (overrides the files)")
@@ -34,16 +36,21 @@ def run(args: argparse.Namespace) -> int:
     from cryoscape.errors import InputError
     from cryoscape.io.particles import load_particles
     from cryoscape.io.star import StarParticles
+    from cryoscape.utils.outputs import check_output_file
 
     out = Path(args.output)
     if out.suffix.lower() not in (".mrcs", ".mrc"):
         raise InputError("the output must be an .mrcs stack", out, "e.g. -o particles.64.mrcs")
     if args.chunk_size < 1:
         raise InputError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    for path in (out, out.with_suffix(".star")):
+        if path.exists() and Path(args.input).exists() and os.path.samefile(path, args.input):
+            raise InputError("the output would overwrite the input", path)
+    check_output_file(out, "downsample", args.overwrite)
+    if Path(args.input).suffix.lower() == ".star":
+        check_output_file(out.with_suffix(".star"), "downsample", args.overwrite)
     particles = load_particles(args.input, datadir=args.datadir, apix=args.apix)
     check_new_box(particles.D, args.box)
-    if out.exists() and Path(args.input).exists() and os.path.samefile(out, args.input):
-        raise InputError("the output would overwrite the input", out)
     apix = particles.pixel_size_angstrom
     log.info("downsampling %d images from %d to %d pixels (%.4f -> %.4f A/px)", len(particles), particles.D,
              args.box, apix, apix * particles.D / args.box)

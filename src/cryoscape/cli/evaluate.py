@@ -4,7 +4,7 @@ Reports the adjusted Rand index, confusion matrix and Hungarian-matched accuracy
 (k = number of true states unless -k), the mean cluster entropy (OPUS-DSD's measure, log base 10), |Spearman
 rho| of PC1 against the true continuous coordinate and, unless --no-maps, the FSC (AUC, resolution at 0.5 and
 0.143) and correlation of maps generated at each true state's mean latent and at the k-means centres against
-the ground-truth maps. Prints a table and writes everything to OUT.json.
+the ground-truth maps. Prints a table and writes everything to OUT.json (an existing one only with --overwrite).
 
 Example:
   cryoscape evaluate runs/vae8 --truth sim/ -o runs/vae8/evaluation.json
@@ -23,6 +23,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder written by `cryoscape train`")
     p.add_argument("--truth", required=True, help="simulation folder (labels.npz, gt/state_XXX.mrc)")
     p.add_argument("-o", "--output", required=True, help="output .json file")
+    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     p.add_argument("--epoch", type=int, help="epoch to evaluate (default: best_epoch, else the last)")
     p.add_argument("-k", type=int, help="k-means clusters (default: the number of true states)")
     p.add_argument("--mask", choices=["auto"], help="soft-mask maps (from each ground-truth map) before FSC")
@@ -39,7 +40,9 @@ def run(args) -> int:
     from cryoscape.analysis.volume_space import load_generator
     from cryoscape.errors import InputError
     from cryoscape.utils.atomic import atomic_write_text
+    from cryoscape.utils.outputs import check_output_file
 
+    check_output_file(args.output, "evaluate", args.overwrite)
     truth = Path(args.truth)
     labels = truth / "labels.npz"
     if not labels.is_file():

@@ -7,7 +7,7 @@ is exported into RUN/explore_selections/NAME/ (indices.npy, indices.txt and part
 `cryoscape filter`); clicking a point shows central sections of the map at its latent. The server answers only
 the page's own requests, reads nothing by path and writes nothing else. Ctrl-C stops it.
 With --write-html FILE a static page is written instead (a selection downloads as an index list for
-`cryoscape filter RUN --ind FILE`).
+`cryoscape filter RUN --ind FILE`); an existing FILE is replaced only with --overwrite.
 
 Example:
   cryoscape explore runs/vae8
@@ -28,6 +28,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="address to bind (default 127.0.0.1: this machine only; use SSH port forwarding to reach "
                         "a remote workstation rather than a public address)")
     p.add_argument("--write-html", metavar="FILE", help="write a self-contained static page and exit")
+    p.add_argument("--overwrite", action="store_true", help="with --write-html: replace FILE if it exists")
     p.add_argument("--no-browser", action="store_true", help="do not open a web browser")
     p.add_argument("--k", type=int, help="k-means result of the analysis to use (kmeansK), or clusters to compute")
     p.add_argument("--skip-umap", action="store_true", help="do not compute a UMAP when the analysis has none")
@@ -41,6 +42,10 @@ def run(args) -> int:
 
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port {args.port} is not a port number (0-65535; 0 = any free port)")
+    if args.write_html:
+        from cryoscape.utils.outputs import check_output_file
+
+        check_output_file(args.write_html, "explore", args.overwrite, option="--write-html")
     data = load_explorer_data(args.run, args.epoch, k=args.k, umap=not args.skip_umap, seed=args.seed)
     if args.write_html:
         from cryoscape.explore.page import build_page

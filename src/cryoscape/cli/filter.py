@@ -2,7 +2,8 @@
 
 Select by k-means cluster from `cryoscape analyze`, by a range of one latent dimension, or by an index file.
 Writes OUT/indices.npy and OUT/indices.txt (indices into the original input) and OUT/particles.star (or .cs,
-the input's format), ready for RELION or cryoSPARC, or to retrain cryoscape with --ind.
+the input's format), ready for RELION or cryoSPARC, or to retrain cryoscape with --ind. OUT must be new or empty;
+--overwrite replaces an earlier selection's files there (other files are kept).
 
 Example:
   cryoscape filter runs/vae8 --clusters 3 7 -o runs/vae8/selected
@@ -14,9 +15,16 @@ from __future__ import annotations
 import argparse
 
 
+# everything `filter` writes into OUT (the subset's format depends on the input; tilt series add tomograms.star)
+OUTPUTS = ("indices.npy", "indices.txt", "particles.star", "particles.cs", "particles_optimisation_set.star",
+           "tomograms.star")
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder written by `cryoscape train`")
-    p.add_argument("-o", "--outdir", required=True, help="output folder")
+    p.add_argument("-o", "--outdir", required=True, help="output folder (new or empty, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty OUT: replace the selection files filter writes there, keep others")
     g = p.add_argument_group("selection (exactly one)")
     g.add_argument("--clusters", type=int, nargs="+", help="k-means cluster numbers (0-based) to keep")
     g.add_argument("--z-range", nargs=3, metavar=("DIM", "LO", "HI"), help="keep LO <= z[DIM] <= HI (DIM 0-based)")
@@ -42,8 +50,9 @@ def run(args) -> int:
     from cryoscape.config import load_config
     from cryoscape.errors import InputError
     from cryoscape.io.indices import read_indices
-    from cryoscape.utils.atomic import check_writable_dir
+    from cryoscape.utils.outputs import prepare_output_dir
 
+    out_dir = prepare_output_dir(args.outdir, "filter", args.overwrite, own=OUTPUTS)
     run_dir = Path(args.run)
     config = load_config(run_dir / "config.yaml")
     latents = load_latents(run_dir, args.epoch)
@@ -67,7 +76,7 @@ def run(args) -> int:
     ind = read_indices(args.ind, n=n_input) if args.ind else None
     chosen = select_particles(latents.z, latents.indices, n_input, cluster_labels=labels,
                               clusters=args.clusters, z_range=z_range, ind=ind, invert=args.invert)
-    out = check_writable_dir(args.outdir)
-    written = write_selection(particles, family, chosen, out, args.format)
+    with out_dir as out:
+        written = write_selection(particles, family, chosen, out, args.format)
     print(f"selected {len(chosen)} of {n_input} particles -> {', '.join(str(p) for p in written)}")
     return 0

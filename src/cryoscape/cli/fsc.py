@@ -5,7 +5,8 @@ phase-randomised and corrected FSC), OUT/fsc.png and, with --mask auto, OUT/mask
 at FSC 0.5 and 0.143 and the real-space map correlation. --mask auto builds a soft mask from the average of the
 two maps (threshold at half its 99th-percentile voxel, 3 px dilation, 10 px cosine edge; tomoDRGN's recipe).
 With a mask, phases beyond --phase-randomize (default: where the unmasked FSC drops below 0.8) are randomised
-to remove the mask's own correlation (Chen et al. 2013).
+to remove the mask's own correlation (Chen et al. 2013). OUT must be new or empty unless --overwrite is given (which
+replaces fsc.txt, fsc.png and mask.mrc there, nothing else).
 
 Example:
   cryoscape fsc half1.mrc half2.mrc --mask auto -o fsc_out/
@@ -24,7 +25,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     """Register the options of ``cryoscape fsc``."""
     p.add_argument("map_a", help="first map (.mrc)")
     p.add_argument("map_b", help="second map (.mrc), same box and voxel size")
-    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("-o", "--output", required=True, help="output folder (new or empty, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty OUT: replace fsc.txt, fsc.png and mask.mrc there, keep others")
     p.add_argument("--mask", help="'auto' or a mask .mrc (values in [0, 1]) applied to both maps")
     p.add_argument("--phase-randomize", metavar="RES",
                    help="with a mask: resolution (A) beyond which phases are randomised, 'auto' (default: where "
@@ -64,8 +67,10 @@ def run(args) -> int:
     from cryoscape.analysis.maps import auto_mask, check_same_box, map_correlation, masked_fsc
     from cryoscape.analysis.plots import plot_fsc_curves, save_figure
     from cryoscape.io.mrc import read_mrc, write_mrc
-    from cryoscape.utils.atomic import atomic_path, check_writable_dir
+    from cryoscape.utils.atomic import atomic_path
+    from cryoscape.utils.outputs import prepare_output_dir
 
+    out_dir = prepare_output_dir(args.output, "fsc", args.overwrite, own=("fsc.txt", "fsc.png", "mask.mrc"))
     a, info_a = read_mrc(args.map_a)
     b, info_b = read_mrc(args.map_b)
     for vol, path in ((a, args.map_a), (b, args.map_b)):
@@ -79,11 +84,9 @@ def run(args) -> int:
             abs(info_b.voxel_size_angstrom - apix) > 1e-3 * apix:
         raise InputError(f"voxel sizes differ: {apix:.4f} A vs {info_b.voxel_size_angstrom:.4f} A", args.map_b,
                          "resample one map, or give --apix to override")
-    out = check_writable_dir(args.output)
     mask = None
     if args.mask == "auto":
         mask = auto_mask(0.5 * (a + b), apix)
-        write_mrc(out / "mask.mrc", mask, voxel_size_angstrom=apix)
     elif args.mask:
         mask, _ = read_mrc(args.mask)
         check_same_box(a, mask, args.map_a, args.mask)
@@ -95,10 +98,13 @@ def run(args) -> int:
     with np.errstate(divide="ignore"):
         res = np.where(freq > 0, 1.0 / np.maximum(freq, 1e-30), np.inf)
     table = np.column_stack([freq, res] + list(cols.values()))
-    with atomic_path(out / "fsc.txt") as tmp:
-        np.savetxt(tmp, table, fmt="%.6g", header=" ".join(["freq_per_angstrom", "resolution_angstrom", *cols]))
     curves = {name.replace("fsc_", "").replace("_", " "): (result.freqs, c) for name, c in cols.items()}
-    save_figure(plot_fsc_curves(curves, apix), out / "fsc.png")
+    with out_dir as out:
+        if args.mask == "auto":
+            write_mrc(out / "mask.mrc", mask, voxel_size_angstrom=apix)
+        with atomic_path(out / "fsc.txt") as tmp:
+            np.savetxt(tmp, table, fmt="%.6g", header=" ".join(["freq_per_angstrom", "resolution_angstrom", *cols]))
+        save_figure(plot_fsc_curves(curves, apix), out / "fsc.png")
     which = "corrected" if result.corrected is not None else "masked" if result.masked is not None else "unmasked"
     print(f"FSC ({which}), voxel size {apix:.4g} A")
     print(f"  resolution at FSC 0.5:   {_describe_resolution(result, 0.5)}")

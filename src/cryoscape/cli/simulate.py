@@ -4,6 +4,7 @@ Random uniform SO(3) poses, in-plane shifts (RELION origins), CTFs with random d
 B-factor envelope and white noise at a given SNR (variance of the clean images over the whole dataset / noise
 variance). Writes OUT/particles.mrcs, OUT/particles.star (RELION 3.1), OUT/gt/state_XXX.mrc, OUT/labels.npz and,
 on request, OUT/particles.cs (--cs), OUT/pose.pkl + OUT/ctf.pkl (--pkl) and OUT/clean.mrcs (--clean).
+OUT must be new or empty; --overwrite replaces these files (stale ones of an earlier run included), nothing else.
 
 Presets: homogeneous, linear1d (hinge, 50 states), discrete3 (10:15:25), hinge_discrete (hinge x subunit),
 eightconf (dumbbell, 8 conformations).
@@ -24,6 +25,9 @@ from cryoscape.errors import InputError
 
 log = logging.getLogger(__name__)
 
+# everything `simulate` writes into OUT, with any options (--overwrite removes stale ones of an earlier run)
+OUTPUTS = ("particles.mrcs", "particles.star", "particles.cs", "pose.pkl", "ctf.pkl", "clean.mrcs", "labels.npz", "gt")
+
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``cryoscape simulate``."""
@@ -33,7 +37,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--preset", choices=list(PRESETS), help="built-in heterogeneous object")
     src.add_argument("--volumes", nargs="+", metavar="MRC", help="one MRC map per state")
     src.add_argument("--pdb", nargs="+", metavar="MODEL", help="one PDB/mmCIF model per state (rendered with gemmi)")
-    parser.add_argument("-o", "--outdir", required=True, help="output folder")
+    parser.add_argument("-o", "--outdir", required=True, help="output folder (new or empty, unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty OUT: replace the files simulate writes there (a stale "
+                             "particles.cs, pose.pkl, ctf.pkl or clean.mrcs of an earlier run included), keep others")
     parser.add_argument("-N", "--n-particles", type=int, default=1000, help="number of images (default 1000)")
     parser.add_argument("-D", "--box", type=int, default=None,
                         help="box size in pixels for --preset/--pdb (default 64; --volumes: from the maps)")
@@ -66,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
     from cryoscape.simulate.atomic import states_from_atomic
     from cryoscape.simulate.particles import simulate_dataset
     from cryoscape.simulate.volumes import states_from_maps, states_from_preset
+    from cryoscape.utils.outputs import prepare_output_dir
 
+    out_dir = prepare_output_dir(args.outdir, "simulate", args.overwrite, own=OUTPUTS)
     if args.seed < 0:
         raise InputError(f"--seed must be a non-negative integer, got {args.seed}")
     if args.n_particles < 1:
@@ -92,11 +101,12 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     log.info("simulating %d images of %d state(s) (%s), D=%d, %.3f A/px, SNR %g",
              args.n_particles, states.n_states, states.name, states.D, states.pixel_size_angstrom, args.snr)
-    result = simulate_dataset(
-        states, args.n_particles, args.outdir, snr=args.snr, seed=args.seed, max_shift_px=args.max_shift,
-        defocus_range_um=(lo, hi), astigmatism_um=args.astigmatism, bfactor_angstrom2=args.bfactor,
-        ctf=not args.no_ctf, write_cs=args.cs, write_pkl=args.pkl, write_clean=args.clean,
-        chunk_size=args.chunk_size, device=device,
-    )
+    with out_dir as out:
+        result = simulate_dataset(
+            states, args.n_particles, out, snr=args.snr, seed=args.seed, max_shift_px=args.max_shift,
+            defocus_range_um=(lo, hi), astigmatism_um=args.astigmatism, bfactor_angstrom2=args.bfactor,
+            ctf=not args.no_ctf, write_cs=args.cs, write_pkl=args.pkl, write_clean=args.clean,
+            chunk_size=args.chunk_size, device=device,
+        )
     log.info("noise standard deviation %.4g; wrote %s", result["noise_std"], args.outdir)
     return 0

@@ -7,6 +7,7 @@ OUT/particles_volumeseries.star (tomogram, coordinates, pose per particle), OUT/
 (so `cryoscape evaluate` works), and with --optimisation-set a RELION 5 optimisation set with 2-D stacks per
 particle (OUT/particles_optimisation_set.star). --size tiny|benchmark sets -N, -D, --apix, --tilt-max, --snr
 (explicit options win). Presets: tilt4 (four compositionally different states) and those of `cryoscape simulate`.
+OUT must be new or empty; --overwrite replaces these files (stale ones of an earlier run included), nothing else.
 
 Example:
   cryoscape simulate-tilt --preset tilt4 --size benchmark -o sim_tilt4/
@@ -23,6 +24,10 @@ from cryoscape.errors import InputError
 
 log = logging.getLogger(__name__)
 
+# everything `simulate-tilt` writes into OUT, with any options (--overwrite removes stale ones of an earlier run)
+OUTPUTS = ("particles.mrcs", "particles.star", "particles_volumeseries.star", "labels.npz", "gt", "stacks",
+           "particles_optimisation_set.star", "particles_tomo.star", "tomograms.star")
+
 _DEFAULTS = {"n_particles": 1000, "D": 32, "apix": 8.0, "tilt_max": 60.0, "snr": 0.1}
 
 
@@ -34,7 +39,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", choices=["tilt4", *PRESETS], help="built-in heterogeneous object")
     src.add_argument("--volumes", nargs="+", metavar="MRC", help="one MRC map per state")
-    parser.add_argument("-o", "--outdir", required=True, help="output folder")
+    parser.add_argument("-o", "--outdir", required=True, help="output folder (new or empty, unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty OUT: replace the files simulate-tilt writes there (stale "
+                             "ones of an earlier run included), keep others")
     parser.add_argument("--size", choices=list(SIZES),
                         help="tiny: 20 particles, D 16, 11 tilts; benchmark: 4000 particles, D 64, 41 tilts")
     parser.add_argument("-N", "--n-particles", type=int, help=f"particles (default {_DEFAULTS['n_particles']})")
@@ -71,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
 
     from cryoscape.simulate.tilt import SIZES, simulate_tilt_dataset, tilt4_states
     from cryoscape.simulate.volumes import states_from_maps, states_from_preset
+    from cryoscape.utils.outputs import prepare_output_dir
 
+    out_dir = prepare_output_dir(args.outdir, "simulate-tilt", args.overwrite, own=OUTPUTS)
     base = dict(_DEFAULTS, **(SIZES[args.size] if args.size else {}))
     n = args.n_particles or base["n_particles"]
     D = args.box or base["D"]
@@ -95,12 +105,14 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     log.info("simulating %d particles of %d state(s) (%s), D=%d, %.3f A/px, tilts to +-%g deg, SNR %g",
              n, states.n_states, states.name, states.D, states.pixel_size_angstrom, tilt_max, snr)
-    result = simulate_tilt_dataset(
-        states, n, args.outdir, snr=snr, seed=args.seed, tilt_max_deg=tilt_max, tilt_step_deg=args.tilt_step,
-        tilt_group=args.tilt_group, dose_per_tilt=args.dose, optimisation_set=args.optimisation_set,
-        chunk_size=args.chunk_size, device=device, n_tomograms=args.tomograms, defocus_range_um=tuple(args.defocus),
-        defocus_jitter_um=args.defocus_jitter, astigmatism_um=args.astigmatism, max_shift_px=args.max_shift,
-        drop_tilts=args.drop_tilts, voltage_kv=args.voltage)
+    with out_dir as out:
+        result = simulate_tilt_dataset(
+            states, n, out, snr=snr, seed=args.seed, tilt_max_deg=tilt_max, tilt_step_deg=args.tilt_step,
+            tilt_group=args.tilt_group, dose_per_tilt=args.dose, optimisation_set=args.optimisation_set,
+            chunk_size=args.chunk_size, device=device, n_tomograms=args.tomograms,
+            defocus_range_um=tuple(args.defocus), defocus_jitter_um=args.defocus_jitter,
+            astigmatism_um=args.astigmatism, max_shift_px=args.max_shift, drop_tilts=args.drop_tilts,
+            voltage_kv=args.voltage)
     log.info("noise standard deviation %.4g; %d tilt images; wrote %s", result["noise_std"],
              len(result["metadata"].exposure), args.outdir)
     return 0

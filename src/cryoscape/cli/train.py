@@ -3,10 +3,16 @@
 PARTICLES is a RELION STAR, a cryoSPARC .cs, or an .mrcs stack with cryoDRGN --poses/--ctf pkl files.
 For --model tomodrgn it is a tilt-series STAR: Warp/M image series or a RELION 5 *_optimisation_set.star.
 Writes RUN/config.yaml, RUN/log.txt, RUN/metrics.csv, RUN/checkpoints/epoch_NNN.pt and RUN/latents/epoch_NNN.npy.
-Stop with Ctrl-C (a checkpoint is written) and continue with --resume. Multi-GPU: torchrun --nproc_per_node=4 -m cryoscape train ...
+Stop with Ctrl-C (a checkpoint is written) and continue with --resume: the run goes on with the configuration
+recorded in RUN/config.yaml (its epochs unless -n is given; -n, --device, --threads and --no-progress may change,
+any other option that differs from the recorded value is refused). --load RUN starts a new run from another
+run's model weights. Multi-GPU: torchrun --nproc_per_node=4 -m cryoscape train ...
 
 Example:
-  cryoscape train particles.star -o runs/vae8 --model cryodrgn --zdim 8 -n 25 -b 16
+  cryoscape train particles.star -o runs/vae8 --model cryodrgn --zdim 8 -n 25
+  cryoscape train particles.star -o runs/vae8 --resume               # after Ctrl-C: continue to epoch 25
+  cryoscape train particles.star -o runs/vae8 --resume -n 40         # train a finished run further
+  cryoscape train particles.star --ind keep.npy -o runs/vae8_keep --zdim 8 --load runs/vae8
   cryoscape train particles.mrcs --poses pose.pkl --ctf ctf.pkl -o runs/homo --zdim 0
   cryoscape train particles.star -o runs/opus --model opus-dsd --zdim 8 -n 20 --mask mask.mrc --lamb 0.5
   cryoscape train sim_tilt/particles.star -o runs/tomo --model tomodrgn --zdim 8 -n 20 -b 8
@@ -15,16 +21,39 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from cryoscape.config import PE_TYPES, DataConfig, ModelConfig, RunConfig, TrainConfig
 
-OPUS_DSD_BATCH_SIZE = 72  # the paper's batch size, the default for --model opus-dsd
-TOMODRGN_BATCH_SIZE = 1  # particles per batch in the tomoDRGN paper, the default for --model tomodrgn
-TOMODRGN_LR = 2e-4  # the tomoDRGN paper's learning rate, the default for --model tomodrgn
+# option dest -> (section of RunConfig, field, negated) where the field is not the dest itself
+_RENAMED = {"model": ("model", "family", False), "wd": ("train", "weight_decay", False),
+            "no_window": ("data", "window", True), "no_dose_weight": ("model", "recon_dose_weight", True),
+            "no_tilt_weight": ("model", "recon_tilt_weight", True), "no_dose_mask": ("model", "dose_mask", True)}
+_NOT_CONFIG = ("outdir", "resume", "no_progress")  # options of the command, not of the run
+# The parser's defaults are None so that the options given on the command line can be told apart (--resume
+# refuses those that conflict with the recorded run); the real defaults, filled in by config_from_args:
+_DEFAULTS: dict[str, object] = {}
+
+
+def _short(x: float) -> str:
+    """``1e-3`` rather than ``0.001``."""
+    mantissa, exponent = f"{x:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+def _family_defaults_text() -> tuple[str, str]:
+    """(batch sizes, learning rates) of every family for the help texts, from the families themselves."""
+    from cryoscape.models.registry import FAMILIES
+
+    batch = "; ".join(f"{name} {f.default_batch_size}" + (" particle" if name == "tomodrgn" else "")
+                      for name, f in FAMILIES.items())
+    lr = "; ".join(f"{name} {_short(f.default_lr)}" for name, f in FAMILIES.items())
+    return batch, lr
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("particles", help="STAR, .cs or .mrcs input")
+    first = len(p._actions)
     p.add_argument("-o", "--outdir", required=True, help="run folder to write")
     d = p.add_argument_group("data")
     d.add_argument("--poses", help="cryoDRGN pose.pkl (overrides poses in the STAR/.cs)")
@@ -50,11 +79,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--feat-sigma", type=float, default=0.5, help="scale of the gaussian features (default 0.5)")
     m.add_argument("--activation", default="relu", choices=["relu", "leaky_relu"])
     t = p.add_argument_group("training")
-    t.add_argument("-n", "--epochs", type=int, default=20, help="epochs (default 20)")
+    batch_defaults, lr_defaults = _family_defaults_text()
+    t.add_argument("-n", "--epochs", type=int, default=20,
+                   help="epochs (default 20; with --resume: the run's recorded epochs, and -n extends or shortens "
+                        "them)")
     t.add_argument("-b", "--batch-size", type=int, default=None,
-                   help=f"batch size per process (default 16; {OPUS_DSD_BATCH_SIZE} for opus-dsd; "
-                        f"{TOMODRGN_BATCH_SIZE} particle for tomodrgn)")
-    t.add_argument("--lr", type=float, default=None, help=f"learning rate (default 1e-4; {TOMODRGN_LR} for tomodrgn)")
+                   help=f"batch size per process (default: the family's; {batch_defaults})")
+    t.add_argument("--lr", type=float, default=None, help=f"learning rate (default: the family's; {lr_defaults})")
     t.add_argument("--wd", type=float, default=0.0, help="weight decay (default 0)")
     t.add_argument("--beta", type=float, help="KL weight (default 1/zdim; 0.01 for opus-dsd)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -70,13 +101,23 @@ def add_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     t.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default 1)")
     t.add_argument("--threads", type=int, help="CPU threads for torch")
-    t.add_argument("--resume", action="store_true", help="continue the run in OUTDIR from its latest checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in OUTDIR from its latest checkpoint with its recorded configuration "
+                        "(RUN/config.yaml); -n, --device, --threads and --no-progress may be given to change them, "
+                        "any other option must equal the recorded value")
+    t.add_argument("--load", metavar="RUN_OR_CHECKPOINT",
+                   help="start from the model weights of another run (its best epoch, else its last) or of a "
+                        "checkpoint file; the family and architecture must match; fresh optimizer, epochs from 1")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_opus_args(p)
     _add_tomodrgn_args(p)
 
 
 def _add_tomodrgn_args(p: argparse.ArgumentParser) -> None:
+    for action in p._actions[first:]:
+        if action.option_strings and action.dest != "help":
+            _DEFAULTS[action.dest] = action.default
+            action.default = None
     g = p.add_argument_group("tomodrgn", "options of --model tomodrgn (tilt series; see docs/tomography.md)")
     g.add_argument("--tilt-format", default="auto", choices=["auto", "imageseries", "optimisation_set"],
                    help="input kind (default: detected from the file's content)")
@@ -119,39 +160,48 @@ def _add_opus_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--lr-decay", type=float, default=0.95, help="learning-rate factor per epoch (default 0.95)")
 
 
-def config_from_args(args) -> RunConfig:
-    """The typed configuration described by the command line."""
+def _field_of(dest: str) -> tuple[str, str, bool] | None:
+    """(section, field, negated) of RunConfig that the option ``dest`` sets; None for the command's own options."""
+    if dest in _RENAMED:
+        return _RENAMED[dest]
+    if dest in _NOT_CONFIG or dest.startswith("_"):
+        return None
+    for section, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)):
+        if dest in {f.name for f in dataclasses.fields(cls)}:
+            return section, dest, False
+    return None
+
+
+def config_from_args(args, base: RunConfig | None = None) -> RunConfig:
+    """The typed configuration described by the command line.
+
+    Options not given take their defaults (``None`` for the batch size and learning rate: the family's defaults,
+    filled in when training starts); with ``base`` (the recorded configuration of a run to resume) they keep
+    the values of ``base`` instead, so that only the options given explicitly can differ from it.
+    """
     from pathlib import Path
 
     from cryoscape.errors import InputError
 
-    if args.mask and not Path(args.mask).is_file():
+    if getattr(args, "mask", None) and not Path(args.mask).is_file():
         raise InputError("mask file not found", args.mask)
-    batch_size = args.batch_size
-    if batch_size is None:
-        batch_size = {"opus-dsd": OPUS_DSD_BATCH_SIZE, "tomodrgn": TOMODRGN_BATCH_SIZE}.get(args.model, 16)
-    lr = args.lr if args.lr is not None else (TOMODRGN_LR if args.model == "tomodrgn" else 1e-4)
-    return RunConfig(
-        data=DataConfig(particles=args.particles, poses=args.poses, ctf=args.ctf, datadir=args.datadir,
-                        apix=args.apix, ind=args.ind, lazy=args.lazy, invert_data=args.invert_data,
-                        window=not args.no_window, val_frac=args.val_frac, num_workers=args.num_workers,
-                        tilt_format=args.tilt_format),
-        model=ModelConfig(family=args.model, zdim=args.zdim, enc_dim=args.enc_dim, enc_layers=args.enc_layers,
-                          dec_dim=args.dec_dim, dec_layers=args.dec_layers, pe_type=args.pe_type, pe_dim=args.pe_dim,
-                          feat_sigma=args.feat_sigma, activation=args.activation, templateres=args.templateres,
-                          channel_scale=args.channel_scale, mask=args.mask, pooling=args.pooling,
-                          ntilts=args.ntilts, tilt_embed_dim=args.tilt_embed_dim, enc_dim_b=args.enc_dim_b,
-                          enc_layers_b=args.enc_layers_b, kl_norm=args.kl_norm,
-                          recon_dose_weight=not args.no_dose_weight, recon_tilt_weight=not args.no_tilt_weight,
-                          dose_mask=not args.no_dose_mask, images_dose_weighted=args.images_dose_weighted),
-        train=TrainConfig(epochs=args.epochs, batch_size=batch_size, lr=lr, weight_decay=args.wd,
-                          beta=args.beta, seed=args.seed, amp=args.amp, device=args.device,
-                          checkpoint_every=args.checkpoint_every, threads=args.threads,
-                          freq_march=args.freq_march, march_start=args.march_start, lamb=args.lamb,
-                          knn=args.knn, kfarthest=args.kfarthest, n_samples=args.n_samples,
-                          knn_intra=args.knn_intra, momentum=args.momentum, tv_weight=args.tv_weight,
-                          l1_weight=args.l1_weight, anneal_images=args.anneal_images, lr_decay=args.lr_decay),
-    )
+    sections: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
+    for dest, value in vars(args).items():
+        where = _field_of(dest)
+        if where is None:
+            continue
+        if value is None:
+            if base is not None:
+                continue
+            value = _DEFAULTS.get(dest)
+        section, name, negated = where
+        sections[section][name] = (not value) if negated else value
+    if base is None:
+        return RunConfig(data=DataConfig(**sections["data"]), model=ModelConfig(**sections["model"]),
+                         train=TrainConfig(**sections["train"]))
+    return RunConfig(data=dataclasses.replace(base.data, **sections["data"]),
+                     model=dataclasses.replace(base.model, **sections["model"]),
+                     train=dataclasses.replace(base.train, **sections["train"]))
 
 
 def run(args) -> int:
@@ -159,8 +209,16 @@ def run(args) -> int:
     from cryoscape.train.run import train
 
     try:
-        train(config_from_args(args), args.outdir, resume=args.resume, progress=not args.no_progress)
+        train(config, args.outdir, resume=bool(args.resume), progress=not args.no_progress)
     except TrainingInterrupted as exc:
+    if args.resume:  # the recorded configuration, with the options given on this command line applied to it
+        from pathlib import Path
+
+        from cryoscape.config import load_config
+
+        config = config_from_args(args, base=load_config(Path(args.outdir) / "config.yaml"))
+    else:
+        config = config_from_args(args)
         print(f"cryoscape train: {exc}")
         return 130
     return 0

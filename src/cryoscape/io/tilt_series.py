@@ -16,8 +16,11 @@ Conventions at this boundary (``docs/tomography.md``):
 RELION 5 geometry follows RELION's ``ParticleSet``/``Tomogram`` classes: the particle matrix is
 ``A_subtomogram @ A_angles`` (particle to tomogram frame), the centre is the coordinate minus ``A_subtomogram @
 origin``, ``R_tilt`` is the rotation part of the projection matrix ``rlnTomoProj{X,Y,Z,W}``, and the defocus of a
-tilt image is the tilt's defocus plus ``rlnTomoHand * depth`` with ``depth = (R_tilt @ centre)_z`` (Angstrom, centre
-relative to the tomogram centre).
+tilt image is the tilt's defocus plus ``s * depth`` with ``depth = (R_tilt @ centre)_z`` (Angstrom, centre relative
+to the tomogram centre). Sets written by WarpTools (tomograms named ``*.tomostar``) differ in two points
+(:func:`particle_positions`, :func:`depth_defocus_sign`): ``rlnCoordinateX/Y/Z`` are in pixels of the exported
+particles (``rlnTomoTiltSeriesPixelSize x rlnTomoSubtomogramBinning``), and ``s = -rlnTomoHand`` (Warp's own defocus
+model) instead of RELION's ``s = rlnTomoHand * rlnTomoDefocusSlope``.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ FORMATS = ("auto", "imageseries", "optimisation_set")
 __all__ = ["FORMATS", "TiltSeriesSet", "detect_format", "load_tilt_series", "read_image_series_star",
            "write_image_series_star", "read_optimisation_set", "write_optimisation_set", "write_tilt_subset",
            "group_images", "TomogramGeometry", "read_star_blocks", "resolve_relative", "star_numbers",
-           "euler_columns", "particle_centre_angstrom"]
+           "euler_columns", "particle_centre_angstrom", "GEOMETRY_CONVENTIONS", "geometry_convention",
+           "depth_defocus_sign", "ParticlePositions", "particle_positions"]
 
 
 @dataclass
@@ -458,13 +462,15 @@ def _tilt_table(tblocks: dict, glob_row: pd.Series, name: str, tomograms_path: P
     raise InputError(f"no per-tilt table data_{name} for tomogram {name}", tomograms_path)
 
 
-def read_optimisation_set(path: str | Path, datadir=None, apix: float | None = None) -> TiltSeriesSet:
+def read_optimisation_set(path: str | Path, datadir=None, apix: float | None = None, geometry: str = "auto",
+                          coordinate_pixel_size_angstrom: float | None = None) -> TiltSeriesSet:
     """Read a RELION 5 / WarpTools optimisation set with 2-D tilt-image stacks per particle.
 
     ``path`` names ``rlnTomoParticlesFile`` and ``rlnTomoTomogramsFile`` (relative paths are looked up next to it,
     then in its parent folders, then in the working folder). Only frames marked 1 in ``rlnTomoVisibleFrames`` are
     used; a particle's stack holds either every frame of its tilt series or only the visible ones. See the module
-    docstring for the geometry.
+    docstring for the geometry; ``geometry`` (``'auto'``, ``'relion'``, ``'warptools'``) and
+    ``coordinate_pixel_size_angstrom`` (unit of ``rlnCoordinateX/Y/Z``) are passed to :func:`particle_positions`.
 
     Raises
     ------
@@ -521,9 +527,11 @@ def read_optimisation_set(path: str | Path, datadir=None, apix: float | None = N
         star_numbers(parts, PREMULTIPLIED_COLUMN, ppath) if PREMULTIPLIED_COLUMN in parts.columns else
         star_numbers(optics, PREMULTIPLIED_COLUMN, ppath, 0.0)[orow] if optics is not None else [], ppath)
     pixel = float(apix) if apix is not None else float(optic("rlnImagePixelSize")[0])
-    ts_pixels = optic("rlnTomoTiltSeriesPixelSize", pixel)
     ctf_values = [optic(n, d) for n, d in (("rlnVoltage", None), ("rlnSphericalAberration", None),
                                            ("rlnAmplitudeContrast", None), ("rlnPhaseShift", 0.0))]
+    positions = particle_positions(parts, optics, glob, ppath, tpath, geometry, coordinate_pixel_size_angstrom)
+    log.info("%s: %s geometry (particle coordinates and the sign of the depth-dependent defocus; docs/tomography.md)",
+             ppath, positions.convention)
     A_angles = euler_columns(parts, ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"), ppath)
     A_sub = euler_columns(parts, ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi"), ppath)
     A_p = A_sub @ A_angles
@@ -538,10 +546,10 @@ def read_optimisation_set(path: str | Path, datadir=None, apix: float | None = N
         if "rlnTomoVisibleFrames" in parts.columns else None
     cols: dict[str, list] = {k: [] for k in ("rot", "shift", "dfu", "dfv", "ang", "exp", "tilt", "file", "local")}
     offsets, centres = [0], np.zeros((len(parts), 3))
-    geometry: dict[str, tuple] = {}
+    tomograms: dict[str, tuple] = {}
     for i in range(len(parts)):
         tomo = names[i]
-        if tomo not in geometry:
+        if tomo not in tomograms:
             if tomo not in gnames:
                 raise InputError(f"particle {i} is in tomogram {tomo}, which {tpath.name} does not define", ppath)
             grow = glob.iloc[gnames.index(tomo)]
@@ -554,11 +562,11 @@ def read_optimisation_set(path: str | Path, datadir=None, apix: float | None = N
                         "tilt": star_numbers(tilts, "rlnTomoNominalStageTiltAngle", tpath, 0.0)
                         if "rlnTomoNominalStageTiltAngle" in tilts.columns else nominal,
                         "exp": pre + 0.5 * _dose_per_tilt(grow, pre, tpath)}
-            hand = float(grow["rlnTomoHand"]) if "rlnTomoHand" in grow.index else 1.0
-            geometry[tomo] = (grow, R, per_tilt, hand)
-        grow, R, per_tilt, hand = geometry[tomo]
+            sign = depth_defocus_sign(grow, positions.convention, tpath)
+            tomograms[tomo] = (grow, R, per_tilt, sign)
+        grow, R, per_tilt, sign = tomograms[tomo]
         F = len(R)
-        centres[i] = particle_centre_angstrom(parts.iloc[i], grow, float(ts_pixels[i]), ppath) - origin_tomo[i]
+        centres[i] = positions.centres_angstrom[i] - origin_tomo[i]
         vis = np.ones(F, bool) if visible_all is None else visible_all[i] > 0.5
         if vis.size != F:
             raise InputError(f"rlnTomoVisibleFrames of particle {i} has {vis.size} entries but tomogram {tomo} has "
@@ -578,8 +586,8 @@ def read_optimisation_set(path: str | Path, datadir=None, apix: float | None = N
         depth = (Rf @ centres[i])[:, 2]
         cols["rot"].append(Rf @ A_p[i])
         cols["shift"].append((Rf @ origin_tomo[i])[:, :2])
-        cols["dfu"].append(per_tilt["dfu"][frames] + hand * depth)
-        cols["dfv"].append(per_tilt["dfv"][frames] + hand * depth)
+        cols["dfu"].append(per_tilt["dfu"][frames] + sign * depth)
+        cols["dfv"].append(per_tilt["dfv"][frames] + sign * depth)
         for key in ("ang", "exp", "tilt"):
             cols[key].append(per_tilt[key][frames])
         cols["file"].append(np.full(frames.size, stacks[i], dtype=object))
@@ -620,15 +628,165 @@ def _dose_per_tilt(grow: pd.Series, pre: np.ndarray, path: Path) -> float:
     return float(np.median(steps))
 
 
-def particle_centre_angstrom(row: pd.Series, grow: pd.Series, ts_pixel: float, path: Path) -> np.ndarray:
-    """Particle coordinate relative to the tomogram centre in Angstrom (before the origin shift)."""
+# ------------------------------------------------------------------ RELION 5 / WarpTools particle geometry
+GEOMETRY_CONVENTIONS = ("auto", "relion", "warptools")
+WARPTOOLS_TOMOGRAM_SUFFIX = ".tomostar"  # WarpTools ts_export_particles names every tomogram ROOTNAME.tomostar
+
+
+def geometry_convention(tomogram_names, requested: str = "auto") -> str:
+    """Whose geometry a tomograms file follows: ``'warptools'`` or ``'relion'``.
+
+    ``'auto'``: ``'warptools'`` when every tomogram is named ``*.tomostar`` (WarpTools' ``ts_export_particles``
+    writes ``rlnTomoName = ROOTNAME.tomostar``; RELION names tomograms after the tilt series), else ``'relion'``.
+    See :func:`particle_positions` and :func:`depth_defocus_sign` for what differs.
+    """
+    if requested not in GEOMETRY_CONVENTIONS:
+        raise InputError(f"unknown geometry convention {requested!r}; choose one of {', '.join(GEOMETRY_CONVENTIONS)}")
+    if requested != "auto":
+        return requested
+    names = [str(n) for n in tomogram_names]
+    return "warptools" if names and all(n.endswith(WARPTOOLS_TOMOGRAM_SUFFIX) for n in names) else "relion"
+
+
+def depth_defocus_sign(grow: pd.Series, convention: str, path: Path) -> float:
+    """Factor ``s`` of the depth term: a particle's defocus in tilt ``f`` is ``defocus_f + s * (R_f @ centre)_z``.
+
+    RELION 5 (``Tomogram::getCtf``/``getDepthOffset``): ``s = rlnTomoHand * rlnTomoDefocusSlope`` (slope 1 when
+    absent). WarpTools: Warp's own model (``TiltSeries.GetPositionInAllTilts``: defocus = tilt defocus + image-space z
+    when ``AreAnglesInverted`` is false, minus it when true) with the hand WarpTools writes for it
+    (``RelionParticleSeriesExport.GetRelionHand``: -1 when not inverted, +1 when inverted), i.e. ``s = -rlnTomoHand``.
+    """
+    if "rlnTomoHand" in grow.index:
+        hand = float(grow["rlnTomoHand"])
+    else:
+        log.warning("%s: no rlnTomoHand for tomogram %s; depth-dependent defocus assumes hand +1", path,
+                    grow.get("rlnTomoName", "?"))
+        hand = 1.0
+    slope = float(grow["rlnTomoDefocusSlope"]) if "rlnTomoDefocusSlope" in grow.index else 1.0
+    return (-hand if convention == "warptools" else hand) * slope
+
+
+def particle_centre_angstrom(row: pd.Series, grow: pd.Series, coordinate_pixel: float, path: Path,
+                             tomogram_pixel: float | None = None) -> np.ndarray:
+    """Particle coordinate relative to the tomogram centre in Angstrom (before the origin shift).
+
+    ``rlnCenteredCoordinateX/Y/ZAngst`` as written; else ``rlnCoordinateX/Y/Z * coordinate_pixel`` minus half the
+    tomogram (``rlnTomoSizeX/Y/Z * tomogram_pixel``, default ``coordinate_pixel``).
+    """
     if all(f"rlnCenteredCoordinate{a}Angst" in row.index for a in "XYZ"):
         return np.array([float(row[f"rlnCenteredCoordinate{a}Angst"]) for a in "XYZ"])
     if all(f"rlnCoordinate{a}" in row.index for a in "XYZ") and all(f"rlnTomoSize{a}" in grow.index for a in "XYZ"):
-        return np.array([(float(row[f"rlnCoordinate{a}"]) - float(grow[f"rlnTomoSize{a}"]) / 2) * ts_pixel
+        tpx = coordinate_pixel if tomogram_pixel is None else tomogram_pixel
+        return np.array([float(row[f"rlnCoordinate{a}"]) * coordinate_pixel - float(grow[f"rlnTomoSize{a}"]) * tpx / 2
                          for a in "XYZ"])
     raise InputError("particles need rlnCenteredCoordinateX/Y/ZAngst (or rlnCoordinateX/Y/Z with the tomogram size)",
                      path)
+
+
+@dataclass
+class ParticlePositions:
+    """Where the particles of an optimisation set sit in their tomograms.
+
+    ``centres_angstrom`` ``(N, 3)``: coordinate relative to the tomogram centre (before the origin shift);
+    ``box_angstrom`` ``(N, 3)``: size of each particle's tomogram (NaN where ``rlnTomoSize*`` is absent);
+    ``coordinate_pixel_angstrom`` ``(N,)``: the unit taken for ``rlnCoordinate*`` (NaN where centred Angstrom
+    coordinates were read); ``convention``: ``'relion'`` or ``'warptools'``.
+    """
+
+    centres_angstrom: np.ndarray
+    box_angstrom: np.ndarray
+    coordinate_pixel_angstrom: np.ndarray
+    convention: str
+
+    @property
+    def from_first_voxel_angstrom(self) -> np.ndarray:
+        """``(N, 3)`` coordinates from the tomogram's first voxel (the frame of the tomogram opened with origin 0)."""
+        return self.centres_angstrom + self.box_angstrom / 2
+
+
+def _per_particle(name: str, parts: pd.DataFrame, optics, orow, glob: pd.DataFrame, tomo_row, ppath: Path,
+                  tpath: Path) -> np.ndarray | None:
+    """A per-particle value: the particle's own column, else its optics group's, else its tomogram's, else None."""
+    if name in parts.columns:
+        return star_numbers(parts, name, ppath)
+    if optics is not None and name in optics.columns:
+        return star_numbers(optics, name, ppath)[orow]
+    if name in glob.columns:
+        return star_numbers(glob, name, tpath)[tomo_row]
+    return None
+
+
+def particle_positions(parts: pd.DataFrame, optics, glob: pd.DataFrame, ppath: Path, tpath: Path,
+                       convention: str = "auto", coordinate_pixel_size: float | None = None) -> ParticlePositions:
+    """Particle centres of an optimisation set's particle table (``optics``: its ``data_optics`` or None).
+
+    * ``rlnCenteredCoordinateX/Y/ZAngst`` (RELION 5): Angstrom from the tomogram centre, as written.
+    * ``rlnCoordinateX/Y/Z``: pixels from the tomogram's first voxel. The tomogram centre is
+      ``rlnTomoSizeX/Y/Z / 2`` pixels of the tomogram's ``rlnTomoTiltSeriesPixelSize`` (``data_global``). The unit
+      of the coordinates is ``coordinate_pixel_size`` when given, else
+
+      - ``'relion'``: ``rlnTomoTiltSeriesPixelSize`` of the particle's optics group (RELION 5
+        ``ParticleSet::getParticleCoordDecenteredPixel``, RELION 4 files);
+      - ``'warptools'``: ``rlnTomoTiltSeriesPixelSize x rlnTomoSubtomogramBinning``, the pixel of the exported
+        particles (``rlnImagePixelSize``): WarpTools writes ``position / BinnedPixelSizeMean``
+        (``TiltSeries.ReconstructParticleSeries``). Exports before WarpTools commit 7ad2dcc (2026-07-22) give the
+        unbinned tilt-series pixel, a binning > 1 and the tomogram size in unbinned pixels; later ones give the
+        particle pixel, binning 1 and the size in particle pixels. Both read right this way, while RELION's rule puts
+        the particles of the older files in the corner of their tomograms.
+
+    ``convention``: ``'auto'`` (:func:`geometry_convention` of the particles' tomogram names), ``'relion'`` or
+    ``'warptools'``. Logs a warning naming the file when particles fall outside their tomograms.
+    """
+    convention = geometry_convention(parts["rlnTomoName"].astype(str) if "rlnTomoName" in parts.columns else [],
+                                     convention)
+    n = len(parts)
+    if n == 0:
+        return ParticlePositions(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), convention)
+    if "rlnTomoName" not in parts.columns:
+        raise InputError("missing column rlnTomoName", ppath)
+    gnames = glob["rlnTomoName"].astype(str).tolist() if "rlnTomoName" in glob.columns else []
+    names = parts["rlnTomoName"].astype(str).tolist()
+    missing = sorted(set(names) - set(gnames))
+    if missing:
+        raise InputError(f"particles refer to tomograms {missing[:3]} that {tpath.name} does not define", ppath)
+    tomo_row = np.array([gnames.index(t) for t in names], dtype=np.int64)
+    if optics is not None and len(optics):
+        groups = star_numbers(optics, "rlnOpticsGroup", ppath, 1).astype(int)
+        pg = star_numbers(parts, "rlnOpticsGroup", ppath, groups[0]).astype(int)
+        lookup = {g: i for i, g in enumerate(groups)}
+        if set(pg) - set(lookup):
+            raise InputError(f"particles refer to unknown optics groups {sorted(set(pg) - set(lookup))}", ppath)
+        orow = np.array([lookup[g] for g in pg], dtype=np.int64)
+    else:
+        optics, orow = None, np.zeros(n, np.int64)
+    ts_px = _per_particle("rlnTomoTiltSeriesPixelSize", parts, optics, orow, glob, tomo_row, ppath, tpath)
+    tomo_px = star_numbers(glob, "rlnTomoTiltSeriesPixelSize", tpath)[tomo_row] \
+        if "rlnTomoTiltSeriesPixelSize" in glob.columns else ts_px
+    centred_in_file = all(f"rlnCenteredCoordinate{a}Angst" in parts.columns for a in "XYZ")
+    if coordinate_pixel_size is not None:
+        coord_px = np.full(n, float(coordinate_pixel_size))
+    elif centred_in_file:
+        coord_px = np.full(n, np.nan)
+    else:
+        if ts_px is None:
+            raise InputError("no rlnTomoTiltSeriesPixelSize for the particle coordinates rlnCoordinateX/Y/Z", ppath,
+                             "give the coordinate pixel size (--coord-apix)")
+        binning = _per_particle("rlnTomoSubtomogramBinning", parts, optics, orow, glob, tomo_row, ppath, tpath)
+        coord_px = ts_px * (binning if convention == "warptools" and binning is not None else 1.0)
+    if tomo_px is None:
+        tomo_px = coord_px
+    sizes = np.full((n, 3), np.nan)
+    if all(f"rlnTomoSize{a}" in glob.columns for a in "XYZ"):
+        sizes = np.stack([star_numbers(glob, f"rlnTomoSize{a}", tpath)[tomo_row] for a in "XYZ"], axis=1)
+    box = sizes * np.asarray(tomo_px, np.float64)[:, None]
+    centres = np.stack([particle_centre_angstrom(parts.iloc[i], glob.iloc[tomo_row[i]], float(coord_px[i]), ppath,
+                                                 float(tomo_px[i])) for i in range(n)])
+    outside = np.any(np.abs(centres) > 0.55 * box, axis=1)  # NaN box: never outside
+    if outside.any():
+        log.warning("%s: %d of %d particles lie outside their tomograms (rlnTomoSizeX/Y/Z x rlnTomoTiltSeriesPixelSize,"
+                    " coordinates read the %s way); check the coordinate pixel size", ppath, int(outside.sum()), n,
+                    convention)
+    return ParticlePositions(centres, box, coord_px, convention)
 
 
 def write_optimisation_set(out_dir: str | Path, pixel_size_angstrom: float, D: int,

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from cryoscape.errors import OutputError
 
-__all__ = ["nearest_existing_dir", "check_output_location", "free_bytes", "format_bytes",
+__all__ = ["nearest_existing_dir", "check_writable_location", "check_run_folder", "check_output_location",
+           "RUN_ENTRIES", "free_bytes", "format_bytes",
            "checkpoint_count", "estimate_checkpoint_bytes", "estimate_training_bytes", "check_free_space",
            "check_training_space", "remove_partial_files"]
 
@@ -39,8 +40,8 @@ def nearest_existing_dir(path: str | Path) -> Path:
     return Path(path.anchor)
 
 
-def check_output_location(path: str | Path) -> Path:
-    """Check that the output folder ``path`` exists and is writable, or could be created; create nothing.
+def check_writable_location(path: str | Path) -> Path:
+    """Check that the folder ``path`` exists and is writable, or could be created; create nothing.
 
     Returns
     -------
@@ -60,6 +61,50 @@ def check_output_location(path: str | Path) -> Path:
     except OSError as exc:
         where = "" if base == Path(path).absolute() else f" (tested {base}, where it would be created)"
         raise OutputError(f"{path}: cannot write to this output folder{where}: {exc.strerror or exc}") from exc
+    return base
+
+
+# what `cryoscape train` and the commands run on its output write into a run folder (docs/run-directory.md)
+RUN_ENTRIES = frozenset({"config.yaml", "log.txt", "train.log", "metrics.csv", "indices.npy", "split.npz",
+                         "best_epoch", "checkpoints", "latents", "analysis", "explore_selections"})
+
+
+def check_run_folder(path: str | Path) -> None:
+    """Refuse a non-empty folder that is not a cryoscape run folder; create nothing.
+
+    A run folder must be new, empty (names starting with ``.`` do not count) or hold a run (``config.yaml``, or
+    only the entries a run has); a folder of data, or anything else, is refused so that a run is never written among
+    other files. Whether an existing run may be continued (``--resume``) is decided by ``train``.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return
+    entries = [p.name for p in path.iterdir() if not p.name.startswith(".")]
+    if not entries or (path / "config.yaml").is_file() or set(entries) <= RUN_ENTRIES:
+        return
+    shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+    raise OutputError(f"{path}: this folder is not empty and is not a cryoscape run (it holds {shown}); a run "
+                      f"folder must be new or empty, or an earlier run to continue with --resume (choose another -o)")
+
+
+def check_output_location(path: str | Path) -> Path:
+    """Check the run folder ``path`` of ``cryoscape train``: writable (or creatable), and new, empty or a run.
+
+    Creates nothing (see :func:`check_writable_location` and :func:`check_run_folder`).
+
+    Returns
+    -------
+    Path
+        The existing folder that was tested (``path`` or its nearest existing ancestor).
+
+    Raises
+    ------
+    OutputError
+        One line naming ``path`` when it is a file, a non-empty folder that is not a run, or when the folder it
+        would be written to is not writable (permissions, read-only file system).
+    """
+    base = check_writable_location(path)
+    check_run_folder(path)
     return base
 
 
