@@ -39,7 +39,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--volumes", help="folder with vol_001.mrc ... (map of cluster c is vol_{c+1:03d}.mrc)")
     p.add_argument("--level", type=float, help="contour level of the placed maps")
     p.add_argument("--marker-radius", type=float, default=50.0, help="marker radius in Angstrom (default 50)")
-    p.add_argument("--coord-apix", type=float, help="pixel size of the STAR coordinates (default: from the file)")
+    p.add_argument("--coord-apix", type=float,
+                   help="pixel size (A) of the STAR's rlnCoordinateX/Y/Z (default: from the file; optimisation sets: "
+                        "rlnTomoTiltSeriesPixelSize, x rlnTomoSubtomogramBinning for WarpTools *.tomostar sets; "
+                        "see docs/tomography.md)")
     p.add_argument("--tomogram-dir", help="folder with TOMOGRAM.mrc files to open under the markers")
     p.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
 
