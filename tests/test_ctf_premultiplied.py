@@ -145,3 +145,134 @@ def test_image_series_flag(tmp_path):
                                        ["1"] * m, ctf_premultiplied=flag)
         t = load_tilt_series(path)
         assert t.ctf_premultiplied is flag and t.subset([1]).ctf_premultiplied is flag
+
+
+# -- the models' forward: CTF^2 x slice, checked against an independent numpy CTF and weighting -------------------
+KV, CS, W = 300.0, 2.7, 0.1
+
+
+def _ctf_numpy(freqs_per_angstrom, defocus):
+    """Non-astigmatic CTF from the documented formula (docs/conventions.md), written out in numpy."""
+    s2 = (np.asarray(freqs_per_angstrom, np.float64) ** 2).sum(-1)
+    volts = KV * 1e3
+    lam = 12.2643 / np.sqrt(volts * (1 + 0.978466e-6 * volts))
+    chi = np.pi * lam * np.asarray(defocus)[..., None] * s2 - 0.5 * np.pi * CS * 1e7 * lam**3 * s2**2
+    return np.sqrt(1 - W * W) * np.sin(chi) + W * np.cos(chi)
+
+
+def _ctf_params(defocus):
+    d = np.asarray(defocus, np.float64).reshape(-1)
+    return CTFParams.create(d, d, np.zeros_like(d), KV, CS, W).to_array().reshape(np.shape(defocus) + (9,))
+
+
+def _rotations(n, seed):
+    return euler_relion_to_matrix(np.random.default_rng(seed).uniform(0, 180, (n, 3))).astype(np.float32)
+
+
+def test_cryodrgn_forward_uses_ctf_squared():
+    import torch
+
+    from cryoscape.models.cryodrgn import CryoDRGN
+
+    torch.manual_seed(0)
+    D8, apix, B = 8, 4.0, 3
+    defocus = np.array([8000.0, 15000.0, 22000.0])
+    pre = CryoDRGN(D8, apix, zdim=0, dec_dim=16, dec_layers=1, ctf_premultiplied=True).eval()
+    plain = CryoDRGN(D8, apix, zdim=0, dec_dim=16, dec_layers=1).eval()
+    plain.load_state_dict(pre.state_dict())
+    rot = torch.from_numpy(_rotations(B, 1))
+    with torch.no_grad():
+        slices = pre.render(rot, None).numpy().astype(np.float64)
+    c = _ctf_numpy(pre.freqs.numpy() / apix, defocus)
+    assert np.mean(c < 0) > 0.2  # the CTF changes sign here, so CTF and CTF^2 differ
+    batch = {"rot": rot, "ctf": torch.from_numpy(_ctf_params(defocus))}
+    noise = np.random.default_rng(2).normal(size=slices.shape) * 0.1 * slices.std()
+    for model, transfer in ((pre, c**2), (plain, c)):
+        y = slices * transfer + noise
+        with torch.no_grad():
+            recon = float(model({**batch, "y": torch.from_numpy(y).float()})["recon"])
+        expected = np.mean((slices * transfer - y) ** 2)  # = mean(noise^2)
+        assert recon == pytest.approx(expected, rel=1e-3)
+    with torch.no_grad():  # the premultiplied model does not fit plain data
+        wrong = float(pre({**batch, "y": torch.from_numpy(slices * c).float()})["recon"])
+    assert wrong > 10 * np.mean(noise**2)
+
+
+def test_cryodrgn_encoder_sees_premultiplied_images_unflipped():
+    import torch
+
+    from cryoscape.models.cryodrgn import CryoDRGN
+
+    torch.manual_seed(0)
+    pre = CryoDRGN(8, 4.0, zdim=2, enc_dim=16, enc_layers=1, dec_dim=16, dec_layers=1, ctf_premultiplied=True).eval()
+    plain = CryoDRGN(8, 4.0, zdim=2, enc_dim=16, enc_layers=1, dec_dim=16, dec_layers=1).eval()
+    plain.load_state_dict(pre.state_dict())
+    defocus = np.array([10000.0, 20000.0])
+    y = torch.randn(2, pre.pixels.n_pixels)
+    batch = {"y": y, "rot": torch.from_numpy(_rotations(2, 3)), "ctf": torch.from_numpy(_ctf_params(defocus))}
+    sign = torch.from_numpy(np.sign(_ctf_numpy(pre.freqs.numpy() / 4.0, defocus))).float()
+    with torch.no_grad():
+        torch.testing.assert_close(pre.latent_means(batch), pre.encoder(y)[:, :2])
+        torch.testing.assert_close(plain.latent_means(batch), plain.encoder(y * sign)[:, :2])
+
+
+def test_tomodrgn_forward_uses_ctf_squared_with_dose_and_tilt_weights():
+    import torch
+
+    from cryoscape.models.tomodrgn import TomoDRGN
+
+    torch.manual_seed(0)
+    D8, apix, B, T = 8, 5.0, 2, 3
+    kw = dict(ntilts=None, zdim=0, dec_dim=16, dec_layers=1)
+    pre = TomoDRGN(D8, apix, ctf_premultiplied=True, **kw).eval()
+    plain = TomoDRGN(D8, apix, **kw).eval()
+    plain.load_state_dict(pre.state_dict())
+    defocus = np.array([[9000.0, 12000.0, 15000.0], [20000.0, 21000.0, 22000.0]])
+    exposure = np.array([[2.0, 30.0, 60.0], [5.0, 45.0, 20.0]])
+    tilt = np.array([[0.0, 20.0, -40.0], [0.0, -10.0, 50.0]])
+    rot = torch.from_numpy(_rotations(B * T, 4).reshape(B, T, 3, 3))
+    keep_all = torch.ones(B, T, pre.points.shape[0], dtype=torch.bool)
+    with torch.no_grad():
+        slices = pre.render(rot, None, keep_all).numpy().astype(np.float64)
+    k = np.linalg.norm(pre.freqs.numpy(), axis=-1) / apix  # (P,)
+    c = _ctf_numpy(pre.freqs.numpy() / apix, defocus)  # (B, T, P)
+    with np.errstate(divide="ignore"):
+        ne = np.where(k > 0, 0.245 * k ** -1.665 + 2.81, np.inf)  # Grant & Grigorieff at 300 kV
+    w = np.exp(-exposure[..., None] / (2 * ne)) * np.cos(np.radians(tilt))[..., None]
+    w = w * (exposure[..., None] <= 2.51284 * ne)  # optimal-exposure mask
+    assert 0 < (w == 0).mean() < 0.5  # the mask removes some pixels here
+    batch = {"rot": rot, "ctf": torch.from_numpy(_ctf_params(defocus)).float(),
+             "exposure": torch.from_numpy(exposure).float(), "tilt_deg": torch.from_numpy(tilt).float(),
+             "tilt_mask": torch.ones(B, T, dtype=torch.bool), "tilt_key": torch.rand(B, T)}
+    noise = np.random.default_rng(5).normal(size=slices.shape) * 0.1 * slices.std()
+    for model, transfer in ((pre, c**2), (plain, c)):
+        y = slices * transfer + noise
+        with torch.no_grad():
+            recon = float(model({**batch, "y": torch.from_numpy(y).float()})["recon"])
+        expected = (w * (slices * transfer - y) ** 2).sum() / w.sum()
+        assert recon == pytest.approx(expected, rel=1e-3)
+    with torch.no_grad():
+        wrong = float(pre({**batch, "y": torch.from_numpy(slices * c).float()})["recon"])
+    assert wrong > 10 * (w * noise**2).sum() / w.sum()
+
+
+def test_opus_render_uses_ctf_squared():
+    import torch
+
+    from cryoscape.models.opus_dsd import render_images
+
+    D16, apix = 16, 4.0
+    vols = torch.randn(2, D16, D16, D16)
+    rot = torch.from_numpy(_rotations(2, 6))
+    defocus = np.array([9000.0, 18000.0])
+    ctf = torch.from_numpy(_ctf_params(defocus))
+    proj = render_images(vols, rot, None, apix).numpy().astype(np.float64)
+    k1 = (np.arange(D16) - D16 // 2) / (D16 * apix)
+    freqs = np.stack(np.meshgrid(k1, k1, indexing="ij"), -1)  # radially symmetric CTF: axis order irrelevant
+    c = _ctf_numpy(freqs[None], defocus[:, None])  # (2, D, D), DC at D // 2
+    spectrum = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(proj, axes=(-2, -1))), axes=(-2, -1))
+    for premultiplied, transfer in ((True, c**2), (False, c)):
+        expected = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(spectrum * transfer, axes=(-2, -1))),
+                                   axes=(-2, -1)).real
+        got = render_images(vols, rot, ctf, apix, ctf_premultiplied=premultiplied).numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())

@@ -40,6 +40,12 @@ def encode_particles(run_dir, output=None, epoch=None, particles=None, poses=Non
     if data.D != trained.D:
         raise InputError(f"images are {data.D} px but the model was trained on {trained.D} px",
                          particles or config.data.particles, hint="downsample them with `cryoscape downsample`")
+    trained_premultiplied = bool(trained.build.get("ctf_premultiplied", False))
+    if bool(getattr(data, "ctf_premultiplied", False)) != trained_premultiplied:
+        kind = ("plain", "CTF-premultiplied")
+        raise InputError(f"images are {kind[not trained_premultiplied]} but the model was trained on "
+                         f"{kind[trained_premultiplied]} images (rlnCtfDataAreCtfPremultiplied)",
+                         particles or config.data.particles)
     data.to(dev)  # metadata only: the images stay on disk until their batch
     z = encode_all(trained.model, data, batch_size, progress=progress)
     if output is not None:

@@ -62,6 +62,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cs", action="store_true", help="also write OUT/particles.cs (cryoSPARC)")
     parser.add_argument("--pkl", action="store_true", help="also write OUT/pose.pkl and OUT/ctf.pkl (cryoDRGN)")
     parser.add_argument("--clean", action="store_true", help="also write the noise-free images OUT/clean.mrcs")
+    parser.add_argument("--premultiply", action="store_true",
+                        help="write CTF-premultiplied images (CTF x image, rlnCtfDataAreCtfPremultiplied 1 in "
+                             "particles.star); not with --no-ctf, --cs or --pkl")
     parser.add_argument("--chunk-size", type=int, default=500, help="images simulated at once (default 500)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             states, args.n_particles, out, snr=args.snr, seed=args.seed, max_shift_px=args.max_shift,
             defocus_range_um=(lo, hi), astigmatism_um=args.astigmatism, bfactor_angstrom2=args.bfactor,
             ctf=not args.no_ctf, write_cs=args.cs, write_pkl=args.pkl, write_clean=args.clean,
-            chunk_size=args.chunk_size, device=device,
+            chunk_size=args.chunk_size, device=device, premultiply=args.premultiply,
         )
     log.info("noise standard deviation %.4g; wrote %s", result["noise_std"], args.outdir)
     return 0

@@ -69,6 +69,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    help="3-D origins uniform in [-PX, PX]^3 pixels (default 2)")
     t.add_argument("--optimisation-set", action="store_true",
                    help="also write a RELION 5 optimisation set with one 2-D stack per particle")
+    t.add_argument("--premultiply", action="store_true",
+                   help="write CTF-premultiplied images (CTF x image, as WarpTools and RELION 5 extract 2-D stacks), "
+                        "flagged rlnCtfDataAreCtfPremultiplied 1")
     parser.add_argument("--chunk-size", type=int, default=512, help="images simulated at once (default 512)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             chunk_size=args.chunk_size, device=device, n_tomograms=args.tomograms,
             defocus_range_um=tuple(args.defocus), defocus_jitter_um=args.defocus_jitter,
             astigmatism_um=args.astigmatism, max_shift_px=args.max_shift, drop_tilts=args.drop_tilts,
-            voltage_kv=args.voltage)
+            voltage_kv=args.voltage, premultiply=args.premultiply)
     log.info("noise standard deviation %.4g; %d tilt images; wrote %s", result["noise_std"],
              len(result["metadata"].exposure), args.outdir)
     return 0

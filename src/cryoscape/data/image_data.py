@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 from cryoscape.data.healpix_sampler import view_classes
-from cryoscape.data.prepared import estimate_norm, prepare_all
+from cryoscape.data.prepared import ctf_premultiplied_flag, estimate_norm, prepare_all
 from cryoscape.data.preprocess import check_finite, make_window
 from cryoscape.errors import InputError
 from cryoscape.imaging.shift import translate_images
 
 __all__ = ["ImageParticleData", "prepare_images"]
+
+log = logging.getLogger(__name__)
 
 
 def prepare_images(images: torch.Tensor, shifts_px: torch.Tensor | None = None, window: torch.Tensor | None = None,
@@ -52,6 +56,9 @@ class ImageParticleData:
     norm_std : scale the images are divided by; the standard deviation of up to 1000 prepared images when
         ``None``.
     nside : HEALPix resolution of the projection classes (``batch["view_class"]``).
+
+    ``ctf_premultiplied`` is the particle set's flag (images hold ``CTF x image``; models render ``CTF^2 x``
+    the projection).
     """
 
     def __init__(self, particles, *, invert=False, window=True, window_inner=0.85, lazy=False,
@@ -74,6 +81,7 @@ class ImageParticleData:
         self._shifts_cpu = torch.as_tensor(particles.poses.shifts_px(self.pixel_size_angstrom), dtype=torch.float32)
         self._classes = torch.as_tensor(self.view_classes)
         self.ctf = None if particles.ctf is None else torch.as_tensor(particles.ctf.to_array(), dtype=torch.float32)
+        self.ctf_premultiplied = ctf_premultiplied_flag(particles, self.ctf is not None, log)
         self.device = torch.device("cpu")
         self.norm_std = float(norm_std) if norm_std is not None else self._estimate_norm()
         self.images: torch.Tensor | None = None

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from cryoscape.data.fourier_pixels import FourierPixels
-from cryoscape.data.prepared import estimate_norm, prepare_all
+from cryoscape.data.prepared import ctf_premultiplied_flag, estimate_norm, prepare_all
 from cryoscape.data.preprocess import check_finite, hartley_pixels, make_window
 from cryoscape.errors import InputError
 
@@ -30,6 +30,8 @@ class SliceParticleData:
     invert, window, window_inner : image preparation (see :func:`hartley_pixels`).
     lazy : read and prepare images per batch.
     norm_std : scale the Hartley values are divided by; computed from up to 1000 images when ``None``.
+
+    ``ctf_premultiplied`` is the particle set's flag (images hold ``CTF x image``; models render ``CTF^2 x slice``).
     """
 
     def __init__(self, particles, pixels: FourierPixels, *, invert=False, window=True, window_inner=0.85,
@@ -50,6 +52,7 @@ class SliceParticleData:
         self.rotations = torch.as_tensor(particles.poses.rotations, dtype=torch.float32)
         self._shifts_cpu = torch.as_tensor(particles.poses.shifts_px(self.pixel_size_angstrom), dtype=torch.float32)
         self.ctf = None if particles.ctf is None else torch.as_tensor(particles.ctf.to_array())
+        self.ctf_premultiplied = ctf_premultiplied_flag(particles, self.ctf is not None, log)
         self.device = torch.device("cpu")
         self.norm_std = float(norm_std) if norm_std is not None else self._estimate_norm()
         self.values: torch.Tensor | None = None

@@ -32,3 +32,16 @@ def prepare_all(prepare: Callable[[np.ndarray], torch.Tensor], n_rows: int, row_
             out[start : start + len(idx)] = prepare(idx) / norm_std
             bar.update(len(idx))
     return out
+
+
+def ctf_premultiplied_flag(particles, has_ctf: bool, log) -> bool:
+    """``particles.ctf_premultiplied`` (False when absent), logged once when set; CTF-premultiplied images without
+    CTF parameters are refused (the model could not undo the premultiplication)."""
+    premultiplied = bool(getattr(particles, "ctf_premultiplied", False))
+    if premultiplied:
+        if not has_ctf:
+            raise InputError("the images are CTF-premultiplied (rlnCtfDataAreCtfPremultiplied 1) but have no CTF "
+                             "parameters", particles.source_path, "give the CTF (STAR columns or --ctf ctf.pkl)")
+        log.info("%s: the images are CTF-premultiplied (rlnCtfDataAreCtfPremultiplied 1): modelled as CTF^2 x slice",
+                 particles.source_path)
+    return premultiplied

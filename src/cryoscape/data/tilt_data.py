@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from cryoscape.data.fourier_pixels import FourierPixels
-from cryoscape.data.prepared import estimate_norm, prepare_all
+from cryoscape.data.prepared import ctf_premultiplied_flag, estimate_norm, prepare_all
 from cryoscape.data.preprocess import check_finite, hartley_pixels, make_window
 from cryoscape.errors import InputError
 
@@ -36,6 +36,8 @@ class TiltSeriesData:
     invert, window, window_inner : image preparation (see :func:`cryoscape.data.preprocess.hartley_pixels`).
     lazy : read and prepare images per batch.
     norm_std : scale the Hartley values are divided by; estimated from up to 1000 images when ``None``.
+
+    ``ctf_premultiplied`` is the set's flag (stacks hold ``CTF x image``; models render ``CTF^2 x slice``).
     """
 
     def __init__(self, tilts, pixels: FourierPixels, *, invert=False, window=True, window_inner=0.85, lazy=False,
@@ -55,6 +57,7 @@ class TiltSeriesData:
         self.rotations = torch.as_tensor(tilts.rotations, dtype=torch.float32)
         self._shifts_cpu = torch.as_tensor(tilts.shifts_angstrom / self.pixel_size_angstrom, dtype=torch.float32)
         self.ctf = torch.as_tensor(tilts.ctf.to_array())
+        self.ctf_premultiplied = ctf_premultiplied_flag(tilts, True, log)
         self.exposure = torch.as_tensor(tilts.exposure_e_per_angstrom2, dtype=torch.float32)
         self.tilt_deg = torch.as_tensor(tilts.tilt_deg, dtype=torch.float32)
         self.tilt_key = torch.as_tensor(np.random.default_rng(12345).random(tilts.n_images), dtype=torch.float32)

@@ -279,8 +279,11 @@ def write_particle_subset(particles: ParticleSet, indices, out_path: str | Path)
     stacks = [files[f] for f in sub.images.file_ids]
     if suffix == ".star":
         return write_star(out_path, format_image_names(stacks, sub.images.local_indices), sub.pixel_size_angstrom,
-                          sub.D, sub.poses, sub.ctf)
+                          sub.D, sub.poses, sub.ctf, ctf_premultiplied=sub.ctf_premultiplied)
     if suffix == ".cs":
+        if sub.ctf_premultiplied:
+            raise InputError("the particles are CTF-premultiplied, which a cryoSPARC .cs file cannot record", out_path,
+                             "write a .star file instead")
         return write_cs(out_path, stacks, sub.images.local_indices, sub.pixel_size_angstrom, sub.D, sub.poses,
                         sub.ctf)
     raise InputError(f"cannot write particles as {suffix!r}", out_path, "use .star, .cs or .mrcs")

@@ -7,6 +7,9 @@ the decoder evaluates the volume's Fourier transform at the 3-D coordinates of t
 Loss = MSE + beta * KL / P (KL to N(0, I), ``P`` = number of pixels, beta = 1/zdim by default, as in cryoDRGN).
 ``zdim = 0`` is the homogeneous coordinate network (cryoDRGN's ``train_nn``).
 
+CTF-premultiplied images (``rlnCtfDataAreCtfPremultiplied 1``) hold ``CTF x image``: the rendered slice is then
+multiplied by ``CTF^2`` (sign-free), and the encoder sees the images as they are (no phase flip).
+
 Only half of the Hermitian-symmetric slice is evaluated; the other half follows from ``F(-k) = conj F(k)``.
 
 Frequency marching (optional, as in cryoDRGN-AI): while training, only pixels with ``|k| < r`` are decoded and
@@ -46,6 +49,7 @@ class CryoDRGN(nn.Module):
     beta : KL weight; ``None`` gives ``1 / zdim``.
     norm_std : the data normalisation (volumes are rescaled by it).
     freq_march_epochs, march_start : frequency marching (see the module docstring; ``0`` epochs = off).
+    ctf_premultiplied : the images are CTF-premultiplied (the slice is multiplied by ``CTF^2``; no phase flip).
     """
 
     family = "cryodrgn"
@@ -53,9 +57,11 @@ class CryoDRGN(nn.Module):
     def __init__(self, D: int, pixel_size_angstrom: float, zdim: int = 8, enc_dim: int = 256, enc_layers: int = 3,
                  dec_dim: int = 256, dec_layers: int = 3, pe_type: str = "gaussian", pe_dim: int | None = None,
                  feat_sigma: float = 0.5, activation: str = "relu", beta: float | None = None,
-                 norm_std: float = 1.0, freq_march_epochs: float = 0.0, march_start: float = 0.25):
+                 norm_std: float = 1.0, freq_march_epochs: float = 0.0, march_start: float = 0.25,
+                 ctf_premultiplied: bool = False):
         super().__init__()
         self.D = D
+        self.ctf_premultiplied = bool(ctf_premultiplied)
         self.zdim = zdim
         self.beta = (1.0 / zdim if zdim > 0 else 0.0) if beta is None else float(beta)
         self.pixels = FourierPixels.create(D)
@@ -76,10 +82,11 @@ class CryoDRGN(nn.Module):
 
     # -- the forward model -------------------------------------------------------------------------
     def encode(self, y: torch.Tensor, ctf_values: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``y``: ``(B, P)`` normalised Hartley pixels -> ``(mu, logvar)``, each ``(B, zdim)``."""
+        """``y``: ``(B, P)`` normalised Hartley pixels -> ``(mu, logvar)``, each ``(B, zdim)``; images are
+        phase-flipped by the CTF sign unless they are CTF-premultiplied (then already sign-free)."""
         if self.encoder is None:
             raise RuntimeError("a homogeneous model (zdim 0) has no encoder")
-        x = y if ctf_values is None else y * torch.sign(ctf_values)
+        x = y if ctf_values is None or self.ctf_premultiplied else y * torch.sign(ctf_values)
         out = self.encoder(x)
         return out[:, : self.zdim], out[:, self.zdim :]
 
@@ -132,6 +139,10 @@ class CryoDRGN(nn.Module):
             return None
         return compute_ctf(self.freqs / self.pixel_size_angstrom, ctf)
 
+    def transfer(self, ctf_values: torch.Tensor) -> torch.Tensor:
+        """What multiplies the rendered slice: the CTF, or ``CTF^2`` for CTF-premultiplied images."""
+        return ctf_values * ctf_values if self.ctf_premultiplied else ctf_values
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Loss and its terms for a batch (``y``, ``rot``, optional ``ctf``); see the module docstring."""
         y = batch["y"]
@@ -150,7 +161,7 @@ class CryoDRGN(nn.Module):
             pred = self.render(batch["rot"], z, subset[: (subset.numel() - 1) // 2])
             target, ctf = y[:, subset], (None if ctf is None else ctf[:, subset])
         if ctf is not None:
-            pred = pred * ctf
+            pred = pred * self.transfer(ctf)
         recon = torch.mean((pred - target) ** 2)
         terms["recon"] = recon
         loss = recon

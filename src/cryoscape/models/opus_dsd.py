@@ -7,7 +7,8 @@ Implements Luo et al. 2023 (``shared/papers/opus-dsd-2022.txt``; see ``docs/opus
   (``models.opus_networks``);
 * decoder: ``z`` -> ``templateres^3`` volume (transposed 3-D convolutions), Fourier-resampled to the image box
   ``D^3`` and multiplied by the solvent mask;
-* rendering: ``project_real`` (spatial transformer, sum along z) at the particle's pose, CTF in Fourier space;
+* rendering: ``project_real`` (spatial transformer, sum along z) at the particle's pose, CTF in Fourier space
+  (``CTF^2`` for CTF-premultiplied images, ``rlnCtfDataAreCtfPremultiplied 1``, which the encoder sees as they are);
   the observed image is centred by its origin in the data provider (``docs/conventions.md``);
 * loss, summed-likelihood form divided by the number ``M`` of pixels inside the projected mask:
   ``recon + (beta_c * kl_weight * KL + tv_weight * TV + l1_weight * L1 + beta_c * lamb * J) / M`` with ``recon`` the
@@ -53,14 +54,17 @@ def kl_divergence_logstd(mu: torch.Tensor, logstd: torch.Tensor) -> torch.Tensor
 
 
 def render_images(volumes: torch.Tensor, rotations: torch.Tensor, ctf: torch.Tensor | None,
-                  pixel_size_angstrom: float) -> torch.Tensor:
+                  pixel_size_angstrom: float, ctf_premultiplied: bool = False) -> torch.Tensor:
     """Real-space projections ``(B, D, D)`` of ``volumes`` ``(B, D, D, D)`` at RELION poses ``(B, 3, 3)``,
-    multiplied by the CTF (parameters ``(B, 9)``, ``None``: no CTF) in Fourier space."""
+    multiplied by the CTF (parameters ``(B, 9)``, ``None``: no CTF) in Fourier space, or by ``CTF^2`` for
+    CTF-premultiplied images."""
     proj = project_real(volumes, rotations)
     if ctf is None:
         return proj
     D = proj.shape[-1]
     values = ctf_image(D, pixel_size_angstrom, ctf.to(proj.dtype))
+    if ctf_premultiplied:
+        values = values * values
     return ifft2_centered(fft2_centered(proj) * values).real
 
 
@@ -101,6 +105,7 @@ class OpusDSD(nn.Module):
     momentum : memory-bank momentum.
     anneal_images : images per ramp of the cyclical annealing of ``kl_weight`` and ``lamb`` (0: no annealing).
     norm_std : data normalisation (generated volumes are multiplied by it).
+    ctf_premultiplied : the images are CTF-premultiplied (projections multiplied by ``CTF^2``).
     """
 
     family = "opus-dsd"
@@ -109,10 +114,12 @@ class OpusDSD(nn.Module):
                  templateres: int | None = None, channel_scale: float = 1.0, mask: torch.Tensor | None = None,
                  kl_weight: float = 0.01, lamb: float = 0.5, tv_weight: float = 1.0, l1_weight: float = 0.3,
                  knn: int = 128, kfarthest: int = 512, n_samples: int = 12800, knn_intra: int = 4,
-                 momentum: float = 0.7, anneal_images: float = 100_000, norm_std: float = 1.0):
+                 momentum: float = 0.7, anneal_images: float = 100_000, norm_std: float = 1.0,
+                 ctf_premultiplied: bool = False):
         super().__init__()
         if zdim < 1:
             raise ValueError("OPUS-DSD needs zdim >= 1")
+        self.ctf_premultiplied = bool(ctf_premultiplied)
         self.D, self.zdim = int(D), int(zdim)
         self.templateres = int(templateres) if templateres else default_templateres(D)
         self.kl_weight, self.lamb, self.tv_weight, self.l1_weight = kl_weight, lamb, tv_weight, l1_weight
@@ -186,7 +193,7 @@ class OpusDSD(nn.Module):
         mu, logstd = self.encode(self.augment(y) if self.training else y, rot)
         z = mu + torch.randn_like(mu) * torch.exp(logstd) if self.training else mu
         vol = self.volumes(z)
-        pred = render_images(vol, rot, ctf, float(self.pixel_size_angstrom))
+        pred = render_images(vol, rot, ctf, float(self.pixel_size_angstrom), self.ctf_premultiplied)
         mask2d = self.loss_mask(rot)
         n_pix = mask2d.sum(dim=(1, 2)).clamp(min=1.0)
         err = (pred - y) ** 2 * mask2d
@@ -318,7 +325,8 @@ class OpusDSDFamily:
 
     def build_info(self, data) -> dict:
         return {"D": int(data.D), "pixel_size_angstrom": float(data.pixel_size_angstrom),
-                "norm_std": float(data.norm_std), "n_particles": int(len(data))}
+                "norm_std": float(data.norm_std), "n_particles": int(len(data)),
+                "ctf_premultiplied": bool(data.ctf_premultiplied)}
 
     def build_model(self, config, build: dict) -> OpusDSD:
         from pathlib import Path

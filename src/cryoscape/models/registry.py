@@ -33,7 +33,7 @@ class CryoDRGNFamily:
 
     def build_info(self, data) -> dict:
         return {"D": int(data.D), "pixel_size_angstrom": float(data.pixel_size_angstrom),
-                "norm_std": float(data.norm_std)}
+                "norm_std": float(data.norm_std), "ctf_premultiplied": bool(data.ctf_premultiplied)}
 
     def build_model(self, config: RunConfig, build: dict):
         from cryoscape.models.cryodrgn import CryoDRGN
@@ -43,7 +43,8 @@ class CryoDRGNFamily:
                         enc_dim=m.enc_dim, enc_layers=m.enc_layers, dec_dim=m.dec_dim, dec_layers=m.dec_layers,
                         pe_type=m.pe_type, pe_dim=m.pe_dim, feat_sigma=m.feat_sigma, activation=m.activation,
                         beta=config.train.beta, norm_std=float(build["norm_std"]),
-                        freq_march_epochs=config.train.freq_march, march_start=config.train.march_start)
+                        freq_march_epochs=config.train.freq_march, march_start=config.train.march_start,
+                        ctf_premultiplied=bool(build.get("ctf_premultiplied", False)))
 
     def make_optimizer(self, model, config: RunConfig):
         t = config.train

@@ -8,7 +8,9 @@ system", "Lattice masking and reconstruction weighting", "Random tilt sampling")
   default the smallest tilt count of the data set), or the permutation-invariant ``max``, ``mean``, ``median``.
 * **Encoder B** (an MLP) maps the pooled embedding to ``mu, logvar`` of ``q(z | particle)``.
 * **Decoder**: the Hermitian coordinate network of cryoDRGN (:class:`CoordinateDecoder`), evaluated on the central
-  slice of each tilt image (``A_img = R_tilt @ A_particle``); the slice is multiplied by the tilt's CTF.
+  slice of each tilt image (``A_img = R_tilt @ A_particle``); the slice is multiplied by the tilt's CTF, or by
+  ``CTF^2`` for CTF-premultiplied stacks (``rlnCtfDataAreCtfPremultiplied 1``, WarpTools / RELION 5), whose images
+  the encoder then sees as they are (no phase flip).
 * **Tilt sampling**: while training, each time a particle is drawn a fresh random subset of ``n`` of its tilts
   (without replacement, random order) is used; for evaluation (validation loss, latents) a fixed subset chosen by
   the data set's per-image random key, so latents are reproducible (the paper re-samples here too). With ``max``,
@@ -120,6 +122,7 @@ class TomoDRGN(nn.Module):
     recon_dose_weight, recon_tilt_weight, dose_mask : the paper's weighting and lattice masking.
     images_dose_weighted : the stacks were exposure-filtered when extracted; the model applies the same filter.
     norm_std : the data normalisation (volumes are rescaled by it).
+    ctf_premultiplied : the stacks are CTF-premultiplied (slices multiplied by ``CTF^2``, no phase flip).
     """
 
     family = "tomodrgn"
@@ -133,8 +136,9 @@ class TomoDRGN(nn.Module):
                  pe_type: str = "gaussian", pe_dim: int | None = None, feat_sigma: float = 0.5,
                  activation: str = "relu", beta: float | None = None, kl_norm: str = "scored",
                  recon_dose_weight: bool = True, recon_tilt_weight: bool = True, dose_mask: bool = True,
-                 images_dose_weighted: bool = False, norm_std: float = 1.0):
+                 images_dose_weighted: bool = False, norm_std: float = 1.0, ctf_premultiplied: bool = False):
         super().__init__()
+        self.ctf_premultiplied = bool(ctf_premultiplied)
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}")
         if kl_norm not in KL_NORMS:
@@ -184,11 +188,17 @@ class TomoDRGN(nn.Module):
         return compute_ctf(self.freqs / self.pixel_size_angstrom, ctf.reshape(B * n, 9)).reshape(B, n, -1)
 
     def encode(self, y: torch.Tensor, ctf_values: torch.Tensor, mask: torch.Tensor):
-        """``y`` ``(B, n, P)`` -> ``(mu, logvar)`` ``(B, zdim)`` each (images phase-flipped by the CTF sign)."""
+        """``y`` ``(B, n, P)`` -> ``(mu, logvar)`` ``(B, zdim)`` each (images phase-flipped by the CTF sign, unless
+        CTF-premultiplied)."""
         B, n, P = y.shape
-        h = self.encoder_a((y * torch.sign(ctf_values)).reshape(B * n, P)).reshape(B, n, -1)
+        x = y if self.ctf_premultiplied else y * torch.sign(ctf_values)
+        h = self.encoder_a(x.reshape(B * n, P)).reshape(B, n, -1)
         out = self.encoder_b(self.pool_activation(pool_tilts(h, mask, self.pooling)))
         return out[:, : self.zdim], out[:, self.zdim :]
+
+    def transfer(self, ctf_values: torch.Tensor) -> torch.Tensor:
+        """What multiplies the rendered slices: the CTF, or ``CTF^2`` for CTF-premultiplied stacks."""
+        return ctf_values * ctf_values if self.ctf_premultiplied else ctf_values
 
     def decode_mask(self, exposure: torch.Tensor, ctf: torch.Tensor, tilt_mask: torch.Tensor) -> torch.Tensor:
         """Bool ``(B, n, M + 1)``: decoded points of each tilt (half plane by exposure, DC always; real tilts)."""
@@ -240,7 +250,7 @@ class TomoDRGN(nn.Module):
             mu, logvar = self.encode(y, ctf, mask)
             z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         keep = self.decode_mask(b["exposure"], b["ctf"], mask)
-        pred = self.render(b["rot"], z, keep) * ctf.float()
+        pred = self.render(b["rot"], z, keep) * self.transfer(ctf.float())
         if self.images_dose_weighted:
             pred = pred * self.attenuation(b["exposure"], b["ctf"])
         m = keep.shape[-1] - 1
@@ -310,7 +320,8 @@ class TomoDRGNFamily:
 
     def build_info(self, data) -> dict:
         return {"D": int(data.D), "pixel_size_angstrom": float(data.pixel_size_angstrom),
-                "norm_std": float(data.norm_std), "min_tilts": int(data.min_tilts)}
+                "norm_std": float(data.norm_std), "min_tilts": int(data.min_tilts),
+                "ctf_premultiplied": bool(getattr(data, "ctf_premultiplied", False))}
 
     def resolve_ntilts(self, config, min_tilts: int) -> int | None:
         """Tilts per particle: ``--ntilts``, else the smallest tilt count for concatenate pooling, else all."""
@@ -336,7 +347,8 @@ class TomoDRGNFamily:
                         activation=m.activation, beta=t.beta, kl_norm=m.kl_norm,
                         recon_dose_weight=m.recon_dose_weight, recon_tilt_weight=m.recon_tilt_weight,
                         dose_mask=m.dose_mask, images_dose_weighted=m.images_dose_weighted,
-                        norm_std=float(build["norm_std"]))
+                        norm_std=float(build["norm_std"]),
+                        ctf_premultiplied=bool(build.get("ctf_premultiplied", False)))
 
     def make_optimizer(self, model, config):
         t = config.train

@@ -11,6 +11,9 @@ cryoDRGN paper, ``var(clean)`` is the variance over every pixel of every noise-f
 dataset (the whole ``D x D`` box, not a mask). The B-factor envelope damps the images but is *not* written to the
 metadata (as in the paper's simulations, the reconstruction does not know it).
 
+With ``premultiply`` the final images (noise included) are multiplied by their CTF once more and the STAR file
+says ``rlnCtfDataAreCtfPremultiplied 1`` (RELION's CTF-premultiplied images).
+
 Particles are simulated state by state in chunks written straight into memory-mapped output stacks, so memory
 stays bounded for any ``N``: pass 1 writes the clean images and accumulates their variance, pass 2 adds the
 noise in place.
@@ -26,6 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from cryoscape.errors import InputError
 from cryoscape.imaging.ctf import ctf_image
 from cryoscape.imaging.fft import fft2_centered, freq_grid_2d, ifft2_centered
 from cryoscape.imaging.lattice import circle_mask
@@ -46,6 +50,7 @@ __all__ = [
     "draw_metadata",
     "simulate_stack",
     "simulate_dataset",
+    "premultiply_by_ctf",
 ]
 
 
@@ -85,6 +90,14 @@ def form_images(
         transfer = transfer * ctf_image(D, pixel_size_angstrom, ctf.to(device=volume.device, dtype=volume.dtype))
     F = phase_shift(F * transfer, -origins_px.to(device=volume.device, dtype=volume.dtype))
     return ifft2_centered(F).real
+
+
+def premultiply_by_ctf(images: np.ndarray, ctf, pixel_size_angstrom: float, device: str = "cpu") -> np.ndarray:
+    """``CTF x image`` of real-space images ``(B, D, D)`` (CTF parameters ``(B, 9)``, applied on the centred
+    spectrum), as RELION / WarpTools write CTF-premultiplied images; float32 ``(B, D, D)``."""
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32), device=device)
+    c = ctf_image(x.shape[-1], pixel_size_angstrom, torch.as_tensor(ctf).to(device=device, dtype=x.dtype))
+    return ifft2_centered(fft2_centered(x) * c).real.cpu().numpy().astype(np.float32)
 
 
 def assign_states(n: int, weights, rng: np.random.Generator) -> np.ndarray:
@@ -260,6 +273,7 @@ def simulate_dataset(
     chunk_size: int = 500,
     progress: bool | None = None,
     device: str = "cpu",
+    premultiply: bool = False,
 ) -> dict:
     """Simulate a dataset and write it to ``out_dir``.
 
@@ -278,6 +292,8 @@ def simulate_dataset(
     write_cs, write_pkl, write_clean : bool, also write the cryoSPARC / cryoDRGN metadata / noise-free images.
     chunk_size : int, images computed at once. progress : show a progress bar (None: only on a terminal).
     device : torch device for the projections.
+    premultiply : bool, write CTF-premultiplied images (``CTF x (image + noise)``; ``clean.mrcs`` ``CTF x image``),
+        flagged in ``particles.star``; needs ``ctf`` and excludes ``write_cs``/``write_pkl`` (which cannot record it).
 
     Returns
     -------
@@ -291,6 +307,9 @@ def simulate_dataset(
     from cryoscape.io.star import format_image_names, write_star
     from cryoscape.utils.atomic import atomic_path, check_writable_dir
 
+    if premultiply and (not ctf or write_cs or write_pkl):
+        raise InputError("CTF-premultiplied images need a CTF, and cannot be recorded in particles.cs or ctf.pkl",
+                         hint="leave out --no-ctf, --cs and --pkl with --premultiply")
     out = check_writable_dir(Path(out_dir))
     n = int(n_particles)
     D, apix = states.D, states.pixel_size_angstrom
@@ -300,18 +319,28 @@ def simulate_dataset(
     def save_state(state: int, volume: np.ndarray) -> None:
         written.setdefault("gt", []).append(write_mrc(out / "gt" / f"state_{state:03d}.mrc", volume, apix))
 
-    bar = tqdm(total=2 * n, desc="simulating", unit="img", disable=None if progress is None else not progress)
+    bar = tqdm(total=(3 if premultiply else 2) * n, desc="simulating", unit="img",
+               disable=None if progress is None else not progress)
     with contextlib.ExitStack() as stack:
         particles = stack.enter_context(open_stack_for_writing(out / "particles.mrcs", n, D, apix))
         clean = stack.enter_context(open_stack_for_writing(out / "clean.mrcs", n, D, apix)) if write_clean else None
         noise_std = simulate_stack(states, meta, particles, snr, seed, clean, bfactor_angstrom2, chunk_size,
                                    save_state, bar, device)
+        if premultiply:
+            ctf_all = meta.ctf.to_array()
+            for start in range(0, n, chunk_size):
+                stop = min(start + chunk_size, n)
+                for stack_out in (particles, clean) if clean is not None else (particles,):
+                    stack_out[start:stop] = premultiply_by_ctf(stack_out[start:stop], ctf_all[start:stop], apix,
+                                                               device)
+                bar.update(stop - start)
     bar.close()
     written["particles"] = out / "particles.mrcs"
     if write_clean:
         written["clean"] = out / "clean.mrcs"
     names = format_image_names(["particles.mrcs"] * n, np.arange(n))
-    written["star"] = write_star(out / "particles.star", names, apix, D, meta.poses, meta.ctf)
+    written["star"] = write_star(out / "particles.star", names, apix, D, meta.poses, meta.ctf,
+                                 ctf_premultiplied=premultiply)
     if write_cs:
         from cryoscape.io.cs import write_cs as _write_cs
 

@@ -15,7 +15,9 @@ specimen about the image y axis, ``R_tilt = Ry(theta)`` as a RELION matrix, and 
   around its own mean;
 * the 3-D origin ``o`` (Angstrom, RELION's ``rlnOriginX/Y/ZAngst``) appears in each image as ``(R_tilt @ o)_xy``;
 * white Gaussian noise with ``var(noise) = var(clean) / SNR`` over the whole data set (the paper adds structural
-  and shot noise separately; one noise term at the final SNR is used here).
+  and shot noise separately; one noise term at the final SNR is used here);
+* with ``premultiply``, each final (noisy) image is multiplied by its CTF once more, as WarpTools and RELION 5
+  extract 2-D stacks by default, and the STAR files say ``rlnCtfDataAreCtfPremultiplied 1``.
 
 Optionally some tilts of each particle are dropped (variable tilt counts). Written: ``particles.mrcs`` (all images,
 particle by particle), ``particles.star`` (Warp/M image series), ``particles_volumeseries.star`` (one row per
@@ -42,7 +44,7 @@ from cryoscape.imaging.projection import sample_volume
 from cryoscape.imaging.rotations import euler_relion_to_matrix, random_rotations
 from cryoscape.imaging.shift import phase_shift
 from cryoscape.metadata import CTFParams
-from cryoscape.simulate.particles import assign_states
+from cryoscape.simulate.particles import assign_states, premultiply_by_ctf
 from cryoscape.simulate.volumes import StateSet, blob_sigma_px, render_gaussians
 
 __all__ = ["SIZES", "dose_symmetric_tilts", "tilt_rotation", "tilt4_states", "TiltMetadata", "draw_tilt_metadata",
@@ -227,11 +229,13 @@ def form_tilt_images(spectrum: torch.Tensor, D: int, rotations: torch.Tensor, or
 def simulate_tilt_dataset(states: StateSet, n_particles: int, out_dir, snr: float = 0.1, seed: int = 0,
                           tilt_max_deg: float = 60.0, tilt_step_deg: float = 3.0, tilt_group: int = 2,
                           dose_per_tilt: float = 3.0, optimisation_set: bool = False, chunk_size: int = 512,
-                          device: str = "cpu", progress: bool | None = None, **metadata_options) -> dict:
+                          device: str = "cpu", progress: bool | None = None, premultiply: bool = False,
+                          **metadata_options) -> dict:
     """Simulate a tilt-series data set and write it to ``out_dir`` (see the module docstring for the files).
 
     ``metadata_options`` go to :func:`draw_tilt_metadata` (``n_tomograms``, ``defocus_range_um``,
     ``defocus_jitter_um``, ``astigmatism_um``, ``max_shift_px``, ``drop_tilts``, ``voltage_kv``, ...).
+    ``premultiply``: write CTF-premultiplied images (``CTF x (image + noise)``), flagged in the STAR files.
     Returns a dict with ``noise_std``, ``metadata`` and the paths written.
     """
     from tqdm.auto import tqdm
@@ -248,7 +252,7 @@ def simulate_tilt_dataset(states: StateSet, n_particles: int, out_dir, snr: floa
     ctf_all = torch.as_tensor(meta.ctf.to_array())
     written: dict = {"gt": []}
     total, total_sq = 0.0, 0.0
-    bar = tqdm(total=2 * M, desc="simulating tilt images", unit="img",
+    bar = tqdm(total=(3 if premultiply else 2) * M, desc="simulating tilt images", unit="img",
                disable=None if progress is None else not progress)
     with contextlib.ExitStack() as stack:
         images = stack.enter_context(open_stack_for_writing(out / "particles.mrcs", M, D, apix))
@@ -277,6 +281,11 @@ def simulate_tilt_dataset(states: StateSet, n_particles: int, out_dir, snr: floa
             if noise_std > 0:
                 images[start:stop] += noise_std * rng.standard_normal((stop - start, D, D), dtype=np.float32)
             bar.update(stop - start)
+        if premultiply:
+            for start in range(0, M, chunk_size):
+                stop = min(M, start + chunk_size)
+                images[start:stop] = premultiply_by_ctf(images[start:stop], ctf_all[start:stop], apix, device)
+                bar.update(stop - start)
     bar.close()
     written["particles"] = out / "particles.mrcs"
     tomo_names = np.array([f"TS_{t + 1:03d}" for t in meta.tomogram], dtype=object)
@@ -285,12 +294,13 @@ def simulate_tilt_dataset(states: StateSet, n_particles: int, out_dir, snr: floa
     p = meta.image_particle
     written["star"] = write_image_series_star(out / "particles.star", "particles.mrcs", apix, D, meta.image_rotations,
                                               meta.image_origins_angstrom, meta.ctf, meta.exposure, meta.tilt_deg,
-                                              meta.names[p], tomo_names[p], coords_px[p])
+                                              meta.names[p], tomo_names[p], coords_px[p],
+                                              ctf_premultiplied=premultiply)
     written["volumeseries"] = _write_volume_series(out / "particles_volumeseries.star", meta, tomo_names, coords_px,
                                                    apix)
     if optimisation_set:
         written["optimisation_set"] = _write_optimisation_set(out, meta, tomo_names, images_path=out / "particles.mrcs",
-                                                              states=states, tilts=tilts)
+                                                              states=states, tilts=tilts, premultiplied=premultiply)
     labels = {"state": meta.states.astype(np.int64), "coordinate": states.coordinates[meta.states].astype(np.float32),
               "preset": np.array(states.name), "state_coordinates": states.coordinates.astype(np.float32),
               "state_weights": states.weights.astype(np.float64), "snr": np.float64(snr),
@@ -324,7 +334,7 @@ def _write_volume_series(path: Path, meta: TiltMetadata, tomo_names, coords_px, 
 
 
 def _write_optimisation_set(out: Path, meta: TiltMetadata, tomo_names, images_path: Path, states: StateSet,
-                            tilts: np.ndarray) -> Path:
+                            tilts: np.ndarray, premultiplied: bool = False) -> Path:
     """Per-particle 2-D stacks (every frame; dropped ones blank) and the RELION 5 STAR files."""
     from cryoscape.io.mrc import open_stack, write_mrc
     from cryoscape.io.tilt_series import TomogramGeometry, write_optimisation_set
@@ -350,4 +360,5 @@ def _write_optimisation_set(out: Path, meta: TiltMetadata, tomo_names, images_pa
                 for t in range(meta.defocus_angstrom.shape[0])]
     used = sorted(set(int(t) for t in meta.tomogram))
     return write_optimisation_set(out, apix, D, [geometry[t] for t in used], tomo_names, meta.names,
-                                  meta.centres_angstrom, meta.rotations, meta.origins_angstrom, names, meta.visible)
+                                  meta.centres_angstrom, meta.rotations, meta.origins_angstrom, names, meta.visible,
+                                  ctf_premultiplied=premultiplied)
