@@ -44,6 +44,19 @@ class DataConfig:
     val_frac: float = 0.1
     num_workers: int = 0
     tilt_format: str = "auto"  # tomodrgn: auto | imageseries | optimisation_set
+    # CTF optics overrides (--kv, --cs, --amp-contrast, --ps; None: the file's) and the .cs alignment set
+    kv: float | None = None
+    cs: float | None = None
+    amp_contrast: float | None = None
+    ps: float | None = None
+    cs_alignments: str | None = None
+
+    def reader_options(self) -> dict:
+        """Keyword arguments of :func:`cryoscape.io.particles.load_particles` for the overrides above."""
+        from cryoscape.metadata import CTFOverrides
+
+        return {"ctf_overrides": CTFOverrides(self.kv, self.cs, self.amp_contrast, self.ps),
+                "cs_alignments": self.cs_alignments}
 
     def __post_init__(self):
         if not 0.0 <= self.val_frac < 1.0:

@@ -17,8 +17,11 @@ from cryoscape.utils.atomic import atomic_path
 
 
 def encode_particles(run_dir, output=None, epoch=None, particles=None, poses=None, ctf=None, datadir=None,
-                     batch_size: int = 256, device="auto", progress=True) -> np.ndarray:
-    """Posterior means ``(N, zdim)`` of the run's particles (or of ``particles``); saved to ``output`` if given."""
+                     batch_size: int = 256, device="auto", progress=True, ctf_overrides=None,
+                     cs_alignments=None) -> np.ndarray:
+    """Posterior means ``(N, zdim)`` of the run's particles (or of ``particles``); saved to ``output`` if given.
+
+    ``ctf_overrides`` / ``cs_alignments`` apply to ``particles`` (default: those the run was trained with)."""
     from cryoscape.io.particles import load_particles
     from cryoscape.models.registry import get_family
 
@@ -33,7 +36,12 @@ def encode_particles(run_dir, output=None, epoch=None, particles=None, poses=Non
     elif hasattr(family, "load_particles"):  # a family with its own input format (tomoDRGN tilt series)
         parts, _ = family.load_particles(config, path=particles, datadir=datadir)
     else:
-        parts = load_particles(particles, poses=poses, ctf=ctf, datadir=datadir, apix=config.data.apix)
+        options = config.data.reader_options()
+        if ctf_overrides:
+            options["ctf_overrides"] = ctf_overrides
+        options["cs_alignments"] = cs_alignments or (options["cs_alignments"] if str(particles).lower().endswith(
+            ".cs") else None)
+        parts = load_particles(particles, poses=poses, ctf=ctf, datadir=datadir, apix=config.data.apix, **options)
     # each image is encoded once, so it is read and prepared per batch (bounded memory, any stack size)
     streaming = dataclasses.replace(config, data=dataclasses.replace(config.data, lazy=True))
     data = family.make_data(parts, streaming, norm_std=trained.build["norm_std"], progress=progress)

@@ -76,11 +76,15 @@ def load_run_input(config, particles_path=None, datadir=None):
     family = get_family(config.model.family)
     d = config.data
     if particles_path is not None:
-        particles = load_particles(particles_path, datadir=datadir, lazy=True)
+        options = d.reader_options()  # the run's CTF overrides; its .cs alignment set only for a .cs file
+        if not str(particles_path).lower().endswith(".cs"):
+            options["cs_alignments"] = None
+        particles = load_particles(particles_path, datadir=datadir, lazy=True, metadata_optional=True, **options)
     elif hasattr(family, "write_subset"):  # a family with its own input format (tomoDRGN tilt series)
         particles, _ = family.load_particles(config, apply_ind=False)
     else:
-        particles = load_particles(d.particles, poses=d.poses, ctf=d.ctf, datadir=d.datadir, apix=d.apix, lazy=True)
+        particles = load_particles(d.particles, poses=d.poses, ctf=d.ctf, datadir=d.datadir, apix=d.apix, lazy=True,
+                                   **d.reader_options())
     return particles, family
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cryoscape.cli._options import add_cs_alignments_arg, add_ctf_override_args, ctf_overrides_from_args
 from cryoscape.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", metavar="MRC", help="map to compare the reconstruction with (FSC)")
     parser.add_argument("--batch-size", type=int, default=256, help="images processed at once (default 256)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_cs_alignments_arg(parser)
+    add_ctf_override_args(parser)
 
 
 class _Negated:
@@ -103,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     if args.first is not None and args.first < 1:
         raise InputError(f"--first must be at least 1, got {args.first}")
     particles = load_particles(args.particles, poses=args.poses, ctf=args.ctf, datadir=args.datadir,
-                               apix=args.apix, indices=args.ind)
+                               apix=args.apix, indices=args.ind, ctf_overrides=ctf_overrides_from_args(args),
+                               cs_alignments=args.cs_alignments)
     if particles.poses is None:
         raise InputError("the particles have no poses", args.particles, "pass --poses pose.pkl")
     if args.first is not None:

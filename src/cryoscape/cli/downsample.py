@@ -3,6 +3,9 @@
 The pixel size grows by D/D' and the image mean is kept. IN may be a .mrcs stack, a RELION .star or a cryoSPARC .cs
 file; all its particles are written, in order, to one stack OUT.mrcs. With a .star input OUT.star is written too:
 the same rows and columns, rlnImageName pointing into OUT.mrcs, and the pixel size and box size updated.
+Poses and CTF are not needed (a RELION 3.0 file without voltage or Cs is fine); optics groups with different pixel
+sizes are first resampled to the finest (or --apix). Tilt-series sets (RELION 5 / WarpTools optimisation sets) are
+not supported.
 Existing output files are not replaced unless --overwrite is given.
 
 Example:
@@ -30,6 +33,20 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--apix", type=float, help="pixel size of the input in Angstrom (overrides the files)")
 
 
+def _refuse_tilt_series(path: Path) -> None:
+    """One line for a RELION 5 / WarpTools tilt-series set, which downsample does not support."""
+    from cryoscape.errors import InputError
+    from cryoscape.io.star import tilt_series_kind
+    from cryoscape.io.tilt_series import read_star_blocks
+
+    kind = tilt_series_kind(read_star_blocks(path))
+    if kind is not None:
+        what = "an optimisation set" if kind == "optimisation_set" else "the particle file of one"
+        raise InputError(f"is {what} of tilt-series particles (RELION 5 / WarpTools); downsample does not support "
+                         "tilt-series sets", path, "export the tilt-series particles at the pixel size you want "
+                         "(WarpTools ts_export_particles --output_angpix, RELION 5 Extract subtomos binning)")
+
+
 def run(args: argparse.Namespace) -> int:
     """Crop every image and write the new stack (and STAR file)."""
     from cryoscape.data.downsample import check_new_box, downsample_images, write_downsampled_star
@@ -49,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(out, "downsample", args.overwrite)
     if Path(args.input).suffix.lower() == ".star":
         check_output_file(out.with_suffix(".star"), "downsample", args.overwrite)
-    particles = load_particles(args.input, datadir=args.datadir, apix=args.apix)
+    if Path(args.input).suffix.lower() == ".star" and Path(args.input).is_file():
+        _refuse_tilt_series(Path(args.input))
+    particles = load_particles(args.input, datadir=args.datadir, apix=args.apix, metadata_optional=True)
     check_new_box(particles.D, args.box)
     apix = particles.pixel_size_angstrom
     log.info("downsampling %d images from %d to %d pixels (%.4f -> %.4f A/px)", len(particles), particles.D,
@@ -57,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     downsample_images(particles.images, args.box, out, apix, chunk_size=args.chunk_size)
     if isinstance(particles.source, StarParticles):
         star_out = out.with_suffix(".star")
-        write_downsampled_star(particles.source, star_out, out.name, args.box)
+        write_downsampled_star(particles.source, star_out, out.name, args.box, apix)
         log.info("wrote %s and %s", out, star_out)
     else:
         log.info("wrote %s", out)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from cryoscape.cli._options import add_cs_alignments_arg, add_ctf_override_args, ctf_overrides_from_args
+
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder written by `cryoscape train`")
@@ -24,6 +26,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--datadir", help="folder of the image stacks")
     p.add_argument("-b", "--batch-size", type=int, default=256, help="batch size (default 256)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_cs_alignments_arg(p)
+    add_ctf_override_args(p, "--particles (or its --ctf pkl); default: those the run was trained with")
 
 
 def run(args) -> int:
@@ -32,6 +36,7 @@ def run(args) -> int:
 
     check_output_file(args.output, "eval-images", args.overwrite)
     z = encode_particles(args.run, args.output, epoch=args.epoch, particles=args.particles, poses=args.poses,
-                         ctf=args.ctf, datadir=args.datadir, batch_size=args.batch_size, device=args.device)
+                         ctf=args.ctf, datadir=args.datadir, batch_size=args.batch_size, device=args.device,
+                         ctf_overrides=ctf_overrides_from_args(args), cs_alignments=args.cs_alignments)
     print(f"wrote {args.output}: {z.shape[0]} x {z.shape[1]} latents")
     return 0

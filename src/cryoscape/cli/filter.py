@@ -49,7 +49,7 @@ def run(args) -> int:
     from cryoscape.analysis.selection import find_kmeans_labels, load_run_input, select_particles, write_selection
     from cryoscape.config import load_config
     from cryoscape.errors import InputError
-    from cryoscape.io.indices import read_indices
+    from cryoscape.io.indices import read_indices, read_particle_indices
     from cryoscape.utils.outputs import prepare_output_dir
 
     out_dir = prepare_output_dir(args.outdir, "filter", args.overwrite, own=OUTPUTS)
@@ -73,7 +73,10 @@ def run(args) -> int:
             z_range = (int(args.z_range[0]), float(args.z_range[1]), float(args.z_range[2]))
         except ValueError:
             raise InputError("--z-range needs an integer DIM and two numbers LO HI") from None
-    ind = read_indices(args.ind, n=n_input) if args.ind else None
+    ind = None
+    if args.ind:  # a tilt-series run counts particles; a per-image (tilt) index file is named as such
+        offsets = getattr(particles, "offsets", None)
+        ind = read_particle_indices(args.ind, offsets) if offsets is not None else read_indices(args.ind, n=n_input)
     chosen = select_particles(latents.z, latents.indices, n_input, cluster_labels=labels,
                               clusters=args.clusters, z_range=z_range, ind=ind, invert=args.invert)
     with out_dir as out:

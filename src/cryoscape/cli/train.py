@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from cryoscape.cli._options import add_cs_alignments_arg, add_ctf_override_args
 from cryoscape.config import PE_TYPES, DataConfig, ModelConfig, RunConfig, TrainConfig
 
 # option dest -> (section of RunConfig, field, negated) where the field is not the dest itself
@@ -67,6 +68,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--no-window", action="store_true", help="do not apply the soft circular real-space window")
     d.add_argument("--val-frac", type=float, default=0.1, help="fraction held out for validation (default 0.1)")
     d.add_argument("--num-workers", type=int, default=0, help=argparse.SUPPRESS)
+    add_cs_alignments_arg(d)
+    add_ctf_override_args(p)
     m = p.add_argument_group("model")
     m.add_argument("--model", default="cryodrgn", choices=["cryodrgn", "tomodrgn", "opus-dsd"], help="model family")
     m.add_argument("--zdim", type=int, default=8, help="latent dimension; 0 = homogeneous reconstruction (default 8)")

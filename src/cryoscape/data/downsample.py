@@ -72,7 +72,7 @@ def downsample_images(
     return Path(out_path)
 
 
-def downsampled_star_blocks(star, stack_name: str, new_D: int) -> dict:
+def downsampled_star_blocks(star, stack_name: str, new_D: int, pixel_size_angstrom: float | None = None) -> dict:
     """The blocks of a STAR file rewritten for a downsampled copy of its particles in one stack.
 
     Parameters
@@ -80,6 +80,10 @@ def downsampled_star_blocks(star, stack_name: str, new_D: int) -> dict:
     star : :class:`cryoscape.io.star.StarParticles`, the input particles (``N`` rows, box ``D``).
     stack_name : str, the new stack as it should appear in ``rlnImageName`` (row ``i`` -> image ``i + 1``).
     new_D : int, the new box size.
+    pixel_size_angstrom : float, optional, the pixel size the images were read at before cropping (``--apix``, or
+        the common pixel size of optics groups resampled on loading). Every pixel-size column is then set from it
+        (``x D / new_D``; 3.0's ``rlnDetectorPixelSize`` as um with ``rlnMagnification``, else as A), and 3.0 pixel
+        origins are converted from each particle's own pixel size (``star.pixel_size_angstrom``).
 
     Returns
     -------
@@ -101,26 +105,43 @@ def downsampled_star_blocks(star, stack_name: str, new_D: int) -> dict:
         optics = star.optics.copy()
         blocks[star.optics_key] = optics
         tables.append(optics)
-    for t in tables:
-        if "rlnImagePixelSize" in t.columns:
-            t["rlnImagePixelSize"] = t["rlnImagePixelSize"].astype(float) * factor
-        if "rlnDetectorPixelSize" in t.columns:
-            t["rlnDetectorPixelSize"] = t["rlnDetectorPixelSize"].astype(float) * factor
-        if "rlnImageSize" in t.columns:
-            t["rlnImageSize"] = int(new_D)
-    for name in ("rlnOriginX", "rlnOriginY"):
-        if name in table.columns:
-            table[name] = table[name].astype(float) / factor
+    if pixel_size_angstrom is not None:
+        new_ps = float(pixel_size_angstrom) * factor
+        for t in tables:
+            if "rlnImagePixelSize" in t.columns:
+                t["rlnImagePixelSize"] = new_ps
+            if "rlnDetectorPixelSize" in t.columns:
+                mag = t["rlnMagnification"].astype(float) if "rlnMagnification" in t.columns else None
+                t["rlnDetectorPixelSize"] = new_ps * mag / 1e4 if mag is not None else new_ps
+            if "rlnImageSize" in t.columns:
+                t["rlnImageSize"] = int(new_D)
+        own = np.asarray(star.pixel_size_angstrom, dtype=np.float64) / float(pixel_size_angstrom)
+        for name in ("rlnOriginX", "rlnOriginY"):
+            if name in table.columns:
+                table[name] = table[name].astype(float) * own / factor
+    else:
+        for t in tables:
+            if "rlnImagePixelSize" in t.columns:
+                t["rlnImagePixelSize"] = t["rlnImagePixelSize"].astype(float) * factor
+            if "rlnDetectorPixelSize" in t.columns:
+                t["rlnDetectorPixelSize"] = t["rlnDetectorPixelSize"].astype(float) * factor
+            if "rlnImageSize" in t.columns:
+                t["rlnImageSize"] = int(new_D)
+        for name in ("rlnOriginX", "rlnOriginY"):
+            if name in table.columns:
+                table[name] = table[name].astype(float) / factor
     if star.optics_key is not None and "rlnImagePixelSize" not in star.optics.columns and \
             "rlnImagePixelSize" not in table.columns:
-        blocks[star.optics_key]["rlnImagePixelSize"] = float(star.pixel_size_angstrom[0]) * factor
+        blocks[star.optics_key]["rlnImagePixelSize"] = float(
+            star.pixel_size_angstrom[0] if pixel_size_angstrom is None else pixel_size_angstrom) * factor
     blocks[star.particles_key] = table
     return blocks
 
 
-def write_downsampled_star(star, out_star: str | Path, stack_name: str, new_D: int) -> Path:
+def write_downsampled_star(star, out_star: str | Path, stack_name: str, new_D: int,
+                           pixel_size_angstrom: float | None = None) -> Path:
     """Write the STAR file of the downsampled particles (see :func:`downsampled_star_blocks`), atomically."""
     from cryoscape.io.star import write_star_subset
 
-    new = dataclasses.replace(star, blocks=downsampled_star_blocks(star, stack_name, new_D))
+    new = dataclasses.replace(star, blocks=downsampled_star_blocks(star, stack_name, new_D, pixel_size_angstrom))
     return write_star_subset(new, np.arange(len(star)), out_star)

@@ -13,7 +13,7 @@ from cryoscape.errors import InputError
 from cryoscape.io.pkl import load_pickle, save_pickle
 from cryoscape.utils.atomic import atomic_path, atomic_write_text
 
-__all__ = ["read_indices", "write_indices", "validate_indices"]
+__all__ = ["read_indices", "read_particle_indices", "write_indices", "validate_indices"]
 
 
 def validate_indices(values, n: int | None = None, path: str | Path | None = None) -> np.ndarray:
@@ -106,3 +106,35 @@ def write_indices(path: str | Path, indices) -> Path:
     else:
         atomic_write_text(path, "".join(f"{int(i)}\n" for i in arr))
     return path
+
+
+def read_particle_indices(path: str | Path, offsets) -> np.ndarray:
+    """Read the ``--ind`` of a tilt-series set: 0-based *particle* indices (as tomoDRGN's ``--ind-ptcls``).
+
+    Parameters
+    ----------
+    path : path
+        Index file (see :func:`read_indices`).
+    offsets : array of int, shape (N + 1,)
+        Images of particle ``p`` are ``offsets[p]:offsets[p + 1]`` (``TiltSeriesSet.offsets``).
+
+    Raises
+    ------
+    InputError
+        As :func:`read_indices`; a file whose values only fit the tilt images (a cryoDRGN tilt-series ``ind`` file,
+        or tomoDRGN's ``--ind-imgs``, count images) is named as such, with what to give instead.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    n, m = len(offsets) - 1, int(offsets[-1])
+    values = read_indices(path)
+    if values.max() >= n and values.max() < m:
+        owner = np.searchsorted(offsets, values, side="right") - 1
+        touched = np.unique(owner)
+        whole = len(values) == int((offsets[touched + 1] - offsets[touched]).sum())
+        detail = f"; they list every image of {len(touched)} particles" if whole else ""
+        raise InputError(f"holds per-image (tilt) indices up to {int(values.max())}, but --ind counts particles: this "
+                         f"set has {n} particles in {m} tilt images{detail}", path,
+                         "cryoDRGN tilt-series ind files and tomoDRGN --ind-imgs files count images; give the "
+                         "0-based indices of the particles to keep, as tomoDRGN --ind-ptcls files hold (and "
+                         "--ntilts to use fewer tilts per particle)")
+    return validate_indices(values, n, path)

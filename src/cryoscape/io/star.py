@@ -203,6 +203,35 @@ def _read_blocks(path: Path) -> dict:
     return blocks
 
 
+_TILT_SERIES_HINT = ("tilt-series sets are read by `cryoscape train --model tomodrgn` (and `chimerax-placement`); "
+                     "this command reads single-particle STAR files")
+
+
+def tilt_series_kind(blocks: dict) -> str | None:
+    """``'optimisation_set'`` (RELION 5 / WarpTools ``*_optimisation_set.star``), ``'particles'`` (the particle file
+    of such a set: a 2-D tilt stack per particle, ``rlnTomoName``, image names without ``@``), else None."""
+    for block in blocks.values():
+        keys = block.keys() if isinstance(block, dict) else block.columns
+        if "rlnTomoParticlesFile" in keys or "rlnTomoTomogramsFile" in keys:
+            return "optimisation_set"
+    for block in blocks.values():
+        if isinstance(block, pd.DataFrame) and "rlnTomoName" in block.columns and (
+                "rlnImageName" not in block.columns or not block["rlnImageName"].astype(str).str.contains("@").any()):
+            return "particles"
+    return None
+
+
+def _refuse_tilt_series(blocks: dict, path: Path) -> None:
+    kind = tilt_series_kind(blocks)
+    if kind == "optimisation_set":
+        raise InputError("is a tilt-series optimisation set (RELION 5 / WarpTools), not a particle STAR file", path,
+                         _TILT_SERIES_HINT)
+    if kind == "particles":
+        raise InputError("is the particle file of a tilt-series set (RELION 5 / WarpTools: one 2-D tilt stack per "
+                         "particle), not a single-particle STAR file", path,
+                         _TILT_SERIES_HINT + "; give tomodrgn the *_optimisation_set.star")
+
+
 def _find_particles(blocks: dict, path: Path) -> tuple[str, str | None]:
     tables = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
     optics_key = "optics" if "optics" in tables else None
@@ -210,6 +239,7 @@ def _find_particles(blocks: dict, path: Path) -> tuple[str, str | None]:
     if "particles" in candidates:
         return "particles", optics_key
     if not candidates:
+        _refuse_tilt_series(blocks, path)
         raise InputError("missing column rlnImageName (no particle table found)", path)
     return max(candidates, key=lambda k: len(tables[k])), optics_key
 
@@ -299,6 +329,8 @@ def read_star_particles(path: str | Path, datadir: str | Path | None = None, api
     blocks[pkey] = table
     optics = blocks[okey] if okey else None
     rows = _optics_rows(table, optics, path) if optics is not None else None
+    if tilt_series_kind({pkey: table}) == "particles":
+        _refuse_tilt_series({pkey: table}, path)
     names, indices = _parse_image_names(table["rlnImageName"], path)
     stacks = resolve_stack_paths(names, path.parent, datadir)
     sp = StarParticles(path, blocks, pkey, okey, "3.1+" if okey else "3.0", stacks, indices,

@@ -196,15 +196,20 @@ def detect_format(path: str | Path) -> str:
 
 
 def load_tilt_series(path: str | Path, fmt: str = "auto", datadir=None, apix: float | None = None,
-                     coordinate_pixel_size_angstrom: float | None = None) -> TiltSeriesSet:
-    """Read a tilt-series particle set; ``fmt``: ``'auto'`` (by content), ``'imageseries'``, ``'optimisation_set'``."""
+                     coordinate_pixel_size_angstrom: float | None = None, ctf_overrides=None) -> TiltSeriesSet:
+    """Read a tilt-series particle set; ``fmt``: ``'auto'`` (by content), ``'imageseries'``, ``'optimisation_set'``.
+
+    ``ctf_overrides`` (:class:`cryoscape.metadata.CTFOverrides`: ``--kv/--cs/--amp-contrast/--ps``) replace the
+    file's optics values (and fill in those an image-series STAR lacks)."""
     if fmt not in FORMATS:
         raise InputError(f"unknown tilt-series format {fmt!r}; choose one of {', '.join(FORMATS)}")
     kind = detect_format(path) if fmt == "auto" else fmt
     if kind == "optimisation_set":
-        return read_optimisation_set(path, datadir=datadir, apix=apix)
+        tilts = read_optimisation_set(path, datadir=datadir, apix=apix)
+        return replace(tilts, ctf=ctf_overrides.apply(tilts.ctf)) if ctf_overrides else tilts
     return read_image_series_star(path, datadir=datadir, apix=apix,
-                                  coordinate_pixel_size_angstrom=coordinate_pixel_size_angstrom)
+                                  coordinate_pixel_size_angstrom=coordinate_pixel_size_angstrom,
+                                  ctf_overrides=ctf_overrides)
 
 
 def _first_column(table: pd.DataFrame, names) -> str | None:
@@ -212,7 +217,7 @@ def _first_column(table: pd.DataFrame, names) -> str | None:
 
 
 def read_image_series_star(path: str | Path, datadir=None, apix: float | None = None,
-                           coordinate_pixel_size_angstrom: float | None = None) -> TiltSeriesSet:
+                           coordinate_pixel_size_angstrom: float | None = None, ctf_overrides=None) -> TiltSeriesSet:
     """Read a Warp/M image-series STAR file (one row per tilt image).
 
     Particle id: ``rlnGroupName`` (Warp's ``tomogramID_particleID``), else ``rlnTomoParticleName``, else
@@ -242,7 +247,7 @@ def read_image_series_star(path: str | Path, datadir=None, apix: float | None = 
         raise InputError("missing CTF columns (rlnDefocusU, ...)", path)
     order, offsets, names = group_images(table[id_col].to_numpy())
     poses = sp.poses()
-    c = sp.ctf()
+    c = sp.ctf(ctf_overrides)
     ctf = CTFParams.create(c.defocus_u_angstrom, c.defocus_v_angstrom, c.astigmatism_angle_deg, c.voltage_kv,
                            c.cs_mm, c.amplitude_contrast, c.phase_shift_deg)
     if sp.has("rlnCtfBfactor"):

@@ -289,16 +289,19 @@ class TomoDRGNFamily:
         """``(TiltSeriesSet, indices into the file's particles)`` of ``config.data`` (or of another ``path``);
         ``--ind`` is applied to the run's own particles when ``apply_ind``."""
         from cryoscape.errors import InputError
-        from cryoscape.io.indices import read_indices
+        from cryoscape.io.indices import read_particle_indices
         from cryoscape.io.tilt_series import load_tilt_series
 
         d = config.data
         if d.poses or d.ctf:
             raise InputError("--poses/--ctf do not apply to tilt series (poses and CTF come from the STAR file)")
-        tilts = load_tilt_series(path or d.particles, d.tilt_format, datadir=datadir or d.datadir, apix=d.apix)
+        if d.cs_alignments:
+            raise InputError("--cs-alignments applies to cryoSPARC .cs files, not to tilt series")
+        tilts = load_tilt_series(path or d.particles, d.tilt_format, datadir=datadir or d.datadir, apix=d.apix,
+                                 ctf_overrides=d.reader_options()["ctf_overrides"])
         indices = np.arange(len(tilts), dtype=np.int64)
         if d.ind and path is None and apply_ind:
-            indices = read_indices(d.ind, n=len(tilts))
+            indices = read_particle_indices(d.ind, tilts.offsets)  # per-image files are named as such
             if len(indices) == 0:
                 raise InputError("the index file selects no particles", d.ind)
             tilts = tilts.subset(indices)

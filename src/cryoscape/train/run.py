@@ -56,7 +56,8 @@ def load_training_particles(config: RunConfig):
     if family_loader is not None:
         return family_loader(config)
     d = config.data
-    particles = load_particles(d.particles, poses=d.poses, ctf=d.ctf, datadir=d.datadir, apix=d.apix, lazy=True)
+    particles = load_particles(d.particles, poses=d.poses, ctf=d.ctf, datadir=d.datadir, apix=d.apix, lazy=True,
+                               **d.reader_options())
     n_total = len(particles)
     if d.ind:
         indices = read_indices(d.ind, n=n_total)
