@@ -239,6 +239,7 @@ def fake_demo(monkeypatch):
                 "discrete_ari": 1.0, "minutes": 0.0, "report": str(out / "run")}
 
     monkeypatch.setattr(demo_module, "_run_demo", fake)
+    monkeypatch.setattr(demo_module, "format_scores", lambda scores: "scores", raising=False)
     return calls
 
 
