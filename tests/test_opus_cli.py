@@ -83,14 +83,17 @@ def test_resume_repeats_an_uninterrupted_run(sim, run, tmp_path):
 
 
 def test_cli_defaults_and_mask_option(tmp_path):
+    from cryoscape.models.registry import with_family_defaults
+
     p = argparse.ArgumentParser()
     train_cli.add_args(p)
-    cfg = train_cli.config_from_args(p.parse_args(["x.star", "-o", "r", "--model", "opus-dsd"]))
+    cfg = with_family_defaults(train_cli.config_from_args(p.parse_args(["x.star", "-o", "r", "--model", "opus-dsd"])))
     t, m = cfg.train, cfg.model
     assert (t.batch_size, t.lr, t.lamb, t.knn, t.kfarthest, t.n_samples, t.momentum, t.lr_decay) == (
         72, 1e-4, 0.5, 128, 512, 12800, 0.7, 0.95)
     assert t.beta is None and m.templateres is None and m.channel_scale is None  # chosen for the device
-    assert train_cli.config_from_args(p.parse_args(["x.star", "-o", "r"])).train.batch_size == 16
+    cryodrgn = with_family_defaults(train_cli.config_from_args(p.parse_args(["x.star", "-o", "r"])))
+    assert (cryodrgn.train.batch_size, cryodrgn.train.lr) == (32, 1e-3)
     with pytest.raises(InputError, match="mask file not found"):
         train_cli.config_from_args(p.parse_args(["x.star", "-o", "r", "--mask", str(tmp_path / "no.mrc")]))
     with pytest.raises(InputError, match="multiple of 16"):

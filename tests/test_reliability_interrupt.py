@@ -87,7 +87,8 @@ def test_sigkill_then_resume_equals_uninterrupted(sim, reference, tmp_path):
     assert main(["train", str(sim / "particles.star"), "-o", str(run), "-n", str(EPOCHS), "--resume",
                  *SMALL]) == 0
     log = (run / "log.txt").read_text()
-    assert f"resuming from {run / 'checkpoints' / f'epoch_{last:03d}.pt'} (epoch {last}, step 0)" in log
+    assert f"resuming from {run / 'checkpoints' / f'epoch_{last:03d}.pt'} after epoch {last}; training to epoch " \
+           f"{EPOCHS}" in log
     assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # partial files gone
     np.testing.assert_array_equal(np.load(run / "latents" / f"epoch_{EPOCHS:03d}.npy"),
                                   np.load(reference / "latents" / f"epoch_{EPOCHS:03d}.npy"))

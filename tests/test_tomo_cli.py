@@ -51,13 +51,14 @@ def test_train_eval_evaluate(sim, tmp_path):
 def test_defaults_of_the_family(sim, tmp_path):
     from cryoscape.cli.main import build_parser
     from cryoscape.cli.train import config_from_args
+    from cryoscape.models.registry import with_family_defaults
 
     args = build_parser().parse_args(["train", str(sim / "particles.star"), "-o", str(tmp_path / "x"),
                                       "--model", "tomodrgn"])
-    cfg = config_from_args(args)
+    cfg = with_family_defaults(config_from_args(args))
     assert cfg.train.lr == pytest.approx(2e-4) and cfg.train.batch_size == 1 and cfg.model.pooling == "concatenate"
     args = build_parser().parse_args(["train", str(sim / "particles.star"), "-o", str(tmp_path / "x")])
-    assert config_from_args(args).train.lr == pytest.approx(1e-4)  # cryodrgn unchanged
+    assert with_family_defaults(config_from_args(args)).train.lr == pytest.approx(1e-3)  # the cryodrgn family's
 
 
 def test_optimisation_set_homogeneous_and_max_pooling(sim, tmp_path):

@@ -123,8 +123,8 @@ class TrainConfig:
     """Optimisation and bookkeeping."""
 
     epochs: int = 20
-    batch_size: int = 16
-    lr: float = 1e-4
+    batch_size: int | None = None  # None -> the family's default (models.registry.with_family_defaults)
+    lr: float | None = None  # None -> the family's default
     weight_decay: float = 0.0
     beta: float | None = None  # KL weight; None -> 1/zdim
     seed: int = 0
@@ -146,13 +146,14 @@ class TrainConfig:
     l1_weight: float = 0.3  # L1 (LASSO) prior on the volumes
     anneal_images: int = 100000  # images per ramp of the cyclical annealing of the KL and prior weights (0: off)
     lr_decay: float = 0.95  # learning rate multiplied by this after every epoch
+    load: str | None = None  # start from the model weights of this run folder or checkpoint file (train --load)
 
     def __post_init__(self):
         if self.epochs < 1:
             raise InputError(f"-n/--epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"-b/--batch-size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             raise InputError(f"--lr must be positive, got {self.lr}")
         if not 0.0 < self.march_start <= 1.0:
             raise InputError(f"--march-start must be in (0, 1], got {self.march_start}")
@@ -195,6 +196,19 @@ class RunConfig:
             )
         except TypeError as exc:
             raise InputError(f"config does not match this version of cryoscape ({exc})") from exc
+
+
+# command-line spelling of the fields whose option is not ``--`` + the field name with dashes
+_OPTION_NAMES = {
+    "particles": "PARTICLES", "family": "--model", "epochs": "-n/--epochs", "batch_size": "-b/--batch-size",
+    "weight_decay": "--wd", "window": "--no-window", "recon_dose_weight": "--no-dose-weight",
+    "recon_tilt_weight": "--no-tilt-weight", "dose_mask": "--no-dose-mask",
+}
+
+
+def option_name(field_name: str) -> str:
+    """The ``cryoscape train`` option that sets the configuration field ``field_name``."""
+    return _OPTION_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

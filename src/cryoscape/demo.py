@@ -41,9 +41,7 @@ class DemoSettings:
     zdim: int = 4
     width: int = 128
     epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-3
-    seed: int = 0
+    seed: int = 0  # batch size and learning rate: the cryodrgn family's defaults, as for `cryoscape train`
 
 
 def score_demo(z: np.ndarray, subunit: np.ndarray, hinge: np.ndarray, k: int = 8, seed: int = 0) -> dict:
@@ -111,7 +109,7 @@ def _run_demo(out: Path, settings: DemoSettings, progress: bool) -> dict:
     config = RunConfig(
         data=DataConfig(particles=str(sim / "particles.star")),
         model=ModelConfig(family="cryodrgn", zdim=s.zdim, enc_dim=s.width, dec_dim=s.width),
-        train=TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed),
+        train=TrainConfig(epochs=s.epochs, seed=s.seed),
     )
     train(config, run_dir, progress=progress)
 

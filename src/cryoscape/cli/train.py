@@ -53,8 +53,8 @@ def _family_defaults_text() -> tuple[str, str]:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("particles", help="STAR, .cs or .mrcs input")
     first = len(p._actions)
+    p.add_argument("particles", help="STAR, .cs or .mrcs input")
     p.add_argument("-o", "--outdir", required=True, help="run folder to write")
     d = p.add_argument_group("data")
     d.add_argument("--poses", help="cryoDRGN pose.pkl (overrides poses in the STAR/.cs)")
@@ -114,13 +114,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_opus_args(p)
     _add_tomodrgn_args(p)
-
-
-def _add_tomodrgn_args(p: argparse.ArgumentParser) -> None:
     for action in p._actions[first:]:
         if action.option_strings and action.dest != "help":
             _DEFAULTS[action.dest] = action.default
             action.default = None
+
+
+def _add_tomodrgn_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tomodrgn", "options of --model tomodrgn (tilt series; see docs/tomography.md)")
     g.add_argument("--tilt-format", default="auto", choices=["auto", "imageseries", "optimisation_set"],
                    help="input kind (default: detected from the file's content)")
@@ -211,9 +211,6 @@ def run(args) -> int:
     from cryoscape.train.engine import TrainingInterrupted
     from cryoscape.train.run import train
 
-    try:
-        train(config, args.outdir, resume=bool(args.resume), progress=not args.no_progress)
-    except TrainingInterrupted as exc:
     if args.resume:  # the recorded configuration, with the options given on this command line applied to it
         from pathlib import Path
 
@@ -222,6 +219,9 @@ def run(args) -> int:
         config = config_from_args(args, base=load_config(Path(args.outdir) / "config.yaml"))
     else:
         config = config_from_args(args)
+    try:
+        train(config, args.outdir, resume=bool(args.resume), progress=not args.no_progress)
+    except TrainingInterrupted as exc:
         print(f"cryoscape train: {exc}")
         return 130
     return 0

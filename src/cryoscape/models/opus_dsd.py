@@ -299,6 +299,10 @@ class OpusDSDFamily:
     name = "opus-dsd"
     selection_metric = "val_recon"
 
+    default_batch_size = 72  # the paper's batch size
+    default_lr = 1e-4  # the paper's (decayed by --lr-decay per epoch)
+    data_state = ("pixel_size_angstrom", "norm_std", "images_seen", "snr_ema", "volume_mask", "bank.codes",
+                  "bank.classes")
 
     def resolve_defaults(self, config, device):
         """The config with device-dependent defaults filled in (``channel_scale`` None: 1 on CUDA, 0.25 on a

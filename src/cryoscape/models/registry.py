@@ -6,10 +6,17 @@ A family is a small object with
 * ``build_info(data)`` -> dict of plain values needed to rebuild the model without the data (saved in
   checkpoints);
 * ``build_model(config, build)`` -> ``nn.Module`` with ``forward(batch) -> dict`` (``"loss"`` + terms);
-* ``make_optimizer(model, config)`` -> ``(optimizer, scheduler or None)``.
+* ``make_optimizer(model, config)`` -> ``(optimizer, scheduler or None)``;
+* ``default_batch_size``, ``default_lr``: the training values a run of the family gets when the configuration
+  leaves them unset (``None``); :func:`with_family_defaults` fills them in before a run starts, so the command
+  line and ``train(RunConfig(...))`` from Python train with the same values;
+* ``data_state``: names of model buffers that belong to the data set or to the training state rather than to the
+  learnt model (normalisation, pixel size, counters); ``train --load`` keeps the new run's own values of these.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -21,6 +28,12 @@ class CryoDRGNFamily:
     """cryoDRGN: MLP encoder + coordinate-network decoder on Fourier slices (``models.cryodrgn``)."""
 
     name = "cryodrgn"
+    # lr 1e-3 and batch 32: on data sets of a few thousand particles and 20 epochs, lr 1e-4 with batch 16 leaves
+    # the model unconverged (the demo's data: ARI 0.465 against 0.875 with these values, issue 20; the
+    # benchmarks: bench/RESULTS.md sections 3 and 7b)
+    default_batch_size = 32
+    default_lr = 1e-3
+    data_state = ("pixel_size_angstrom", "norm_std")
 
     def make_data(self, particles, config: RunConfig, norm_std=None, progress=True):
         from cryoscape.data.fourier_pixels import FourierPixels
@@ -64,6 +77,19 @@ def _tomodrgn_family():
 
 
 FAMILIES = {"cryodrgn": CryoDRGNFamily(), "opus-dsd": _opus_dsd_family(), "tomodrgn": _tomodrgn_family()}
+
+
+def with_family_defaults(config: RunConfig) -> RunConfig:
+    """``config`` with the training values it leaves unset (``batch_size``, ``lr`` = ``None``) taken from its
+    family's defaults; values that are set are kept."""
+    family = get_family(config.model.family)
+    t = config.train
+    changes = {}
+    if t.batch_size is None:
+        changes["batch_size"] = int(family.default_batch_size)
+    if t.lr is None:
+        changes["lr"] = float(family.default_lr)
+    return dataclasses.replace(config, train=dataclasses.replace(t, **changes)) if changes else config
 
 
 def get_family(name: str):

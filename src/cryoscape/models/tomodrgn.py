@@ -284,6 +284,9 @@ class TomoDRGNFamily:
     """
 
     name = "tomodrgn"
+    default_batch_size = 1  # particles per batch, as in the tomoDRGN paper
+    default_lr = 2e-4  # the tomoDRGN paper's
+    data_state = ("pixel_size_angstrom", "norm_std")
 
     def load_particles(self, config, path=None, datadir=None, apply_ind: bool = True):
         """``(TiltSeriesSet, indices into the file's particles)`` of ``config.data`` (or of another ``path``);

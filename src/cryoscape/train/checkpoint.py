@@ -104,3 +104,16 @@ def resolve_epoch(run_dir: str | Path, epoch: int | None) -> int:
     if epoch not in epochs:
         raise InputError(f"no checkpoint for epoch {epoch} (available: {epochs[0]}..{epochs[-1]})", run_dir)
     return epoch
+
+
+def checkpoint_to_load(source: str | Path) -> Path:
+    """The checkpoint file ``train --load`` takes its weights from: ``source`` itself if it is a file, else the
+    checkpoint of the run folder ``source`` at its best epoch (``RUN/best_epoch``) or, without one, its last."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise InputError("--load: no such run folder or checkpoint file", path)
+    if not checkpoint_dir(path).is_dir():
+        raise InputError("--load: not a run folder (no checkpoints/ in it) and not a checkpoint file", path)
+    return epoch_checkpoint_path(path, resolve_epoch(path, None))

@@ -295,7 +295,7 @@ class Engine:
         if first == 0:
             torch.manual_seed(s.seed * 100003 + epoch * 1009 + self.info.rank)
             self.state.partial = {}
-        sums = {k: v for k, v in self.state.partial.items() if k != "_count"}
+        sums = {k: v for k, v in self.state.partial.items() if not k.startswith("_")}  # not _count, _seconds
         count = int(self.state.partial.get("_count", 0))
         t0 = time.perf_counter() - float(self.state.partial.get("_seconds", 0.0))
         bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch}/{s.epochs}", unit="batch",

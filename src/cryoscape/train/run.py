@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryoscape.config import RunConfig, load_config, save_config
+from cryoscape.config import RunConfig, load_config, option_name, save_config
 from cryoscape.errors import InputError
-from cryoscape.models.registry import get_family
-from cryoscape.train.checkpoint import latest_checkpoint, load_checkpoint
+from cryoscape.models.registry import get_family, with_family_defaults
+from cryoscape.train.checkpoint import checkpoint_to_load, latest_checkpoint, load_checkpoint
 from cryoscape.train.distributed import DistInfo, barrier, init_distributed
 from cryoscape.train.engine import Engine, EngineSettings
 from cryoscape.utils.atomic import atomic_path, check_writable_dir
@@ -73,36 +73,103 @@ def load_training_particles(config: RunConfig):
 
 
 def with_absolute_paths(config: RunConfig) -> RunConfig:
-    """A copy whose input paths are absolute, so later commands work from any folder."""
+    """A copy whose input paths are absolute, so later commands work from any folder; ``train.load`` (a run
+    folder or a checkpoint) becomes the checkpoint file it names."""
     d = config.data
     paths = {k: str(Path(v).resolve()) for k in ("particles", "poses", "ctf", "ind", "datadir") if (v := getattr(d, k))}
-    return dataclasses.replace(config, data=dataclasses.replace(d, **paths))
+    t = config.train
+    load = str(checkpoint_to_load(t.load).resolve()) if t.load else None
+    return dataclasses.replace(config, data=dataclasses.replace(d, **paths), train=dataclasses.replace(t, load=load))
 
 
-def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
-    """Train a model as configured; returns the run folder. See ``docs/run-directory.md`` for what is written."""
+# options that may change when a run is resumed: they do not change what is learnt
+RESUME_CHANGEABLE = ("epochs", "device", "threads", "num_workers")
+_PATH_FIELDS = ("particles", "poses", "ctf", "ind", "datadir", "mask", "load")
+
+
+def _same_value(name: str, recorded, requested) -> bool:
+    if requested is None or recorded == requested:  # None: not given, as recorded
+        return True
+    if name in _PATH_FIELDS and recorded and Path(recorded).exists() and Path(requested).exists():
+        return Path(recorded).samefile(requested)
+    return False
+
+
+def _show(value) -> str:
+    return "(none)" if value is None else str(value)
+
+
+def resume_config(recorded: RunConfig, requested: RunConfig | None, run_dir: Path,
+                  epochs_done: int) -> tuple[RunConfig, list[str]]:
+    """The configuration a resumed run continues with, and the changes made to the recorded one.
+
+    ``requested`` (paths absolute; ``None`` values mean "as recorded") may differ from ``recorded`` only in
+    :data:`RESUME_CHANGEABLE`; any other difference is an :class:`InputError` naming the option and both values.
+    The resulting epoch count must leave epochs to train.
+    """
+    changes, sections = [], {}
+    for section in ("data", "model", "train"):
+        old = getattr(recorded, section)
+        new = getattr(requested, section) if requested is not None else old
+        keep = {}
+        for f in dataclasses.fields(old):
+            a, b = getattr(old, f.name), getattr(new, f.name)
+            if _same_value(f.name, a, b):
+                continue
+            name = option_name(f.name)
+            if f.name not in RESUME_CHANGEABLE:
+                how = "give the recorded one" if f.name == "particles" else "leave it out"
+                raise InputError(f"--resume: {name} is {_show(b)} here but {_show(a)} in the run's config.yaml",
+                                 run_dir, hint=f"{how} to continue the run as recorded, or start a new run with "
+                                               "another -o")
+            keep[f.name] = b
+            changes.append(f"{name} {_show(a)} -> {_show(b)}")
+        sections[section] = dataclasses.replace(old, **keep) if keep else old
+    config = dataclasses.replace(recorded, **sections)
+    epochs = config.train.epochs
+    if epochs <= epochs_done:
+        if epochs == recorded.train.epochs:
+            raise InputError(f"nothing to resume: the run has completed its {epochs} epochs", run_dir,
+                             hint="give -n with more epochs to train it further")
+        raise InputError(f"--resume: -n {epochs} is not more than the {epochs_done} epochs the run has completed",
+                         run_dir)
+    return config, changes
+
+
+def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    """Train a model as configured; returns the run folder. See ``docs/run-directory.md`` for what is written.
+
+    The batch size and learning rate, where ``config`` leaves them ``None``, are the family's defaults
+    (:func:`cryoscape.models.registry.with_family_defaults`); ``config.yaml`` records the values used.
+    With ``resume`` the run continues from its latest checkpoint with the configuration recorded in its
+    ``config.yaml`` (``config`` may be ``None``); a ``config`` given must equal the recorded one except in
+    :data:`RESUME_CHANGEABLE` (e.g. more epochs), see :func:`resume_config`. With ``config.train.load`` (a run
+    folder or a checkpoint file) a new run starts from those model weights (fresh optimizer, epochs from 1).
+    """
     run_dir = Path(run_dir)
+    if config is None and not resume:
+        raise ValueError("train() needs a configuration unless it resumes a run")
+    if config is not None:
+        config = with_absolute_paths(config if resume else with_family_defaults(config))
     keep_freed_memory()
     info = init_distributed()
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
     if info.is_main:
         check_output_location(run_dir)  # writable, but nothing is created until the inputs have been checked
     else:
         log.setLevel(logging.WARNING)  # one process reports
-    resume_from = None
+    resume_from, state, changes = None, None, []
     if resume:
         resume_from = latest_checkpoint(run_dir)
         if resume_from is None:
             raise InputError("nothing to resume: no checkpoint in this run folder", run_dir)
-        saved = load_config(run_dir / "config.yaml")
-        saved.train.epochs = config.train.epochs
-        config = saved
+        state = load_checkpoint(resume_from)
+        recorded = with_family_defaults(load_config(run_dir / "config.yaml"))
+        config, changes = resume_config(recorded, config, run_dir, int(state["epoch"]))
     elif latest_checkpoint(run_dir) is not None:
         raise InputError("this run folder already has checkpoints", run_dir,
                          hint="continue it with --resume, or choose another -o")
-    else:
-        config = with_absolute_paths(config)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
 
     torch.manual_seed(config.train.seed)
     device = select_device(config.train.device, info)
@@ -111,12 +178,13 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
     if resolve_defaults is not None:
         config = resolve_defaults(config, device)
     particles, indices = load_training_particles(config)
-    state = load_checkpoint(resume_from) if resume_from else None
     norm = state["build"].get("norm_std") if state else None
     data = family.make_data(particles, config, norm_std=norm, progress=progress and info.is_main)
     data.to(device)  # prepared data (in memory) and metadata stay on the training device; lazy batches move there
     build = family.build_info(data)
     model = family.build_model(config, build)
+    if config.train.load and state is None:
+        load_weights(model, family, config, build)
     optimizer, scheduler = family.make_optimizer(model, config)
     train_pos, val_pos = split_positions(len(data), config.data.val_frac, config.train.seed)
     if info.is_main:
@@ -128,6 +196,11 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
                              config.train.epochs, config.train.checkpoint_every)
         check_writable_dir(run_dir)
         _attach_log_file(run_dir)
+        if changes:
+            log.info("--resume with changed options: " + ", ".join(changes))
+            save_config(config, run_dir / "config.yaml")
+        if config.train.load and state is None:
+            log.info(f"starting from the model weights of {config.train.load}")
 
     if info.is_main and not resume:
         save_config(config, run_dir / "config.yaml")
@@ -145,7 +218,13 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
                     batch_plan=functools.partial(plan, data) if plan else None)
     if state is not None:
         engine.load_state_dict(state)
-        log.info(f"resuming from {resume_from} (epoch {engine.state.epoch}, step {engine.state.step})")
+        done, step = engine.state.epoch, engine.state.step
+        if step:  # counted as the stop message counts: the epoch in progress (1-based), steps done / steps
+            steps = len(engine.batch_plan(engine.train_positions, t.seed, done + 1, t.batch_size, info))
+            log.info(f"resuming from {resume_from} at epoch {done + 1}, step {step}/{steps}; training to epoch "
+                     f"{t.epochs}")
+        else:
+            log.info(f"resuming from {resume_from} after epoch {done}; training to epoch {t.epochs}")
     n_params = sum(p.numel() for p in model.parameters())
     log.info(f"{family.name}: {len(train_pos)} training and {len(val_pos)} validation particles, "
              f"D={build.get('D')}, {n_params:,} parameters, device {device}"
@@ -157,6 +236,48 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
     finally:
         _detach_log_file()
     return run_dir
+
+
+# ModelConfig fields that shape the network (compared by load_weights when the run's config.yaml is at hand)
+_ARCHITECTURE = ("zdim", "enc_dim", "enc_layers", "dec_dim", "dec_layers", "pe_type", "pe_dim", "feat_sigma",
+                 "activation", "templateres", "channel_scale", "pooling", "tilt_embed_dim", "enc_dim_b",
+                 "enc_layers_b")
+
+
+def load_weights(model: torch.nn.Module, family, config: RunConfig, build: dict) -> None:
+    """Copy the model weights of the checkpoint ``config.train.load`` into ``model`` (``train --load``).
+
+    Everything in the model's state except the family's ``data_state`` buffers (normalisation, pixel size,
+    training counters: they stay the new run's own) is loaded. A checkpoint of another family or another
+    architecture is an :class:`InputError` naming the difference.
+    """
+    path = Path(config.train.load)
+    state = load_checkpoint(path)
+    if state["family"] != family.name:
+        raise InputError(f"--load: the checkpoint holds a {state['family']} model, this run trains {family.name}",
+                         path)
+    their_config = path.parent.parent / "config.yaml"
+    if path.parent.name == "checkpoints" and their_config.is_file():
+        theirs_m, ours_m = load_config(their_config).model, config.model
+        for name in _ARCHITECTURE:
+            a, b = getattr(theirs_m, name), getattr(ours_m, name)
+            if a != b:
+                raise InputError(f"--load: the run there has {option_name(name)} {_show(a)}, this run "
+                                 f"{_show(b)}", path, hint="give the architecture options of the run it comes from")
+    skip = set(getattr(family, "data_state", ()))
+    theirs = {k: v for k, v in state["model"].items() if k not in skip}
+    ours = {k: v for k, v in model.state_dict().items() if k not in skip}
+    for key in sorted(set(ours) | set(theirs)):
+        a, b = theirs.get(key), ours.get(key)
+        if a is None or b is None or tuple(a.shape) != tuple(b.shape):
+            there = "absent" if a is None else tuple(a.shape)
+            here = "absent" if b is None else tuple(b.shape)
+            size = ""
+            if state.get("build", {}).get("D") != build.get("D"):
+                size = f"; images of D={state['build'].get('D')} there, D={build.get('D')} here"
+            raise InputError(f"--load: the checkpoint's model has another architecture ({key}: {there} there, "
+                             f"{here} here{size})", path, hint="give the architecture options of the run it comes from")
+    model.load_state_dict(theirs, strict=False)
 
 
 def _detach_log_file() -> None:
