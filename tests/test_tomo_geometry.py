@@ -117,7 +117,8 @@ def write_relion(tmp_path, pos, angles, R, origins, centred: bool, hand=-1.0, sl
     optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["optics1"], "rlnSphericalAberration": [2.7],
                            "rlnVoltage": [300.0], "rlnAmplitudeContrast": [0.07],
                            "rlnTomoTiltSeriesPixelSize": [TS_PIXEL], "rlnTomoSubtomogramBinning": [float(BINNING)],
-                           "rlnImagePixelSize": [TS_PIXEL * BINNING], "rlnImageSize": [D], "rlnImageDimensionality": [2],
+                           "rlnImagePixelSize": [TS_PIXEL * BINNING], "rlnImageSize": [D],
+                           "rlnImageDimensionality": [2],
                            "rlnCtfDataAreCtfPremultiplied": [0]})
     parts = {"rlnTomoName": [name] * n, "rlnTomoParticleName": [f"{name}/{i + 1}" for i in range(n)]}
     if centred:

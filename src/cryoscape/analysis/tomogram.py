@@ -111,7 +111,8 @@ def _placements_from_optimisation_set(path: Path, apix_override: float | None) -
     positions = ts.particle_positions(parts, pblocks.get("optics"), glob, ppath, tpath,
                                       coordinate_pixel_size=apix_override)
     if np.isnan(positions.box_angstrom).any():
-        raise InputError("the tomograms need rlnTomoSizeX/Y/Z to place particles from the tomogram's first voxel", tpath)
+        raise InputError("the tomograms need rlnTomoSizeX/Y/Z to place particles from the tomogram's first voxel",
+                         tpath)
     A_sub = ts.euler_columns(parts, ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi"), ppath)
     A = A_sub @ ts.euler_columns(parts, ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"), ppath)
     origin = np.stack([ts.star_numbers(parts, f"rlnOrigin{a}Angst", ppath, 0.0) for a in "XYZ"], axis=1)

@@ -784,8 +784,14 @@ def particle_positions(parts: pd.DataFrame, optics, glob: pd.DataFrame, ppath: P
     if all(f"rlnTomoSize{a}" in glob.columns for a in "XYZ"):
         sizes = np.stack([star_numbers(glob, f"rlnTomoSize{a}", tpath)[tomo_row] for a in "XYZ"], axis=1)
     box = sizes * np.asarray(tomo_px, np.float64)[:, None]
-    centres = np.stack([particle_centre_angstrom(parts.iloc[i], glob.iloc[tomo_row[i]], float(coord_px[i]), ppath,
-                                                 float(tomo_px[i])) for i in range(n)])
+    if centred_in_file:
+        centres = np.stack([star_numbers(parts, f"rlnCenteredCoordinate{a}Angst", ppath) for a in "XYZ"], axis=1)
+    elif all(f"rlnCoordinate{a}" in parts.columns for a in "XYZ") and not np.isnan(box).any():
+        coords = np.stack([star_numbers(parts, f"rlnCoordinate{a}", ppath) for a in "XYZ"], axis=1)
+        centres = coords * coord_px[:, None] - box / 2
+    else:
+        raise InputError("particles need rlnCenteredCoordinateX/Y/ZAngst (or rlnCoordinateX/Y/Z with the tomogram "
+                         "size rlnTomoSizeX/Y/Z)", ppath)
     outside = np.any(np.abs(centres) > 0.55 * box, axis=1)  # NaN box: never outside
     if outside.any():
         log.warning("%s: %d of %d particles lie outside their tomograms (rlnTomoSizeX/Y/Z x rlnTomoTiltSeriesPixelSize,"
