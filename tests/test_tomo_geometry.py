@@ -227,3 +227,27 @@ def test_geometry_convention_detection():
     assert geometry_convention(["Unt_083.tomostar"], "relion") == "relion"
     with pytest.raises(InputError, match="geometry convention"):
         geometry_convention(["TS_01"], "imod")
+
+
+def test_warptools_set_end_to_end(tmp_path, scene):
+    """train reads a WarpTools-shaped set; chimerax-placement puts its markers at the known positions."""
+    from cryoscape.cli.main import main
+
+    pos, angles, R = scene
+    path = write_warptools(tmp_path, pos, angles, R, fixed=False)
+    rng = np.random.default_rng(0)
+    for i in range(len(pos)):  # noise stacks: the geometry, not the images, is under test
+        write_mrc(tmp_path / f"stacks/p{i + 1}.mrcs", rng.normal(size=(len(TILTS), D, D)).astype(np.float32),
+                  TS_PIXEL * BINNING, is_stack=True)
+    run = tmp_path / "run"
+    assert main(["train", str(path), "-o", str(run), "-n", "1", "--model", "tomodrgn", "--zdim", "2", "--enc-dim", "8",
+                 "--enc-layers", "1", "--dec-dim", "8", "--dec-layers", "1", "--tilt-embed-dim", "4", "-b", "2",
+                 "--no-progress"]) == 0
+    labels = np.arange(len(pos)) % 2
+    np.save(tmp_path / "labels.npy", labels)
+    assert main(["chimerax-placement", str(run), "--labels", str(tmp_path / "labels.npy"), "-o",
+                 str(tmp_path / "place")]) == 0
+    text = (tmp_path / "place" / "TS_1.cxc").read_text()
+    markers = np.array([[float(v) for v in m] for m in re.findall(r"position ([\d.-]+),([\d.-]+),([\d.-]+)", text)])
+    order = np.concatenate([np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)])
+    np.testing.assert_allclose(markers, pos[order], atol=0.02)
