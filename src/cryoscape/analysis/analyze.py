@@ -9,7 +9,14 @@ Writes into ``out_dir`` (default ``RUN/analysis/epoch_NNN``):
   ``sizes.txt``, ``vol_001.mrc`` ... (one map per centre);
 * ``pcN/`` (``zN/`` for zdim 1): ``z_values.txt`` and ten maps from the 5th to the 95th percentile;
 * ``evaluation.json`` when a simulation truth is given;
+* ``chimerax.cxc``: a ChimeraX script that opens the k-means maps (coloured as in the plots) and each traversal
+  as a volume series, at the maps' voxel size (``chimerax OUT/chimerax.cxc``);
 * ``index.html``: everything above, self-contained.
+
+The maps can be mirrored (``flip``: handedness), contrast-inverted (``invert``) and resampled to a box of
+``downsample`` voxels (Fourier crop, voxel size scaled by ``D / downsample``), as cryoDRGN's ``analyze
+--flip/--invert/-d`` do. ``RUN/analyses.txt`` records where the analysis went, so that ``filter --clusters``
+finds its k-means labels whatever ``out_dir`` was.
 """
 
 from __future__ import annotations
@@ -43,24 +50,80 @@ def percentile_points(z1: np.ndarray, n: int = 10, lo: float = 5.0, hi: float = 
     return np.linspace(a, b, n, dtype=np.float32)[:, None]
 
 
-def _maps(generator, out_dir: Path, points: np.ndarray, progress: bool) -> np.ndarray:
-    """Generate the maps at ``points``; write ``z_values.txt`` and ``vol_001.mrc``, ... into ``out_dir``."""
+def _maps(generator, out_dir: Path, points: np.ndarray, progress: bool, flip: bool = False, invert: bool = False,
+          downsample: int | None = None) -> tuple[np.ndarray, float]:
+    """Generate the maps at ``points``; write ``z_values.txt`` and ``vol_001.mrc``, ... into ``out_dir``.
+
+    Returns the maps as written ``(n, D', D', D')`` (after flip, invert and resampling) and their voxel size.
+    """
+    from cryoscape.inference import postprocess_map
     from cryoscape.io.mrc import write_mrc
 
     write_traversal(out_dir, points)
     vols = generator.generate_volumes(points, progress=progress)
+    voxel = float(generator.pixel_size_angstrom)
+    if flip or invert or downsample:
+        done = [postprocess_map(v, generator.pixel_size_angstrom, downsample, flip, invert) for v in vols]
+        vols, voxel = np.stack([v for v, _ in done]), float(done[0][1])
     for i, vol in enumerate(vols):
-        write_mrc(out_dir / f"vol_{i + 1:03d}.mrc", vol, voxel_size_angstrom=generator.pixel_size_angstrom)
-    return vols
+        write_mrc(out_dir / f"vol_{i + 1:03d}.mrc", vol, voxel_size_angstrom=voxel)
+    return vols, voxel
+
+
+def chimerax_script(out_dir: Path, kmeans_maps: list[Path], traversals: dict[str, list[Path]],
+                    voxel_size: float, title: str) -> str:
+    """A ChimeraX ``.cxc`` script (to be saved in ``out_dir``) that opens the analysis maps.
+
+    The k-means maps become models ``#1`` ... ``#k`` (coloured like the clusters in the plots, tiled side by
+    side), each traversal one volume series model after them (hidden, with a slider); every model gets
+    ``voxel_size``. Paths are relative to ``out_dir``: ChimeraX runs a script from the script's own folder.
+    """
+    from cryoscape.analysis.tomogram import cluster_colors
+
+    def rel(path: Path) -> str:
+        name = Path(path).relative_to(out_dir).as_posix()
+        return f'"{name}"' if " " in name else name
+
+    k = len(kmeans_maps)
+    lines = [f"# {title}",
+             "# ChimeraX script written by `cryoscape analyze`: run `chimerax chimerax.cxc`, or `open chimerax.cxc`",
+             "# in ChimeraX. It closes the open models first, so that the model numbers below hold.",
+             f"# maps at {voxel_size:.4g} A per voxel",
+             "close"]
+    if k:
+        colors = cluster_colors(k)
+        lines.append(f"# k-means maps: model #c+1 is cluster c (kmeans{k}/vol_NNN.mrc)")
+        for c, path in enumerate(kmeans_maps):
+            hex_color = "#" + "".join(f"{int(round(255 * v)):02x}" for v in colors[c][:3])
+            lines += [f"open {rel(path)}", f"rename #{c + 1} cluster_{c}", f"color #{c + 1} {hex_color}"]
+        lines += [f"volume #1-{k} voxelSize {voxel_size:.6g}", f"tile #1-{k}"]
+    model = k
+    for name, paths in traversals.items():
+        if not paths:
+            continue
+        model += 1
+        lines += [f"# {name}: {len(paths)} maps along the trajectory, one volume series (model #{model})",
+                  "open " + " ".join(rel(p) for p in paths) + " vseries true",
+                  f"rename #{model} {name}", f"volume #{model} voxelSize {voxel_size:.6g}",
+                  f"hide #{model} models" if k else f"view #{model}", f"vseries slider #{model}"]
+    return "\n".join(lines) + "\n"
 
 
 def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 20, n_pcs: int = 2,
                 skip_umap: bool = False, skip_volumes: bool = False, truth=None, device: str = "auto",
-                seed: int = 0, progress: bool = True) -> Path:
-    """Analyse the latents of ``run_dir`` at ``epoch`` and write plots, maps and ``index.html``; returns the report."""
+                seed: int = 0, progress: bool = True, flip: bool = False, invert: bool = False,
+                downsample: int | None = None) -> Path:
+    """Analyse the latents of ``run_dir`` at ``epoch`` and write plots, maps and ``index.html``; returns the report.
+
+    ``flip`` mirrors the generated maps (handedness), ``invert`` inverts their contrast, ``downsample`` resamples
+    them to that (even) box size; the evaluation against a ``truth`` always uses the model's own maps.
+    """
+    from cryoscape.analysis.analysis_index import record_analysis
     from cryoscape.analysis.volume_space import load_generator
 
     run_dir = Path(run_dir)
+    if downsample is not None and (int(downsample) <= 0 or int(downsample) % 2):
+        raise InputError(f"the box size to downsample the maps to must be a positive even number, got {downsample}")
     latents = load_latents(run_dir, epoch)
     z, epoch = latents.z, latents.epoch
     n, zdim = z.shape
@@ -115,13 +178,18 @@ def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 
     center_volumes = None
     traversals: dict[str, np.ndarray] = {}
     if generator is not None:
+        post = dict(flip=flip, invert=invert, downsample=downsample)
         log.info(f"generating {k} k-means centre maps")
-        center_volumes = _maps(generator, kdir, z[km.center_indices], progress)
+        center_volumes, voxel = _maps(generator, kdir, z[km.center_indices], progress, **post)
         for pc in range(1, (min(n_pcs, zdim) if zdim > 1 else 1) + 1):
             name = f"pc{pc}" if zdim > 1 else "z1"
             points = pc_traversal_points(z, pc, pca=pca) if zdim > 1 else percentile_points(z[:, 0])
             log.info(f"generating {len(points)} maps along {name}")
-            traversals[name] = _maps(generator, out / name, points, progress)
+            traversals[name], _ = _maps(generator, out / name, points, progress, **post)
+        atomic_write_text(out / "chimerax.cxc", chimerax_script(
+            out, [kdir / f"vol_{i + 1:03d}.mrc" for i in range(k)],
+            {name: [out / name / f"vol_{i + 1:03d}.mrc" for i in range(len(v))] for name, v in traversals.items()},
+            voxel, f"cryoscape analysis of {run_dir.name}, epoch {epoch}"))
 
     evaluation = None
     if truth is not None:
@@ -137,5 +205,6 @@ def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 
                           config=run_dir / "config.yaml", metrics=metrics if metrics.is_file() else None,
                           z=z, pca=pca, umap=umap, kmeans=km, center_volumes=center_volumes,
                           traversals=traversals or None, evaluation=evaluation)
+    record_analysis(run_dir, epoch, out)
     log.info(f"report: {report}")
     return report

@@ -10,16 +10,29 @@ from cryoscape.errors import InputError
 
 
 def find_kmeans_labels(run_dir: Path, epoch: int, k: int | None = None, analysis_dir: Path | None = None) -> Path:
-    """The ``labels.npy`` of a k-means result written by ``cryoscape analyze``."""
-    base = Path(analysis_dir) if analysis_dir else run_dir / "analysis" / f"epoch_{epoch:03d}"
-    candidates = sorted(base.glob("kmeans*/labels.npy")) if k is None else [base / f"kmeans{k}" / "labels.npy"]
-    candidates = [c for c in candidates if c.is_file()]
-    if not candidates:
-        raise InputError("no k-means labels found; run `cryoscape analyze` first (or give --analysis)", base)
-    if len(candidates) > 1:
-        raise InputError(f"several k-means results ({', '.join(c.parent.name for c in candidates)}); choose with --k",
-                         base)
-    return candidates[0]
+    """The ``labels.npy`` of a k-means result written by ``cryoscape analyze``.
+
+    Looked for in ``analysis_dir`` when given, else in the analyses of ``epoch`` that ``analyze`` recorded in
+    ``RUN/analyses.txt`` (newest first, whatever its ``-o`` was) and then in ``RUN/analysis/epoch_NNN``.
+    """
+    import logging
+
+    from cryoscape.analysis.analysis_index import INDEX_NAME, analysis_dirs
+
+    bases = [Path(analysis_dir)] if analysis_dir else analysis_dirs(run_dir, epoch)
+    for base in bases:
+        candidates = sorted(base.glob("kmeans*/labels.npy")) if k is None else [base / f"kmeans{k}" / "labels.npy"]
+        candidates = [c for c in candidates if c.is_file()]
+        if len(candidates) > 1:
+            raise InputError(f"several k-means results ({', '.join(c.parent.name for c in candidates)}); "
+                             "choose with --k", base)
+        if candidates:
+            logging.getLogger("cryoscape").info(f"k-means labels: {candidates[0]}")
+            return candidates[0]
+    what = f"no kmeans{k}/labels.npy" if k is not None else "no k-means labels"
+    where = (f" (nor in the analyses of epoch {epoch} recorded in {Path(run_dir) / INDEX_NAME})"
+             if len(bases) > 1 else "")
+    raise InputError(f"{what} found{where}; run `cryoscape analyze` first (or give --analysis)", bases[-1])
 
 
 def select_particles(z: np.ndarray, run_indices: np.ndarray, n_input: int, *, cluster_labels: np.ndarray | None = None,

@@ -112,6 +112,8 @@ class VolumeSpaceResult:
     mask : ``(D, D, D)`` float32 mask used (all ones without a mask).
     umap : ``(N, 2)`` UMAP of ``pcs`` or None.
     labels : ``(N,)`` k-means labels in PC space or None; center_indices : ``(k,)`` volumes nearest the centres.
+    center_volumes : ``(k, D, D, D)`` those volumes (unmasked) or None.
+    cluster_means : ``(k, D, D, D)`` the voxel-wise mean of the (unmasked) volumes of each cluster, or None.
     """
 
     pcs: np.ndarray
@@ -122,6 +124,8 @@ class VolumeSpaceResult:
     umap: np.ndarray | None
     labels: np.ndarray | None
     center_indices: np.ndarray | None
+    center_volumes: np.ndarray | None = None
+    cluster_means: np.ndarray | None = None
 
 
 def analyze_volume_space(volumes_or_generator, z: np.ndarray | None = None, mask: np.ndarray | str | None = None,
@@ -139,7 +143,8 @@ def analyze_volume_space(volumes_or_generator, z: np.ndarray | None = None, mask
     n_components : int
         Number of principal components (capped at ``min(N, n_voxels)``).
     k : int, optional
-        Number of k-means clusters on the principal components.
+        Number of k-means clusters on the principal components; the result then also holds each cluster's
+        centre volume and mean volume (per-cluster maps).
     """
     from sklearn.decomposition import PCA
 
@@ -178,9 +183,12 @@ def analyze_volume_space(volumes_or_generator, z: np.ndarray | None = None, mask
         return full.reshape(shape)
 
     emb = run_umap(pcs, seed=seed) if umap else None
-    labels = centers = None
+    labels = centers = center_volumes = cluster_means = None
     if k is not None:
         labels, _, centers = kmeans_on_data(pcs, k, seed=seed)
+        center_volumes = vols[centers].copy()
+        cluster_means = np.stack([vols[labels == c].mean(axis=0) if np.any(labels == c) else vols[centers[c]]
+                                  for c in range(len(centers))]).astype(np.float32)
     return VolumeSpaceResult(
         pcs=pcs,
         explained_variance_ratio=np.asarray(pca.explained_variance_ratio_),
@@ -190,4 +198,6 @@ def analyze_volume_space(volumes_or_generator, z: np.ndarray | None = None, mask
         umap=emb,
         labels=labels,
         center_indices=centers,
+        center_volumes=center_volumes,
+        cluster_means=cluster_means,
     )

@@ -1,13 +1,17 @@
 """Analyse a trained run: PCA/UMAP of the latents, k-means maps, PC traversals, loss curves and an HTML report.
 
-Writes plots (PNG), maps (MRC) and a self-contained index.html into DIR (default RUN/analysis/epoch_NNN).
-With --truth SIM_DIR (a `cryoscape simulate` output) the report also scores the run against the ground truth.
+Writes plots (PNG), maps (MRC), a ChimeraX script that opens the maps (chimerax.cxc) and a self-contained
+index.html into DIR (default RUN/analysis/epoch_NNN), and notes DIR in RUN/analyses.txt so that
+`cryoscape filter --clusters` finds the k-means labels there. --flip, --invert and -D change the generated maps
+as cryoDRGN's analyze does. With --truth SIM_DIR (a `cryoscape simulate` output) the report also scores the run
+against the ground truth.
 DIR must be new or empty: to analyse the same epoch again into the same folder, give --overwrite (it replaces the
 files analyze writes there and keeps any others).
 
 Example:
   cryoscape analyze runs/vae8 --ksample 20 --pc 2 -o runs/vae8/analysis
   cryoscape analyze runs/vae8 --epoch 15 --skip-umap
+  cryoscape analyze runs/vae8 --flip -D 128        # mirror the maps (wrong hand) and write them at box 128
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pc", type=int, default=2, help="principal components to traverse (default 2)")
     p.add_argument("--skip-umap", action="store_true", help="do not compute UMAP (faster for large data)")
     p.add_argument("--skip-vol", action="store_true", help="do not generate maps")
+    p.add_argument("--flip", action="store_true", help="flip the handedness of the generated maps (mirror along z)")
+    p.add_argument("--invert", action="store_true", help="invert the contrast of the generated maps")
+    p.add_argument("-D", "--downsample", type=int, metavar="BOX",
+                   help="write the generated maps at this (even) box size, Fourier-cropped (voxel size scaled)")
     p.add_argument("--truth", help="simulation folder with labels.npz (and gt/) to score against")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
@@ -32,7 +40,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 # everything `analyze` writes into DIR (see cryoscape.analysis.analyze.analyze_run and analysis.report)
 OUTPUTS = ("index.html", "figures", "explained_variance.png", "z_hist.png", "umap.npy", "z_pca.png", "z_pca_hexbin.png",
-           "umap.png", "umap_hexbin.png", "loss.png", "kmeans[0-9]*", "pc[0-9]*", "z1", "evaluation.json")
+           "umap.png", "umap_hexbin.png", "loss.png", "kmeans[0-9]*", "pc[0-9]*", "z1", "evaluation.json",
+           "chimerax.cxc")
 
 
 def run(args) -> int:
@@ -48,6 +57,7 @@ def run(args) -> int:
     with prepare_output_dir(outdir, "analyze", args.overwrite, own=OUTPUTS):
         report = analyze_run(args.run, args.outdir, epoch=args.epoch, ksample=args.ksample, n_pcs=args.pc,
                              skip_umap=args.skip_umap, skip_volumes=args.skip_vol, truth=args.truth,
-                             device=args.device, seed=args.seed)
+                             device=args.device, seed=args.seed, flip=args.flip, invert=args.invert,
+                             downsample=args.downsample)
     print(f"report: {report}")
     return 0

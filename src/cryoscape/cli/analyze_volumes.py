@@ -4,6 +4,9 @@ Generates the map of a k-means sketch of the latent space (or of every particle 
 each with a reference map, then runs PCA on the (masked) maps as voxel vectors, UMAP of the principal components
 and k-means. Writes OUT/vol_pcs.npy, OUT/explained_variance.png, OUT/vol_pca.png, OUT/labels.npy (per sampled map),
 OUT/sample_indices.npy (latent rows sampled), OUT/mean.mrc, OUT/pc_001.mrc ..., and OUT/reference_cc.npy with --reference.
+Per-cluster maps of the k-means clusters in volume space go to OUT/kmeansK/: vol_001.mrc ... (the generated map
+nearest each cluster centre), mean_001.mrc ... (the voxel-wise mean of the cluster's maps), sizes.txt and
+centers_ind.txt (latent rows of the centre maps); OUT/chimerax.cxc opens the centre maps in ChimeraX.
 OUT must be new or empty unless --overwrite is given (which replaces these files there, nothing else).
 
 Example:
@@ -18,7 +21,7 @@ import argparse
 
 # everything `analyze-volumes` writes into OUT (--overwrite replaces these, stale ones included)
 OUTPUTS = ("vol_pcs.npy", "labels.npy", "sample_indices.npy", "mean.mrc", "pc_[0-9]*.mrc", "explained_variance.png",
-           "vol_pca.png", "reference_cc.npy")
+           "vol_pca.png", "reference_cc.npy", "kmeans[0-9]*", "chimerax.cxc")
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -94,6 +97,32 @@ def _write(args, generator, z, rows, mask, ref, out) -> None:
     for i, comp in enumerate(result.components[:5]):
         write_mrc(out / f"pc_{i + 1:03d}.mrc", comp, voxel_size_angstrom=apix)
     save_figure(plot_explained_variance(result.explained_variance_ratio), out / "explained_variance.png")
+    _write_cluster_maps(result, rows, apix, out)
     emb = result.umap if result.umap is not None else result.pcs[:, :2]
     axes = ("UMAP1", "UMAP2") if result.umap is not None else ("volume PC1", "volume PC2")
     save_figure(plot_scatter(emb, result.labels, None, axes, "volume space"), out / "vol_pca.png")
+
+
+def _write_cluster_maps(result, rows, apix: float, out) -> None:
+    """OUT/kmeansK/: the centre map and the mean map of every volume-space cluster, sizes, centre rows, and
+    OUT/chimerax.cxc."""
+    import numpy as np
+
+    from cryoscape.analysis.analyze import chimerax_script
+    from cryoscape.io.mrc import write_mrc
+    from cryoscape.utils.atomic import atomic_write_text
+
+    k = len(result.center_indices)
+    kdir = out / f"kmeans{k}"
+    kdir.mkdir(exist_ok=True)
+    sizes = np.bincount(result.labels, minlength=k)
+    atomic_write_text(kdir / "sizes.txt", "# cluster maps\n" + "".join(f"{c} {n}\n" for c, n in enumerate(sizes)))
+    atomic_write_text(kdir / "centers_ind.txt", "# map_in_sample latent_row\n" + "".join(
+        f"{i} {rows[i]}\n" for i in result.center_indices))
+    centre_maps = []
+    for c in range(k):
+        centre_maps.append(write_mrc(kdir / f"vol_{c + 1:03d}.mrc", result.center_volumes[c],
+                                     voxel_size_angstrom=apix))
+        write_mrc(kdir / f"mean_{c + 1:03d}.mrc", result.cluster_means[c], voxel_size_angstrom=apix)
+    atomic_write_text(out / "chimerax.cxc", chimerax_script(out, centre_maps, {}, apix,
+                                                             f"cryoscape analyze-volumes: {k} volume-space clusters"))

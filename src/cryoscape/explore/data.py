@@ -169,6 +169,8 @@ def _find_analysis(run_dir: Path, epoch: int, k: int | None) -> tuple[np.ndarray
         except (ValueError, OSError):
             log.warning(f"{path}: not a readable label file; computing k-means")
     umap = None
+    if path is not None:  # the analysis the labels came from (it may have been written with `analyze -o`)
+        base = path.parent.parent
     if (base / "umap.npy").is_file():
         try:
             umap = np.load(base / "umap.npy", allow_pickle=False).astype(np.float64)
