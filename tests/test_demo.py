@@ -35,4 +35,18 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys):
     assert "adjusted Rand index" in out and "report:" in out
     scores = json.loads((tmp_path / "demo_scores.json").read_text())
     assert set(scores) >= {"discrete_accuracy", "discrete_ari", "continuous_spearman", "report"}
-    assert (tmp_path / "run" / "analysis" / "epoch_001" / "index.html").is_file()
+    report = (tmp_path / "run" / "analysis" / "epoch_001" / "index.html").read_text()
+    # one evaluation: the console's numbers, its k and its label set are those of the report
+    import re
+
+    sorted_pct, ari = re.search(r"sorts (\d+\.\d)% of particles correctly \(adjusted Rand index (\d\.\d{3})\)",
+                                out).groups()
+    assert f"{100 * scores['discrete_accuracy']:.1f}" == sorted_pct and f"{scores['discrete_ari']:.3f}" == ari
+    assert f"<td>{sorted_pct}%</td>" in report and f"<td>{ari}</td>" in report
+    assert "k-means with k = 8" in out and "'subunit' labels" in out
+    assert "k-means (k = 8) vs the &#x27;subunit&#x27; labels (2 values)" in report
+    assert "the clusters of the k-means section" in report and "k-means clustering (k = 8)" in report
+    assert "latents of epoch 1 (lowest validation loss)" in out
+    assert "Analysed: epoch 1 (lowest validation loss)." in report
+    assert (tmp_path / "run" / "best_epoch").read_text().strip() == "1"
+

@@ -10,6 +10,10 @@ model on noisy images with CTF, runs ``analyze`` and checks that both kinds of h
   than the subunit does, so two clusters split the hinge range, not the subunit;
 * continuous: within each of the two groups so found, ``|Spearman rho|`` between the group's first principal
   component and the true hinge angle (averaged, weighted by group size).
+
+Both are computed once, by ``analyze``'s evaluation against the simulation (``evaluate_run`` with the ``subunit``
+labels and k = 8, on the epoch the report analyses); the console and the report's "Evaluation against ground
+truth" show the same numbers (``demo_scores.json`` is drawn from ``RUN/analysis/epoch_NNN/evaluation.json``).
 """
 
 from __future__ import annotations
@@ -45,31 +49,62 @@ class DemoSettings:
 
 
 def score_demo(z: np.ndarray, subunit: np.ndarray, hinge: np.ndarray, k: int = 8, seed: int = 0) -> dict:
-    """Recovery scores of the demo's two kinds of heterogeneity (see the module docstring)."""
-    from scipy.stats import spearmanr
-    from sklearn.metrics import adjusted_rand_score
+    """Recovery scores of the demo's two kinds of heterogeneity (see the module docstring), computed by the
+    evaluation that ``analyze --truth`` runs (:func:`cryoscape.analysis.evaluate.evaluate_latents`)."""
+    from cryoscape.analysis.evaluate import _jsonable, evaluate_latents
 
-    from cryoscape.analysis.latent import kmeans_on_data, run_pca
+    result = evaluate_latents(z, {"subunit": np.asarray(subunit), "coordinate": np.asarray(hinge)},
+                              label_set="subunit", k=k, seed=seed)
+    km = result.pop("_kmeans")
+    result["clustering"]["cluster_sizes"] = np.bincount(km.labels, minlength=k).tolist()
+    return scores_from_evaluation(_jsonable(result))
 
-    labels = kmeans_on_data(z, k, seed=seed).labels
-    cluster_label = np.array([np.bincount(subunit[labels == c], minlength=2).argmax() if (labels == c).any() else 0
-                              for c in range(k)])
-    found = cluster_label[labels]
-    rhos, sizes = [], []
-    for group in (0, 1):
-        sel = found == group
-        if sel.sum() < 10 or np.ptp(hinge[sel]) == 0:
-            continue
-        pc1 = run_pca(z[sel], n_components=1).projected[:, 0] if z.shape[1] > 1 else z[sel, 0]
-        rhos.append(abs(float(spearmanr(pc1, hinge[sel]).statistic)))
-        sizes.append(int(sel.sum()))
+
+def scores_from_evaluation(evaluation: dict) -> dict:
+    """The demo's scores drawn from an ``evaluate_run`` result with the ``subunit`` labels (the report's)."""
+    c = evaluation["clustering"]
+    if c.get("label_set") != "subunit":
+        raise ValueError(f"the demo scores the 'subunit' labels, not {c.get('label_set')!r}")
+    m = c["majority"]
+    within = (evaluation.get("continuous") or {}).get("within_groups") or {}
+    if "cluster_sizes" in c:
+        sizes = c["cluster_sizes"]
+    else:  # from the confusion matrix (rows: labels, columns: clusters)
+        sizes = np.asarray(c["confusion"]).sum(axis=0).tolist()
     return {
-        "discrete_accuracy": float((found == subunit).mean()),
-        "discrete_ari": float(adjusted_rand_score(subunit, found)),
-        "continuous_spearman": float(np.average(rhos, weights=sizes)) if rhos else float("nan"),
-        "clusters_with_subunit": np.flatnonzero(cluster_label == 1).tolist(),
-        "cluster_sizes": np.bincount(labels, minlength=k).tolist(),
+        "epoch": evaluation.get("epoch"),
+        "k": c["k"],
+        "label_set": c["label_set"],
+        "discrete_accuracy": m["accuracy"],
+        "discrete_ari": m["ari"],
+        "continuous_spearman": within.get("mean") if within.get("mean") is not None else float("nan"),
+        "clusters_with_subunit": sorted(int(cl) for cl, lab in m["cluster_label"].items() if int(lab) == 1),
+        "cluster_sizes": [int(v) for v in sizes],
     }
+
+
+def format_scores(scores: dict) -> str:
+    """What the demo prints: the scores, with the epoch, the k and the label set they were computed with (the same
+    numbers as the report's "Evaluation against ground truth")."""
+    clusters = ", ".join(str(c) for c in scores["clusters_with_subunit"]) or "none"
+    rho = scores["continuous_spearman"]
+    epoch = f"epoch {scores['epoch']}" + (f" ({scores['epoch_reason']})" if scores.get("epoch_reason") else "")
+    lines = [
+        "cryoscape demo: heterogeneity recovered from noisy images (SNR 0.3, with CTF)",
+        f"  latents of {epoch}; k-means with k = {scores['k']} (the report's clusters) against the simulation's "
+        f"{scores['label_set']!r} labels",
+        f"  discrete state (extra subunit): clusters {clusters} hold most of the particles with it; each cluster "
+        "labelled by its majority",
+        f"    sorts {100 * scores['discrete_accuracy']:.1f}% of particles correctly "
+        f"(adjusted Rand index {scores['discrete_ari']:.3f})",
+        f"  continuous motion (hinge angle), within each group |Spearman rho| = "
+        + ("n/a" if rho is None or not np.isfinite(rho) else f"{rho:.3f}"),
+    ]
+    if "minutes" in scores:
+        lines.append(f"  time: {scores['minutes']:.1f} min")
+    if "report" in scores:
+        lines.append(f"  report: {scores['report']} (section \"Evaluation against ground truth\")")
+    return "\n".join(lines)
 
 
 # what the demo writes into its folder: --overwrite replaces these and keeps everything else, including the
@@ -114,10 +149,13 @@ def _run_demo(out: Path, settings: DemoSettings, progress: bool) -> dict:
     train(config, run_dir, progress=progress)
 
     log.info("[3/3] analysing the latent space")
-    report = analyze_run(run_dir, ksample=KMEANS_CLUSTERS, truth=sim, progress=progress)
-    z = np.load(run_dir / "latents" / f"epoch_{s.epochs:03d}.npy")
-    truth = np.load(sim / "labels.npz")
-    scores = score_demo(z, truth["subunit"], truth["coordinate"], k=KMEANS_CLUSTERS, seed=s.seed)
-    scores.update(report=str(report), minutes=(time.perf_counter() - t0) / 60)
+    report = analyze_run(run_dir, ksample=KMEANS_CLUSTERS, truth=sim, progress=progress, seed=s.seed,
+                         truth_labels="subunit", truth_k=KMEANS_CLUSTERS)
+    evaluation = json.loads((report.parent / "evaluation.json").read_text())  # the report's evaluation
+    scores = scores_from_evaluation(evaluation)
+    from cryoscape.analysis.report import epoch_choice
+
+    scores.update(epoch_reason=epoch_choice(run_dir, None, scores["epoch"]), report=str(report),
+                  minutes=(time.perf_counter() - t0) / 60)
     atomic_write_text(out / "demo_scores.json", json.dumps(scores, indent=2))
     return scores

@@ -112,8 +112,13 @@ def chimerax_script(out_dir: Path, kmeans_maps: list[Path], traversals: dict[str
 def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 20, n_pcs: int = 2,
                 skip_umap: bool = False, skip_volumes: bool = False, truth=None, device: str = "auto",
                 seed: int = 0, progress: bool = True, flip: bool = False, invert: bool = False,
-                downsample: int | None = None) -> Path:
-    """Analyse the latents of ``run_dir`` at ``epoch`` and write plots, maps and ``index.html``; returns the report.
+                downsample: int | None = None, truth_labels: str = "state", truth_k: int | None = None) -> Path:
+    """Analyse the latents of ``run_dir`` at ``epoch`` (default: ``RUN/best_epoch``, else the last) and write
+    plots, maps and ``index.html``; returns the report.
+
+    With ``truth`` (a simulation folder) the report scores k-means of the latents against the simulation's
+    ``truth_labels`` (default ``state``; e.g. ``subunit``) with ``truth_k`` clusters (default: the number of
+    labels; the k-means section's clusters are reused when ``truth_k`` equals ``ksample``).
 
     ``flip`` mirrors the generated maps (handedness), ``invert`` inverts their contrast, ``downsample`` resamples
     them to that (even) box size; the evaluation against a ``truth`` always uses the model's own maps.
@@ -124,15 +129,19 @@ def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 
     run_dir = Path(run_dir)
     if downsample is not None and (int(downsample) <= 0 or int(downsample) % 2):
         raise InputError(f"the box size to downsample the maps to must be a positive even number, got {downsample}")
+    from cryoscape.analysis.report import epoch_choice, run_selection_metric
+
     latents = load_latents(run_dir, epoch)
+    requested = epoch
     z, epoch = latents.z, latents.epoch
+    epoch_reason = epoch_choice(run_dir, requested, epoch)
     n, zdim = z.shape
     if n < 2:
         raise InputError("need at least two particles to analyse", run_dir)
     out = check_writable_dir(out_dir or run_dir / "analysis" / f"epoch_{epoch:03d}")
     generator = None if skip_volumes else load_generator(run_dir, epoch, device)
     indices = latents.indices if latents.indices is not None else np.arange(n)
-    log.info(f"analysing {n} particles, zdim {zdim}, epoch {epoch} -> {out}")
+    log.info(f"analysing {n} particles, zdim {zdim}, epoch {epoch} ({epoch_reason}) -> {out}")
 
     pca = run_pca(z) if zdim > 1 else None
     if pca is not None:
@@ -173,7 +182,7 @@ def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 
 
     metrics = run_dir / "metrics.csv"
     if metrics.is_file():
-        save_figure(plot_loss_curves(metrics), out / "loss.png")
+        save_figure(plot_loss_curves(metrics, mark_epoch=epoch), out / "loss.png")
 
     center_volumes = None
     traversals: dict[str, np.ndarray] = {}
@@ -198,13 +207,17 @@ def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 
         truth = Path(truth)
         gt_maps, gt_apix = read_gt_maps(truth) if (truth / "gt").is_dir() else (None, None)
         evaluation = evaluate_run(run_dir, truth / "labels.npz", gt_maps=gt_maps, generator=generator,
-                                  epoch=epoch, gt_pixel_size_angstrom=gt_apix)
+                                  epoch=epoch, gt_pixel_size_angstrom=gt_apix, label_set=truth_labels,
+                                  k=truth_k, seed=seed, kmeans=km if truth_k == k else None)
         atomic_write_text(out / "evaluation.json", json.dumps(evaluation, indent=2))
 
-    report = build_report(out, title=f"cryoscape analysis: {run_dir.name}, epoch {epoch}",
-                          config=run_dir / "config.yaml", metrics=metrics if metrics.is_file() else None,
+    config = run_dir / "config.yaml"
+    report = build_report(out, title=f"cryoscape analysis: {run_dir.name}, epoch {epoch} ({epoch_reason})",
+                          config=config if config.is_file() else None,
+                          metrics=metrics if metrics.is_file() else None,
                           z=z, pca=pca, umap=umap, kmeans=km, center_volumes=center_volumes,
-                          traversals=traversals or None, evaluation=evaluation)
+                          traversals=traversals or None, evaluation=evaluation, epoch=epoch,
+                          epoch_reason=epoch_reason, selection_metric=run_selection_metric(run_dir))
     record_analysis(run_dir, epoch, out)
     log.info(f"report: {report}")
     return report

@@ -2,15 +2,19 @@
 
 Metrics (each from an independent, standard definition):
 
-* clustering: k-means (K = number of true states unless given) of the latents against the true state labels:
-  adjusted Rand index (Hubert & Arabie 1985, as used in the tomoDRGN paper), the confusion matrix, and the
-  accuracy after the best one-to-one matching of clusters to states (Hungarian algorithm,
-  ``scipy.optimize.linear_sum_assignment``);
+* clustering: k-means (K = number of true labels unless given) of the latents against a set of true labels
+  (``state`` by default; any per-particle integer array of ``labels.npz``, e.g. ``subunit``): adjusted Rand index
+  (Hubert & Arabie 1985, as used in the tomoDRGN paper), the confusion matrix, the accuracy after the best
+  one-to-one matching of clusters to labels (Hungarian algorithm, ``scipy.optimize.linear_sum_assignment``) and,
+  for K larger than the number of labels, the majority-label scores: each cluster takes the label most of its
+  particles hold; the fraction of particles whose cluster's label is their own ("sorted") and the ARI of that
+  labelling;
 * cluster entropy (OPUS-DSD paper): per cluster ``-sum_i p_i log p_i`` of its true-state fractions ``p_i``,
   averaged over clusters, with the uniform baseline ``log(n_states)``. The default base 10 reproduces the
   paper's numbers (0.903 = log10 8 for eight uniformly mixed states);
 * continuous truth: ``|Spearman rho|`` between PC1 of the latents (or the latent itself when zdim = 1) and the
-  true coordinate (cryoDRGN paper, Fig. 3), plus the best single latent dimension;
+  true coordinate (cryoDRGN paper, Fig. 3), plus the best single latent dimension and, with a clustering, the
+  same within each majority-label group (averaged, weighted by group size);
 * maps: volumes generated at each true state's mean latent and at the k-means centres, compared with the
   ground-truth maps by FSC (AUC, resolution at 0.5 and 0.143) and real-space correlation (state x map matrix).
 """
@@ -35,8 +39,11 @@ __all__ = [
     "hungarian_accuracy",
     "clustering_scores",
     "cluster_entropy",
+    "majority_label_scores",
     "continuous_correlation",
+    "within_group_correlation",
     "map_scores",
+    "evaluate_latents",
     "evaluate_run",
     "format_evaluation",
 ]
@@ -48,12 +55,14 @@ _STATE_FILE = re.compile(r"^state_(\d+)\.mrc$")
 # Truth files
 
 
-def read_labels(path: str | Path) -> dict[str, np.ndarray]:
-    """Per-particle truth from a simulator ``labels.npz``: ``state`` (int) and/or ``coordinate`` (float), ``(M,)``."""
+def read_labels(path: str | Path, label_set: str = "state") -> dict[str, np.ndarray]:
+    """Per-particle truth from a simulator ``labels.npz``: ``state`` (int) and/or ``coordinate`` (float), ``(M,)``,
+    and the discrete ``label_set`` (int) when it is another array (e.g. ``subunit``; then it must be there)."""
     path = Path(path)
+    wanted = ("state", "coordinate") + (() if label_set in ("state", "coordinate") else (label_set,))
     try:
         with np.load(path, allow_pickle=False) as npz:
-            data = {key: np.asarray(npz[key]) for key in ("state", "coordinate") if key in npz.files}
+            data = {key: np.asarray(npz[key]) for key in wanted if key in npz.files}
             keys = sorted(npz.files)
     except FileNotFoundError:
         raise InputError("file not found", path) from None
@@ -64,11 +73,17 @@ def read_labels(path: str | Path) -> dict[str, np.ndarray]:
         out["state"] = data["state"].astype(np.int64).ravel()
     if "coordinate" in data:
         out["coordinate"] = data["coordinate"].astype(np.float64).ravel()
+    if label_set not in ("state", "coordinate"):
+        values = data.get(label_set)
+        if values is None or values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
+            usable = [k for k in keys if k != "coordinate"]
+            raise InputError(f"has no per-particle integer labels {label_set!r} (arrays: {usable})", path)
+        out[label_set] = values.astype(np.int64)
     if not out:
         raise InputError(f"has neither a 'state' nor a 'coordinate' array (keys: {keys})", path)
     lengths = {len(v) for v in out.values()}
     if len(lengths) != 1:
-        raise InputError(f"'state' and 'coordinate' differ in length ({sorted(lengths)})", path)
+        raise InputError(f"{' and '.join(repr(k) for k in out)} differ in length ({sorted(lengths)})", path)
     return out
 
 
@@ -137,7 +152,37 @@ def clustering_scores(cluster_labels: np.ndarray, true_labels: np.ndarray) -> di
         "states": states.tolist(),
         "clusters": clusters.tolist(),
         "matching": {int(clusters[c]): int(states[s]) for s, c in pairs},
+        "majority": majority_label_scores(pred, true),
     }
+
+
+def majority_label_scores(cluster_labels: np.ndarray, true_labels: np.ndarray, return_found: bool = False):
+    """Each cluster takes the true label most of its particles hold (the smallest on ties).
+
+    Returns ``accuracy`` (fraction of particles whose cluster's label is their own, i.e. the clusters' purity),
+    ``ari`` (adjusted Rand index of that labelling against the truth) and ``cluster_label`` ``{cluster: label}``;
+    with ``return_found`` also the ``(N,)`` label each particle receives (``(scores, found)``). Several clusters may take the same label, so with
+    more clusters than labels this scores how well the latent space separates the labels, not how many clusters
+    were asked for.
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    pred = np.asarray(cluster_labels).ravel()
+    true = np.asarray(true_labels).ravel()
+    if pred.shape != true.shape or pred.size == 0:
+        raise InputError(f"{pred.size} cluster labels but {true.size} true labels")
+    states, t_idx = np.unique(true, return_inverse=True)
+    clusters, c_idx = np.unique(pred, return_inverse=True)
+    counts = np.zeros((len(clusters), len(states)), dtype=np.int64)
+    np.add.at(counts, (c_idx, t_idx), 1)
+    label_of = states[np.argmax(counts, axis=1)]
+    found = label_of[c_idx]
+    scores = {
+        "accuracy": float(np.mean(found == true)),
+        "ari": float(adjusted_rand_score(true, found)),
+        "cluster_label": {int(c): int(lab) for c, lab in zip(clusters, label_of)},
+    }
+    return (scores, found) if return_found else scores
 
 
 def cluster_entropy(cluster_labels: np.ndarray, true_labels: np.ndarray, base: float = 10.0) -> dict:
@@ -192,6 +237,30 @@ def continuous_correlation(z: np.ndarray, coordinate: np.ndarray) -> dict:
     finite = [r for r in per_dim if np.isfinite(r)]
     return {"abs_spearman_pc1": rho(pc1), "per_dimension": per_dim,
             "abs_spearman_best_dimension": max(finite) if finite else float("nan")}
+
+
+def within_group_correlation(z: np.ndarray, coordinate: np.ndarray, groups: np.ndarray,
+                             min_size: int = 10) -> dict:
+    """``|Spearman rho|`` of each group's own PC1 (the latent itself for zdim = 1) with ``coordinate``, for the
+    groups of ``groups`` ``(N,)`` with at least ``min_size`` particles and a varying coordinate; ``mean`` is
+    their average weighted by group size (``None`` without such a group)."""
+    from scipy.stats import spearmanr
+
+    z = _as_latents(z)
+    c = np.asarray(coordinate, dtype=np.float64).ravel()
+    groups = np.asarray(groups).ravel()
+    per, sizes = {}, []
+    for g in np.unique(groups):
+        sel = groups == g
+        if sel.sum() < min_size or np.ptp(c[sel]) == 0:
+            continue
+        pc1 = z[sel, 0] if z.shape[1] == 1 else run_pca(z[sel], n_components=1).projected[:, 0]
+        if np.ptp(pc1) == 0:
+            continue
+        per[int(g)] = abs(float(spearmanr(pc1, c[sel]).statistic))
+        sizes.append(int(sel.sum()))
+    mean = float(np.average(list(per.values()), weights=sizes)) if per else None
+    return {"mean": mean, "per_group": per, "sizes": dict(zip(per, sizes))}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -304,10 +373,46 @@ def _jsonable(obj):
     return obj
 
 
+def evaluate_latents(z: np.ndarray, truth: Mapping[str, np.ndarray], label_set: str = "state",
+                     k: int | None = None, seed: int = 0, kmeans=None, entropy_base: float = 10.0) -> dict:
+    """Score latents ``(N, zdim)`` against per-particle truth arrays (already in the latents' order).
+
+    ``label_set`` names the discrete labels clustered against (``state`` or another integer array of ``truth``,
+    e.g. ``subunit``); ``k`` k-means clusters (default: the number of distinct labels), or the clusters of
+    ``kmeans`` (a :class:`~cryoscape.analysis.latent.KMeansResult`, e.g. the report's) when it has ``k`` of them.
+    Returns ``clustering`` (``k``, ``label_set``, ``n_labels``, ``kmeans_reused`` and the scores of
+    :func:`clustering_scores`), ``entropy``, and ``continuous`` (with ``within_groups``, the coordinate against
+    each majority-label group's PC1) where the truth allows; not yet JSON-cleaned.
+    """
+    z = _as_latents(z)
+    out: dict = {}
+    labels = truth.get(label_set)
+    km = None
+    found = None
+    if labels is not None and len(np.unique(labels)) > 1:
+        n_labels = len(np.unique(labels))
+        k = n_labels if k is None else int(k)
+        reused = kmeans is not None and len(np.asarray(kmeans.center_indices)) == k
+        km = kmeans if reused else kmeans_on_data(z, k, seed=seed)
+        scores = clustering_scores(km.labels, labels)
+        scores["majority"], found = majority_label_scores(km.labels, labels, return_found=True)
+        out["clustering"] = {"k": k, "label_set": label_set, "n_labels": n_labels, "n_states": n_labels,
+                             "kmeans_reused": bool(reused), "seed": seed, **scores}
+        out["entropy"] = cluster_entropy(km.labels, labels, base=entropy_base)
+    coordinate = truth.get("coordinate")
+    if coordinate is not None and np.ptp(coordinate) > 0:
+        out["continuous"] = continuous_correlation(z, coordinate)
+        if found is not None:
+            out["continuous"]["within_groups"] = within_group_correlation(z, coordinate, found)
+    out["_kmeans"] = km
+    return out
+
+
 def evaluate_run(run_dir: str | Path, labels_npz: str | Path | Mapping[str, np.ndarray],
                  gt_maps: Mapping[int, np.ndarray] | None = None, generator=None, epoch: int | None = None,
                  k: int | None = None, seed: int = 0, mask: str | None = None, batch_size: int = 8,
-                 entropy_base: float = 10.0, gt_pixel_size_angstrom: float | None = None) -> dict:
+                 entropy_base: float = 10.0, gt_pixel_size_angstrom: float | None = None,
+                 label_set: str = "state", kmeans=None) -> dict:
     """Evaluate the latents (and, with ``generator`` and ``gt_maps``, the maps) of a run against ground truth.
 
     Parameters
@@ -315,22 +420,27 @@ def evaluate_run(run_dir: str | Path, labels_npz: str | Path | Mapping[str, np.n
     run_dir : path
         Run directory (``latents/epoch_NNN.npy``, ``indices.npy``).
     labels_npz : path or mapping
-        Simulator ``labels.npz`` (or its arrays): ``state`` and/or ``coordinate`` per original particle; they are
-        selected with ``RUN/indices.npy``.
-    gt_maps : ``{state: (D, D, D)}``, optional.
+        Simulator ``labels.npz`` (or its arrays): ``state`` and/or ``coordinate`` per original particle (and the
+        ``label_set`` array); they are selected with ``RUN/indices.npy``.
+    gt_maps : ``{state: (D, D, D)}``, optional (compared per ``state``, whatever ``label_set``).
     generator : model with ``generate_volumes``, optional (e.g. ``cryoscape.models.load_run(run_dir, epoch)``).
-    k : number of k-means clusters (default: the number of true states).
+    k : number of k-means clusters (default: the number of distinct labels of ``label_set``).
+    label_set : the discrete labels clustered against (default ``state``; e.g. ``subunit``).
+    kmeans : clusters to reuse when they number ``k`` (e.g. those of the analysis report).
     mask, batch_size, gt_pixel_size_angstrom : see :func:`map_scores`; entropy_base : see :func:`cluster_entropy`.
 
     Returns
     -------
     dict, JSON-serialisable (non-finite numbers become None): ``run_dir``, ``epoch``, ``n_particles``, ``zdim``,
-    and, when the truth allows, ``clustering``, ``entropy``, ``continuous``, ``maps``.
+    and, when the truth allows, ``clustering``, ``entropy``, ``continuous``, ``maps`` (see
+    :func:`evaluate_latents`).
     """
     latents = load_latents(run_dir, epoch)
     z = latents.z
-    truth = read_labels(labels_npz) if not isinstance(labels_npz, Mapping) else \
+    truth = read_labels(labels_npz, label_set) if not isinstance(labels_npz, Mapping) else \
         {key: np.asarray(v).ravel() for key, v in labels_npz.items()}
+    if label_set not in truth and label_set != "state":
+        raise InputError(f"the truth has no labels {label_set!r} (arrays: {sorted(truth)})")
     n_truth = len(next(iter(truth.values())))
     indices = latents.indices
     if indices is None:
@@ -344,21 +454,16 @@ def evaluate_run(run_dir: str | Path, labels_npz: str | Path | Mapping[str, np.n
     truth = {key: v[indices] for key, v in truth.items()}
     out: dict = {"run_dir": str(run_dir), "epoch": latents.epoch, "n_particles": int(z.shape[0]),
                  "zdim": int(z.shape[1])}
-    km = None
+    scores = evaluate_latents(z, truth, label_set=label_set, k=k, seed=seed, kmeans=kmeans,
+                              entropy_base=entropy_base)
+    km = scores.pop("_kmeans")
+    out.update(scores)
     states = truth.get("state")
-    if states is not None and len(np.unique(states)) > 1:
-        n_states = len(np.unique(states))
-        k = n_states if k is None else int(k)
-        km = kmeans_on_data(z, k, seed=seed)
-        out["clustering"] = {"k": k, "n_states": n_states, **clustering_scores(km.labels, states)}
-        out["entropy"] = cluster_entropy(km.labels, states, base=entropy_base)
-    coordinate = truth.get("coordinate")
-    if coordinate is not None and np.ptp(coordinate) > 0:
-        out["continuous"] = continuous_correlation(z, coordinate)
     if generator is not None and gt_maps and states is not None:
+        same = label_set == "state" and km is not None
         out["maps"] = map_scores(generator, z, states, gt_maps,
                                  centers=None if km is None else km.centers,
-                                 matching=None if km is None else out["clustering"]["matching"],
+                                 matching=out["clustering"]["matching"] if same else None,
                                  mask=mask, batch_size=batch_size, gt_pixel_size_angstrom=gt_pixel_size_angstrom)
     return _jsonable(out)
 
@@ -367,21 +472,36 @@ def _fmt(x, spec: str = ".3f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def clustering_description(c: Mapping) -> str:
+    """``"k-means (k = 8) vs the 'subunit' labels (2 values)"`` for a result's ``clustering``."""
+    label_set = c.get("label_set", "state")
+    n = c.get("n_labels", c.get("n_states", len(c.get("states", []))))
+    k = c.get("k", len(c.get("clusters", [])))
+    return f"k-means (k = {k}) vs the {label_set!r} labels ({n} values)"
+
+
 def format_evaluation(result: dict) -> str:
     """A plain-text table of the headline numbers of :func:`evaluate_run`'s result."""
     lines = [f"run: {result['run_dir']}  epoch {result.get('epoch')}  N={result['n_particles']}  "
              f"zdim={result['zdim']}"]
     if "clustering" in result:
         c, e = result["clustering"], result["entropy"]
-        lines += [f"k-means (k={c['k']}) vs {c['n_states']} true states:",
+        lines += [f"{clustering_description(c)}:",
                   f"  adjusted Rand index     {_fmt(c['ari'])}",
-                  f"  matched accuracy        {_fmt(c['accuracy'])}",
-                  f"  mean cluster entropy    {_fmt(e['mean'])}  (uniform mix {_fmt(e['uniform'])}, "
+                  f"  matched accuracy        {_fmt(c['accuracy'])}  (one cluster per label)"]
+        if "majority" in c:
+            m = c["majority"]
+            lines += [f"  sorted by majority label {_fmt(100 * m['accuracy'], '.1f')}%  (ARI of that labelling "
+                      f"{_fmt(m['ari'])})"]
+        lines += [f"  mean cluster entropy    {_fmt(e['mean'])}  (uniform mix {_fmt(e['uniform'])}, "
                   f"log base {e['base']:g})"]
     if "continuous" in result:
         c = result["continuous"]
         lines += [f"|Spearman rho| PC1 vs coordinate  {_fmt(c['abs_spearman_pc1'])}  "
                   f"(best dimension {_fmt(c['abs_spearman_best_dimension'])})"]
+        w = c.get("within_groups")
+        if w and w.get("mean") is not None:
+            lines += [f"|Spearman rho| within each majority-label group  {_fmt(w['mean'])}"]
     if "maps" in result:
         lines += ["state  FSC-AUC  res@0.5(A)  res@0.143(A)  CC"]
         for s, m in result["maps"]["states"].items():

@@ -143,11 +143,12 @@ def read_metrics(path: str | Path):
     return df
 
 
-def plot_loss_curves(metrics) -> Figure:
+def plot_loss_curves(metrics, mark_epoch: int | None = None) -> Figure:
     """Training and validation loss per epoch from ``metrics.csv`` (path or DataFrame).
 
     Left: ``train_loss`` and ``val_loss``. Right (when present): the other ``train_*``/``val_*`` terms
-    (e.g. reconstruction and KL), each on its own scale, dashed for validation.
+    (e.g. reconstruction and KL), each on its own scale, dashed for validation. ``mark_epoch`` (e.g. the epoch
+    analysed) is drawn as a dotted vertical line on both.
     """
     df = read_metrics(metrics) if isinstance(metrics, (str, Path)) else metrics
     if "epoch" not in df.columns:
@@ -164,6 +165,8 @@ def plot_loss_curves(metrics) -> Figure:
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss")
+    if mark_epoch is not None:
+        ax.axvline(mark_epoch, color="0.4", ls=":", lw=1, label=f"epoch {mark_epoch} (analysed)")
     ax.legend(frameon=False)
     if terms:
         ax2 = fig.add_subplot(1, 2, 2)
@@ -176,6 +179,8 @@ def plot_loss_curves(metrics) -> Figure:
         ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax2.set_yscale("symlog", linthresh=1e-6)
         ax2.set_ylabel("loss term")
+        if mark_epoch is not None:
+            ax2.axvline(mark_epoch, color="0.4", ls=":", lw=1)
         ax2.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
@@ -233,8 +238,9 @@ def plot_volume_gallery(vols: Sequence[np.ndarray], titles: Sequence[str] | None
 
 
 def plot_fsc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], pixel_size_angstrom: float = 1.0,
-                    thresholds: Sequence[float] = (0.5, 0.143)) -> Figure:
-    """FSC curves ``{name: (freqs cycles/pixel, curve)}`` against spatial frequency (1/A), with threshold lines."""
+                    thresholds: Sequence[float] = (0.5, 0.143), legend_title: str | None = None) -> Figure:
+    """FSC curves ``{name: (freqs cycles/pixel, curve)}`` against spatial frequency (1/A), with threshold lines;
+    every curve is named in the legend (``legend_title`` e.g. ``"12 of 50 states"`` when only some are drawn)."""
     fig = Figure(figsize=(5.5, 3.8))
     ax = fig.add_subplot()
     for name, (freqs, curve) in curves.items():
@@ -245,7 +251,8 @@ def plot_fsc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], pixel_s
     ax.set_ylabel("FSC")
     ax.set_ylim(-0.1, 1.05)
     if curves:
-        ax.legend(frameon=False, fontsize=8)
+        ax.legend(frameon=False, fontsize=8, title=legend_title, title_fontsize=8,
+                  ncols=1 if len(curves) <= 12 else 2)
     return fig
 
 

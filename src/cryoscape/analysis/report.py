@@ -31,7 +31,11 @@ __all__ = [
     "Table",
     "Section",
     "config_section",
+    "family_options",
     "loss_section",
+    "validation_summary",
+    "epoch_choice",
+    "run_selection_metric",
     "latent_section",
     "kmeans_section",
     "traversal_section",
@@ -80,8 +84,43 @@ def _flatten(d: Mapping, prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
+# Options read by one family only (see cryoscape.config); the run summary leaves out those of other families.
+_FAMILY_ONLY = {
+    "cryodrgn": {"train": {"freq_march", "march_start"}},
+    "tomodrgn": {"data": {"tilt_format"},
+                 "model": {"pooling", "ntilts", "tilt_embed_dim", "enc_dim_b", "enc_layers_b", "kl_norm",
+                           "recon_dose_weight", "recon_tilt_weight", "dose_mask", "images_dose_weighted"}},
+    "opus-dsd": {"model": {"templateres", "channel_scale", "mask"},
+                 "train": {"lamb", "knn", "kfarthest", "n_samples", "knn_intra", "momentum", "tv_weight",
+                           "l1_weight", "anneal_images", "lr_decay"}},
+}
+# Options of the coordinate-network families (MLP encoder, positional encoding) that OPUS-DSD's conv nets ignore.
+_MLP_OPTIONS = {"enc_dim", "enc_layers", "dec_dim", "dec_layers", "pe_type", "pe_dim", "feat_sigma", "activation"}
+
+
+def family_options(config: Mapping) -> dict:
+    """A copy of a configuration mapping without the options that its ``model.family`` does not read."""
+    family = (config.get("model") or {}).get("family") if isinstance(config.get("model"), Mapping) else None
+    if family not in _FAMILY_ONLY:
+        return dict(config)
+    hidden: dict[str, set] = {}
+    for other, sections in _FAMILY_ONLY.items():
+        if other != family:
+            for section, names in sections.items():
+                hidden.setdefault(section, set()).update(names)
+    if family == "opus-dsd":
+        hidden.setdefault("model", set()).update(_MLP_OPTIONS)
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and key in hidden:
+            value = {k: v for k, v in value.items() if k not in hidden[key]}
+        out[key] = value
+    return out
+
+
 def config_section(config) -> Section:
-    """Run summary: the configuration (a mapping, a dataclass such as ``RunConfig``, or a ``config.yaml`` path)."""
+    """Run summary: the configuration (a mapping, a dataclass such as ``RunConfig``, or a ``config.yaml`` path),
+    showing the options of the family that ran (:func:`family_options`)."""
     if isinstance(config, (str, Path)):
         import yaml
 
@@ -96,13 +135,121 @@ def config_section(config) -> Section:
         config = dataclasses.asdict(config)
     if not isinstance(config, Mapping):
         raise InputError(f"the configuration must be a mapping, got {type(config).__name__}")
-    return Section("Run summary", tables=[Table(["setting", "value"], _flatten(config))])
+    family = config.get("model", {}).get("family") if isinstance(config.get("model"), Mapping) else None
+    sec = Section("Run summary", tables=[Table(["setting", "value"], _flatten(family_options(config)))])
+    if family:
+        sec.paragraphs.append(f"Model family {family}; options that only other families read are not shown.")
+    return sec
 
 
-def loss_section(metrics) -> Section:
-    """Loss curves from ``metrics.csv`` (path or DataFrame)."""
-    return Section("Loss curves", figures=[("Training and validation loss per epoch",
-                                            plots.plot_loss_curves(metrics))])
+OVERFIT_TOLERANCE = 0.01  # a validation loss more than 1 % above its minimum at the last epoch counts as a rise
+
+
+def _metric_words(metric: str) -> str:
+    names = {"val_loss": "validation loss", "val_recon": "validation reconstruction error (val_recon)"}
+    return names.get(metric, f"validation {metric.removeprefix('val_')} ({metric})")
+
+
+def validation_summary(metrics, metric: str = "val_loss", tolerance: float = OVERFIT_TOLERANCE) -> dict | None:
+    """How the validation curve ``metric`` of ``metrics.csv`` (path or DataFrame) behaves; ``None`` without it.
+
+    Returns ``metric``, ``best_epoch`` (the lowest value, first on ties, over all epochs), ``best``,
+    ``last_epoch``, ``last``, ``rise`` (``(last - best) / |best|``) and ``verdict``: ``"over-fits"`` (the last
+    value more than ``tolerance`` above the minimum), ``"still decreasing"`` (lowest at the last epoch) or
+    ``"levelled off"``; and ``text``, the sentence the report shows.
+    """
+    df = plots.read_metrics(metrics) if isinstance(metrics, (str, Path)) else metrics
+    if metric not in df.columns:
+        return None
+    rows = df[["epoch", metric]].dropna()
+    rows = rows[np.isfinite(rows[metric].to_numpy(dtype=np.float64))]
+    if rows.empty:
+        return None
+    values = rows[metric].to_numpy(dtype=np.float64)
+    epochs = rows["epoch"].to_numpy().astype(int)
+    i = int(np.argmin(values))
+    best, last = float(values[i]), float(values[-1])
+    rise = (last - best) / abs(best) if best != 0 else (0.0 if last == best else float("inf"))
+    b, L = int(epochs[i]), int(epochs[-1])
+    words = _metric_words(metric)
+    if i == len(values) - 1:
+        verdict = "still decreasing"
+        text = (f"The {words} is lowest at the last epoch, {L} ({best:.5g}): no sign of over-fitting; training "
+                "longer may still improve the model.")
+    elif rise > tolerance:
+        verdict = "over-fits"
+        text = (f"The {words} is lowest at epoch {b} ({best:.5g}) and rises after it, to {last:.5g} at the last "
+                f"epoch, {L} ({rise:+.1%}): the model over-fits after epoch {b} (it keeps fitting the training "
+                f"images but predicts held-out images worse). Analyse epoch {b} or a checkpointed epoch near it.")
+    else:
+        verdict = "levelled off"
+        text = (f"The {words} is lowest at epoch {b} ({best:.5g}) and within {tolerance:.0%} of that at the last "
+                f"epoch, {L} ({last:.5g}): the curve has levelled off; no clear over-fitting.")
+    return {"metric": metric, "best_epoch": b, "best": best, "last_epoch": L, "last": last, "rise": rise,
+            "verdict": verdict, "text": text}
+
+
+def epoch_choice(run_dir, requested: int | None, epoch: int) -> str:
+    """Why ``epoch`` of ``run_dir`` is the one analysed: ``"lowest validation loss"``, ``"last; no validation
+    set"``, ``"chosen with --epoch"``, ... (``requested``: the epoch asked for, ``None`` for the default)."""
+    if requested is not None:
+        return "chosen with --epoch"
+    run_dir = Path(run_dir)
+    metric = run_selection_metric(run_dir)
+    best = run_dir / "best_epoch"
+    if best.is_file():
+        try:
+            if int(best.read_text().split()[0]) == int(epoch):
+                return f"lowest {_metric_words(metric).split(' (')[0]}"
+        except (ValueError, IndexError):
+            pass
+    metrics = run_dir / "metrics.csv"
+    has_val = False
+    if metrics.is_file():
+        try:
+            has_val = any(c.startswith("val_") for c in plots.read_metrics(metrics).columns)
+        except InputError:
+            pass
+    return "last" if has_val else "last; no validation set"
+
+
+def run_selection_metric(run_dir: Path) -> str:
+    """The column ``RUN/best_epoch`` is chosen by, from the family in ``RUN/config.yaml`` (``val_loss`` if unknown)."""
+    from cryoscape.train.engine import selection_metric
+
+    try:
+        import yaml
+
+        family = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("model", {}).get("family", "")
+    except (OSError, AttributeError, ValueError):
+        family = ""
+    return selection_metric(str(family or ""))
+
+
+def loss_section(metrics, epoch: int | None = None, epoch_reason: str | None = None,
+                 metric: str = "val_loss") -> Section:
+    """Training curves from ``metrics.csv`` (path or DataFrame), read for the user: which epoch is analysed
+    (``epoch``, ``epoch_reason``) and how the validation curve ``metric`` behaves (:func:`validation_summary`)."""
+    df = plots.read_metrics(metrics) if isinstance(metrics, (str, Path)) else metrics
+    sec = Section("Training and validation loss")
+    if epoch is not None:
+        sec.paragraphs.append(f"Analysed: epoch {epoch} ({epoch_reason})." if epoch_reason else
+                              f"Analysed: epoch {epoch}.")
+    summary = validation_summary(df, metric)
+    if summary is None and metric != "val_loss":
+        summary = validation_summary(df, "val_loss")
+    if summary is not None:
+        sec.paragraphs.append(summary["text"])
+        if epoch is not None and summary["verdict"] == "over-fits" and epoch > summary["best_epoch"] \
+                and epoch_reason and not epoch_reason.startswith("lowest"):
+            sec.paragraphs.append(f"Epoch {epoch} comes after the minimum at epoch {summary['best_epoch']}: its "
+                                  "latent space may be that of an over-fitted model.")
+    elif not any(str(c).startswith("val_") for c in df.columns):
+        sec.paragraphs.append("No validation set (--val-frac 0): over-fitting cannot be read from these curves.")
+    sec.figures.append(("Training and validation loss per epoch" + ("" if epoch is None else
+                                                                   f" (dotted line: the analysed epoch, {epoch})"),
+                        plots.plot_loss_curves(df, mark_epoch=epoch)))
+    return sec
 
 
 def latent_section(z: np.ndarray, pca=None, umap: np.ndarray | None = None,
@@ -174,18 +321,47 @@ def _num(x, spec: str = ".3f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+MAX_FSC_CURVES = 12  # curves drawn in the FSC figure (all states are in the table)
+
+
 def evaluation_section(result: Mapping) -> Section:
-    """Evaluation against ground truth (the dict of :func:`cryoscape.analysis.evaluate.evaluate_run`)."""
+    """Evaluation against ground truth (the dict of :func:`cryoscape.analysis.evaluate.evaluate_run`), stated with
+    its epoch, its k and its label set."""
+    from cryoscape.analysis.evaluate import clustering_description
+
     sec = Section("Evaluation against ground truth")
     rows = []
+    if result.get("epoch") is not None:
+        sec.paragraphs.append(f"Latents of epoch {result['epoch']}, {result.get('n_particles')} particles.")
     if "clustering" in result:
         c, e = result["clustering"], result["entropy"]
-        rows += [["adjusted Rand index", _num(c["ari"])], ["matched accuracy", _num(c["accuracy"])],
-                 ["mean cluster entropy", f"{_num(e['mean'])} (uniform mix {_num(e['uniform'])})"]]
-        sec.figures.append(("Confusion matrix (rows: true states, columns: k-means clusters)",
-                            plots.plot_confusion_matrix(c["confusion"], c["states"], c["clusters"])))
+        label_set = c.get("label_set", "state")
+        n_labels = c.get("n_labels", c.get("n_states"))
+        source = ("the clusters of the k-means section" if c.get("kmeans_reused") else
+                  f"k-means computed for this evaluation (seed {c.get('seed', 0)})")
+        sec.paragraphs.append(f"{clustering_description(c)}: {source}, scored against the simulation's "
+                              f"{label_set!r} labels of every particle.")
+        k = c.get("k", len(c["clusters"]))
+        rows += [[f"adjusted Rand index (k = {k} clusters vs {n_labels} labels)", _num(c["ari"])],
+                 ["matched accuracy (one cluster per label, Hungarian matching)", _num(c["accuracy"])]]
+        if "majority" in c:
+            m = c["majority"]
+            rows += [["sorted by majority label (each cluster takes the label most of its particles hold)",
+                      f"{100 * m['accuracy']:.1f}%" if m.get("accuracy") is not None else "n/a"],
+                     ["adjusted Rand index of that majority labelling", _num(m["ari"])]]
+        rows.append(["mean cluster entropy", f"{_num(e['mean'])} (uniform mix {_num(e['uniform'])})"])
+        sec.figures.append((f"Confusion matrix (rows: the true {label_set!r} labels, columns: the k = {k} "
+                            f"k-means clusters of this evaluation)",
+                            plots.plot_confusion_matrix(c["confusion"], c["states"], c["clusters"],
+                                                        ylabel=f"true {label_set}",
+                                                        xlabel=f"k-means cluster (k = {k})")))
     if "continuous" in result:
-        rows.append(["|Spearman rho|, PC1 vs true coordinate", _num(result["continuous"]["abs_spearman_pc1"])])
+        cont = result["continuous"]
+        rows.append(["|Spearman rho|, PC1 vs true coordinate", _num(cont["abs_spearman_pc1"])])
+        w = cont.get("within_groups")
+        if w and w.get("mean") is not None:
+            rows.append(["|Spearman rho| within each majority-label group (its own PC1 vs true coordinate)",
+                         _num(w["mean"])])
     if rows:
         sec.tables.append(Table(["metric", "value"], rows))
     if "maps" in result:
@@ -195,10 +371,19 @@ def evaluation_section(result: Mapping) -> Section:
             [[s, _num(v["fsc_auc"]), _num(v["resolution_0.5_angstrom"], ".2f"),
               _num(v["resolution_0.143_angstrom"], ".2f"), _num(v["correlation"])] for s, v in m["states"].items()],
             caption="Volumes at each true state's mean latent against its ground-truth map"))
+        states = list(m["states"].items())
+        shown = states
+        if len(states) > MAX_FSC_CURVES:  # evenly spaced states, first and last included
+            picks = np.unique(np.round(np.linspace(0, len(states) - 1, MAX_FSC_CURVES)).astype(int))
+            shown = [states[i] for i in picks]
         curves = {f"state {s}": (np.arange(len(v["fsc"])) / (2 * len(v["fsc"])), np.asarray(v["fsc"]))
-                  for s, v in list(m["states"].items())[:12]}
-        sec.figures.append(("FSC against the ground-truth maps",
-                            plots.plot_fsc_curves(curves, m["pixel_size_angstrom"])))
+                  for s, v in shown}
+        note = "" if len(shown) == len(states) else \
+            f" ({len(shown)} of {len(states)} states shown, evenly spaced; all are in the table)"
+        sec.figures.append(("FSC against the ground-truth maps" + note,
+                            plots.plot_fsc_curves(curves, m["pixel_size_angstrom"],
+                                                  legend_title=f"{len(shown)} of {len(states)} states"
+                                                  if note else None)))
     return sec
 
 
@@ -271,7 +456,8 @@ def build_report(out_dir: str | Path, sections: Sequence[Section] = (), *, title
                  config=None, metrics=None, z: np.ndarray | None = None, pca=None, umap: np.ndarray | None = None,
                  kmeans=None, center_volumes: Sequence[np.ndarray] | None = None,
                  traversals: Mapping[str, Sequence[np.ndarray]] | None = None, evaluation: Mapping | None = None,
-                 embed: bool = True, filename: str = "index.html") -> Path:
+                 embed: bool = True, filename: str = "index.html", epoch: int | None = None,
+                 epoch_reason: str | None = None, selection_metric: str = "val_loss") -> Path:
     """Write ``out_dir/index.html`` and return its path.
 
     Standard sections are built, in this order, from the arguments given: ``config`` (mapping, dataclass or
@@ -280,13 +466,15 @@ def build_report(out_dir: str | Path, sections: Sequence[Section] = (), *, title
     (:class:`~cryoscape.analysis.latent.KMeansResult`) with optional ``center_volumes`` ``(k, D, D, D)``,
     ``traversals`` ``{name: (n, D, D, D)}`` and ``evaluation`` (the dict of ``evaluate_run``); then
     ``sections``. With ``embed=False`` the PNGs are written to ``out_dir/figures/`` and linked relatively.
+    ``epoch`` and ``epoch_reason`` (see :func:`epoch_choice`) say which epoch is analysed and why; the validation
+    curve ``selection_metric`` is read for over-fitting (:func:`validation_summary`).
     """
     out_dir = Path(out_dir)
     std: list[Section] = []
     if config is not None:
         std.append(config_section(config))
     if metrics is not None:
-        std.append(loss_section(metrics))
+        std.append(loss_section(metrics, epoch=epoch, epoch_reason=epoch_reason, metric=selection_metric))
     labels = None if kmeans is None else kmeans.labels
     if z is not None:
         if pca is None and np.asarray(z).ndim == 2 and np.asarray(z).shape[1] > 1:

@@ -32,7 +32,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import dataclasses
 
-    from cryoscape.demo import DemoSettings, run_demo
+    from cryoscape.demo import DemoSettings, format_scores, run_demo
 
     settings = DemoSettings()
     if args.epochs:
@@ -41,15 +41,8 @@ def run(args) -> int:
         settings = dataclasses.replace(settings, n_particles=args.n_particles)
     scores = run_demo(args.outdir, settings, progress=not args.no_progress, overwrite=args.overwrite)
     ok = scores["discrete_accuracy"] >= 0.9 and scores["continuous_spearman"] >= 0.8
-    clusters = ", ".join(str(c) for c in scores["clusters_with_subunit"]) or "none"
     print()
-    print("cryoscape demo: heterogeneity recovered from noisy images (SNR 0.3, with CTF)")
-    print(f"  discrete state (extra subunit): the report's k-means clusters {clusters} hold the particles with it;")
-    print(f"    they sort {100 * scores['discrete_accuracy']:.1f}% of particles correctly "
-          f"(adjusted Rand index {scores['discrete_ari']:.3f})")
-    print(f"  continuous motion (hinge angle), within each group |Spearman rho| = {scores['continuous_spearman']:.3f}")
-    print(f"  time: {scores['minutes']:.1f} min")
-    print(f"  report: {scores['report']}")
+    print(format_scores(scores))  # the numbers of the report's "Evaluation against ground truth"
     if not ok:
         print("  WARNING: the recovery is weaker than expected (>= 90% sorted, rho >= 0.8)")
     return 0
