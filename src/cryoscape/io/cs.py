@@ -185,7 +185,7 @@ def _load(path: Path) -> np.ndarray:
 
 def read_cs(path: str | Path, datadir: str | Path | None = None, apix: float | None = None,
             check_images: bool = True, alignments: str = "alignments3D",
-            allow_mixed_pixel_sizes: bool = False) -> CSParticles:
+            allow_mixed_pixel_sizes: bool = False, one_size_per_stack: bool = False) -> CSParticles:
     """Read a cryoSPARC particle ``.cs`` file.
 
     Parameters
@@ -202,6 +202,9 @@ def read_cs(path: str | Path, datadir: str | Path | None = None, apix: float | N
         refinement jobs).
     allow_mixed_pixel_sizes : bool
         Accept particles with different ``blob/psize_A`` (otherwise an error unless ``apix`` is given).
+    one_size_per_stack : bool
+        With ``allow_mixed_pixel_sizes``: refuse a stack whose particles claim different pixel sizes (unless ``apix``
+        is given), as :func:`cryoscape.io.particles.load_particles` resamples each stack's images from one size.
 
     Raises
     ------
@@ -236,6 +239,14 @@ def read_cs(path: str | Path, datadir: str | Path | None = None, apix: float | N
         if len(uniq) > 1 and not np.allclose(uniq, uniq[0], rtol=1e-4) and not allow_mixed_pixel_sizes:
             raise InputError(f"particles have different pixel sizes {uniq.round(4).tolist()} A", path,
                              "pass --apix to use one pixel size")
+        if len(uniq) > 1 and allow_mixed_pixel_sizes and one_size_per_stack:
+            from cryoscape.io.rescale import mixed_within_a_stack
+
+            mixed = mixed_within_a_stack(stacks, psize)
+            if mixed is not None:
+                raise InputError(f"particles of one stack ({mixed[0]}) have different pixel sizes {mixed[1]} A",
+                                 path, "a stack has one pixel size: correct blob/psize_A, or pass --apix with the "
+                                 "pixel size of the images")
     if check_images and len(array):
         infos = check_stacks(stacks, indices, path)
         first = next(iter(infos.values()))

@@ -122,8 +122,13 @@ def _common_pixel_size(source, images: ImageStack, apix: float | None, path: Pat
     own = source.file_pixel_size_angstrom
     if own is None or not len(source) or np.allclose(own, own[0], rtol=1e-4):
         return images, (float(source.pixel_size_angstrom[0]) if len(source) else None)
-    from cryoscape.io.rescale import RescaledImageStack
+    from cryoscape.io.rescale import RescaledImageStack, mixed_within_a_stack
 
+    mixed = mixed_within_a_stack(source.stack_paths, own)
+    if mixed is not None:  # the file's pixel sizes cannot all be right; the reader has applied --apix to every image
+        log.warning("%s: particles of %s claim pixel sizes %s A; --apix %.4f A is used for every image, nothing is "
+                    "resampled", path, mixed[0], mixed[1], apix)
+        return images, float(apix)
     target = float(apix) if apix is not None else float(own.min())
     if not (np.isfinite(target) and target > 0):
         raise InputError(f"pixel size {target:g} A is not a positive number", path, "pass --apix")
@@ -193,11 +198,12 @@ def load_particles(path: str | Path, poses: str | Path | None = None, ctf: str |
     if cs_alignments is not None and suffix != ".cs":
         raise InputError(f"--cs-alignments {cs_alignments} applies to cryoSPARC .cs files only", path)
     if suffix == ".star":
-        source = read_star_particles(path, datadir=datadir, apix=apix, allow_mixed_pixel_sizes=True)
+        source = read_star_particles(path, datadir=datadir, apix=apix, allow_mixed_pixel_sizes=True,
+                                     one_size_per_stack=True)
         fmt = "star"
     elif suffix == ".cs":
         source = read_cs(path, datadir=datadir, apix=apix, alignments=cs_alignments or "alignments3D",
-                         allow_mixed_pixel_sizes=True)
+                         allow_mixed_pixel_sizes=True, one_size_per_stack=True)
         fmt = "cs"
     elif suffix in (".mrcs", ".mrc", ".txt"):
         fmt = "mrcs"

@@ -94,3 +94,16 @@ class RescaledImageStack(ImageStack):
         new.__dict__.update(plain.__dict__)
         new._source_pixel_sizes = self._source_pixel_sizes[np.asarray(idx)]
         return new
+
+
+def mixed_within_a_stack(stack_paths, pixel_sizes) -> tuple[str, list[float]] | None:
+    """``(stack, its pixel sizes)`` for the first stack whose particles claim different pixel sizes, else None
+    (one stack has one pixel size, so such a file cannot be resampled group by group)."""
+    stacks = np.asarray(stack_paths, dtype=object)
+    sizes = np.asarray(pixel_sizes, dtype=np.float64)
+    uniq, inverse = np.unique(stacks, return_inverse=True)
+    for u in range(len(uniq)):
+        s = sizes[inverse.reshape(-1) == u]
+        if len(s) and not np.allclose(s, s[0], rtol=1e-4):
+            return str(uniq[u]), np.unique(s.round(4)).tolist()
+    return None

@@ -296,7 +296,8 @@ def _has_magnification_like(sp: StarParticles) -> bool:
 
 
 def read_star_particles(path: str | Path, datadir: str | Path | None = None, apix: float | None = None,
-                        check_images: bool = True, allow_mixed_pixel_sizes: bool = False) -> StarParticles:
+                        check_images: bool = True, allow_mixed_pixel_sizes: bool = False,
+                        one_size_per_stack: bool = False) -> StarParticles:
     """Read the particles of a RELION STAR file.
 
     Parameters
@@ -313,6 +314,9 @@ def read_star_particles(path: str | Path, datadir: str | Path | None = None, api
         (within 1%) and box size.
     allow_mixed_pixel_sizes : bool
         Accept particles with different pixel sizes (otherwise an error unless ``apix`` is given).
+    one_size_per_stack : bool
+        With ``allow_mixed_pixel_sizes``: refuse a stack whose particles claim different pixel sizes (unless ``apix``
+        is given), as :func:`cryoscape.io.particles.load_particles` resamples each stack's images from one size.
 
     Raises
     ------
@@ -368,6 +372,14 @@ def read_star_particles(path: str | Path, datadir: str | Path | None = None, api
     if len(uniq) > 1 and not np.allclose(uniq, uniq[0], rtol=1e-4) and not allow_mixed_pixel_sizes:
         raise InputError(f"particles have different pixel sizes {uniq.round(4).tolist()} A", path,
                          "pass --apix to use one pixel size (e.g. after rescaling the particles to a common size)")
+    if len(uniq) > 1 and allow_mixed_pixel_sizes and one_size_per_stack:
+        from cryoscape.io.rescale import mixed_within_a_stack
+
+        mixed = mixed_within_a_stack(stacks, psize)
+        if mixed is not None:
+            raise InputError(f"particles of one stack ({mixed[0]}) have different pixel sizes {mixed[1]} A", path,
+                             "a stack has one pixel size: correct the optics groups, or pass --apix with the pixel "
+                             "size of the images")
     sp.pixel_size_angstrom = psize.astype(np.float64)
     if infos:
         check_header_pixel_sizes(infos, stacks, sp.pixel_size_angstrom, path)
