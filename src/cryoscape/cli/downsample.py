@@ -2,7 +2,9 @@
 
 The pixel size grows by D/D' and the image mean is kept. IN may be a .mrcs stack, a RELION .star or a cryoSPARC .cs
 file; all its particles are written, in order, to one stack OUT.mrcs. With a .star input OUT.star is written too:
-the same rows and columns, rlnImageName pointing into OUT.mrcs, and the pixel size and box size updated.
+the same rows and columns, rlnImageName pointing into OUT.mrcs, and the pixel size and box size updated. With a
+.cs input OUT.star is written as well, from the .cs poses and CTF converted to RELION's conventions (a cryoSPARC
+refinement ready for RELION or cryoscape).
 Poses and CTF are not needed (a RELION 3.0 file without voltage or Cs is fine); optics groups with different pixel
 sizes are first resampled to the finest (or --apix). Tilt-series sets (RELION 5 / WarpTools optimisation sets) are
 not supported.
@@ -10,6 +12,7 @@ Existing output files are not replaced unless --overwrite is given.
 
 Example:
   cryoscape downsample particles.star -D 64 -o particles.64.mrcs
+  cryoscape downsample J42/J42_particles.cs --datadir /data/cryosparc/P3 -D 128 -o data/J42.128.mrcs
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``cryoscape downsample``."""
     parser.add_argument("input", help="particles: .mrcs, .star, .cs or .txt (list of stacks)")
     parser.add_argument("-D", "--box", type=int, required=True, help="new box size in pixels (even)")
-    parser.add_argument("-o", "--output", required=True, help="output stack OUT.mrcs (with .star input also OUT.star)")
+    parser.add_argument("-o", "--output", required=True, help="output stack OUT.mrcs (with .star or .cs input also OUT.star)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT.mrcs (and OUT.star) if they exist")
     parser.add_argument("--chunk-size", type=int, default=1000, help="images processed at once (default 1000)")
     parser.add_argument("--datadir", help="folder holding the stacks named in a .star/.cs/.txt file")
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         if path.exists() and Path(args.input).exists() and os.path.samefile(path, args.input):
             raise InputError("the output would overwrite the input", path)
     check_output_file(out, "downsample", args.overwrite)
-    if Path(args.input).suffix.lower() == ".star":
+    if Path(args.input).suffix.lower() in (".star", ".cs"):
         check_output_file(out.with_suffix(".star"), "downsample", args.overwrite)
     if Path(args.input).suffix.lower() == ".star" and Path(args.input).is_file():
         _refuse_tilt_series(Path(args.input))
@@ -77,6 +80,16 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(particles.source, StarParticles):
         star_out = out.with_suffix(".star")
         write_downsampled_star(particles.source, star_out, out.name, args.box, apix)
+        log.info("wrote %s and %s", out, star_out)
+    elif Path(args.input).suffix.lower() == ".cs":  # poses and CTF converted; origins are in Angstrom, unchanged
+        import numpy as np
+
+        from cryoscape.io.star import format_image_names, write_star
+
+        star_out = write_star(out.with_suffix(".star"), format_image_names([out.name] * len(particles),
+                                                                            np.arange(len(particles))),
+                              apix * particles.D / args.box, args.box, particles.poses, particles.ctf,
+                              ctf_premultiplied=particles.ctf_premultiplied)
         log.info("wrote %s and %s", out, star_out)
     else:
         log.info("wrote %s", out)
