@@ -142,3 +142,26 @@ def test_read_labels_with_a_label_set(tmp_path):
     assert out["subunit"].tolist() == [0, 1, 0, 1] and out["state"].tolist() == [0, 1, 2, 3]
     with pytest.raises(InputError, match="no per-particle integer labels 'colour'"):
         read_labels(tmp_path / "l.npz", "colour")
+
+
+def test_evaluate_command_with_a_label_set(tmp_path, capsys):
+    import json
+
+    from cryoscape.cli.main import main
+
+    z, truth = _two_groups(n=120)
+    run = tmp_path / "run"
+    (run / "latents").mkdir(parents=True)
+    np.save(run / "latents" / "epoch_001.npy", z.astype(np.float32))
+    np.save(run / "indices.npy", np.arange(120))
+    sim = tmp_path / "sim"
+    sim.mkdir()
+    np.savez(sim / "labels.npz", **truth)
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(run), "--truth", str(sim), "--no-maps", "--labels", "subunit", "-k", "6",
+                 "-o", str(out)]) == 0
+    c = json.loads(out.read_text())["clustering"]
+    assert (c["k"], c["label_set"], c["n_labels"]) == (6, "subunit", 2)
+    text = capsys.readouterr().out
+    assert "k-means (k = 6) vs the 'subunit' labels (2 values)" in text
+    assert f"sorted by majority label {100 * c['majority']['accuracy']:.1f}%" in text

@@ -34,6 +34,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-D", "--downsample", type=int, metavar="BOX",
                    help="write the generated maps at this (even) box size, Fourier-cropped (voxel size scaled)")
     p.add_argument("--truth", help="simulation folder with labels.npz (and gt/) to score against")
+    p.add_argument("--truth-labels", default="state", metavar="NAME",
+                   help="which labels of labels.npz the k-means clusters are scored against (default state; e.g. "
+                        "subunit for the hinge_discrete preset)")
+    p.add_argument("--truth-k", type=int, metavar="K",
+                   help="k-means clusters scored against them (default: the number of labels; equal to --ksample: "
+                        "the report's own clusters)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
 
@@ -58,6 +64,6 @@ def run(args) -> int:
         report = analyze_run(args.run, args.outdir, epoch=args.epoch, ksample=args.ksample, n_pcs=args.pc,
                              skip_umap=args.skip_umap, skip_volumes=args.skip_vol, truth=args.truth,
                              device=args.device, seed=args.seed, flip=args.flip, invert=args.invert,
-                             downsample=args.downsample)
+                             downsample=args.downsample, truth_labels=args.truth_labels, truth_k=args.truth_k)
     print(f"report: {report}")
     return 0

@@ -1,7 +1,9 @@
 """Score a trained run against simulation ground truth (labels.npz and gt/state_XXX.mrc of `cryoscape simulate`).
 
 Reports the adjusted Rand index, confusion matrix and Hungarian-matched accuracy of k-means on the latents
-(k = number of true states unless -k), the mean cluster entropy (OPUS-DSD's measure, log base 10), |Spearman
+(k = number of true labels unless -k; the labels are the states unless --labels names another array of
+labels.npz, e.g. subunit), the fraction sorted when each cluster takes its majority label, the mean cluster
+entropy (OPUS-DSD's measure, log base 10), |Spearman
 rho| of PC1 against the true continuous coordinate and, unless --no-maps, the FSC (AUC, resolution at 0.5 and
 0.143) and correlation of maps generated at each true state's mean latent and at the k-means centres against
 the ground-truth maps. Prints a table and writes everything to OUT.json (an existing one only with --overwrite).
@@ -25,7 +27,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="output .json file")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     p.add_argument("--epoch", type=int, help="epoch to evaluate (default: best_epoch, else the last)")
-    p.add_argument("-k", type=int, help="k-means clusters (default: the number of true states)")
+    p.add_argument("-k", type=int, help="k-means clusters (default: the number of true labels)")
+    p.add_argument("--labels", default="state", metavar="NAME",
+                   help="which labels of labels.npz the clusters are scored against (default state; e.g. subunit)")
     p.add_argument("--mask", choices=["auto"], help="soft-mask maps (from each ground-truth map) before FSC")
     p.add_argument("--no-maps", action="store_true", help="skip generating and comparing maps")
     p.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
@@ -54,7 +58,8 @@ def run(args) -> int:
         gt_maps, gt_apix = read_gt_maps(truth)
         generator = load_generator(args.run, epoch, args.device)
     result = evaluate_run(args.run, labels, gt_maps, generator, epoch=epoch, k=args.k, seed=args.seed,
-                          mask=args.mask, batch_size=args.batch_size, gt_pixel_size_angstrom=gt_apix)
+                          mask=args.mask, batch_size=args.batch_size, gt_pixel_size_angstrom=gt_apix,
+                          label_set=args.labels)
     result["truth"] = str(truth)
     atomic_write_text(args.output, json.dumps(result, indent=1, allow_nan=False) + "\n")
     print(format_evaluation(result))
