@@ -49,4 +49,9 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys):
     assert "latents of epoch 1 (lowest validation loss)" in out
     assert "Analysed: epoch 1 (lowest validation loss)." in report
     assert (tmp_path / "run" / "best_epoch").read_text().strip() == "1"
+    # the demo trains with the cryodrgn family's defaults, those of `cryoscape train` (no hidden overrides)
+    from cryoscape.config import load_config
+    from cryoscape.models.registry import get_family
 
+    t, family = load_config(tmp_path / "run" / "config.yaml").train, get_family("cryodrgn")
+    assert (t.batch_size, t.lr) == (family.default_batch_size, family.default_lr)

@@ -20,7 +20,7 @@ from cryoscape.config import DataConfig, ModelConfig, RunConfig, TrainConfig, lo
 from cryoscape.errors import InputError
 from cryoscape.models.registry import FAMILIES, get_family, with_family_defaults
 from cryoscape.train import engine as engine_module
-from cryoscape.train.checkpoint import completed_epochs, load_checkpoint
+from cryoscape.train.checkpoint import completed_epochs, load_checkpoint, resolve_epoch
 from cryoscape.train.run import resume_config, train
 
 SMALL = ["--zdim", "2", "--enc-dim", "8", "--enc-layers", "1", "--dec-dim", "8", "--dec-layers", "1", "-b", "8",
@@ -211,7 +211,7 @@ def test_load_starts_from_the_weights_with_a_fresh_optimizer(sim, source_run, tm
     run = tmp_path / "run"
     # a learning rate so small that one epoch leaves the loaded weights as they were
     assert _train(sim, run, "-n", "1", "--lr", "1e-12", "--ind", str(keep), "--load", str(source_run)) == 0
-    source_ckpt = source_run / "checkpoints" / "epoch_002.pt"  # no best_epoch file: the last epoch
+    source_ckpt = source_run / "checkpoints" / f"epoch_{resolve_epoch(source_run, None):03d}.pt"  # best, else last
     assert load_config(run / "config.yaml").train.load == str(source_ckpt.resolve())
     theirs, ours = load_checkpoint(source_ckpt), load_checkpoint(run / "checkpoints" / "epoch_001.pt")
     assert ours["epoch"] == 1 and len(ours["history"]) == 1
