@@ -5,8 +5,11 @@ Each image is resampled on reading, keeping its box ``D``, from its own pixel si
 its samples and evaluated at ``(j - D/2) * p / p_g`` source pixels from the centre (pixel ``D/2`` stays the centre,
 so origins in Angstrom stay correct). Frequencies beyond the common Nyquist ``1/(2p)`` are removed first, so a
 coarser target does not alias. The map is separable: ``image' = R @ image @ R^T`` with one real ``D x D`` matrix
-``R`` per pixel size. With the finest pixel size as the target every new sample lies inside the original box; a
-group with a coarser pixel size then has no signal between its own Nyquist and the common one (zero there).
+``R`` per pixel size. With the finest pixel size as the target (the default) every new sample lies inside the
+original box; a group with a coarser pixel size then has no signal between its own Nyquist and the common one (zero
+there). With a coarser target (``--apix``) the outermost samples of the finer groups fall beyond their box and take
+the values of the periodic extension (the opposite edge); for pixel sizes within a few percent that is under a
+pixel of the box edge.
 """
 
 from __future__ import annotations
