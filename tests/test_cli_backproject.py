@@ -75,3 +75,54 @@ def test_backproject_options_and_negative_control(sim, tmp_path):
     assert curve[1:4].max() < -0.8
     # no poses at all: a clear error
     assert main(["backproject", str(sim / "particles.mrcs"), "--apix", "4", "-o", str(tmp_path / "x")]) == 2
+
+
+# --- issue 16: CTF-premultiplied STAR files, memory options ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sim_premultiplied(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim_pre")
+    code = main(["simulate", "--preset", "homogeneous", "-N", str(N), "-D", str(D), "--apix", str(APIX),
+                 "--snr", "100", "--max-shift", "3", "--premultiply", "--seed", "1", "-o", str(out)])
+    assert code == 0
+    return out
+
+
+def test_backproject_premultiplied_star(sim, sim_premultiplied, tmp_path, caplog):
+    """rlnCtfDataAreCtfPremultiplied 1: the same map as from the plain images; read as plain, phases reverse."""
+    import starfile
+
+    gt = read_mrc(sim / "gt" / "state_000.mrc")[0]
+    plain, pre = tmp_path / "plain", tmp_path / "pre"
+    assert main(["backproject", str(sim / "particles.star"), "-o", str(plain)]) == 0
+    with caplog.at_level("INFO"):
+        assert main(["backproject", str(sim_premultiplied / "particles.star"), "-o", str(pre)]) == 0
+    assert "CTF-premultiplied" in caplog.text
+    vol_pre = read_mrc(pre / "backproject.mrc")[0]
+    assert _fsc_to_half_nyquist(vol_pre, gt).min() >= 0.9
+    assert _fsc_to_half_nyquist(vol_pre, read_mrc(plain / "backproject.mrc")[0]).min() >= 0.98
+
+    # the same premultiplied stack declared plain: CTF applied once too often, phases reversed past the first zero
+    star = starfile.read(sim_premultiplied / "particles.star", always_dict=True)
+    assert (star["optics"]["rlnCtfDataAreCtfPremultiplied"] == 1).all()
+    star["optics"]["rlnCtfDataAreCtfPremultiplied"] = 0
+    starfile.write(star, sim_premultiplied / "declared_plain.star")
+    wrong = tmp_path / "wrong"
+    assert main(["backproject", str(sim_premultiplied / "declared_plain.star"), "-o", str(wrong)]) == 0
+    assert fsc(read_mrc(wrong / "backproject.mrc")[0], gt)[1].min() < 0
+
+
+def test_backproject_memory_options(sim, tmp_path, capsys):
+    """--max-memory-gb below the estimate: one line naming the estimate and the options; --oversample 1 runs."""
+    from cryoscape.analysis.backprojection import estimate_memory_bytes
+
+    out = tmp_path / "refused"
+    assert main(["backproject", str(sim / "particles.star"), "--max-memory-gb", "0.2", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{estimate_memory_bytes(D) / 1e9:.1f} GB" in err and "--max-memory-gb" in err
+    assert not out.exists()
+    small = tmp_path / "os1"
+    assert main(["backproject", str(sim / "particles.star"), "--oversample", "1", "-o", str(small)]) == 0
+    gt = read_mrc(sim / "gt" / "state_000.mrc")[0]
+    assert _fsc_to_half_nyquist(read_mrc(small / "backproject.mrc")[0], gt).min() >= 0.9

@@ -4,11 +4,23 @@ Each image is translated by its origin, zero-padded to ``oversample * D``, Fouri
 central slice (``[kx, ky, 0] @ A``) into an oversampled 3-D grid with trilinear weights ("splatting").
 With Wiener CTF correction the grid accumulates ``sum CTF * F`` and ``sum CTF^2``, and the volume is
 ``sum CTF * F / (sum CTF^2 + epsilon)``: the least-squares solution of ``F_image = CTF * slice(F_volume)``,
-regularised by ``epsilon``. Half maps use even and odd particle indices. Memory is bounded: images are read
-``batch_size`` at a time and inserted in chunks of points.
+regularised by ``epsilon``. CTF-premultiplied images (``P = CTF * F_image``, as RELION 5 / WarpTools write
+sub-tomogram stacks) already carry one CTF factor: they are inserted as they are, still with weight ``CTF^2``,
+which gives the same estimate ``sum CTF * F_image / (sum CTF^2 + epsilon)``. Half maps use even and odd particle
+indices.
+
+Memory. The volume is real, so its spectrum is Hermitian: the grids hold only the half ``kx >= 0``
+(``Dp x Dp x (Dp/2 + 1)`` voxels, complex64 data and float32 weights, one pair per half map), exactly the
+``kx >= 0`` part of the full grid. Images are read ``batch_size`` at a time, Fourier transformed a few at a time
+and inserted in chunks of points; the inverse transform runs slab by slab and keeps only the central ``D^3``
+box. :func:`estimate_memory_bytes` gives the peak, and :func:`backproject` refuses before allocating anything
+large when it exceeds ``max_memory_gb`` (default: the memory available on the machine), naming the options that
+lower it (``oversample=1``, a smaller box).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -17,14 +29,126 @@ from tqdm.auto import tqdm
 
 from cryoscape.errors import InputError
 from cryoscape.imaging.ctf import ctf_image
-from cryoscape.imaging.fft import fft2_centered, ifft3_centered
+from cryoscape.imaging.fft import fft2_centered
 from cryoscape.imaging.lattice import central_slice_coords, circle_mask
 from cryoscape.imaging.shift import phase_shift
 
-__all__ = ["backproject", "insert_slices"]
+__all__ = ["backproject", "insert_slices", "estimate_memory_bytes", "available_memory_bytes"]
 
 _CORRECTIONS = ("wiener", "flip", "none")
-_POINTS_PER_CHUNK = 1 << 21
+_POINTS_PER_CHUNK = 1 << 21  # slice points splatted at once
+_FFT_PIXELS = 1 << 23  # padded pixels Fourier transformed at once (images per transform = this // Dp**2)
+_SLAB_BYTES = 1 << 26  # complex bytes of one slab of the inverse 3-D transform
+_OVERHEAD_BYTES = 700 * 10**6  # interpreter, torch and libraries (measured: ~0.5 GB for D=24)
+GB = 10**9
+
+
+def _padded_size(D: int, oversample) -> int:
+    Dp = int(oversample * D)
+    return Dp + Dp % 2
+
+
+def _images_per_fft(Dp: int) -> int:
+    return max(1, _FFT_PIXELS // (Dp * Dp))
+
+
+def estimate_memory_bytes(D: int, oversample: int = 2, batch_size: int = 256) -> int:
+    """Estimated peak memory (bytes, on the compute device plus the host's reading buffer) of :func:`backproject`.
+
+    The two half-grid pairs (``2 * Dp^2 * (Dp/2 + 1) * 12`` bytes, ``Dp = oversample * D``) dominate; to them come
+    the working memory of the transforms and splatting (bounded), the batch of images read at once, the three
+    output volumes and a fixed allowance for the interpreter and libraries.
+    """
+    Dp = _padded_size(D, oversample)
+    Dh = Dp // 2 + 1
+    grids = 2 * Dp * Dp * Dh * (8 + 4)
+    n_fft = min(_images_per_fft(Dp), batch_size)
+    # padded images, spectrum, shifted spectrum, CTF, products, masked copies: ~48 bytes per padded pixel
+    transform = n_fft * Dp * Dp * 48
+    splat = _POINTS_PER_CHUNK * 200  # coordinates, neighbour indices and weights, values (measured ~170)
+    reading = 2 * batch_size * D * D * 4
+    inverse = D * D * Dh * 8 + 4 * _SLAB_BYTES + 3 * D**3 * 4  # central rows, slab temporaries, three maps
+    return int(grids + max(transform + splat + reading, inverse) + _OVERHEAD_BYTES)
+
+
+def available_memory_bytes(device: str | torch.device = "cpu") -> int | None:
+    """Memory available for a computation on ``device``: free GPU memory, or the host's ``MemAvailable``.
+
+    ``None`` when it cannot be determined.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_memory(D: int, oversample, batch_size: int, max_memory_gb: float | None, device: torch.device) -> None:
+    need = estimate_memory_bytes(D, oversample, batch_size)
+    if max_memory_gb is not None:
+        limit, what = float(max_memory_gb) * GB, "allowed by --max-memory-gb"
+    else:
+        limit = available_memory_bytes(device)
+        what = "free on the GPU" if device.type == "cuda" else "available on this machine"
+        if limit is None:
+            return
+    if need <= limit:
+        return
+    options = []
+    if oversample > 1 and estimate_memory_bytes(D, 1, batch_size) <= limit:
+        options.append(f"pass --oversample 1 (about {estimate_memory_bytes(D, 1, batch_size) / GB:.1f} GB, "
+                       "slightly less accurate at high resolution)")
+    fits = [d for d in range(D - 2 + D % 2, 7, -2) if estimate_memory_bytes(d, oversample, batch_size) <= limit]
+    if fits:
+        options.append(f"downsample the particles to a box of {fits[0]} or less (cryoscape downsample -D {fits[0]})")
+    options.append("or raise --max-memory-gb" if max_memory_gb is not None else
+                   "or set --max-memory-gb if more memory is free than the system reports")
+    raise InputError(f"back-projecting {D}-pixel images with --oversample {oversample:g} needs about "
+                     f"{need / GB:.1f} GB of memory, more than the {limit / GB:.1f} GB {what}",
+                     hint="; ".join(options))
+
+
+def _splat(accum_ft, accum_weight, shape, pos, values, weights, offset=None) -> None:
+    """Trilinear splatting of ``values``/``weights`` at ``pos`` (``(M, 3)`` ``(x, y, z)`` grid indices).
+
+    ``shape`` ``(nz, ny, nx)`` of each flattened grid; ``offset`` (``(M,)`` long, optional) is added to the flat
+    index of each point (the start of its grid among stacked grids). Neighbours outside the grid get weight 0.
+    """
+    sizes = (shape[2], shape[1], shape[0])
+    strides = (1, sizes[0], sizes[0] * sizes[1])
+    base_f = torch.floor(pos)
+    frac = (pos - base_f).to(accum_weight.dtype)
+    base = base_f.long()
+    del base_f
+    axis_terms = []
+    for a in range(3):
+        lo, hi = base[:, a], base[:, a] + 1
+        w_lo = torch.where((lo >= 0) & (lo < sizes[a]), 1 - frac[:, a], 0.0)
+        w_hi = torch.where((hi >= 0) & (hi < sizes[a]), frac[:, a], 0.0)
+        axis_terms.append(
+            ((lo.clamp(0, sizes[a] - 1) * strides[a], w_lo), (hi.clamp(0, sizes[a] - 1) * strides[a], w_hi))
+        )
+    del base, frac
+    if offset is not None:
+        axis_terms[2] = tuple((idx + offset, w) for idx, w in axis_terms[2])
+    values = values.to(accum_ft.dtype)
+    weights = weights.to(accum_weight.dtype)
+    for iz, wz in axis_terms[2]:
+        for iy, wy in axis_terms[1]:
+            izy, wzy = iz + iy, wz * wy
+            for ix, wx in axis_terms[0]:
+                flat, w = izy + ix, wzy * wx
+                accum_ft.index_add_(0, flat, values * w)
+                accum_weight.index_add_(0, flat, weights * w)
 
 
 def insert_slices(
@@ -35,47 +159,39 @@ def insert_slices(
     weights: torch.Tensor,
     coords_px: torch.Tensor,
     groups: torch.Tensor | None = None,
+    half: bool = False,
 ) -> None:
     """Splat values into flattened centred 3-D grids with trilinear weights (in place).
 
     Parameters
     ----------
-    accum_ft : complex tensor ``(G * Dp**3,)``, ``G`` stacked flattened ``(Dp, Dp, Dp)`` grids ``[z, y, x]``.
-    accum_weight : real tensor ``(G * Dp**3,)``, the matching weight grids.
-    Dp : int, side of each grid; the centre (zero frequency) is at index ``Dp // 2``.
+    accum_ft : complex tensor ``(G * Dp**3,)``, ``G`` stacked flattened ``(Dp, Dp, Dp)`` grids ``[z, y, x]``
+        (with ``half``: ``(G * Dp * Dp * (Dp // 2 + 1),)``, grids ``(Dp, Dp, Dp // 2 + 1)`` holding ``kx >= 0``).
+    accum_weight : real tensor of the same length, the matching weight grids.
+    Dp : int, side of each grid; the centre (zero frequency) is at index ``Dp // 2`` (with ``half``, the ``x``
+        axis starts at zero frequency, index 0).
     slices : complex tensor ``(n, P)``, values to insert.
     weights : real tensor ``(n, P)``, weights to insert.
     coords_px : real tensor ``(n, P, 3)``, ``(x, y, z)`` in grid pixels relative to the centre; points outside
-        the grid contribute nothing.
+        the grid contribute nothing (with ``half`` the grids are exactly the ``kx >= 0`` part of full grids:
+        insert whole Hermitian slices; the points with ``kx <= -1`` are dropped).
     groups : long tensor ``(n,)``, optional, which of the ``G`` grids each row goes to (default 0).
+    half : bool, grids of the Hermitian half ``kx >= 0`` instead of full grids.
     """
     P = weights.shape[1]
-    pos = (coords_px + Dp // 2).reshape(-1, 3)
-    base_f = torch.floor(pos)
-    frac = (pos - base_f).to(accum_weight.dtype)
-    base = base_f.long()
-    values = slices.reshape(-1).to(accum_ft.dtype)
-    weights = weights.reshape(-1).to(accum_weight.dtype)
-    # per axis: (flat index contribution, weight) of the lower and upper neighbour; invalid -> weight 0
-    strides = (1, Dp, Dp * Dp)
-    axis_terms = []
-    for a in range(3):
-        lo, hi = base[:, a], base[:, a] + 1
-        w_lo = torch.where((lo >= 0) & (lo < Dp), 1 - frac[:, a], 0.0)
-        w_hi = torch.where((hi >= 0) & (hi < Dp), frac[:, a], 0.0)
-        axis_terms.append(
-            ((lo.clamp(0, Dp - 1) * strides[a], w_lo), (hi.clamp(0, Dp - 1) * strides[a], w_hi))
-        )
+    shape = (Dp, Dp, Dp // 2 + 1 if half else Dp)
+    centre = torch.tensor([0 if half else Dp // 2, Dp // 2, Dp // 2], dtype=coords_px.dtype,
+                          device=coords_px.device)
+    pos = (coords_px + centre).reshape(-1, 3)
+    values, weights = slices.reshape(-1), weights.reshape(-1)
+    offset = None
     if groups is not None:
-        offset = (groups.to(pos.device).long() * Dp**3).repeat_interleave(P)
-        axis_terms[2] = tuple((idx + offset, w) for idx, w in axis_terms[2])
-    for iz, wz in axis_terms[2]:
-        for iy, wy in axis_terms[1]:
-            izy, wzy = iz + iy, wz * wy
-            for ix, wx in axis_terms[0]:
-                flat, w = izy + ix, wzy * wx
-                accum_ft.index_add_(0, flat, values * w)
-                accum_weight.index_add_(0, flat, weights * w)
+        offset = (groups.to(pos.device).long() * math.prod(shape)).repeat_interleave(P)
+    if half:
+        keep = pos[:, 0] > -1
+        pos, values, weights = pos[keep], values[keep], weights[keep]
+        offset = None if offset is None else offset[keep]
+    _splat(accum_ft, accum_weight, shape, pos, values, weights, offset)
 
 
 def _check_inputs(images, rotations, shifts_px, ctf, ctf_correction):
@@ -98,6 +214,101 @@ def _check_inputs(images, rotations, shifts_px, ctf, ctf_correction):
     return n, rotations, shifts_px, ctf
 
 
+class _Grids:
+    """The two Hermitian-half grid pairs (even / odd particles) and what inserting one batch needs."""
+
+    def __init__(self, D: int, oversample, device: torch.device):
+        self.D, self.device = D, device
+        self.Dp = Dp = _padded_size(D, oversample)
+        self.Dh = Dp // 2 + 1
+        self.pad = (Dp // 2 - D // 2, Dp - D - (Dp // 2 - D // 2)) * 2
+        self.inside = circle_mask(Dp, Dp / 2, device=device).reshape(-1)  # frequencies below Nyquist of D
+        k = torch.arange(Dp, device=device, dtype=torch.float32) - Dp // 2
+        ky, kx = torch.meshgrid(k, k, indexing="ij")
+        self.freqs_px = torch.stack([kx, ky], dim=-1).reshape(-1, 2)[self.inside]  # (P, 2) grid pixels
+        self.ft = torch.zeros(2 * Dp * Dp * self.Dh, dtype=torch.complex64, device=device)
+        self.w = torch.zeros(2 * Dp * Dp * self.Dh, dtype=torch.float32, device=device)
+
+    def insert(self, batch, idx, rotations, shifts_px, ctf, pixel_size_angstrom, ctf_correction, premultiplied):
+        """Transform and insert the images ``batch`` (numpy ``(n, D, D)``) of particles ``idx``."""
+        device, Dp = self.device, self.Dp
+        x = nnf.pad(torch.as_tensor(batch, device=device), self.pad)
+        F = phase_shift(fft2_centered(x), torch.as_tensor(shifts_px[idx], device=device))
+        del x
+        F = F.reshape(idx.size, -1)[:, self.inside]
+        if ctf_correction == "none" or (premultiplied and ctf_correction == "flip"):
+            # premultiplied images already hold CTF * image: phase-flipped and CTF-weighted once
+            weights = torch.ones(F.shape, device=device)
+        else:
+            c = ctf_image(Dp, pixel_size_angstrom, torch.as_tensor(ctf[idx], device=device))
+            c = c.reshape(idx.size, -1)[:, self.inside]
+            if ctf_correction == "wiener":
+                # sum CTF * F / sum CTF^2; a premultiplied image is CTF * F already
+                F, weights = (F if premultiplied else F * c), c * c
+            else:
+                F, weights = F * torch.where(c < 0, -1.0, 1.0), torch.ones_like(c)
+            del c
+        rots = torch.as_tensor(rotations[idx], device=device)
+        groups = torch.as_tensor(idx % 2, device=device)
+        rows = max(1, _POINTS_PER_CHUNK // self.freqs_px.shape[0])
+        for j in range(0, idx.size, rows):
+            sl = slice(j, j + rows)
+            coords = central_slice_coords(rots[sl], self.freqs_px)
+            insert_slices(self.ft, self.w, Dp, F[sl], weights[sl], coords, groups[sl], half=True)
+
+    def wiener_epsilon(self) -> float:
+        """``1e-3`` times the mean total weight of the voxels that received data, counted over the full grid."""
+        Dp, Dh = self.Dp, self.Dh
+        w = self.w.reshape(2, Dp, Dp, Dh)
+        total = count = total0 = count0 = 0.0
+        step = max(1, (_SLAB_BYTES // 2) // (Dp * Dh * 4))
+        for z in range(0, Dp, step):
+            t = w[0, z : z + step] + w[1, z : z + step]
+            m = t > 0
+            total += float(t[m].sum(dtype=torch.float64))
+            count += int(m.sum())
+            total0 += float(t[..., 0][m[..., 0]].sum(dtype=torch.float64))
+            count0 += int(m[..., 0].sum())
+        # the half grid holds kx >= 0; the full grid has every kx > 0 voxel twice (its Hermitian mate)
+        count_full = 2 * count - count0
+        return 1e-3 * (2 * total - total0) / count_full if count_full > 0 else 1.0
+
+    def volume(self, groups: tuple[int, ...], epsilon: float) -> np.ndarray:
+        """Real-space ``(D, D, D)`` map of ``sum num / (sum weight + epsilon)`` over ``groups``, gridding-corrected.
+
+        Inverse 2-D transforms over ``(z, y)`` slab by slab along ``kx``, keeping the central ``D x D`` rows, then
+        the Hermitian (complex-to-real) transform along ``x``: the full ``Dp^3`` map is never formed.
+        """
+        D, Dp, Dh, device = self.D, self.Dp, self.Dh, self.device
+        num = self.ft.reshape(2, Dp, Dp, Dh)
+        den = self.w.reshape(2, Dp, Dp, Dh)
+        # after fftshift the central D indices [Dp//2 - D//2, ...) are these indices of the unshifted transform
+        keep = (torch.arange(D, device=device) - D // 2) % Dp
+        rows = torch.empty((D, D, Dh), dtype=torch.complex64, device=device)
+        step = max(1, _SLAB_BYTES // (Dp * Dp * 8))
+        for x0 in range(0, Dh, step):
+            xs = slice(x0, x0 + step)
+            n = sum(num[g, :, :, xs] for g in groups)
+            d = sum(den[g, :, :, xs] for g in groups)
+            slab = torch.fft.ifftshift(n / (d + epsilon), dim=(0, 1))
+            del n, d
+            slab = torch.fft.ifft2(slab, dim=(0, 1))
+            rows[:, :, xs] = slab.index_select(0, keep).index_select(1, keep)
+            del slab
+        r = torch.arange(D, device=device, dtype=torch.float32) - D // 2
+        # Gridding correction: trilinear splatting multiplies real space by sinc^2 along each axis of the
+        # oversampled box; divide it out (halves the error of the cropped map in tests).
+        s = torch.sinc(r / Dp) ** 2
+        vol = np.empty((D, D, D), dtype=np.float32)
+        step = max(1, _SLAB_BYTES // (D * Dp * 4))
+        for z0 in range(0, D, step):
+            zs = slice(z0, z0 + step)
+            line = torch.fft.irfft(rows[zs], n=Dp, dim=-1).index_select(-1, keep)
+            line = line / (s[zs, None, None] * s[None, :, None] * s[None, None, :])
+            vol[zs] = line.float().cpu().numpy()
+        return vol
+
+
 def backproject(
     images,
     rotations,
@@ -111,6 +322,8 @@ def backproject(
     oversample: int = 2,
     wiener_epsilon: float | None = None,
     device: str | torch.device | None = None,
+    ctf_premultiplied: bool = False,
+    max_memory_gb: float | None = None,
 ) -> dict:
     """Reconstruct a volume and two half maps by Fourier gridding of posed, CTF-affected images.
 
@@ -124,14 +337,21 @@ def backproject(
     pixel_size_angstrom : float.
     ctf_correction : ``"wiener"`` (insert ``CTF * F`` with weight ``CTF^2``), ``"flip"`` (insert
         ``sign(CTF) * F`` with weight 1) or ``"none"`` (insert ``F`` with weight 1).
-    batch_size : int, images read and transformed at a time.
+    batch_size : int, images read at a time (they are Fourier transformed a few at a time).
     indices : integer array, optional, the particles to use (default all); half maps split them by the parity
         of the particle index.
     progress : bool, show a tqdm progress bar.
-    oversample : int, padding factor of images and Fourier grid (2 recommended).
+    oversample : int, padding factor of images and Fourier grid (2 recommended; 1 needs about 8 times less
+        memory and is slightly less accurate near Nyquist).
     wiener_epsilon : float, optional, the regulariser added to the weights; default ``1e-3`` times the mean
         weight of the voxels inside the Nyquist sphere (small: suited to many images).
     device : torch device, optional (default CUDA when available, else CPU).
+    ctf_premultiplied : bool, the images hold ``CTF * image`` (``rlnCtfDataAreCtfPremultiplied 1``). Wiener:
+        the image is inserted as it is (it carries the one CTF factor of the numerator) with weight ``CTF^2``;
+        ``"flip"`` and ``"none"``: inserted as it is with weight 1 (its phases are already corrected).
+    max_memory_gb : float, optional, refuse (:class:`InputError`, naming the estimate and the options that
+        lower it) when :func:`estimate_memory_bytes` exceeds this many GB (10^9 bytes); default the memory
+        available on the device (host ``MemAvailable`` or free GPU memory).
 
     Returns
     -------
@@ -141,6 +361,10 @@ def backproject(
     n_total, rotations, shifts_px, ctf = _check_inputs(images, rotations, shifts_px, ctf, ctf_correction)
     if ctf is None:
         ctf_correction = "none"
+    if oversample < 1:
+        raise InputError(f"oversampling must be at least 1, got {oversample}")
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
@@ -150,71 +374,30 @@ def backproject(
     if indices.min() < 0 or indices.max() >= n_total:
         raise InputError(f"particle indices out of range for a stack of {n_total} images")
 
-    D = None
-    Dp = None
-    accum_ft = accum_w = None
+    grids = None
     bar = tqdm(total=indices.size, desc="back-projecting", unit="img", disable=not progress)
     for start in range(0, indices.size, batch_size):
         idx = indices[start : start + batch_size]
         batch = np.asarray(images[idx], dtype=np.float32)
         if batch.ndim != 3 or batch.shape[0] != idx.size or batch.shape[1] != batch.shape[2]:
             raise InputError(f"images must be (n, D, D) square arrays, got a batch of shape {batch.shape}")
-        if D is None:
-            D = batch.shape[-1]
-            Dp = int(oversample * D)
-            Dp += Dp % 2
-            pad = (Dp // 2 - D // 2, Dp - D - (Dp // 2 - D // 2)) * 2
-            inside = circle_mask(Dp, Dp / 2, device=device).reshape(-1)  # frequencies below Nyquist of D
-            k = torch.arange(Dp, device=device, dtype=torch.float32) - Dp // 2
-            ky, kx = torch.meshgrid(k, k, indexing="ij")
-            freqs_px = torch.stack([kx, ky], dim=-1).reshape(-1, 2)[inside]  # (P, 2) grid pixels
-            accum_ft = torch.zeros(2 * Dp**3, dtype=torch.complex64, device=device)
-            accum_w = torch.zeros(2 * Dp**3, dtype=torch.float32, device=device)
-        elif batch.shape[-1] != D:
-            raise InputError(f"images change size from {D} to {batch.shape[-1]} pixels within the stack")
-
-        x = nnf.pad(torch.as_tensor(batch, device=device), pad)
-        F = phase_shift(fft2_centered(x), torch.as_tensor(shifts_px[idx], device=device))
-        F = F.reshape(idx.size, -1)[:, inside]
-        if ctf_correction == "none":
-            weights = torch.ones(F.shape, device=device)
-        else:
-            c = ctf_image(Dp, pixel_size_angstrom, torch.as_tensor(ctf[idx], device=device))
-            c = c.reshape(idx.size, -1)[:, inside]
-            if ctf_correction == "wiener":
-                F, weights = F * c, c * c
-            else:
-                F, weights = F * torch.where(c < 0, -1.0, 1.0), torch.ones_like(c)
-        rots = torch.as_tensor(rotations[idx], device=device)
-        groups = torch.as_tensor(idx % 2, device=device)
-        rows = max(1, _POINTS_PER_CHUNK // freqs_px.shape[0])
-        for j in range(0, idx.size, rows):
-            sl = slice(j, j + rows)
-            coords = central_slice_coords(rots[sl], freqs_px)
-            insert_slices(accum_ft, accum_w, Dp, F[sl], weights[sl], coords, groups[sl])
+        if grids is None:
+            _check_memory(batch.shape[-1], oversample, batch_size, max_memory_gb, device)
+            grids = _Grids(batch.shape[-1], oversample, device)
+        elif batch.shape[-1] != grids.D:
+            raise InputError(f"images change size from {grids.D} to {batch.shape[-1]} pixels within the stack")
+        step = _images_per_fft(grids.Dp)
+        for j in range(0, idx.size, step):
+            grids.insert(batch[j : j + step], idx[j : j + step], rotations, shifts_px, ctf, pixel_size_angstrom,
+                         ctf_correction, ctf_premultiplied)
+        del batch
         bar.update(idx.size)
     bar.close()
 
-    accum_ft = accum_ft.reshape(2, Dp, Dp, Dp)
-    accum_w = accum_w.reshape(2, Dp, Dp, Dp)
     if wiener_epsilon is None:
-        total = accum_w.sum(0)
-        sphere = total > 0
-        wiener_epsilon = 1e-3 * float(total[sphere].mean()) if bool(sphere.any()) else 1.0
-    lo = Dp // 2 - D // 2
-    # Gridding correction: trilinear splatting multiplies real space by sinc^2 along each axis of the
-    # oversampled box; divide it out (halves the error of the cropped map in tests).
-    r = torch.arange(D, device=device, dtype=torch.float32) - D // 2
-    s = torch.sinc(r / Dp) ** 2
-    kernel = s[:, None, None] * s[None, :, None] * s[None, None, :]
-
-    def _volume(num: torch.Tensor, den: torch.Tensor) -> np.ndarray:
-        vol = ifft3_centered(num / (den + wiener_epsilon)).real
-        vol = vol[lo : lo + D, lo : lo + D, lo : lo + D] / kernel
-        return vol.float().cpu().numpy()
-
+        wiener_epsilon = grids.wiener_epsilon()
     return {
-        "volume": _volume(accum_ft.sum(0), accum_w.sum(0)),
-        "half_a": _volume(accum_ft[0], accum_w[0]),
-        "half_b": _volume(accum_ft[1], accum_w[1]),
+        "volume": grids.volume((0, 1), wiener_epsilon),
+        "half_a": grids.volume((0,), wiener_epsilon),
+        "half_b": grids.volume((1,), wiener_epsilon),
     }

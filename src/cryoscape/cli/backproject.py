@@ -47,6 +47,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", metavar="MRC", help="map to compare the reconstruction with (FSC)")
     parser.add_argument("--batch-size", type=int, default=256, help="images processed at once (default 256)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--oversample", type=int, choices=(1, 2), default=2,
+                        help="padding factor of the Fourier grid: 2 (default) or 1 (about 8 times less memory, "
+                             "slightly less accurate near Nyquist)")
+    parser.add_argument("--max-memory-gb", type=float, metavar="GB",
+                        help="refuse to start when the estimated memory exceeds GB (default: the memory available "
+                             "on the machine; D=256 needs about 3 GB, D=384 about 8 GB)")
     add_cs_alignments_arg(parser)
     add_ctf_override_args(parser)
 
@@ -126,11 +132,14 @@ def run(args: argparse.Namespace) -> int:
     if ctf is None and args.ctf_correction != "none":
         log.warning("no CTF parameters: back-projecting without CTF correction")
     images = _Negated(particles.images) if args.invert_data else particles.images
-    log.info("back-projecting %d particles (D=%d, %.4f A/px, CTF correction %s)", len(particles), particles.D, apix,
-             args.ctf_correction if ctf is not None else "none")
+    premultiplied = bool(getattr(particles, "ctf_premultiplied", False))
+    log.info("back-projecting %d particles (D=%d, %.4f A/px, CTF correction %s%s)", len(particles), particles.D, apix,
+             args.ctf_correction if ctf is not None else "none",
+             ", CTF-premultiplied images" if premultiplied else "")
     result = backproject(images, particles.poses.rotations, particles.poses.shifts_px(apix), ctf, apix,
                          ctf_correction=args.ctf_correction, batch_size=args.batch_size,
-                         progress=sys.stderr.isatty(), device=args.device)
+                         progress=sys.stderr.isatty(), device=args.device, oversample=args.oversample,
+                         max_memory_gb=args.max_memory_gb, ctf_premultiplied=premultiplied)
     freqs, curve = fsc(result["half_a"], result["half_b"])
     s = freqs / apix
     res = resolution_at(freqs, curve, 0.143, apix)
