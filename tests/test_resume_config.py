@@ -138,6 +138,11 @@ def test_resume_continues_to_the_recorded_epochs(sim, tmp_path):
     assert completed_epochs(run) == [1, 2, 3, 4]
     assert "after epoch 2; training to epoch 4" in (run / "log.txt").read_text()
     assert load_config(run / "config.yaml").train.epochs == 4
+    # from Python: train(None, RUN, resume=True) continues the recorded run too
+    (run / "checkpoints" / "epoch_004.pt").unlink()
+    train(None, run, resume=True, progress=False)
+    assert completed_epochs(run) == [1, 2, 3, 4]
+    assert "after epoch 3; training to epoch 4" in (run / "log.txt").read_text()
 
 
 def test_resume_refuses_other_particles_or_zdim_in_one_line(sim, tmp_path, capsys):
