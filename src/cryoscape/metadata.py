@@ -144,7 +144,9 @@ class Poses:
         return self.shifts_angstrom / float(pixel_size_angstrom)
 
 
-DEFAULT_AMPLITUDE_CONTRAST = 0.1  # RELION's default (--amp-contrast of its CTF programs) and cryoDRGN's -w
+# amplitude contrast for files without one: the default of RELION's Import and CTF jobs (Q0 0.1 in its
+# pipeline_jobs.cpp; RELION's CTF::read itself would take 0 silently)
+DEFAULT_AMPLITUDE_CONTRAST = 0.1
 
 
 @dataclass(frozen=True)

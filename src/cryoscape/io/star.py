@@ -35,7 +35,7 @@ _CTF_OVERRIDABLE = {"rlnVoltage": ("voltage_kv", "--kv"), "rlnSphericalAberratio
                     "rlnAmplitudeContrast": ("amplitude_contrast", "--amp-contrast")}
 _CTF_UNITS = {"rlnVoltage": "accelerating voltage in kV, e.g. 300", "rlnSphericalAberration": "in mm, e.g. 2.7",
               "rlnAmplitudeContrast": "a fraction, e.g. 0.1"}
-_CTF_DEFAULTED = ("rlnAmplitudeContrast",)  # RELION 3.0 files may lack it; RELION then uses 0.1
+_CTF_DEFAULTED = ("rlnAmplitudeContrast",)  # RELION 3.0 files may lack it (0.1 is RELION's import default)
 
 
 @dataclass
@@ -144,8 +144,8 @@ class StarParticles:
         """CTF parameters per particle (phase shift 0, B-factor 0, scale 1 when absent).
 
         ``overrides`` (``--kv``, ``--cs``, ``--amp-contrast``, ``--ps``) replace the file's values and fill in
-        missing columns. Without them a missing ``rlnAmplitudeContrast`` is 0.1 (RELION's default, with a warning);
-        a missing ``rlnVoltage`` or ``rlnSphericalAberration`` is an error naming the column and the option.
+        missing columns. Without them a missing ``rlnAmplitudeContrast`` is 0.1 (RELION's import default, with a
+        warning); a missing ``rlnVoltage`` or ``rlnSphericalAberration`` is an error naming the column and the option.
         """
         overrides = overrides or CTFOverrides()
         given = {name: getattr(overrides, field) for name, (field, _) in _CTF_OVERRIDABLE.items()}
@@ -166,8 +166,8 @@ class StarParticles:
             elif self.has(n):
                 v[n] = self.values(n)
             else:  # only rlnAmplitudeContrast gets here
-                log.warning("%s: no %s column; using %g (RELION's default; set it with --amp-contrast)", self.path,
-                            n, DEFAULT_AMPLITUDE_CONTRAST)
+                log.warning("%s: no %s column; using %g (RELION's import default; set it with --amp-contrast)",
+                            self.path, n, DEFAULT_AMPLITUDE_CONTRAST)
                 v[n] = DEFAULT_AMPLITUDE_CONTRAST
         o = {n: self.values(n, d) for n, d in _CTF_OPTIONAL}
         if overrides.phase_shift_deg is not None:
