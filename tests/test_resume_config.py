@@ -254,3 +254,16 @@ def test_load_refuses_another_architecture_or_family(sim, source_run, tmp_path, 
     assert _train(sim, tmp_path / "d", "-n", "1", "--load", str(tmp_path / "missing")) == 2
     assert "no such run folder or checkpoint file" in _one_line_error(capsys)
     assert not (tmp_path / "a" / "checkpoints").exists() and not (tmp_path / "c" / "checkpoints").exists()
+
+
+def test_a_loaded_run_resumes_with_the_same_command_and_without_its_source(sim, source_run, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(source_run, source)
+    run = tmp_path / "run"
+    assert _train(sim, run, "-n", "1", "--load", str(source)) == 0
+    # the original command repeated with --resume (its --load names the source run folder) is not a conflict
+    assert _train(sim, run, "-n", "2", "--load", str(source), "--resume") == 0
+    # the source is not needed any more once the run has its own checkpoints
+    shutil.rmtree(source)
+    assert main(["train", str(sim / "particles.star"), "-o", str(run), "--resume", "-n", "3", "--no-progress"]) == 0
+    assert completed_epochs(run) == [1, 2, 3]

@@ -73,12 +73,11 @@ def load_training_particles(config: RunConfig):
 
 
 def with_absolute_paths(config: RunConfig) -> RunConfig:
-    """A copy whose input paths are absolute, so later commands work from any folder; ``train.load`` (a run
-    folder or a checkpoint) becomes the checkpoint file it names."""
+    """A copy whose input paths (and ``train.load``) are absolute, so later commands work from any folder."""
     d = config.data
     paths = {k: str(Path(v).resolve()) for k in ("particles", "poses", "ctf", "ind", "datadir") if (v := getattr(d, k))}
     t = config.train
-    load = str(checkpoint_to_load(t.load).resolve()) if t.load else None
+    load = str(Path(t.load).resolve()) if t.load else None
     return dataclasses.replace(config, data=dataclasses.replace(d, **paths), train=dataclasses.replace(t, load=load))
 
 
@@ -90,6 +89,8 @@ _PATH_FIELDS = ("particles", "poses", "ctf", "ind", "datadir", "mask", "load")
 def _same_value(name: str, recorded, requested) -> bool:
     if requested is None or recorded == requested:  # None: not given, as recorded
         return True
+    if name == "load" and recorded and Path(recorded).parent.parent == Path(requested):
+        return True  # the run folder the recorded checkpoint was taken from (its best epoch may have moved since)
     if name in _PATH_FIELDS and recorded and Path(recorded).exists() and Path(requested).exists():
         return Path(recorded).samefile(requested)
     return False
@@ -151,6 +152,9 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
         raise ValueError("train() needs a configuration unless it resumes a run")
     if config is not None:
         config = with_absolute_paths(config if resume else with_family_defaults(config))
+    if config is not None and config.train.load and not resume:  # the checkpoint file a run folder names
+        config = dataclasses.replace(config, train=dataclasses.replace(
+            config.train, load=str(checkpoint_to_load(config.train.load).resolve())))
     keep_freed_memory()
     info = init_distributed()
     if info.is_main:
