@@ -263,3 +263,32 @@ def test_demo_twice_is_refused_and_overwrite_keeps_the_explorer_selections(fake_
         main(["demo", "-o", str(out), "--no-progress", "--overwrite"])
     assert tree(out) == second
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_fsc_and_traversal_folders(tmp_path, capsys):
+    from cryoscape.io.mrc import write_mrc
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(16, 16, 16)).astype(np.float32)
+    write_mrc(tmp_path / "a.mrc", a, 2.0)
+    write_mrc(tmp_path / "b.mrc", a + 0.5 * rng.normal(size=a.shape).astype(np.float32), 2.0)
+    write_mrc(tmp_path / "c.mrc", np.zeros((8, 8, 8), np.float32), 2.0)
+    out = tmp_path / "fsc"
+    assert main(["fsc", str(tmp_path / "a.mrc"), str(tmp_path / "c.mrc"), "-o", str(out)]) == 2
+    assert not out.exists()  # a bad input creates no folder
+    assert main(["fsc", str(tmp_path / "a.mrc"), str(tmp_path / "b.mrc"), "--mask", "auto", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["fsc", str(tmp_path / "a.mrc"), str(tmp_path / "b.mrc"), "-o", str(out)]) == 2
+    assert "--overwrite" in one_error_line(capsys)
+    assert main(["fsc", str(tmp_path / "a.mrc"), str(tmp_path / "b.mrc"), "-o", str(out), "--overwrite"]) == 0
+    assert sorted(tree(out)) == ["fsc.png", "fsc.txt"]  # the stale mask.mrc of the masked run is gone
+
+    np.save(tmp_path / "z.npy", rng.normal(size=(50, 3)).astype(np.float32))
+    trav = tmp_path / "traj"
+    argv = ["direct-traversal", str(tmp_path / "z.npy"), "--anchors", "0", "1", "-n", "4", "-o", str(trav)]
+    assert main(argv) == 0
+    first = tree(trav)
+    assert main([*argv[:-2], "-n", "6", "-o", str(trav)]) == 2
+    assert tree(trav) == first
+    assert main([*argv[:-2], "-n", "6", "-o", str(trav), "--overwrite"]) == 0
+    assert len((trav / "z_values.txt").read_text().splitlines()) == 6
