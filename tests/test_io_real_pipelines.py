@@ -402,3 +402,31 @@ def test_downsample_refuses_tilt_series_sets(tmp_path, capsys):
     # other single-particle commands say what the file is, too
     line = one_error_line(capsys, ["backproject", str(opt), "-o", str(tmp_path / "bp")])
     assert "tilt-series optimisation set" in line and "--model tomodrgn" in line
+
+
+def test_filter_a_run_on_relion30_files(tmp_path):
+    """filter writes subsets of a run trained with --kv/--cs, and of another file that lacks them altogether."""
+    from cryoscape.config import DataConfig, RunConfig, save_config
+
+    path, _ = relion30(tmp_path, drop=("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"))
+    run = tmp_path / "run"
+    (run / "latents").mkdir(parents=True)
+    save_config(RunConfig(data=DataConfig(particles=str(path), kv=300.0, cs=2.7)), run / "config.yaml")
+    np.save(run / "latents" / "epoch_001.npy", np.random.default_rng(0).normal(size=(6, 2)).astype(np.float32))
+    np.save(run / "indices.npy", np.arange(6))
+    (tmp_path / "sel.txt").write_text("1\n4\n")
+    assert main(["filter", str(run), "--ind", str(tmp_path / "sel.txt"), "-o", str(tmp_path / "keep")]) == 0
+    out = starfile.read(tmp_path / "keep" / "particles.star")
+    assert out["rlnImageName"].tolist() == ["000002@stack.mrcs", "000005@stack.mrcs"]
+    assert "rlnVoltage" not in out.columns  # the subset keeps the file as it was
+    # a run trained with a ctf.pkl, and --particles: a file of the same particles without voltage or Cs
+    ctf = CTFParams.create(np.full(6, 15000.0), np.full(6, 15000.0), np.zeros(6), 300.0, 2.7, 0.1)
+    pkl = write_ctf_pkl(tmp_path / "ctf.pkl", ctf, D, 2.0)
+    run2 = tmp_path / "run2"
+    (run2 / "latents").mkdir(parents=True)
+    save_config(RunConfig(data=DataConfig(particles=str(path), ctf=str(pkl))), run2 / "config.yaml")
+    np.save(run2 / "latents" / "epoch_001.npy", np.zeros((6, 2), np.float32))
+    other, _ = relion30(tmp_path, drop=("rlnVoltage", "rlnSphericalAberration"), name="other.star")
+    assert main(["filter", str(run2), "--ind", str(tmp_path / "sel.txt"), "--particles", str(other), "-o",
+                 str(tmp_path / "keep2")]) == 0
+    assert len(starfile.read(tmp_path / "keep2" / "particles.star")) == 2
