@@ -351,3 +351,31 @@ def test_single_particle_premultiplied_end_to_end(tmp_path, capsys):
     assert load_run(run).model.ctf_premultiplied is True
     with pytest.raises(InputError, match="trained on CTF-premultiplied images"):
         encode_particles(run, particles=tmp_path / "plain" / "particles.star", device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("family", ["cryodrgn", "opus-dsd", "tomodrgn"])
+def test_every_family_records_and_rebuilds_the_flag(family):
+    """build_info (saved in checkpoints) records the data's flag and build_model gives it to the model; builds of
+    older checkpoints (no entry) give plain models."""
+    from cryoscape.cli.main import build_parser
+    from cryoscape.cli.train import config_from_args
+    from cryoscape.models.registry import get_family, with_family_defaults
+
+    class Data:
+        D, pixel_size_angstrom, norm_std, min_tilts = 16, 2.0, 1.0, 3
+
+        def __init__(self, flag):
+            self.ctf_premultiplied = flag
+
+        def __len__(self):
+            return 4
+
+    args = build_parser().parse_args(["train", "p.star", "-o", "x", "--model", family, "--zdim", "2"])
+    config = with_family_defaults(config_from_args(args))
+    fam = get_family(family)
+    for flag in (True, False):
+        build = fam.build_info(Data(flag))
+        assert build["ctf_premultiplied"] is flag
+        assert fam.build_model(config, build).ctf_premultiplied is flag
+    del build["ctf_premultiplied"]
+    assert fam.build_model(config, build).ctf_premultiplied is False
