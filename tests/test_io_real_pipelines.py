@@ -430,3 +430,17 @@ def test_filter_a_run_on_relion30_files(tmp_path):
     assert main(["filter", str(run2), "--ind", str(tmp_path / "sel.txt"), "--particles", str(other), "-o",
                  str(tmp_path / "keep2")]) == 0
     assert len(starfile.read(tmp_path / "keep2" / "particles.star")) == 2
+
+
+def test_subsets_of_several_pixel_sizes(tmp_path):
+    from cryoscape.io.particles import write_particle_subset
+
+    p = load_particles(two_groups(tmp_path))
+    write_particle_subset(p, [0, 4], tmp_path / "sub.star")  # same format: every column as it was
+    assert starfile.read(tmp_path / "sub.star", always_dict=True)["optics"]["rlnImagePixelSize"].tolist() == [1.0, 1.1]
+    with pytest.raises(InputError, match=r"sub\.cs: the particles' stacks have several pixel sizes.*\.star"):
+        write_particle_subset(p, [0, 4], tmp_path / "sub.cs")
+    write_particle_subset(p, [0, 4], tmp_path / "sub.mrcs")  # the resampled images at the common pixel size
+    images, info = read_mrc(tmp_path / "sub.mrcs")
+    assert info.voxel_size_angstrom == pytest.approx(1.0)
+    np.testing.assert_allclose(images[1], images[0], atol=2e-3)

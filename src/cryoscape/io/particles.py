@@ -281,6 +281,10 @@ def write_particle_subset(particles: ParticleSet, indices, out_path: str | Path)
             for bidx, block in sub.images.iter_batches(1024):
                 data[bidx] = block
         return out_path
+    if hasattr(sub.images, "source_pixel_sizes") and suffix in (".star", ".cs"):  # resampled on reading
+        raise InputError("the particles' stacks have several pixel sizes, which one new metadata file for the same "
+                         "stacks cannot record", out_path, f"write the subset in the input's own format "
+                         f"({particles.source_path.suffix}), or write the resampled images as .mrcs")
     files = [os.path.relpath(Path(f).resolve(), out_path.parent.resolve()) for f in sub.images.files]
     stacks = [files[f] for f in sub.images.file_ids]
     if suffix == ".star":
