@@ -292,3 +292,26 @@ def test_fsc_and_traversal_folders(tmp_path, capsys):
     assert tree(trav) == first
     assert main([*argv[:-2], "-n", "6", "-o", str(trav), "--overwrite"]) == 0
     assert len((trav / "z_values.txt").read_text().splitlines()) == 6
+
+
+def test_train_folder_rule(tmp_path):
+    from cryoscape.utils.diskspace import check_output_location
+
+    for name, content in (("empty", {}), ("hidden", {".DS_Store": ""}),
+                          ("run", {"config.yaml": "cryoscape_version: 0.1\nmodel: {}\n", "path/z_values.txt": "0"}),
+                          ("partial", {"checkpoints/epoch_001.pt": "", "latents/epoch_001.npy": ""})):
+        folder = tmp_path / name
+        folder.mkdir()
+        for rel, text in content.items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_text(text)
+        check_output_location(folder)  # accepted
+    for name, content in (("data", {"particles.mrcs": "", "particles.star": ""}),
+                          ("cryodrgn", {"config.yaml": "dataset_args: {}\nmodel_args: {}\n", "weights.10.pkl": ""}),
+                          ("other_config", {"config.yaml": "dataset_args: {}\n"})):
+        folder = tmp_path / name
+        folder.mkdir()
+        for rel, text in content.items():
+            (folder / rel).write_text(text)
+        with pytest.raises(OutputError, match="not a cryoscape run"):
+            check_output_location(folder)

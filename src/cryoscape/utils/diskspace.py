@@ -64,27 +64,39 @@ def check_writable_location(path: str | Path) -> Path:
     return base
 
 
-# what `cryoscape train` and the commands run on its output write into a run folder (docs/run-directory.md)
-RUN_ENTRIES = frozenset({"config.yaml", "log.txt", "train.log", "metrics.csv", "indices.npy", "split.npz",
+# what `cryoscape train` and the commands run on its output write into a run folder (docs/run-directory.md);
+# config.yaml is recognised by its content (another program's config.yaml does not make a folder a run)
+RUN_ENTRIES = frozenset({"log.txt", "train.log", "metrics.csv", "indices.npy", "split.npz",
                          "best_epoch", "checkpoints", "latents", "analysis", "explore_selections"})
 
 
 def check_run_folder(path: str | Path) -> None:
     """Refuse a non-empty folder that is not a cryoscape run folder; create nothing.
 
-    A run folder must be new, empty (names starting with ``.`` do not count) or hold a run (``config.yaml``, or
-    only the entries a run has); a folder of data, or anything else, is refused so that a run is never written among
-    other files. Whether an existing run may be continued (``--resume``) is decided by ``train``.
+    A run folder must be new, empty (names starting with ``.`` do not count) or hold a run (a ``config.yaml``
+    written by cryoscape, or only the entries a run has); a folder of data, another program's output (cryoDRGN's
+    also has a ``config.yaml``) or anything else is refused so that a run is never written among other files.
+    Whether an existing run may be continued (``--resume``) is decided by ``train``.
     """
     path = Path(path)
     if not path.is_dir():
         return
     entries = [p.name for p in path.iterdir() if not p.name.startswith(".")]
-    if not entries or (path / "config.yaml").is_file() or set(entries) <= RUN_ENTRIES:
+    if not entries or _is_cryoscape_config(path / "config.yaml") or set(entries) <= RUN_ENTRIES:
         return
     shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
     raise OutputError(f"{path}: this folder is not empty and is not a cryoscape run (it holds {shown}); a run "
                       f"folder must be new or empty, or an earlier run to continue with --resume (choose another -o)")
+
+
+def _is_cryoscape_config(path: Path) -> bool:
+    """Whether ``path`` is a ``config.yaml`` written by ``cryoscape train`` (it starts with ``cryoscape_version``)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return any(line.startswith("cryoscape_version:") for line in head.splitlines())
 
 
 def check_output_location(path: str | Path) -> Path:
