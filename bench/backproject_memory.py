@@ -31,8 +31,11 @@ from common import BENCH, ROOT, WORK, ensure_simulation, machine_info, run_timed
 BASELINE_REV = "4fba067"  # last commit with the full (2D)^3 grids
 
 
-def child(D: int, n: int, oversample: int, batch_size: int) -> None:
-    """Back-project n random images of box D (in this process) and print a JSON line with the peak RSS."""
+def child(D: int, n: int, oversample: int, batch_size: int, rev: str | None = None) -> None:
+    """Back-project n random images of box D (in this process) and print a JSON line with the peak RSS.
+
+    ``rev``: use the back-projection code of that git revision instead of the current one.
+    """
     import numpy as np
 
     from cryoscape.analysis.backprojection import backproject, estimate_memory_bytes
@@ -43,12 +46,14 @@ def child(D: int, n: int, oversample: int, batch_size: int) -> None:
     dfu = rng.uniform(10000, 20000, n)
     ctf = np.stack([dfu, dfu - 300, np.full(n, 30.0), np.full(n, 300.0), np.full(n, 2.7), np.full(n, 0.1),
                     np.zeros(n), np.zeros(n), np.ones(n)], axis=1).astype(np.float32)
+    if rev:
+        backproject = _module_at(rev).backproject
     t0 = time.perf_counter()
     out = backproject(images, random_rotations(n, seed=1), rng.uniform(-3, 3, (n, 2)), ctf, 1.5,
                       oversample=oversample, batch_size=batch_size, progress=False)
     wall = time.perf_counter() - t0
     assert out["volume"].shape == (D, D, D) and np.isfinite(out["volume"]).all()
-    print(json.dumps({"D": D, "n": n, "oversample": oversample, "wall_s": round(wall, 1),
+    print(json.dumps({"D": D, "n": n, "oversample": oversample, "code": rev or "current", "wall_s": round(wall, 1),
                       "ru_maxrss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2),
                       "estimate_gb": round(estimate_memory_bytes(D, oversample, batch_size) / 1e9, 2)}))
 
@@ -57,8 +62,8 @@ def memory(args) -> None:
     rows = []
     for D in args.D:
         cmd = [sys.executable, __file__, "child", "-D", str(D), "-N", str(args.N), "--oversample",
-               str(args.oversample), "--batch-size", str(args.batch_size)]
-        res = run_timed(cmd, WORK / "backproject_memory" / f"D{D}_os{args.oversample}.log")
+               str(args.oversample), "--batch-size", str(args.batch_size)] + (["--rev", args.rev] if args.rev else [])
+        res = run_timed(cmd, WORK / "backproject_memory" / f"D{D}_N{args.N}_os{args.oversample}_{args.rev}.log")
         text = Path(res["log"]).read_text()
         line = [ln for ln in text.splitlines() if ln.startswith("{")]
         res.update(json.loads(line[-1]) if line else {"error": text[-2000:]})
@@ -67,13 +72,13 @@ def memory(args) -> None:
         rows.append(res)
     path = BENCH / "results" / "backproject_memory.json"
     previous = json.loads(path.read_text())["runs"] if path.is_file() else []
-    key = ("D", "n", "oversample")
+    key = ("D", "n", "oversample", "code")
     kept = [r for r in previous if not any(all(r.get(k) == q.get(k) for k in key) for q in rows)]
     write_json(path, {"machine": machine_info(), "runs": kept + rows})
-    print("\n| D | N | oversample | peak RSS (GB) | estimate (GB) | wall (s) |\n|---|---|---|---|---|---|")
+    print("\n| code | D | N | oversample | peak RSS (GB) | estimate (GB) | wall (s) |\n|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['D']} | {r['n']} | {r['oversample']} | {r['peak_rss_gb']} | {r.get('estimate_gb')} | "
-              f"{r['wall_s']} |")
+        print(f"| {r.get('code')} | {r['D']} | {r['n']} | {r['oversample']} | {r['peak_rss_gb']} | "
+              f"{r.get('estimate_gb')} | {r['wall_s']} |")
 
 
 def _module_at(rev: str):
@@ -136,18 +141,20 @@ def main() -> None:
     m.add_argument("-N", type=int, default=5)
     m.add_argument("--oversample", type=int, default=2)
     m.add_argument("--batch-size", type=int, default=256)
+    m.add_argument("--rev", help="measure the code of this git revision (e.g. 4fba067, the full-grid code)")
     c = sub.add_parser("child")
     c.add_argument("-D", type=int, required=True)
     c.add_argument("-N", type=int, required=True)
     c.add_argument("--oversample", type=int, default=2)
     c.add_argument("--batch-size", type=int, default=256)
+    c.add_argument("--rev")
     f = sub.add_parser("fsc")
     f.add_argument("--rev", default=BASELINE_REV)
     f.add_argument("-N", type=int, default=2000)
     f.add_argument("--snr", type=float, nargs="+", default=[100.0, 0.1])
     args = ap.parse_args()
     if args.what == "child":
-        child(args.D, args.N, args.oversample, args.batch_size)
+        child(args.D, args.N, args.oversample, args.batch_size, args.rev)
     elif args.what == "memory":
         memory(args)
     else:

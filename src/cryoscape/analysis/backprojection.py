@@ -72,7 +72,8 @@ def estimate_memory_bytes(D: int, oversample: int = 2, batch_size: int = 256) ->
 
 
 def available_memory_bytes(device: str | torch.device = "cpu") -> int | None:
-    """Memory available for a computation on ``device``: free GPU memory, or the host's ``MemAvailable``.
+    """Memory available for a computation on ``device``: free GPU memory, or the host's ``MemAvailable`` (or what
+    is left below a container's cgroup limit, when lower).
 
     ``None`` when it cannot be determined.
     """
@@ -82,14 +83,23 @@ def available_memory_bytes(device: str | torch.device = "cpu") -> int | None:
             return int(torch.cuda.mem_get_info(device)[0])
         except (RuntimeError, AssertionError):
             return None
+    available = None
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+                    available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
         pass
-    return None
+    try:  # a container's memory limit (cgroup v2), when lower
+        with open("/sys/fs/cgroup/memory.max") as fh, open("/sys/fs/cgroup/memory.current") as cur:
+            limit = fh.read().strip()
+            if limit != "max":
+                left = int(limit) - int(cur.read().strip())
+                available = left if available is None else min(available, left)
+    except (OSError, ValueError):
+        pass
+    return available
 
 
 def _check_memory(D: int, oversample, batch_size: int, max_memory_gb: float | None, device: torch.device) -> None:

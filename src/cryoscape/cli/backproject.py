@@ -3,6 +3,9 @@
 Writes OUT/backproject.mrc, the half maps OUT/half_map_a.mrc and OUT/half_map_b.mrc (even / odd particles), OUT/fsc.txt
 (frequency in 1/A, FSC between the half maps), OUT/fsc.png, and prints the resolution at FSC = 0.143. With
 --reference (e.g. a simulated ground truth) it also writes OUT/fsc_reference.txt and reports the resolution at 0.5.
+Memory is estimated first (about 3 GB at D=256, 8 GB at D=384): when it exceeds what the machine has free (or
+--max-memory-gb) the command stops with one line naming the need; --oversample 1 needs far less. CTF-premultiplied
+stacks (rlnCtfDataAreCtfPremultiplied 1) are back-projected as such (the image carries one CTF factor).
 OUT must be new or empty (--overwrite replaces these files, nothing else); it is created only once the inputs
 have been read and checked.
 
