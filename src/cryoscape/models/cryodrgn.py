@@ -1,6 +1,7 @@
 """The cryoDRGN family: an MLP image encoder and a coordinate-network decoder on central slices.
 
-Implements the method of Zhong et al. 2021 (``shared/papers/cryodrgn-2021.txt``, Methods): the encoder maps
+Implements the method of Zhong et al., Nature Methods 18, 176-185 (2021), doi:10.1038/s41592-020-01049-4
+(Methods; see ``docs/references.md``): the encoder maps
 the (phase-flipped) Hartley transform of a centred particle image to ``q(z|X) = N(mu, diag(exp(logvar)))``;
 the decoder evaluates the volume's Fourier transform at the 3-D coordinates of the image's central slice
 (``[kx, ky, 0] @ A``); the rendered slice is multiplied by the particle's CTF and compared with the image.

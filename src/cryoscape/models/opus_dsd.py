@@ -1,6 +1,7 @@
 """The OPUS-DSD family: a 3-D convolutional VAE rendered in real space, with a structural-disentanglement prior.
 
-Implements Luo et al. 2023 (``shared/papers/opus-dsd-2022.txt``; see ``docs/opus-dsd.md``):
+Implements Luo et al., Nature Methods 20, 1729-1738 (2023), doi:10.1038/s41592-023-02031-6 (see ``docs/opus-dsd.md``
+and ``docs/references.md``):
 
 * encoder: the centred image, contrast/brightness-jittered while training, repeated along z, rotated into the
   consensus frame by the inverse pose, masked and reduced by 3-D convolutions to ``q(z|X)``

@@ -1,7 +1,8 @@
 """The tomoDRGN family: a VAE on tilt series, one latent per particle (Powell & Davis 2024).
 
-``shared/papers/tomodrgn-2023.txt`` (Results, first two sections; Methods "General architecture", "Training
-system", "Lattice masking and reconstruction weighting", "Random tilt sampling"):
+Nature Methods 21, 1525-1536 (2024), doi:10.1038/s41592-024-02210-z (``docs/references.md``; Results, first two
+sections; Methods "General architecture", "Training system", "Lattice masking and reconstruction weighting",
+"Random tilt sampling"):
 
 * **Encoder A** (an MLP shared by all tilts) maps each phase-flipped tilt image (Hartley pixels) to an embedding.
 * **Pooling** over the tilts of a particle: ``concatenate`` (default; needs a fixed number ``n`` of tilts, by
