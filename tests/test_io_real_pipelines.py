@@ -370,17 +370,38 @@ def test_per_image_indices_where_particles_are_expected(tmp_path):
         read_particle_indices(tmp_path / "far.pkl", offsets)
 
 
-def test_train_tomodrgn_with_a_per_image_index_file(tmp_path, capsys):
+def image_series(tmp_path, n=4, t=3):
+    """A Warp-style image-series STAR (one RELION 3.0 row per tilt image) of ``n`` particles with ``t`` tilts."""
     from cryoscape.io.tilt_series import write_image_series_star
 
-    n, t = 4, 3
     m = n * t
     write_mrc(tmp_path / "tilts.mrcs", np.random.default_rng(2).normal(size=(m, D, D)).astype(np.float32), 10.0)
     ctf = CTFParams.create(np.full(m, 20000.0), np.full(m, 20000.0), np.zeros(m), 300.0, 2.7, 0.1)
     tilt = np.tile([0.0, 3.0, -3.0], n)
-    write_image_series_star(tmp_path / "ts.star", "tilts.mrcs", 10.0, D, np.repeat(np.eye(3)[None], m, 0),
-                            np.zeros((m, 2)), ctf, np.tile([1.0, 2.0, 3.0], n), tilt,
-                            np.repeat([f"t1_{i:06d}" for i in range(n)], t), np.repeat(["t1"], m))
+    return write_image_series_star(tmp_path / "ts.star", "tilts.mrcs", 10.0, D, np.repeat(np.eye(3)[None], m, 0),
+                                   np.zeros((m, 2)), ctf, np.tile([1.0, 2.0, 3.0], n), tilt,
+                                   np.repeat([f"t1_{i:06d}" for i in range(n)], t), np.repeat(["t1"], m))
+
+
+def test_tomodrgn_ctf_overrides(tmp_path, capsys):
+    from cryoscape.cli.train import config_from_args
+    from cryoscape.train.run import load_training_particles
+
+    path = image_series(tmp_path)
+    table = starfile.read(path)
+    starfile.write(table.drop(columns=["rlnVoltage"]), path, overwrite=True)
+    argv = ["train", str(path), "--model", "tomodrgn", "-o", str(tmp_path / "run")]
+    line = one_error_line(capsys, argv)
+    assert "rlnVoltage" in line and "--kv" in line
+    tilts, _ = load_training_particles(config_from_args(build_parser().parse_args(argv + ["--kv", "200", "--ps",
+                                                                                          "5"])))
+    np.testing.assert_array_equal(tilts.ctf.voltage_kv, 200.0)
+    np.testing.assert_array_equal(tilts.ctf.phase_shift_deg, 5.0)
+    np.testing.assert_array_equal(tilts.ctf.cs_mm, 2.7)
+
+
+def test_train_tomodrgn_with_a_per_image_index_file(tmp_path, capsys):
+    image_series(tmp_path)
     write_indices(tmp_path / "ind.pkl", np.arange(6, 12))  # cryoDRGN tilt-series style: the images of 2 particles
     line = one_error_line(capsys, ["train", str(tmp_path / "ts.star"), "--model", "tomodrgn", "--ind",
                                    str(tmp_path / "ind.pkl"), "-o", str(tmp_path / "run")])
