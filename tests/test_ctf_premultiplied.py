@@ -379,3 +379,25 @@ def test_every_family_records_and_rebuilds_the_flag(family):
         assert fam.build_model(config, build).ctf_premultiplied is flag
     del build["ctf_premultiplied"]
     assert fam.build_model(config, build).ctf_premultiplied is False
+
+
+def test_data_providers_carry_and_log_the_flag(tmp_path, caplog):
+    import logging
+    from dataclasses import replace
+
+    from cryoscape.data.fourier_pixels import FourierPixels
+    from cryoscape.data.image_data import ImageParticleData
+    from cryoscape.data.particle_data import SliceParticleData
+
+    ps = load_particles(_relion31_star(tmp_path / "pre.star", [1], [1, 1, 1, 1]))
+    with caplog.at_level(logging.INFO):
+        data = SliceParticleData(ps, FourierPixels.create(D), progress=False)
+    assert data.ctf_premultiplied is True
+    lines = [r.getMessage() for r in caplog.records if "premultiplied" in r.getMessage()]
+    assert len(lines) == 1 and "pre.star" in lines[0]
+    assert "CTF-premultiplied (rlnCtfDataAreCtfPremultiplied 1): modelled as CTF^2 x slice" in lines[0]
+    assert ImageParticleData(ps, progress=False).ctf_premultiplied is True
+    with pytest.raises(InputError, match="CTF-premultiplied .* but have no CTF parameters"):
+        SliceParticleData(replace(ps, ctf=None), FourierPixels.create(D), progress=False)
+    plain = load_particles(_relion31_star(tmp_path / "plain.star", [0], [1, 1, 1]))
+    assert SliceParticleData(plain, FourierPixels.create(D), progress=False).ctf_premultiplied is False
