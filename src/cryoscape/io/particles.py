@@ -134,7 +134,7 @@ def _common_pixel_size(source, images: ImageStack, apix: float | None, path: Pat
         raise InputError(f"pixel size {target:g} A is not a positive number", path, "pass --apix")
     source.pixel_size_angstrom = np.asarray(own, dtype=np.float64)  # 3.0 pixel origins: each particle's own size
     sizes, counts = np.unique(own.round(6), return_counts=True)
-    log.info("%s: the particles have %d pixel sizes (%s A); each image is resampled on reading to %.4f A (%s), "
+    log.info("%s: the particles have %d pixel sizes (%s); each image is resampled on reading to %.4f A (%s), "
              "keeping the %d px box", path, len(sizes),
              ", ".join(f"{s:g} A: {c} particles" for s, c in zip(sizes, counts)), target,
              "--apix" if apix is not None else "the finest", images.D)
