@@ -157,3 +157,18 @@ def test_analyze_volumes_writes_per_cluster_maps(run, tmp_path):
     opened = [c[1] for c in _script_commands(out / "chimerax.cxc") if c[0] == "open"]
     assert opened == [f"kmeans3/vol_{c:03d}.mrc" for c in (1, 2, 3)]
     assert re.search(r"voxelSize 6\b", (out / "chimerax.cxc").read_text())
+
+
+def test_eval_vol_help_example_reads_a_file_that_analyze_writes(run, tmp_path):
+    import cryoscape.cli.eval_vol as eval_vol
+    from cryoscape.analysis.latent import load_latents
+
+    example = shlex.split(next(line for line in eval_vol.__doc__.splitlines() if "--zfile" in line))
+    zfile = example[example.index("--zfile") + 1]
+    match = re.fullmatch(r"runs/vae8/(analysis/epoch_(\d{3})/pc1/z_values\.txt)", zfile)
+    assert match, zfile
+    assert main(["analyze", str(run), *ANALYZE]) == 0  # without -o: RUN/analysis/epoch_NNN
+    written = run / match.group(1).replace(f"epoch_{match.group(2)}", f"epoch_{load_latents(run).epoch:03d}")
+    assert written.is_file()
+    assert main(["eval-vol", str(run), "--zfile", str(written), "-o", str(tmp_path / "maps")]) == 0
+    assert len(list((tmp_path / "maps").glob("vol_*.mrc"))) == 10

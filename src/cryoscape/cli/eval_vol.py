@@ -2,7 +2,7 @@
 
 Example:
   cryoscape eval-vol runs/vae8 --z 0.1 -0.5 0.3 0 0 0 0 0 -o vol.mrc
-  cryoscape eval-vol runs/vae8 --zfile runs/vae8/analysis/pc1/z_values.txt -o maps/ --lowpass 8
+  cryoscape eval-vol runs/vae8 --zfile runs/vae8/analysis/epoch_020/pc1/z_values.txt -o maps/ --lowpass 8
   cryoscape eval-vol runs/homo -o homo.mrc          # homogeneous model (zdim 0)
 
 An existing .mrc file, or a non-empty folder, is not written over unless --overwrite is given (in a folder it then
