@@ -401,3 +401,24 @@ def test_data_providers_carry_and_log_the_flag(tmp_path, caplog):
         SliceParticleData(replace(ps, ctf=None), FourierPixels.create(D), progress=False)
     plain = load_particles(_relion31_star(tmp_path / "plain.star", [0], [1, 1, 1]))
     assert SliceParticleData(plain, FourierPixels.create(D), progress=False).ctf_premultiplied is False
+
+
+def test_tomodrgn_encoder_sees_premultiplied_images_unflipped():
+    import torch
+
+    from cryoscape.models.tomodrgn import TomoDRGN
+
+    torch.manual_seed(0)
+    kw = dict(ntilts=None, zdim=2, pooling="mean", enc_dim=16, enc_layers=1, tilt_embed_dim=8, enc_dim_b=16,
+              enc_layers_b=1, dec_dim=16, dec_layers=1)
+    pre, plain = TomoDRGN(8, 5.0, ctf_premultiplied=True, **kw).eval(), TomoDRGN(8, 5.0, **kw).eval()
+    plain.load_state_dict(pre.state_dict())
+    y = torch.randn(2, 3, pre.pixels.n_pixels)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    c = torch.from_numpy(_ctf_numpy(pre.freqs.numpy() / 5.0, np.array([[9e3, 1.2e4, 1.5e4], [2e4, 2.1e4, 2.2e4]])))
+    c = c.float()
+    with torch.no_grad():
+        torch.testing.assert_close(pre.encode(y, c, mask)[0], pre.encode(y, torch.ones_like(c), mask)[0])
+        torch.testing.assert_close(plain.encode(y, c, mask)[0], plain.encode(y * torch.sign(c), torch.ones_like(c),
+                                                                             mask)[0])
+        assert not torch.allclose(plain.encode(y, c, mask)[0], pre.encode(y, c, mask)[0])
