@@ -49,6 +49,12 @@ def test_filter_finds_the_labels_of_analyze_wherever_it_wrote_them(run, tmp_path
     labels2 = np.load(elsewhere / "kmeans2" / "labels.npy")
     assert main(["filter", str(run), "--clusters", "1", "-o", str(tmp_path / "keep2")]) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "keep2" / "indices.npy"), np.sort(indices[labels2 == 1]))
+    # the explorer shows the same labels (and would take that analysis' UMAP)
+    from cryoscape.explore.data import load_explorer_data
+
+    shown = load_explorer_data(run, umap=False)
+    assert shown.label_source == str(elsewhere / "kmeans2" / "labels.npy")
+    np.testing.assert_array_equal(shown.labels, labels2)
     # --k picks the older one back
     assert main(["filter", str(run), "--clusters", "1", "--k", "3", "-o", str(tmp_path / "keep3")]) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "keep3" / "indices.npy"), np.sort(indices[labels == 1]))
