@@ -465,3 +465,23 @@ def test_subsets_of_several_pixel_sizes(tmp_path):
     images, info = read_mrc(tmp_path / "sub.mrcs")
     assert info.voxel_size_angstrom == pytest.approx(1.0)
     np.testing.assert_allclose(images[1], images[0], atol=2e-3)
+
+
+def test_train_and_eval_images_on_relion30_without_optics_values(tmp_path, capsys):
+    path, _ = relion30(tmp_path, n=12, drop=("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"))
+    small = ["--zdim", "2", "--enc-dim", "16", "--enc-layers", "1", "--dec-dim", "16", "--dec-layers", "1", "-b", "4",
+             "-n", "1", "--no-progress", "--device", "cpu"]
+    line = one_error_line(capsys, ["train", str(path), "-o", str(tmp_path / "run0"), *small])
+    assert "rlnVoltage" in line and "--kv" in line
+    assert not (tmp_path / "run0").exists()
+    run = tmp_path / "run"
+    assert main(["train", str(path), "-o", str(run), "--kv", "300", "--cs", "2.7", *small]) == 0
+    assert main(["eval-images", str(run), "-o", str(tmp_path / "z.npy"), "--device", "cpu"]) == 0  # recorded
+    other, _ = relion30(tmp_path, n=12, drop=("rlnVoltage",), name="other.star")
+    capsys.readouterr()
+    line = one_error_line(capsys, ["eval-images", str(run), "--particles", str(other), "-o", str(tmp_path / "o.npy"),
+                                   "--device", "cpu", "--kv", "-1"])
+    assert "--kv must be positive" in line
+    assert main(["eval-images", str(run), "--particles", str(other), "-o", str(tmp_path / "o.npy"), "--device", "cpu",
+                 "--kv", "300"]) == 0
+    assert np.load(tmp_path / "o.npy").shape == (12, 2)
