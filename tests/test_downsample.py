@@ -73,7 +73,8 @@ def test_downsample_cs_and_mrcs(sim, tmp_path):
     b, _ = read_mrc(tmp_path / "b.mrcs")
     assert a.shape == (40, 16, 16) and info.voxel_size_angstrom == pytest.approx(5.0)
     np.testing.assert_array_equal(a, b)
-    assert not (tmp_path / "a.star").exists()
+    assert (tmp_path / "a.star").is_file()  # a .cs input gets a STAR file (poses and CTF converted)
+    assert not (tmp_path / "b.star").exists()  # a bare stack has no metadata to write
 
 
 def test_downsample_errors(sim, tmp_path, capsys):
