@@ -485,3 +485,10 @@ def test_train_and_eval_images_on_relion30_without_optics_values(tmp_path, capsy
     assert main(["eval-images", str(run), "--particles", str(other), "-o", str(tmp_path / "o.npy"), "--device", "cpu",
                  "--kv", "300"]) == 0
     assert np.load(tmp_path / "o.npy").shape == (12, 2)
+
+
+def test_a_group_without_a_pixel_size(tmp_path):
+    path = two_groups(tmp_path, sizes=(1.0, 0.0))
+    with pytest.raises(InputError, match=r"groups\.star: some particles have the pixel size 0 A.*--apix"):
+        load_particles(path)
+    assert load_particles(path, apix=1.0).pixel_size_angstrom == pytest.approx(1.0)

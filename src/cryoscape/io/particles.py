@@ -124,7 +124,15 @@ def _common_pixel_size(source, images: ImageStack, apix: float | None, path: Pat
         return images, (float(source.pixel_size_angstrom[0]) if len(source) else None)
     from cryoscape.io.rescale import RescaledImageStack, mixed_within_a_stack
 
+    bad = own[~(np.isfinite(own) & (own > 0))]
+    if bad.size and apix is None:
+        raise InputError(f"some particles have the pixel size {bad[0]:g} A, which is not a positive number", path,
+                         "correct the file, or pass --apix with the pixel size of all the images")
     mixed = mixed_within_a_stack(source.stack_paths, own)
+    if bad.size and mixed is None:  # --apix: every image is taken at it, nothing resampled from a meaningless size
+        log.warning("%s: some particles have the pixel size %g A; --apix %.4f A is used for every image", path,
+                    bad[0], apix)
+        return images, float(apix)
     if mixed is not None:  # the file's pixel sizes cannot all be right; the reader has applied --apix to every image
         log.warning("%s: particles of %s claim pixel sizes %s A; --apix %.4f A is used for every image, nothing is "
                     "resampled", path, mixed[0], mixed[1], apix)
