@@ -350,8 +350,8 @@ def evaluation_section(result: Mapping) -> Section:
                       f"{100 * m['accuracy']:.1f}%" if m.get("accuracy") is not None else "n/a"],
                      ["adjusted Rand index of that majority labelling", _num(m["ari"])]]
         rows.append(["mean cluster entropy", f"{_num(e['mean'])} (uniform mix {_num(e['uniform'])})"])
-        sec.figures.append((f"Confusion matrix (rows: the true {label_set!r} labels, columns: the k = {k} "
-                            f"k-means clusters of this evaluation)",
+        which = "the k-means section's clusters" if c.get("kmeans_reused") else "k-means clusters of this evaluation"
+        sec.figures.append((f"Confusion matrix (rows: the true {label_set!r} labels, columns: the k = {k} {which})",
                             plots.plot_confusion_matrix(c["confusion"], c["states"], c["clusters"],
                                                         ylabel=f"true {label_set}",
                                                         xlabel=f"k-means cluster (k = {k})")))
