@@ -148,7 +148,7 @@ class Engine:
     run_dir : the run folder (written by the main process only).
     build : what ``load_run`` needs to rebuild the model (saved in checkpoints).
     scheduler : optional per-epoch learning-rate scheduler.
-    epoch_end : optional hook ``(engine, epoch, metrics) -> None`` (e.g. best-epoch selection).
+    epoch_end : optional hook ``(engine, epoch, metrics) -> None``, called after each epoch (before its checkpoint).
     batch_plan : optional ``(train_positions, seed, epoch, batch_size, info) -> list of index arrays``: this
         process's batches of an epoch (e.g. one projection class per batch); it must be a pure function of its
         arguments so that resume is exact. Default: a seeded shuffle split evenly over processes.
