@@ -2,7 +2,7 @@
 
 * RELION 3.0 tables without rlnAmplitudeContrast / rlnVoltage / rlnSphericalAberration (--kv, --cs, --amp-contrast,
   --ps; downsample needs none of them);
-* tomoDRGN / Warp 3.0 tables with a lone rlnDetectorPixelSize (the pixel size in A);
+* tomoDRGN 3.0 tables with a lone rlnDetectorPixelSize (the pixel size in A);
 * RELION 3.1 optics groups with different pixel sizes (resampled on load to one);
 * cryoSPARC ab-initio / heterogeneous-refinement .cs files (alignments_class_N, no alignments3D);
 * per-image (tilt) index files where particle indices are expected; downsample on tilt-series sets.
@@ -11,6 +11,7 @@
 import logging
 
 import numpy as np
+import pandas as pd
 import pytest
 import starfile
 
@@ -212,8 +213,7 @@ def two_groups(tmp_path, sizes=(1.0, 1.1), box=32, n=3, same_stack=False):
              "rlnAnglePsi": [0.0] * m, "rlnOriginXAngst": [1.5] * m, "rlnOriginYAngst": [-0.5] * m,
              "rlnOpticsGroup": [g + 1 for g in range(len(sizes)) for _ in range(n)]}
     path = tmp_path / "groups.star"
-    starfile.write({"optics": __import__("pandas").DataFrame(optics),
-                    "particles": __import__("pandas").DataFrame(parts)}, path)
+    starfile.write({"optics": pd.DataFrame(optics), "particles": pd.DataFrame(parts)}, path)
     return path
 
 

@@ -279,7 +279,7 @@ def _parse_image_names(names: pd.Series, path: Path) -> tuple[np.ndarray, np.nda
 def _pixel_sizes(sp: StarParticles) -> np.ndarray | None:
     """Per-particle pixel size in A, as RELION reads it: ``rlnImagePixelSize`` (3.1+), else 3.0's
     ``rlnDetectorPixelSize`` (um) x 10^4 / ``rlnMagnification``; a lone ``rlnDetectorPixelSize`` (no magnification,
-    as tomoDRGN and Warp write 3.0 tables) is the pixel size in A."""
+    as tomoDRGN writes 3.0 tables) is the pixel size in A."""
     if sp.has("rlnImagePixelSize"):
         return sp.values("rlnImagePixelSize")
     if sp.has("rlnDetectorPixelSize") and sp.has("rlnMagnification"):
