@@ -32,7 +32,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--invert", action="store_true", help="keep the complement of the selection")
     p.add_argument("--epoch", type=int, help="epoch of the latents/analysis (default: best, else last)")
     p.add_argument("--k", type=int, help="which k-means result (kmeansK) when several exist")
-    p.add_argument("--analysis", help="analysis folder (default RUN/analysis/epoch_NNN)")
+    p.add_argument("--analysis", help="analysis folder of the k-means labels (default: the latest `analyze` output of "
+                   "the epoch, recorded in RUN/analyses.txt whatever its -o was, else RUN/analysis/epoch_NNN)")
     p.add_argument("--particles", help="write the subset of this file instead (e.g. the full-size STAR the run's "
                    "downsampled input was made from: same particles, same order)")
     p.add_argument("--datadir", help="folder of the stacks of --particles")
