@@ -178,3 +178,25 @@ def test_eval_vol_help_example_reads_a_file_that_analyze_writes(run, tmp_path):
     assert written.is_file()
     assert main(["eval-vol", str(run), "--zfile", str(written), "-o", str(tmp_path / "maps")]) == 0
     assert len(list((tmp_path / "maps").glob("vol_*.mrc"))) == 10
+
+
+def test_the_analysis_record_is_best_effort_and_skips_what_is_gone(tmp_path, caplog):
+    from cryoscape.analysis.analysis_index import INDEX_NAME, analysis_dirs, record_analysis
+
+    run = tmp_path / "run"
+    (run / "analysis" / "epoch_004").mkdir(parents=True)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    record_analysis(run, 4, outside)
+    record_analysis(run, 4, run / "analysis" / "epoch_004")
+    record_analysis(run, 3, run / "other")
+    assert (run / INDEX_NAME).read_text().splitlines() == [f"4\t{outside.resolve()}", "4\tanalysis/epoch_004",
+                                                          "3\tother"]
+    record_analysis(run, 4, outside)  # analysed again: now the newest
+    assert analysis_dirs(run, 4) == [outside.resolve(), run / "analysis" / "epoch_004"]
+    assert analysis_dirs(run, 3) == [run / "analysis" / "epoch_003"]  # "other" was never written
+    (run / INDEX_NAME).unlink()
+    (run / INDEX_NAME).mkdir()  # cannot be written as a file: a warning, no error
+    with caplog.at_level(logging.WARNING, logger="cryoscape"):
+        assert record_analysis(run, 4, outside) is None
+    assert "filter --analysis" in caplog.text

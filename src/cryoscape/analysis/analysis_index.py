@@ -33,8 +33,15 @@ def _entries(run_dir: Path) -> list[tuple[int, str]]:
     return entries  # unreadable lines are skipped: the index only helps to find files, it decides nothing
 
 
-def record_analysis(run_dir: str | Path, epoch: int, out_dir: str | Path) -> Path:
-    """Note in ``RUN/analyses.txt`` that the analysis of ``epoch`` is in ``out_dir`` (moved to the end if present)."""
+def record_analysis(run_dir: str | Path, epoch: int, out_dir: str | Path) -> Path | None:
+    """Note in ``RUN/analyses.txt`` that the analysis of ``epoch`` is in ``out_dir`` (moved to the end if present).
+
+    Best effort: a run folder that cannot be written (e.g. another user's) only costs a warning, since the
+    analysis itself is complete; later commands then need ``--analysis``. Returns the index, or None.
+    """
+    import logging
+
+    from cryoscape.errors import OutputError
     from cryoscape.utils.atomic import atomic_write_text
 
     run_dir = Path(run_dir)
@@ -47,7 +54,13 @@ def record_analysis(run_dir: str | Path, epoch: int, out_dir: str | Path) -> Pat
         folder = str(out)
     entries = [e for e in _entries(run_dir) if e != (int(epoch), folder)] + [(int(epoch), folder)]
     index = run_dir / INDEX_NAME
-    atomic_write_text(index, "".join(f"{e}\t{f}\n" for e, f in entries))
+    try:
+        atomic_write_text(index, "".join(f"{e}\t{f}\n" for e, f in entries))
+    except (OSError, OutputError) as exc:
+        logging.getLogger("cryoscape").warning(
+            f"could not record where this analysis is in {index} ({exc}); give `filter --analysis {out}` to "
+            "use its k-means labels")
+        return None
     return index
 
 
