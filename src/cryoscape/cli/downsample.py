@@ -29,7 +29,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``cryoscape downsample``."""
     parser.add_argument("input", help="particles: .mrcs, .star, .cs or .txt (list of stacks)")
     parser.add_argument("-D", "--box", type=int, required=True, help="new box size in pixels (even)")
-    parser.add_argument("-o", "--output", required=True, help="output stack OUT.mrcs (with .star or .cs input also OUT.star)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output stack OUT.mrcs (with .star or .cs input also OUT.star)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT.mrcs (and OUT.star) if they exist")
     parser.add_argument("--chunk-size", type=int, default=1000, help="images processed at once (default 1000)")
     parser.add_argument("--datadir", help="folder holding the stacks named in a .star/.cs/.txt file")
