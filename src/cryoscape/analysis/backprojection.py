@@ -127,14 +127,13 @@ def _check_memory(D: int, oversample, batch_size: int, max_memory_gb: float | No
                      hint="; ".join(options))
 
 
-def _splat(accum_ft, accum_weight, shape, pos, values, weights, offset=None) -> None:
+def _splat(accum_ft, accum_weight, sizes, strides, pos, values, weights, offset=None) -> None:
     """Trilinear splatting of ``values``/``weights`` at ``pos`` (``(M, 3)`` ``(x, y, z)`` grid indices).
 
-    ``shape`` ``(nz, ny, nx)`` of each flattened grid; ``offset`` (``(M,)`` long, optional) is added to the flat
-    index of each point (the start of its grid among stacked grids). Neighbours outside the grid get weight 0.
+    ``sizes`` and ``strides``: ``(x, y, z)`` extent and flat-index stride of each grid; ``offset`` (``(M,)`` long,
+    optional) is added to the flat index of each point (the start of its grid among stacked grids). Neighbours
+    outside the grid get weight 0.
     """
-    sizes = (shape[2], shape[1], shape[0])
-    strides = (1, sizes[0], sizes[0] * sizes[1])
     base_f = torch.floor(pos)
     frac = (pos - base_f).to(accum_weight.dtype)
     base = base_f.long()
@@ -176,7 +175,8 @@ def insert_slices(
     Parameters
     ----------
     accum_ft : complex tensor ``(G * Dp**3,)``, ``G`` stacked flattened ``(Dp, Dp, Dp)`` grids ``[z, y, x]``
-        (with ``half``: ``(G * Dp * Dp * (Dp // 2 + 1),)``, grids ``(Dp, Dp, Dp // 2 + 1)`` holding ``kx >= 0``).
+        (with ``half``: ``(G * (Dp // 2 + 1) * Dp * Dp,)``, grids ``(Dp // 2 + 1, Dp, Dp)`` ``[x, z, y]`` holding
+        ``kx >= 0``, so that planes of constant ``kx`` are contiguous).
     accum_weight : real tensor of the same length, the matching weight grids.
     Dp : int, side of each grid; the centre (zero frequency) is at index ``Dp // 2`` (with ``half``, the ``x``
         axis starts at zero frequency, index 0).
@@ -189,19 +189,22 @@ def insert_slices(
     half : bool, grids of the Hermitian half ``kx >= 0`` instead of full grids.
     """
     P = weights.shape[1]
-    shape = (Dp, Dp, Dp // 2 + 1 if half else Dp)
+    if half:  # [x, z, y] layout
+        sizes, strides = (Dp // 2 + 1, Dp, Dp), (Dp * Dp, 1, Dp)
+    else:  # [z, y, x]
+        sizes, strides = (Dp, Dp, Dp), (1, Dp, Dp * Dp)
     centre = torch.tensor([0 if half else Dp // 2, Dp // 2, Dp // 2], dtype=coords_px.dtype,
                           device=coords_px.device)
     pos = (coords_px + centre).reshape(-1, 3)
     values, weights = slices.reshape(-1), weights.reshape(-1)
     offset = None
     if groups is not None:
-        offset = (groups.to(pos.device).long() * math.prod(shape)).repeat_interleave(P)
+        offset = (groups.to(pos.device).long() * math.prod(sizes)).repeat_interleave(P)
     if half:
         keep = pos[:, 0] > -1
         pos, values, weights = pos[keep], values[keep], weights[keep]
         offset = None if offset is None else offset[keep]
-    _splat(accum_ft, accum_weight, shape, pos, values, weights, offset)
+    _splat(accum_ft, accum_weight, sizes, strides, pos, values, weights, offset)
 
 
 def _check_inputs(images, rotations, shifts_px, ctf, ctf_correction):
@@ -269,16 +272,17 @@ class _Grids:
     def wiener_epsilon(self) -> float:
         """``1e-3`` times the mean total weight of the voxels that received data, counted over the full grid."""
         Dp, Dh = self.Dp, self.Dh
-        w = self.w.reshape(2, Dp, Dp, Dh)
+        w = self.w.reshape(2, Dh, Dp, Dp)
         total = count = total0 = count0 = 0.0
-        step = max(1, (_SLAB_BYTES // 2) // (Dp * Dh * 4))
-        for z in range(0, Dp, step):
-            t = w[0, z : z + step] + w[1, z : z + step]
+        step = max(1, (_SLAB_BYTES // 2) // (Dp * Dp * 4))
+        for x in range(0, Dh, step):
+            t = w[0, x : x + step] + w[1, x : x + step]
             m = t > 0
             total += float(t[m].sum(dtype=torch.float64))
             count += int(m.sum())
-            total0 += float(t[..., 0][m[..., 0]].sum(dtype=torch.float64))
-            count0 += int(m[..., 0].sum())
+            if x == 0:  # the kx = 0 plane
+                total0 += float(t[0][m[0]].sum(dtype=torch.float64))
+                count0 += int(m[0].sum())
         # the half grid holds kx >= 0; the full grid has every kx > 0 voxel twice (its Hermitian mate)
         count_full = 2 * count - count0
         return 1e-3 * (2 * total - total0) / count_full if count_full > 0 else 1.0
@@ -286,26 +290,35 @@ class _Grids:
     def volume(self, groups: tuple[int, ...], epsilon: float) -> np.ndarray:
         """Real-space ``(D, D, D)`` map of ``sum num / (sum weight + epsilon)`` over ``groups``, gridding-corrected.
 
-        Inverse 2-D transforms over ``(z, y)`` slab by slab along ``kx``, keeping the central ``D x D`` rows, then
-        the Hermitian (complex-to-real) transform along ``x``: the full ``Dp^3`` map is never formed.
+        Inverse 2-D transforms over ``(z, y)`` of slabs of contiguous ``kx`` planes, keeping the central ``D x D``
+        rows, then the Hermitian (complex-to-real) transform along ``x``: the full ``Dp^3`` map is never formed.
         """
         D, Dp, Dh, device = self.D, self.Dp, self.Dh, self.device
-        num = self.ft.reshape(2, Dp, Dp, Dh)
-        den = self.w.reshape(2, Dp, Dp, Dh)
-        # after fftshift the central D indices [Dp//2 - D//2, ...) are these indices of the unshifted transform
-        keep = (torch.arange(D, device=device) - D // 2) % Dp
-        rows = torch.empty((D, D, Dh), dtype=torch.complex64, device=device)
+        num = self.ft.reshape(2, Dh, Dp, Dp)
+        den = self.w.reshape(2, Dh, Dp, Dp)
+        h = D // 2
+
+        def centre(t: torch.Tensor, dim: int) -> torch.Tensor:
+            # the central D indices of fftshift(t) along dim, without shifting all Dp of them
+            return torch.cat([t.narrow(dim, Dp - h, h), t.narrow(dim, 0, D - h)], dim)
+
+        # ifft of ifftshift(F) equals (-1)^n times the ifft of F (Dp is even): apply it to the kept rows only
+        sign = 1.0 - 2.0 * (torch.arange(D, device=device) - h).remainder(2).float()
+        sign2 = (sign[:, None] * sign[None, :]).to(torch.complex64)
+        rows = torch.empty((Dh, D, D), dtype=torch.complex64, device=device)  # [kx, z, y]
         step = max(1, _SLAB_BYTES // (Dp * Dp * 8))
         for x0 in range(0, Dh, step):
             xs = slice(x0, x0 + step)
-            n = sum(num[g, :, :, xs] for g in groups)
-            d = sum(den[g, :, :, xs] for g in groups)
-            slab = torch.fft.ifftshift(n / (d + epsilon), dim=(0, 1))
+            n = num[groups[0], xs].clone() if len(groups) > 1 else num[groups[0], xs]
+            d = den[groups[0], xs].clone() if len(groups) > 1 else den[groups[0], xs]
+            for g in groups[1:]:
+                n += num[g, xs]
+                d += den[g, xs]
+            slab = torch.fft.ifft2(n / (d + epsilon), dim=(1, 2))
             del n, d
-            slab = torch.fft.ifft2(slab, dim=(0, 1))
-            rows[:, :, xs] = slab.index_select(0, keep).index_select(1, keep)
+            rows[xs] = centre(centre(slab, 1), 2) * sign2
             del slab
-        r = torch.arange(D, device=device, dtype=torch.float32) - D // 2
+        r = torch.arange(D, device=device, dtype=torch.float32) - h
         # Gridding correction: trilinear splatting multiplies real space by sinc^2 along each axis of the
         # oversampled box; divide it out (halves the error of the cropped map in tests).
         s = torch.sinc(r / Dp) ** 2
@@ -313,8 +326,8 @@ class _Grids:
         step = max(1, _SLAB_BYTES // (D * Dp * 4))
         for z0 in range(0, D, step):
             zs = slice(z0, z0 + step)
-            line = torch.fft.irfft(rows[zs], n=Dp, dim=-1).index_select(-1, keep)
-            line = line / (s[zs, None, None] * s[None, :, None] * s[None, None, :])
+            line = centre(torch.fft.irfft(rows[:, zs], n=Dp, dim=0), 0)  # [x, z, y]
+            line = line.permute(1, 2, 0) / (s[zs, None, None] * s[None, :, None] * s[None, None, :])
             vol[zs] = line.float().cpu().numpy()
         return vol
 
