@@ -234,4 +234,9 @@ def load_config(path: str | Path) -> RunConfig:
         raise InputError(f"not valid YAML ({exc.__class__.__name__})", path) from exc
     if not isinstance(doc, dict) or "model" not in doc:
         raise InputError("not a cryoscape config (no 'model' section)", path)
+    schema = doc.get("schema_version", 1)
+    if not isinstance(schema, int) or schema > SCHEMA_VERSION:
+        raise InputError(f"written with config schema {schema} by cryoscape {doc.get('cryoscape_version', '?')}; "
+                         f"this version reads schema {SCHEMA_VERSION} and older", path,
+                         hint="update cryoscape to use this run")
     return RunConfig.from_dict({k: doc[k] for k in ("data", "model", "train") if k in doc})

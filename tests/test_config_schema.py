@@ -1,0 +1,71 @@
+"""config.yaml files written by earlier releases still load, train and reload; a newer schema is refused.
+
+``tests/data/config_v1_*.yaml`` are COMMITTED files written by the release of 2026-12-06 (schema 1, flat
+family fields) before the configuration was split into family sections; they must keep loading unchanged.
+"""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cryoscape.cli.main import main
+from cryoscape.config import load_config
+from cryoscape.errors import InputError
+
+DATA = Path(__file__).parent / "data"
+V1 = {"cryodrgn": "config_v1_cryodrgn.yaml", "tomodrgn": "config_v1_tomodrgn.yaml",
+      "opus-dsd": "config_v1_opus_dsd.yaml"}
+
+
+@pytest.mark.parametrize("family", list(V1))
+def test_schema_1_files_load_with_their_values(family):
+    config = load_config(DATA / V1[family])
+    assert config.model.family == family
+    assert (config.model.zdim, config.model.enc_dim, config.model.dec_layers) == (2, 32, 2)
+    assert (config.train.epochs, config.train.seed, config.data.val_frac) == (2, 3, 0.125)
+    assert config.data.particles == "/data/project/particles.star"
+    doc = yaml.safe_load((DATA / V1[family]).read_text())
+    assert (config.train.batch_size, config.train.lr) == (doc["train"]["batch_size"], doc["train"]["lr"])
+
+
+def test_schema_1_family_fields_keep_their_values():
+    opus = load_config(DATA / V1["opus-dsd"])
+    assert opus.model.templateres == 32 and opus.model.channel_scale == 0.125
+    assert (opus.train.lamb, opus.train.knn, opus.train.kfarthest, opus.train.n_samples) == (0.3, 8, 16, 64)
+    tomo = load_config(DATA / V1["tomodrgn"])
+    assert tomo.model.pooling == "mean" and tomo.model.tilt_embed_dim == 16
+    cryo = load_config(DATA / V1["cryodrgn"])
+    assert cryo.train.freq_march == 1.0
+
+
+def test_a_newer_schema_is_refused_in_one_line(tmp_path):
+    doc = yaml.safe_load((DATA / V1["cryodrgn"]).read_text())
+    doc["schema_version"] = 99
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    with pytest.raises(InputError, match="schema 99") as info:
+        load_config(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_a_schema_1_run_resumes_and_reloads(tmp_path):
+    """A run folder whose config.yaml is today's committed file (paths pointed at small data) resumes and loads."""
+    from cryoscape.models.loading import load_run
+
+    sim = tmp_path / "sim"
+    assert main(["simulate", "--preset", "discrete3", "-N", "24", "-D", "16", "--apix", "6", "--snr", "2",
+                 "-o", str(sim)]) == 0
+    run = tmp_path / "run"
+    small = ["--zdim", "2", "--enc-dim", "32", "--enc-layers", "1", "--dec-dim", "32", "--dec-layers", "2",
+             "--feat-sigma", "0.3", "--val-frac", "0.125", "--seed", "3", "--freq-march", "1",
+             "--device", "cpu", "--threads", "1", "--no-progress"]
+    assert main(["train", str(sim / "particles.star"), "-o", str(run), "-n", "1", *small]) == 0
+    doc = yaml.safe_load((DATA / V1["cryodrgn"]).read_text())
+    doc["data"]["particles"] = str(sim / "particles.star")
+    doc["train"]["device"] = "cpu"
+    (run / "config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert main(["train", str(sim / "particles.star"), "-o", str(run), "--resume", "--no-progress"]) == 0
+    trained = load_run(run)
+    assert trained.epoch == 2 and trained.config.model.family == "cryodrgn"
+    assert trained.generate_volumes(None if trained.zdim == 0 else [[0.0, 0.0]]).shape == (1, 16, 16, 16)
