@@ -28,9 +28,9 @@ is measured on the same data and epochs as the full-lattice runs.
 
 Both programs: Adam lr 1e-4, batch 32, gaussian PE (feat_sigma 0.5), fourier-domain decoder, beta = 1/zdim,
 all particles trained (cryoscape ``--val-frac 0``), cryoscape in float32 (``--programs ... cryoscape-amp`` adds a
-cryoscape --amp run of each case for comparison). cryoDRGN maps come from ``cryodrgn eval_vol`` at the same latents; its volume axes
-are aligned to the ground truth once per case by choosing among identity / ``--flip`` / transpose / both the one that
-correlates best with the ground truth (reported as ``orientation``). Metrics are cryoscape's
+cryoscape --amp run of each case for comparison). cryoDRGN maps come from ``cryodrgn eval_vol`` at the same latents;
+its volume axes are aligned to the ground truth once per case by choosing among identity / ``--flip`` / transpose /
+both the one that correlates best with the ground truth (reported as ``orientation``). Metrics are cryoscape's
 (``cryoscape.analysis.evaluate`` functions, the same as ``cryoscape evaluate``) for both programs.
 
 Writes ``bench/results/accuracy[_quick].json`` and prints a Markdown table.
@@ -47,8 +47,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    BENCH, CRYODRGN, CRYOSCAPE, WORK, cryodrgn_epoch_seconds, cryoscape_epochs, ensure_simulation, machine_info,
-    need_cryodrgn, run_timed, simulation_exists, tail, write_json,
+    BENCH,
+    CRYODRGN,
+    CRYOSCAPE,
+    WORK,
+    cryodrgn_epoch_seconds,
+    cryoscape_epochs,
+    ensure_simulation,
+    machine_info,
+    need_cryodrgn,
+    run_timed,
+    simulation_exists,
+    tail,
+    write_json,
 )
 
 CASES = [("linear1d", 1), ("discrete3", 1), ("discrete3", 8), ("homogeneous", 0), ("atomic", 0)]
@@ -207,7 +218,11 @@ def choose_orientation(model: CryodrgnModel, z_probe: np.ndarray | None, gt: np.
 
 def evaluate(model, sim: Path, zdim: int) -> dict:
     from cryoscape.analysis.evaluate import (
-        clustering_scores, continuous_correlation, map_scores, read_gt_maps, read_labels,
+        clustering_scores,
+        continuous_correlation,
+        map_scores,
+        read_gt_maps,
+        read_labels,
     )
     from cryoscape.analysis.latent import kmeans_on_data
 

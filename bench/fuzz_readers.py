@@ -41,15 +41,16 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from hypothesis import HealthCheck, Phase, given, seed as hypothesis_seed, settings
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from cryoscape.errors import InputError
 
 TOKENS = ["", "nan", "NaN", "inf", "-inf", "-1", "0", "1e309", "-0", "abc", "1,5", "0x10", "000000@particles.mrcs",
-          "@", "@@", "999999@particles.mrcs", "1@", "1@missing.mrcs", "1@../particles.mrcs", "1@/", "2.5@particles.mrcs",
-          "-3@particles.mrcs", "1@particles.mrcs@x", "1e3", "\t", "\"", "'", "#", "_rlnX", "data_", "loop_",
-          "3000000000", "-3000000000", "1.0.0", "☃", "\x00"]
+          "@", "@@", "999999@particles.mrcs", "1@", "1@missing.mrcs", "1@../particles.mrcs", "1@/",
+          "2.5@particles.mrcs", "-3@particles.mrcs", "1@particles.mrcs@x", "1e3", "\t", "\"", "'", "#", "_rlnX",
+          "data_", "loop_", "3000000000", "-3000000000", "1.0.0", "☃", "\x00"]
 LABELS = ["_rlnImageName", "_rlnAngleRot", "_rlnAngleTilt", "_rlnAnglePsi", "_rlnOriginXAngst", "_rlnOriginYAngst",
           "_rlnOriginX", "_rlnOriginY", "_rlnDefocusU", "_rlnDefocusV", "_rlnDefocusAngle", "_rlnVoltage",
           "_rlnSphericalAberration", "_rlnAmplitudeContrast", "_rlnImagePixelSize", "_rlnImageSize",
@@ -163,7 +164,7 @@ def cs_mutation(draw, arr: np.ndarray) -> bytes:
                 dt = np.dtype(draw(st.sampled_from(["<f8", "<i2", "<u1", "S3", "<f4", "<c8", "?", "<u8"])))
             fields.append((n, dt))
         new = np.zeros(arr.shape, dtype=fields)
-        for (n, _), orig in zip(fields, [f for f in names if not (op == "drop" and f in chosen)]):
+        for (n, _), orig in zip(fields, [f for f in names if not (op == "drop" and f in chosen)], strict=False):
             with contextlib.suppress(Exception):
                 new[n] = arr[orig]
         arr = new

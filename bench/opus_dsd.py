@@ -66,7 +66,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    BENCH, CRYOSCAPE, WORK, cryoscape_epochs, ensure_simulation, machine_info, run_timed, tail, write_json,
+    BENCH,
+    CRYOSCAPE,
+    WORK,
+    cryoscape_epochs,
+    ensure_simulation,
+    machine_info,
+    run_timed,
+    tail,
+    write_json,
 )
 
 FAMILIES = ["cryodrgn", "opus-dsd"]
@@ -310,8 +318,8 @@ def main(argv=None) -> int:
     p.add_argument("--opus-args", default="", help="extra `cryoscape train` options for opus-dsd (one string)")
     p.add_argument("--cryodrgn-args", default="", help="extra `cryoscape train` options for cryodrgn (one string)")
     p.add_argument("--no-maps", action="store_true", help="skip map generation/FSC (latent metrics only)")
-    p.add_argument("--tag", default="", help="name of a variant (e.g. lr1e-3): its runs go to bench/_work/opus_runs_TAG, "
-                   "so variants with different options do not overwrite each other")
+    p.add_argument("--tag", default="", help="name of a variant (e.g. lr1e-3): its runs go to "
+                   "bench/_work/opus_runs_TAG, so variants with different options do not overwrite each other")
     p.add_argument("-o", "--output", help="JSON output (default bench/results/opus_dsd[_quick][_TAG].json)")
     args = p.parse_args(argv)
     s = dict(QUICK if args.quick else FULL)

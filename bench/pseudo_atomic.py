@@ -89,7 +89,7 @@ def helical_protein(radius: float = 60.0, seed: int = 0):
 def write_pdb(path: Path, xyz: np.ndarray, elements) -> Path:
     """Write atoms as PDB ATOM records (one residue per eight atoms, chains of 9999 residues)."""
     lines = []
-    for k, ((x, y, z), el) in enumerate(zip(xyz, elements)):
+    for k, ((x, y, z), el) in enumerate(zip(xyz, elements, strict=True)):
         res, chain = k // len(RESIDUE_ATOMS), "ABCDEFGHIJ"[(k // len(RESIDUE_ATOMS)) // 9999 % 10]
         name = {"N": " N  ", "C": " C  ", "O": " O  "}[el]
         lines.append(f"ATOM  {(k + 1) % 100000:5d} {name} ALA {chain}{res % 9999 + 1:4d}    "

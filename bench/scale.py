@@ -32,7 +32,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    BENCH, CRYOSCAPE, WORK, cryoscape_epochs, ensure_simulation, machine_info, run_timed, tail, write_json,
+    BENCH,
+    CRYOSCAPE,
+    WORK,
+    cryoscape_epochs,
+    ensure_simulation,
+    machine_info,
+    run_timed,
+    tail,
+    write_json,
 )
 
 
@@ -133,7 +141,8 @@ def main(argv=None) -> int:
     write_json(Path(args.output), result)
     print("| step | wall s | peak RSS MiB | particles/s |\n|---|---|---|---|")
     for k, r in result["runs"].items():
-        print(f"| {k} | {r['wall_s']:.0f} | {r['peak_rss_mib']} | {r.get('particles_per_s') or r.get('images_per_s')} |")
+        rate = r.get("particles_per_s") or r.get("images_per_s")
+        print(f"| {k} | {r['wall_s']:.0f} | {r['peak_rss_mib']} | {rate} |")
     return 0
 
 

@@ -11,7 +11,8 @@ pose.pkl/ctf.pkl of the same particles). Architecture for both programs: encoder
 with feat_sigma 0.5 (pe_dim D/2), Adam lr 1e-4, fourier-domain decoder (cryoDRGN's default). Runs are interleaved
 (cryoscape fp32, cryoscape amp, cryoDRGN, then again), so that changing machine load touches all of them alike.
 
-Throughput = particles/s of the training loop in steady state: particles x (E - 1) / seconds of epochs 2..E, read from cryoscape's ``metrics.csv`` and from cryoDRGN's
+Throughput = particles/s of the training loop in steady state: particles x (E - 1) / seconds of epochs 2..E, read
+from cryoscape's ``metrics.csv`` and from cryoDRGN's
 "Epoch: N ... Finished in H:MM:SS" log lines. Peak RSS is from ``/usr/bin/time -v`` (whole process, includes
 start-up and the dataset in memory). The load averages before/after each run are recorded.
 
@@ -40,8 +41,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    BENCH, CRYODRGN, CRYODRGN_VENV, CRYOSCAPE, WORK, cryodrgn_epoch_seconds, cryoscape_epochs, ensure_simulation,
-    load_average, machine_info, need_cryodrgn, run_timed, tail, write_json,
+    BENCH,
+    CRYODRGN,
+    CRYODRGN_VENV,
+    CRYOSCAPE,
+    WORK,
+    cryodrgn_epoch_seconds,
+    cryoscape_epochs,
+    ensure_simulation,
+    load_average,
+    machine_info,
+    need_cryodrgn,
+    run_timed,
+    tail,
+    write_json,
 )
 
 ARCH = dict(enc_layers=3, enc_dim=256, dec_layers=3, dec_dim=256, zdim=8, batch=32, feat_sigma=0.5)
@@ -86,8 +99,8 @@ def lattice_counts(D: int) -> dict:
     px = FourierPixels.create(D)
     out = {"cryoscape": {"encoder_in": px.n_pixels, "decoder_points": px.n_half + 1, "loss_pixels": px.n_pixels}}
     if CRYODRGN.is_file():
-        code = ("from cryodrgn.lattice import Lattice; L=Lattice(%d+1, extent=0.5); m=L.get_circular_mask(%d//2);"
-                "n=int(m.sum()); c=n//2; print(n, c+1 if n%%2==1 else c)" % (D, D))
+        code = (f"from cryodrgn.lattice import Lattice; L=Lattice({D}+1, extent=0.5); m=L.get_circular_mask({D}//2);"
+                "n=int(m.sum()); c=n//2; print(n, c+1 if n%2==1 else c)")
         res = subprocess.run([str(CRYODRGN_VENV / "bin" / "python"), "-c", code], capture_output=True, text=True)
         if res.returncode == 0:
             n, half = map(int, res.stdout.split()[-2:])
@@ -179,7 +192,7 @@ def summarize(runs: list[dict], D: int, counts: dict, rates: dict) -> dict:
                      "roofline_particles_per_s": round(roof, 1) if roof else None,
                      "fraction_of_roofline": round(sum(pps) / len(pps) / roof, 3) if roof else None}
     ref = out.get("cryodrgn", {}).get("particles_per_s_mean")
-    for code, v in out.items():
+    for v in out.values():
         v["ratio_vs_cryodrgn"] = round(v["particles_per_s_mean"] / ref, 2) if ref else None
     return out
 
@@ -219,7 +232,7 @@ def main(argv=None) -> int:
               "epochs": args.epochs, "repeats": args.repeats, "sizes": {}}
     result["matmul_flops"] = {k: matmul_rate(k) for k in ("fp32", "bf16")}
     print("dense mm GFLOP/s:", {k: v and round(v / 1e9, 1) for k, v in result["matmul_flops"].items()}, flush=True)
-    for D, n in zip(args.sizes, ns):
+    for D, n in zip(args.sizes, ns, strict=False):  # extra --n values are ignored
         sim = ensure_simulation("linear1d", n, D, 0.1, WORK / f"tp_D{D}_N{n}")
         counts = lattice_counts(D)
         runs = []

@@ -52,7 +52,7 @@ def test_kmeans_recovers_three_blobs_with_centres_on_data():
     d = np.linalg.norm(km.centers[:, None, :] - means[None], axis=2).min(axis=1)
     assert np.all(d < 1.0)
     # each centre is the particle nearest to its cluster's mean (k-means centre = member mean at convergence)
-    for c, idx in enumerate(km.center_indices):
+    for idx in km.center_indices:
         centre = z[km.labels == km.labels[idx]].mean(axis=0)
         assert idx == np.argmin(np.linalg.norm(z - centre, axis=1))
 

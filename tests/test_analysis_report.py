@@ -144,8 +144,8 @@ def test_report_is_valid_self_contained_html(tmp_path):
         assert base64.b64decode(src.split(",", 1)[1])[:8] == PNG_MAGIC
     assert "http://" not in text and "https://" not in text and "<script" not in text
     assert "p&lt;1&gt;&amp;.star" in text and "custom &lt;b&gt;text&lt;/b&gt;" in text  # escaped
-    for title in ("Run summary", "Training and validation loss", "Latent space", "k-means clustering (k = 3)", "Trajectories",
-                  "Evaluation against ground truth", "Notes"):
+    for title in ("Run summary", "Training and validation loss", "Latent space", "k-means clustering (k = 3)",
+                  "Trajectories", "Evaluation against ground truth", "Notes"):
         assert f">{title}</h2>" in text
     assert "<td>40</td>" in text  # cluster sizes
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.spatial.distance import cdist
-
 from scipy.sparse.csgraph import connected_components
+from scipy.spatial.distance import cdist
 
 from cryoscape.analysis.traversal import (
     bridge_components,

@@ -5,14 +5,13 @@ import logging
 import numpy as np
 import torch
 
+from _synthetic import two_state_particles
 from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.data.particle_data import SliceParticleData
 from cryoscape.models.cryodrgn import CryoDRGN
 from cryoscape.train.checkpoint import completed_epochs, resolve_epoch
 from cryoscape.train.engine import Engine, EngineSettings, format_duration, select_best_epoch, selection_metric
 from cryoscape.train.run import split_positions
-
-from _synthetic import two_state_particles
 
 
 def _engine(run_dir, epochs, checkpoint_every=1, val_frac=0.125, family="cryodrgn", lr=3e-3):

@@ -1,4 +1,5 @@
-"""End to end through the CLI: simulate -> train (STAR, .cs, .mrcs + pkl) -> resume -> eval-images -> eval-vol -> filter."""
+"""End to end through the CLI: simulate -> train (STAR, .cs, .mrcs + pkl) -> resume -> eval-images -> eval-vol ->
+filter."""
 
 import os
 import subprocess

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from _synthetic import two_state_particles
 from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.data.particle_data import SliceParticleData
 from cryoscape.imaging.fft import fft3_centered
@@ -11,8 +12,6 @@ from cryoscape.imaging.projection import extract_central_slices
 from cryoscape.models.cryodrgn import CryoDRGN, kl_divergence
 from cryoscape.models.decoders import CoordinateDecoder, canonical_sign
 from cryoscape.models.positional import PositionalEncoding
-
-from _synthetic import two_state_particles
 
 
 def test_fourier_pixels_pair_friedel_mates():
@@ -178,10 +177,10 @@ def test_in_place_activations_compute_the_textbook_network_and_gradients(activat
     expected = reference()
     params = [*dec.parameters(), *enc.parameters(), z, x]
     weights = [torch.randn_like(o) for o in outputs]
-    grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outputs, weights)), params)
-    grads_ref = torch.autograd.grad(sum((o * w).sum() for o, w in zip(expected, weights)), params)
-    for got, want in zip(outputs, expected):
+    grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outputs, weights, strict=True)), params)
+    grads_ref = torch.autograd.grad(sum((o * w).sum() for o, w in zip(expected, weights, strict=True)), params)
+    for got, want in zip(outputs, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    for got, want in zip(grads, grads_ref):
+    for got, want in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert outputs[1].shape == (4, 5, 6)

@@ -13,8 +13,7 @@ from cryoscape.errors import InputError
 from cryoscape.imaging.rotations import euler_relion_to_matrix
 from cryoscape.io.mrc import write_mrc
 from cryoscape.io.particles import load_particles
-from cryoscape.io.tilt_series import TomogramGeometry, load_tilt_series, write_image_series_star, \
-    write_optimisation_set
+from cryoscape.io.tilt_series import TomogramGeometry, load_tilt_series, write_image_series_star, write_optimisation_set
 from cryoscape.metadata import CTFParams
 
 D, APIX = 8, 5.0

@@ -23,7 +23,8 @@ def _by_definition(images, pixels, shifts, window, invert):
     F = torch.einsum("yn,bnm,xm->byx", W, x.to(torch.complex128), W)
     if shifts is not None:
         t = shifts.double()
-        F = F * torch.exp(-2j * np.pi * (k[None, None, :] * t[:, 0, None, None] + k[None, :, None] * t[:, 1, None, None]))
+        phase = k[None, None, :] * t[:, 0, None, None] + k[None, :, None] * t[:, 1, None, None]
+        F = F * torch.exp(-2j * np.pi * phase)
     return (F.real - F.imag).reshape(len(images), -1)[:, pixels.index]
 
 

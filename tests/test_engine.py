@@ -4,15 +4,14 @@ import numpy as np
 import pytest
 import torch
 
+from _synthetic import two_state_particles
 from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.data.particle_data import SliceParticleData
 from cryoscape.models.cryodrgn import CryoDRGN
 from cryoscape.train.checkpoint import completed_epochs, epoch_checkpoint_path, latest_checkpoint, load_checkpoint
-from cryoscape.train.engine import Engine, EngineSettings, TrainingInterrupted, _batches, epoch_order
 from cryoscape.train.distributed import DistInfo
+from cryoscape.train.engine import Engine, EngineSettings, TrainingInterrupted, _batches, epoch_order
 from cryoscape.train.run import split_positions
-
-from _synthetic import two_state_particles
 
 
 def make_engine(run_dir, epochs=3, zdim=2, seed=0, n=64, lazy=False):
@@ -116,9 +115,9 @@ def test_lazy_data_trains_like_in_memory_data(tmp_path):
 
 
 def test_prefetched_keeps_order_runs_ahead_and_raises():
-    from cryoscape.train.prefetch import prefetched
-
     import threading
+
+    from cryoscape.train.prefetch import prefetched
 
     started = {i: threading.Event() for i in range(7)}
 

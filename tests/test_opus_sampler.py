@@ -52,11 +52,11 @@ def test_class_batches_are_deterministic_per_epoch():
     pos = np.arange(300)
     a = class_batches(classes, pos, 0, 3, 8)
     b = class_batches(classes, pos, 0, 3, 8)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b)) and len(a) == len(b)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=False)) and len(a) == len(b)
     c = class_batches(classes, pos, 0, 4, 8)
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=False))
     d = class_batches(classes, pos, 1, 3, 8)
-    assert not all(np.array_equal(x, y) for x, y in zip(a, d))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, d, strict=False))
 
 
 def test_class_batches_small_data_and_uneven_processes():

@@ -66,7 +66,7 @@ def edit_star_rows(path, edit):
     start = text.index("data_particles")
     idx = [i for i in range(start, len(text)) if text[i] and not text[i].startswith(("_", "loop_", "data_", "#"))]
     fields = edit([text[i].split() for i in idx])
-    for i, f in zip(idx, fields):
+    for i, f in zip(idx, fields, strict=True):
         text[i] = "\t".join(f)
     path.write_text("\n".join(text) + "\n")
 

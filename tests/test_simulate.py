@@ -25,7 +25,7 @@ def _moments(vol):
     z, y, x = np.indices(vol.shape) - D // 2
     m = vol.sum()
     c = np.array([(vol * a).sum() / m for a in (x, y, z)])
-    var = np.mean([(vol * (a - ci) ** 2).sum() / m for a, ci in zip((x, y, z), c)])
+    var = np.mean([(vol * (a - ci) ** 2).sum() / m for a, ci in zip((x, y, z), c, strict=True)])
     return m, c, var
 
 

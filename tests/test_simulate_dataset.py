@@ -32,7 +32,7 @@ def test_form_images_projects_rotates_and_shifts_like_the_conventions():
     A = euler_relion_to_matrix(angles)
     origins = np.array([[1.5, -2.0], [0.0, 3.0], [-2.5, 0.5]])
     images = form_images(torch.tensor(vol), torch.tensor(A), torch.tensor(origins), None, apix).numpy()
-    for img, a, o in zip(images, A, origins):
+    for img, a, o in zip(images, A, origins, strict=True):
         expected = _gaussian_image((a @ r)[:2] - o, sigma, D)
         # trilinear Fourier interpolation (oversampled 2x, gridding-corrected) is good to ~3%; a convention
         # error would misplace the blob by pixels (errors ~100% of the peak)

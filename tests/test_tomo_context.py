@@ -61,7 +61,7 @@ def test_chimerax_markers_and_map_placement():
                            level=0.5)
     mats = re.findall(r"view matrix models #(\d+),([\d.,e-]+)", text)
     assert [m[0] for m in mats] == ["1", "2"]
-    for (model, numbers), c, A in zip(mats, coords, rot):
+    for (_model, numbers), c, A in zip(mats, coords, rot, strict=True):
         M = np.array([float(v) for v in numbers.split(",")]).reshape(3, 4)
         np.testing.assert_allclose(M[:, :3], A, atol=1e-6)
         centre = np.full(3, 8 * 4.0)  # map centre (D // 2) * voxel

@@ -171,14 +171,14 @@ def test_optimisation_set_reader(relion_set):
     np.testing.assert_array_equal(t.images[np.arange(5)], np.concatenate([p1, p2]))
     frames = [0, 2, 0, 1, 2]  # visible frames of each particle
     A = euler_relion_to_matrix(angles)
-    expect_rot = np.stack([R[f] @ A[p] for p, f in zip([0, 0, 1, 1, 1], frames)])
+    expect_rot = np.stack([R[f] @ A[p] for p, f in zip([0, 0, 1, 1, 1], frames, strict=True)])
     np.testing.assert_allclose(t.rotations, expect_rot, atol=1e-9)
     origin = np.array([[5.0, 0, 10], [0, -5, 0]])
     centre = np.array([[100.0, 20, 200], [-50, 0, -300]]) - origin  # RELION: centre = coordinate - origin
-    expect_shift = np.stack([(R[f] @ origin[p])[:2] for p, f in zip([0, 0, 1, 1, 1], frames)])
+    expect_shift = np.stack([(R[f] @ origin[p])[:2] for p, f in zip([0, 0, 1, 1, 1], frames, strict=True)])
     np.testing.assert_allclose(t.shifts_angstrom, expect_shift, atol=1e-9)
     df_tilt = np.array([20000.0, 21000, 22000])
-    expect_df = [df_tilt[f] - (R[f] @ centre[p])[2] for p, f in zip([0, 0, 1, 1, 1], frames)]  # hand = -1
+    expect_df = [df_tilt[f] - (R[f] @ centre[p])[2] for p, f in zip([0, 0, 1, 1, 1], frames, strict=True)]  # hand = -1
     np.testing.assert_allclose(t.ctf.defocus_u_angstrom, expect_df, atol=1e-6)
     np.testing.assert_allclose(t.ctf.defocus_u_angstrom - t.ctf.defocus_v_angstrom, 1000.0, atol=1e-6)
     np.testing.assert_allclose(t.ctf.amplitude_contrast, 0.07)
