@@ -123,6 +123,8 @@ def test_model_updates_bank_and_counter_in_training_only():
     model.train()
     terms = model(batch)
     assert {"loss", "recon", "kl", "tv", "l1", "prior", "anneal"} <= set(terms)
+    assert int(model.images_seen) == 0  # the bank is updated after the step (the engine's after_step hook)
+    model.finish_step()
     assert int(model.images_seen) == B and bool(model.bank.filled[3:8].all())
     np.testing.assert_allclose(model.bank.codes[3:8].numpy(), mu0.numpy(), rtol=1e-5, atol=1e-6)
     assert model.bank.classes[3:8].tolist() == [11] * B

@@ -11,7 +11,7 @@ import torch
 from cryoscape.errors import InputError
 from cryoscape.models.loading import load_run
 from cryoscape.train.engine import encode_all
-from cryoscape.train.run import load_training_particles, select_device
+from cryoscape.train.run import select_device
 from cryoscape.train.distributed import DistInfo
 from cryoscape.utils.atomic import atomic_path
 
@@ -22,7 +22,6 @@ def encode_particles(run_dir, output=None, epoch=None, particles=None, poses=Non
     """Posterior means ``(N, zdim)`` of the run's particles (or of ``particles``); saved to ``output`` if given.
 
     ``ctf_overrides`` / ``cs_alignments`` apply to ``particles`` (default: those the run was trained with)."""
-    from cryoscape.io.particles import load_particles
     from cryoscape.models.registry import get_family
 
     dev = select_device(device, DistInfo())
@@ -32,16 +31,15 @@ def encode_particles(run_dir, output=None, epoch=None, particles=None, poses=Non
     config = trained.config
     family = get_family(config.model.family)
     if particles is None:
-        parts, _ = load_training_particles(config)
-    elif hasattr(family, "load_particles"):  # a family with its own input format (tomoDRGN tilt series)
-        parts, _ = family.load_particles(config, path=particles, datadir=datadir)
+        parts, _ = family.load_particles(config)
     else:
         options = config.data.reader_options()
         if ctf_overrides:
             options["ctf_overrides"] = ctf_overrides
         options["cs_alignments"] = cs_alignments or (options["cs_alignments"] if str(particles).lower().endswith(
             ".cs") else None)
-        parts = load_particles(particles, poses=poses, ctf=ctf, datadir=datadir, apix=config.data.apix, **options)
+        parts, _ = family.load_particles(config, path=particles, datadir=datadir, poses=poses, ctf=ctf,
+                                         reader_options=options)
     # each image is encoded once, so it is read and prepared per batch (bounded memory, any stack size)
     streaming = dataclasses.replace(config, data=dataclasses.replace(config.data, lazy=True))
     data = family.make_data(parts, streaming, norm_std=trained.build["norm_std"], progress=progress)
@@ -49,7 +47,7 @@ def encode_particles(run_dir, output=None, epoch=None, particles=None, poses=Non
         raise InputError(f"images are {data.D} px but the model was trained on {trained.D} px",
                          particles or config.data.particles, hint="downsample them with `cryoscape downsample`")
     trained_premultiplied = bool(trained.build.get("ctf_premultiplied", False))
-    if bool(getattr(data, "ctf_premultiplied", False)) != trained_premultiplied:
+    if bool(data.ctf_premultiplied) != trained_premultiplied:
         kind = ("plain", "CTF-premultiplied")
         raise InputError(f"images are {kind[not trained_premultiplied]} but the model was trained on "
                          f"{kind[trained_premultiplied]} images (rlnCtfDataAreCtfPremultiplied)",

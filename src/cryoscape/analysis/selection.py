@@ -93,25 +93,16 @@ def load_run_input(config, particles_path=None, datadir=None):
         if not str(particles_path).lower().endswith(".cs"):
             options["cs_alignments"] = None
         particles = load_particles(particles_path, datadir=datadir, lazy=True, metadata_optional=True, **options)
-    elif hasattr(family, "write_subset"):  # a family with its own input format (tomoDRGN tilt series)
-        particles, _ = family.load_particles(config, apply_ind=False)
     else:
-        particles = load_particles(d.particles, poses=d.poses, ctf=d.ctf, datadir=d.datadir, apix=d.apix, lazy=True,
-                                   **d.reader_options())
+        particles, _ = family.load_particles(config, apply_ind=False)
     return particles, family
 
 
 def write_selection(particles, family, chosen: np.ndarray, out_dir: Path, fmt: str = "auto") -> list[Path]:
     """Write ``indices.npy``, ``indices.txt`` and the particle subset (STAR/.cs, all metadata kept) into ``out_dir``."""
     from cryoscape.io.indices import write_indices
-    from cryoscape.io.particles import ParticleSet, write_particle_subset
 
     out_dir = Path(out_dir)
     written = [write_indices(out_dir / "indices.npy", chosen), write_indices(out_dir / "indices.txt", chosen)]
-    if not isinstance(particles, ParticleSet) and hasattr(family, "write_subset"):
-        written.append(Path(family.write_subset(particles, chosen, out_dir)))
-    else:
-        if fmt == "auto":
-            fmt = "cs" if particles.source_format == "cs" else "star"
-        written.append(write_particle_subset(particles, chosen, out_dir / f"particles.{fmt}"))
+    written.append(Path(family.write_subset(particles, chosen, out_dir, fmt)))
     return written

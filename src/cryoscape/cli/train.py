@@ -42,6 +42,13 @@ def _short(x: float) -> str:
     return f"{float(mantissa):g}e{int(exponent)}"
 
 
+def _family_names() -> list[str]:
+    """The registered families (``models.registry``), the list written once."""
+    from cryoscape.models.registry import FAMILIES
+
+    return list(FAMILIES)
+
+
 def _family_defaults_text() -> tuple[str, str]:
     """(batch sizes, learning rates) of every family for the help texts, from the families themselves."""
     from cryoscape.models.registry import FAMILIES
@@ -71,7 +78,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     add_cs_alignments_arg(d)
     add_ctf_override_args(p)
     m = p.add_argument_group("model")
-    m.add_argument("--model", default="cryodrgn", choices=["cryodrgn", "tomodrgn", "opus-dsd"], help="model family")
+    m.add_argument("--model", default="cryodrgn", choices=_family_names(), help="model family")
     m.add_argument("--zdim", type=int, default=8, help="latent dimension; 0 = homogeneous reconstruction (default 8)")
     m.add_argument("--enc-dim", type=int, default=256, help="encoder width (default 256)")
     m.add_argument("--enc-layers", type=int, default=3, help="encoder hidden layers (default 3)")

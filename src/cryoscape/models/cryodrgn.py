@@ -31,6 +31,7 @@ from cryoscape.imaging.ctf import compute_ctf
 from cryoscape.imaging.fft import ifft3_centered
 from cryoscape.imaging.lattice import central_slice_coords
 from cryoscape.models.decoders import CoordinateDecoder
+from cryoscape.models.family import ModelFamily
 from cryoscape.models.mlp import ResidualMLP
 
 
@@ -218,3 +219,34 @@ class CryoDRGN(nn.Module):
         step = max(1, int(batch_size))
         return np.concatenate([self.generate_volume_batch(torch.from_numpy(z[i : i + step])).cpu().numpy()
                                for i in range(0, len(z), step)]).astype(np.float32)
+
+
+class CryoDRGNFamily(ModelFamily):
+    """cryoDRGN: MLP encoder + coordinate-network decoder on Fourier slices."""
+
+    name = "cryodrgn"
+    # lr 1e-3 and batch 32: on data sets of a few thousand particles and 20 epochs, lr 1e-4 with batch 16 leaves
+    # the model unconverged (the demo's data: ARI 0.465 against 0.875 with these values, issue 20; the
+    # benchmarks: bench/RESULTS.md sections 3 and 7b)
+    default_batch_size = 32
+    default_lr = 1e-3
+    data_state = ("pixel_size_angstrom", "norm_std")
+    own_train_options = {"freq_march": 0.0}  # frequency marching is this family's
+
+    def make_data(self, particles, config, norm_std=None, progress=True):
+        from cryoscape.data.fourier_pixels import FourierPixels
+        from cryoscape.data.particle_data import SliceParticleData
+
+        d = config.data
+        return SliceParticleData(particles, FourierPixels.create(particles.images.D), invert=d.invert_data,
+                                 window=d.window, window_inner=d.window_inner, lazy=d.lazy, norm_std=norm_std,
+                                 progress=progress)
+
+    def build_model(self, config, build: dict) -> CryoDRGN:
+        m = config.model
+        return CryoDRGN(D=int(build["D"]), pixel_size_angstrom=float(build["pixel_size_angstrom"]), zdim=m.zdim,
+                        enc_dim=m.enc_dim, enc_layers=m.enc_layers, dec_dim=m.dec_dim, dec_layers=m.dec_layers,
+                        pe_type=m.pe_type, pe_dim=m.pe_dim, feat_sigma=m.feat_sigma, activation=m.activation,
+                        beta=config.train.beta, norm_std=float(build["norm_std"]),
+                        freq_march_epochs=config.train.freq_march, march_start=config.train.march_start,
+                        ctf_premultiplied=bool(build.get("ctf_premultiplied", False)))

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from cryoscape.imaging.ctf import ctf_image
 from cryoscape.imaging.fft import fft2_centered, ifft2_centered, resample_volume
 from cryoscape.imaging.masks import sphere_mask
 from cryoscape.imaging.projection import project_real
+from cryoscape.models.family import ModelFamily
 from cryoscape.models.opus_networks import ConvDecoder, ConvEncoder, pseudo_volumes
 from cryoscape.models.opus_prior import (
     INTER_REPULSION_WEIGHT,
@@ -67,25 +67,6 @@ def render_images(volumes: torch.Tensor, rotations: torch.Tensor, ctf: torch.Ten
     if ctf_premultiplied:
         values = values * values
     return ifft2_centered(fft2_centered(proj) * values).real
-
-
-def _gather_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Concatenate ``tensors`` (equal first dimension per process) over all processes (identity if single)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensors
-    world = dist.get_world_size()
-    n = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
-    out = []
-    for t in tensors:
-        padded = t.new_zeros((max(sizes),) + tuple(t.shape[1:]))
-        padded[: t.shape[0]] = t
-        parts = [torch.zeros_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded.contiguous())
-        out.append(torch.cat([p[:s] for p, s in zip(parts, sizes)]))
-    return tuple(out)
 
 
 class OpusDSD(nn.Module):
@@ -141,6 +122,7 @@ class OpusDSD(nn.Module):
         self.register_buffer("norm_std", torch.tensor(float(norm_std)))
         self.register_buffer("images_seen", torch.zeros((), dtype=torch.int64))
         self.register_buffer("snr_ema", torch.zeros(()))
+        self._pending = None  # the last training step's codes, for finish_step
 
     # -- the forward model ---------------------------------------------------------------------------------
     def augment(self, y: torch.Tensor) -> torch.Tensor:
@@ -214,7 +196,9 @@ class OpusDSD(nn.Module):
             loss = loss + beta_c * self.lamb * prior / M
             terms["prior"] = prior
             terms["anneal"] = torch.tensor(beta_c)
-            self._after_step(index, mu, classes, (pred.detach() ** 2 * mask2d).sum(), err.detach().sum())
+            # applied by finish_step after the optimizer step (the engine gathers the codes of every process)
+            self._pending = (index, mu.detach().float(), classes, (pred.detach() ** 2 * mask2d).sum(),
+                             err.detach().sum())
         terms["loss"] = loss
         return terms
 
@@ -228,9 +212,16 @@ class OpusDSD(nn.Module):
         return att + rep + c_att + INTER_REPULSION_WEIGHT * c_rep
 
     @torch.no_grad()
-    def _after_step(self, index, mu, classes, signal_power, error_power) -> None:
-        """Update the memory bank (codes of every process), the image counter and the SNR estimate."""
-        index, mu, classes = _gather_rows(index, mu.detach().float(), classes)
+    def finish_step(self, gather_rows=None) -> None:
+        """After a training step: update the memory bank with the step's codes (of every process:
+        ``gather_rows(*tensors)`` concatenates rows over the processes; ``None``: this process only), the image
+        counter and the SNR estimate. Nothing if no training step ran since the last call."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        index, mu, classes, signal_power, error_power = pending
+        if gather_rows is not None:
+            index, mu, classes = gather_rows(index, mu, classes)
         self.bank.update(index, mu, classes)
         self.images_seen += index.shape[0]
         snr = (signal_power / error_power.clamp(min=1e-12)).to(self.snr_ema.dtype)
@@ -290,7 +281,7 @@ def resolve_channel_scale(channel_scale: float | None, device=None) -> float:
     return 1.0 if cuda else CPU_CHANNEL_SCALE
 
 
-class OpusDSDFamily:
+class OpusDSDFamily(ModelFamily):
     """OPUS-DSD: real-space images, 3-D conv VAE, HEALPix class batches.
 
     ``RUN/best_epoch`` (written by the engine) is chosen by ``val_recon``, the validation reconstruction error:
@@ -360,6 +351,10 @@ class OpusDSDFamily:
         t = config.train
         opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         return opt, torch.optim.lr_scheduler.ExponentialLR(opt, gamma=t.lr_decay)
+
+    def after_step(self, model, gather_rows) -> None:
+        """Update the memory bank with the codes of the step of every process (collectives run by the engine)."""
+        model.finish_step(gather_rows)
 
     def epoch_batches(self, data, train_positions, seed, epoch, batch_size, info):
         from cryoscape.data.healpix_sampler import class_batches

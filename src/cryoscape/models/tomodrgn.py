@@ -39,6 +39,7 @@ from cryoscape.imaging.dose import dose_weights, optimal_exposure_mask, tilt_wei
 from cryoscape.imaging.lattice import central_slice_coords
 from cryoscape.models.cryodrgn import CryoDRGN
 from cryoscape.models.decoders import CoordinateDecoder
+from cryoscape.models.family import ModelFamily
 from cryoscape.models.mlp import ResidualMLP, activation_layer
 
 POOLINGS = ("concatenate", "max", "mean", "median")
@@ -277,7 +278,7 @@ class TomoDRGN(nn.Module):
 
 
 
-class TomoDRGNFamily:
+class TomoDRGNFamily(ModelFamily):
     """How the engine builds a tomoDRGN run (``cryoscape train ... --model tomodrgn``).
 
     Particles come from a tilt-series STAR file (:func:`cryoscape.io.tilt_series.load_tilt_series`); positions,
@@ -288,10 +289,13 @@ class TomoDRGNFamily:
     default_batch_size = 1  # particles per batch, as in the tomoDRGN paper
     default_lr = 2e-4  # the tomoDRGN paper's
     data_state = ("pixel_size_angstrom", "norm_std")
+    own_input_format = True
 
-    def load_particles(self, config, path=None, datadir=None, apply_ind: bool = True):
+    def load_particles(self, config, path=None, datadir=None, apply_ind: bool = True, poses=None, ctf=None,
+                       reader_options=None):
         """``(TiltSeriesSet, indices into the file's particles)`` of ``config.data`` (or of another ``path``);
-        ``--ind`` is applied to the run's own particles when ``apply_ind``."""
+        ``--ind`` is applied to the run's own particles when ``apply_ind``. Poses and CTF come from the STAR
+        file (``poses``, ``ctf``, ``reader_options`` are not read; the run's CTF overrides apply)."""
         from cryoscape.errors import InputError
         from cryoscape.io.indices import read_particle_indices
         from cryoscape.io.tilt_series import load_tilt_series
@@ -311,10 +315,13 @@ class TomoDRGNFamily:
             tilts = tilts.subset(indices)
         return tilts, indices
 
-    def write_subset(self, particles, chosen, out_dir):
+    def write_subset(self, particles, chosen, out_dir, fmt="auto"):
         """Write the particles ``chosen`` (indices into the file) in the input's format (``cryoscape filter``)."""
+        from cryoscape.io.particles import ParticleSet
         from cryoscape.io.tilt_series import write_tilt_subset
 
+        if isinstance(particles, ParticleSet):  # another file given for the run's particles (filter --particles)
+            return super().write_subset(particles, chosen, out_dir, fmt)
         return write_tilt_subset(particles, chosen, out_dir)
 
     def make_data(self, particles, config, norm_std=None, progress=True):
@@ -328,7 +335,7 @@ class TomoDRGNFamily:
     def build_info(self, data) -> dict:
         return {"D": int(data.D), "pixel_size_angstrom": float(data.pixel_size_angstrom),
                 "norm_std": float(data.norm_std), "min_tilts": int(data.min_tilts),
-                "ctf_premultiplied": bool(getattr(data, "ctf_premultiplied", False))}
+                "ctf_premultiplied": bool(data.ctf_premultiplied)}
 
     def resolve_ntilts(self, config, min_tilts: int) -> int | None:
         """Tilts per particle: ``--ntilts``, else the smallest tilt count for concatenate pooling, else all."""

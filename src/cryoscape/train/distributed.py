@@ -59,3 +59,23 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device | str = "cpu
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def all_gather_rows(info: DistInfo, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Concatenate ``tensors`` (equal first dimension within a process, any between processes) over all processes
+    in rank order; identity when single-process."""
+    if not info.enabled:
+        return tensors
+    world = info.world_size
+    n = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
+    sizes_t = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes_t, n)
+    sizes = [int(s) for s in sizes_t]
+    out = []
+    for t in tensors:
+        padded = t.new_zeros((max(sizes),) + tuple(t.shape[1:]))
+        padded[: t.shape[0]] = t
+        parts = [torch.zeros_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.contiguous())
+        out.append(torch.cat([p[:s] for p, s in zip(parts, sizes)]))
+    return tuple(out)

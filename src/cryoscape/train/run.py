@@ -45,31 +45,9 @@ def split_positions(n: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.
 
 
 def load_training_particles(config: RunConfig):
-    """The particle set named by ``config.data`` (with ``--ind`` applied) and the original indices.
-
-    A family with its own input format (tomoDRGN's tilt series) supplies ``load_particles(config)``.
-    """
-    from cryoscape.io.indices import read_indices
-    from cryoscape.io.particles import load_particles
-
-    family_loader = getattr(get_family(config.model.family), "load_particles", None)
-    if family_loader is not None:
-        return family_loader(config)
-    d = config.data
-    particles = load_particles(d.particles, poses=d.poses, ctf=d.ctf, datadir=d.datadir, apix=d.apix, lazy=True,
-                               **d.reader_options())
-    n_total = len(particles)
-    if d.ind:
-        indices = read_indices(d.ind, n=n_total)
-        if len(indices) == 0:
-            raise InputError("the index file selects no particles", d.ind)
-        particles = particles.subset(indices)
-    else:
-        indices = np.arange(n_total, dtype=np.int64)
-    if particles.ctf is None and particles.source_format in ("star", "cs"):
-        raise InputError("no CTF parameters in this file", d.particles,
-                         hint="export the particles after CTF estimation, or give --ctf ctf.pkl")
-    return particles, indices
+    """The particle set named by ``config.data`` (with ``--ind`` applied) and the original indices: the family's
+    :meth:`~cryoscape.models.family.ModelFamily.load_particles` (tomoDRGN reads its tilt series)."""
+    return get_family(config.model.family).load_particles(config)
 
 
 def with_absolute_paths(config: RunConfig) -> RunConfig:
@@ -178,9 +156,8 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
     torch.manual_seed(config.train.seed)
     device = select_device(config.train.device, info)
     family = get_family(config.model.family)
-    resolve_defaults = getattr(family, "resolve_defaults", None)  # device-dependent defaults (opus-dsd widths)
-    if resolve_defaults is not None:
-        config = resolve_defaults(config, device)
+    family.validate(config)
+    config = family.resolve_defaults(config, device)  # device-dependent defaults (opus-dsd widths)
     particles, indices = load_training_particles(config)
     norm = state["build"].get("norm_std") if state else None
     data = family.make_data(particles, config, norm_std=norm, progress=progress and info.is_main)
@@ -216,10 +193,9 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
     t = config.train
     settings = EngineSettings(epochs=t.epochs, batch_size=t.batch_size, seed=t.seed, amp=t.amp,
                               checkpoint_every=t.checkpoint_every, progress=progress)
-    plan = getattr(family, "epoch_batches", None)
     engine = Engine(model, data, optimizer, settings, train_pos, val_pos, run_dir, device, info, build=build,
-                    family=family.name, scheduler=scheduler, epoch_end=getattr(family, "epoch_end", None),
-                    batch_plan=functools.partial(plan, data) if plan else None)
+                    family=family.name, scheduler=scheduler, epoch_end=family.epoch_end,
+                    batch_plan=functools.partial(family.epoch_batches, data), after_step=family.after_step)
     if state is not None:
         engine.load_state_dict(state)
         done, step = engine.state.epoch, engine.state.step
@@ -268,7 +244,7 @@ def load_weights(model: torch.nn.Module, family, config: RunConfig, build: dict)
             if a != b:
                 raise InputError(f"--load: the run there has {option_name(name)} {_show(a)}, this run "
                                  f"{_show(b)}", path, hint="give the architecture options of the run it comes from")
-    skip = set(getattr(family, "data_state", ()))
+    skip = set(family.data_state)
     theirs = {k: v for k, v in state["model"].items() if k not in skip}
     ours = {k: v for k, v in model.state_dict().items() if k not in skip}
     for key in sorted(set(ours) | set(theirs)):

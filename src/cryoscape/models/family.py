@@ -1,0 +1,149 @@
+"""The contract between a model family and the rest of cryoscape: :class:`ModelFamily`.
+
+A family tells the engine how to read its input, build its data provider, its model and its optimizer, and how
+to plan and close its epochs. Every hook has a default that does the generic thing (single-particle input read
+by :func:`cryoscape.io.particles.load_particles`, STAR/.cs subsets, shuffled batches, Adam, nothing at the end
+of a step or an epoch), so a family overrides only what differs. One module per family defines its subclass
+(``models.cryodrgn``, ``models.tomodrgn``, ``models.opus_dsd``); ``models.registry`` registers them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryoscape.config import RunConfig
+from cryoscape.data.batches import default_batch_plan
+from cryoscape.errors import InputError
+
+
+class ModelFamily:
+    """Base class of the model families; see the module docstring.
+
+    Class attributes
+    ----------------
+    name : the ``--model`` name.
+    default_batch_size, default_lr : the training values a run of the family gets when its configuration leaves
+        them unset (``None``); see :meth:`with_defaults`.
+    data_state : names of model buffers that belong to the data set or the training state rather than to the
+        learnt model (normalisation, pixel size, counters); ``train --load`` keeps the new run's own values.
+    selection_metric : the validation column whose minimum chooses ``RUN/best_epoch``.
+    own_input_format : whether the family reads another input format than single-particle files (tomoDRGN's
+        tilt series): then :meth:`load_particles` and :meth:`write_subset` read and write that format.
+    """
+
+    name: str = ""
+    default_batch_size: int = 32
+    default_lr: float = 1e-3
+    data_state: tuple[str, ...] = ("pixel_size_angstrom", "norm_std")
+    selection_metric: str = "val_loss"
+    own_input_format: bool = False
+    # TrainConfig fields that only this family reads, with the value meaning "off" (validate refuses them set
+    # in a run of another family): {field: default}
+    own_train_options: dict = {}
+
+    # -- configuration -------------------------------------------------------------------------------------
+    def with_defaults(self, config: RunConfig) -> RunConfig:
+        """``config`` with the training values it leaves unset (``batch_size``, ``lr`` = ``None``) taken from
+        the family's defaults; values that are set are kept."""
+        t = config.train
+        changes = {}
+        if t.batch_size is None:
+            changes["batch_size"] = int(self.default_batch_size)
+        if t.lr is None:
+            changes["lr"] = float(self.default_lr)
+        return dataclasses.replace(config, train=dataclasses.replace(t, **changes)) if changes else config
+
+    def validate(self, config: RunConfig) -> None:
+        """Refuse (:class:`InputError`) options that this family does not read but that are set (another
+        family's options, e.g. ``--freq-march`` of the cryodrgn family)."""
+        from cryoscape.config import option_name
+        from cryoscape.models.registry import FAMILIES
+
+        for other in FAMILIES.values():
+            if other.name == self.name:
+                continue
+            for name, off in other.own_train_options.items():
+                if getattr(config.train, name) != off:
+                    raise InputError(f"{option_name(name)} is an option of the {other.name} family, not of "
+                                     f"--model {self.name}")
+
+    def resolve_defaults(self, config: RunConfig, device: torch.device) -> RunConfig:
+        """``config`` with device-dependent defaults filled in (recorded in ``config.yaml``); default: as is."""
+        return config
+
+    # -- input -------------------------------------------------------------------------------------------
+    def load_particles(self, config: RunConfig, path=None, datadir=None, apply_ind: bool = True, poses=None,
+                       ctf=None, reader_options: dict | None = None):
+        """``(particles, indices into the file's particles)`` of ``config.data`` (``--ind`` applied when
+        ``apply_ind``), or of another file ``path`` with the same kind of particles (``poses``, ``ctf``,
+        ``datadir`` and ``reader_options`` then apply to it, ``--ind`` does not)."""
+        from cryoscape.io.indices import read_indices
+        from cryoscape.io.particles import load_particles
+
+        d = config.data
+        if path is not None:
+            options = d.reader_options() if reader_options is None else reader_options
+            particles = load_particles(path, poses=poses, ctf=ctf, datadir=datadir, apix=d.apix, **options)
+            return particles, np.arange(len(particles), dtype=np.int64)
+        particles = load_particles(d.particles, poses=d.poses, ctf=d.ctf, datadir=d.datadir, apix=d.apix, lazy=True,
+                                   **d.reader_options())
+        n_total = len(particles)
+        if not apply_ind:
+            return particles, np.arange(n_total, dtype=np.int64)
+        if d.ind:
+            indices = read_indices(d.ind, n=n_total)
+            if len(indices) == 0:
+                raise InputError("the index file selects no particles", d.ind)
+            particles = particles.subset(indices)
+        else:
+            indices = np.arange(n_total, dtype=np.int64)
+        if particles.ctf is None and particles.source_format in ("star", "cs"):
+            raise InputError("no CTF parameters in this file", d.particles,
+                             hint="export the particles after CTF estimation, or give --ctf ctf.pkl")
+        return particles, indices
+
+    def write_subset(self, particles, chosen: np.ndarray, out_dir: Path, fmt: str = "auto") -> Path:
+        """Write the particles ``chosen`` (indices into the file) in the input's format (``cryoscape filter``);
+        default: ``particles.star`` or ``particles.cs`` (``fmt``) with all metadata kept."""
+        from cryoscape.io.particles import write_particle_subset
+
+        if fmt == "auto":
+            fmt = "cs" if particles.source_format == "cs" else "star"
+        return write_particle_subset(particles, chosen, Path(out_dir) / f"particles.{fmt}")
+
+    # -- data, model, optimizer ----------------------------------------------------------------------------
+    def make_data(self, particles, config: RunConfig, norm_std=None, progress=True):
+        """The data provider (``batch(indices)``, ``__len__``, ``to(device)``) of ``particles``."""
+        raise NotImplementedError(f"model family {self.name!r} does not define make_data")
+
+    def build_info(self, data) -> dict:
+        """Plain values needed to rebuild the model without the data (saved in checkpoints)."""
+        return {"D": int(data.D), "pixel_size_angstrom": float(data.pixel_size_angstrom),
+                "norm_std": float(data.norm_std), "ctf_premultiplied": bool(data.ctf_premultiplied)}
+
+    def build_model(self, config: RunConfig, build: dict) -> torch.nn.Module:
+        """The ``nn.Module`` (``forward(batch) -> dict`` with ``"loss"`` and its terms)."""
+        raise NotImplementedError(f"model family {self.name!r} does not define build_model")
+
+    def make_optimizer(self, model: torch.nn.Module, config: RunConfig):
+        """``(optimizer, per-epoch scheduler or None)``; default Adam at ``lr`` and ``weight_decay``."""
+        t = config.train
+        return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay), None
+
+    # -- the engine's hooks ----------------------------------------------------------------------------------
+    def epoch_batches(self, data, train_positions: np.ndarray, seed: int, epoch: int, batch_size: int,
+                      info) -> list[np.ndarray]:
+        """This process's batches of ``epoch``: a pure function of its arguments (resume is exact); default: a
+        seeded shuffle split evenly over the processes."""
+        return default_batch_plan(train_positions, seed, epoch, batch_size, info)
+
+    def after_step(self, model: torch.nn.Module, gather_rows) -> None:
+        """Called by the engine on every process after each training step; ``gather_rows(*tensors)``
+        concatenates tensors over the processes (the engine's collective). Default: nothing."""
+
+    def epoch_end(self, engine, epoch: int, metrics: dict) -> None:
+        """Called by the engine after each epoch, before its checkpoint. Default: nothing."""
