@@ -26,21 +26,31 @@ def _engine(run_dir, epochs, checkpoint_every=1, val_frac=0.125, family="cryodrg
     return Engine(model, data, opt, settings, train, val, run_dir, torch.device("cpu"), build=build, family=family)
 
 
-def test_best_epoch_is_the_checkpointed_argmin_of_the_validation_loss(tmp_path):
+def _rule(val: dict, saved, tol=0.02):
+    """The documented rule, written out: the latest saved epoch within 2 % of the lowest saved validation loss."""
+    lowest = min(val[e] for e in saved)
+    return max(e for e in saved if val[e] <= lowest + tol * abs(lowest))
+
+
+def test_best_epoch_follows_the_rule_among_checkpointed_epochs(tmp_path):
     # a learning rate high enough that the validation loss does not fall monotonically
     history = _engine(tmp_path, epochs=5, checkpoint_every=2, lr=3e-2).fit()
     saved = completed_epochs(tmp_path)
     assert saved == [2, 4, 5]
     val = {row["epoch"]: row["val_loss"] for row in history}
-    expected = min(saved, key=lambda e: val[e])
+    expected = _rule(val, saved)
     assert int((tmp_path / "best_epoch").read_text()) == expected
     assert resolve_epoch(tmp_path, None) == expected  # what `analyze` without --epoch uses
 
 
-def test_every_epoch_checkpointed_best_is_the_global_argmin(tmp_path):
+def test_every_epoch_checkpointed(tmp_path):
     history = _engine(tmp_path, epochs=4).fit()
-    losses = [row["val_loss"] for row in history]
-    assert int((tmp_path / "best_epoch").read_text()) == int(np.argmin(losses)) + 1
+    val = {row["epoch"]: row["val_loss"] for row in history}
+    assert int((tmp_path / "best_epoch").read_text()) == _rule(val, [1, 2, 3, 4])
+    # the rule itself, with the tolerance at 0: the lowest
+    from cryoscape.train.engine import select_best_epoch as sel
+
+    assert sel(history, range(1, 5), tolerance=0) == int(np.argmin(list(val.values()))) + 1
 
 
 def test_no_validation_set_no_best_epoch_and_the_last_epoch_is_used(tmp_path):
@@ -52,9 +62,16 @@ def test_no_validation_set_no_best_epoch_and_the_last_epoch_is_used(tmp_path):
 def test_selection_rule():
     hist = [{"epoch": 1, "val_loss": 3.0}, {"epoch": 2, "val_loss": 1.0}, {"epoch": 3, "val_loss": 1.0},
             {"epoch": 4, "val_loss": float("nan")}, {"epoch": 5, "val_loss": 2.0}]
-    assert select_best_epoch(hist, range(1, 6)) == 2  # first of the tied minima
-    assert select_best_epoch(hist, {1, 3, 5}) == 3  # only epochs with a checkpoint
+    assert select_best_epoch(hist, range(1, 6)) == 3  # the latest of the tied minima
+    assert select_best_epoch(hist, {1, 2, 5}) == 2  # only epochs with a checkpoint
+    assert select_best_epoch(hist, {1, 5}) == 5
     assert select_best_epoch(hist, {4}) is None
+    # within 2 % of the lowest counts as no worse: a levelled-off curve keeps its later epochs ...
+    flat = [{"epoch": e, "val_loss": v} for e, v in enumerate([1.0, 0.80, 0.81, 0.815, 0.812], start=1)]
+    assert select_best_epoch(flat, range(1, 6)) == 5 and select_best_epoch(flat, range(1, 6), tolerance=0) == 2
+    # ... an over-fitting one goes back towards its minimum
+    rising = [{"epoch": e, "val_loss": v} for e, v in enumerate([1.0, 0.80, 0.81, 0.85, 0.9], start=1)]
+    assert select_best_epoch(rising, range(1, 6)) == 3
     assert select_best_epoch([{"epoch": 1, "train_loss": 1.0}], {1}) is None
     assert selection_metric("cryodrgn") == "val_loss" and selection_metric("tomodrgn") == "val_loss"
     assert selection_metric("opus-dsd") == "val_recon"  # its loss weights are annealed: not comparable

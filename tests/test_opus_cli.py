@@ -41,7 +41,8 @@ def test_train_writes_run_with_best_epoch(run):
         assert key in rows.dtype.names
     assert np.all(np.isfinite(rows["val_recon"]))
     best = int((run / "best_epoch").read_text())
-    assert best == int(rows["epoch"][np.argmin(rows["val_recon"])])
+    lowest = rows["val_recon"].min()  # the latest epoch within 2 % of the lowest validation error
+    assert best == int(rows["epoch"][rows["val_recon"] <= lowest + 0.02 * abs(lowest)].max())
     np.testing.assert_allclose(rows["lr"], [1e-3 * 0.95, 1e-3 * 0.95**2])  # decayed by 0.95 per epoch
     assert np.load(run / "latents" / "epoch_002.npy").shape == (60, 2)
     state = load_checkpoint(run / "checkpoints" / "epoch_002.pt")

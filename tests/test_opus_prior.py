@@ -147,7 +147,7 @@ def test_best_epoch_selection():
 
     hist = [{"epoch": 1, "val_recon": 3.0}, {"epoch": 2, "val_recon": 1.0}, {"epoch": 3, "val_recon": 2.0},
             {"epoch": 4, "val_recon": 1.0}, {"epoch": 5, "val_recon": float("nan")}]
-    assert select_best_epoch(hist, range(1, 6), "val_recon") == 2  # first of the tied minima
+    assert select_best_epoch(hist, range(1, 6), "val_recon") == 4  # the latest of the tied minima
     assert select_best_epoch(hist, {1, 3, 5}, "val_recon") == 3  # only epochs with a checkpoint
     assert select_best_epoch(hist, {5}, "val_recon") is None
     assert select_best_epoch([{"epoch": 1, "train_recon": 1.0}], {1}, "val_recon") is None

@@ -70,6 +70,9 @@ def test_epoch_choice_names_the_rule(tmp_path):
     (tmp_path / "best_epoch").write_text("2\n")
     assert epoch_choice(tmp_path, None, 2) == "lowest validation loss"
     assert epoch_choice(tmp_path, 3, 3) == "chosen with --epoch"
+    _metrics([1.0, 0.8, 0.81]).to_csv(tmp_path / "metrics.csv", index=False)  # levelled off: the engine keeps 3
+    (tmp_path / "best_epoch").write_text("3\n")
+    assert epoch_choice(tmp_path, None, 3) == "validation loss within 2% of its lowest, at epoch 2"
     (tmp_path / "best_epoch").unlink()
     assert epoch_choice(tmp_path, None, 3) == "last"
     _metrics([1.0, 0.8, 0.9]).drop(columns="val_loss").to_csv(tmp_path / "metrics.csv", index=False)

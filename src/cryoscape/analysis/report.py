@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from cryoscape.analysis import plots
 from cryoscape.errors import InputError
+from cryoscape.train.engine import BEST_EPOCH_TOLERANCE
 from cryoscape.utils.atomic import atomic_path, atomic_write_text
 
 __all__ = [
@@ -142,7 +143,9 @@ def config_section(config) -> Section:
     return sec
 
 
-OVERFIT_TOLERANCE = 0.01  # a validation loss more than 1 % above its minimum at the last epoch counts as a rise
+# a validation loss more than this fraction above its minimum at the last epoch counts as over-fitting: the
+# tolerance of the engine's best-epoch rule (cryoscape.train.engine.select_best_epoch)
+OVERFIT_TOLERANCE = BEST_EPOCH_TOLERANCE
 
 
 def _metric_words(metric: str) -> str:
@@ -180,18 +183,22 @@ def validation_summary(metrics, metric: str = "val_loss", tolerance: float = OVE
         verdict = "over-fits"
         text = (f"The {words} is lowest at epoch {b} ({best:.5g}) and rises after it, to {last:.5g} at the last "
                 f"epoch, {L} ({rise:+.1%}): the model over-fits after epoch {b} (it keeps fitting the training "
-                f"images but predicts held-out images worse). Analyse epoch {b} or a checkpointed epoch near it.")
+                f"images but predicts held-out images worse). The best epoch is the latest checkpointed one within "
+                f"{tolerance:.0%} of the minimum.")
     else:
         verdict = "levelled off"
         text = (f"The {words} is lowest at epoch {b} ({best:.5g}) and within {tolerance:.0%} of that at the last "
-                f"epoch, {L} ({last:.5g}): the curve has levelled off; no clear over-fitting.")
+                f"epoch, {L} ({last:.5g}): the curve has levelled off; no clear over-fitting (the best epoch is the "
+                f"latest checkpointed one within {tolerance:.0%} of the minimum).")
     return {"metric": metric, "best_epoch": b, "best": best, "last_epoch": L, "last": last, "rise": rise,
             "verdict": verdict, "text": text}
 
 
 def epoch_choice(run_dir, requested: int | None, epoch: int) -> str:
-    """Why ``epoch`` of ``run_dir`` is the one analysed: ``"lowest validation loss"``, ``"last; no validation
-    set"``, ``"chosen with --epoch"``, ... (``requested``: the epoch asked for, ``None`` for the default)."""
+    """Why ``epoch`` of ``run_dir`` is the one analysed: ``"lowest validation loss"``, ``"validation loss within 2%
+    of its lowest, at epoch 8"`` (``RUN/best_epoch``, see :func:`cryoscape.train.engine.select_best_epoch`),
+    ``"last; no validation set"``, ``"chosen with --epoch"``, ... (``requested``: the epoch asked for, ``None`` for
+    the default)."""
     if requested is not None:
         return "chosen with --epoch"
     run_dir = Path(run_dir)
@@ -200,8 +207,12 @@ def epoch_choice(run_dir, requested: int | None, epoch: int) -> str:
     if best.is_file():
         try:
             if int(best.read_text().split()[0]) == int(epoch):
-                return f"lowest {_metric_words(metric).split(' (')[0]}"
-        except (ValueError, IndexError):
+                words = _metric_words(metric).split(" (")[0]
+                summary = validation_summary(run_dir / "metrics.csv", metric)
+                if summary is None or summary["best_epoch"] == int(epoch):
+                    return f"lowest {words}"
+                return f"{words} within {BEST_EPOCH_TOLERANCE:.0%} of its lowest, at epoch {summary['best_epoch']}"
+        except (ValueError, IndexError, InputError):
             pass
     metrics = run_dir / "metrics.csv"
     has_val = False
