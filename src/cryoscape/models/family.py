@@ -30,7 +30,7 @@ class ModelFamily:
         them unset (``None``); see :meth:`with_defaults`.
     data_state : names of model buffers that belong to the data set or the training state rather than to the
         learnt model (normalisation, pixel size, counters); ``train --load`` keeps the new run's own values.
-    selection_metric : the validation column whose minimum chooses ``RUN/best_epoch``.
+    selection_metric : the validation column that chooses ``RUN/best_epoch`` (``engine.select_best_epoch``).
     own_input_format : whether the family reads another input format than single-particle files (tomoDRGN's
         tilt series): then :meth:`load_particles` and :meth:`write_subset` read and write that format.
     """
