@@ -13,9 +13,9 @@ Memory. The volume is real, so its spectrum is Hermitian: the grids hold only th
 (``(Dp/2 + 1) x Dp x Dp`` voxels stored ``[kx, z, y]``, complex64 data and float32 weights, one pair per half
 map), exactly the ``kx >= 0`` part of the full grid. Images are read ``batch_size`` at a time, Fourier
 transformed a few at a time and inserted in chunks of points; the inverse transform runs slab by slab and keeps
-only the central ``D^3`` box. :func:`estimate_memory_bytes` gives the peak, and :func:`backproject` refuses before allocating anything
-large when it exceeds ``max_memory_gb`` (default: the memory available on the machine), naming the options that
-lower it (``oversample=1``, a smaller box).
+only the central ``D^3`` box. :func:`estimate_memory_bytes` gives the peak, and :func:`backproject` refuses
+before allocating anything large when it exceeds ``max_memory_gb`` (default: the memory available on the
+machine), naming the options that lower it (``oversample=1``, a smaller box).
 """
 
 from __future__ import annotations
