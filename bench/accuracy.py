@@ -2,10 +2,10 @@
 
 One command::
 
-    .venv/bin/python bench/accuracy.py            # N=3000, 128x3 networks, 15 epochs, lr 1e-4
-    .venv/bin/python bench/accuracy.py --n 3000 --epochs 20 --width 128 --lr 1e-3 \
+    .venv/bin/python -m bench.accuracy            # N=3000, 128x3 networks, 15 epochs, lr 1e-4
+    .venv/bin/python -m bench.accuracy --n 3000 --epochs 20 --width 128 --lr 1e-3 \
         --programs cryoscape cryoscape-march cryodrgn # what bench/RESULTS.md section 3 records
-    .venv/bin/python bench/accuracy.py --quick    # N=800, 64x3 networks, 5 epochs (a loaded 2-core machine)
+    .venv/bin/python -m bench.accuracy --quick    # N=800, 64x3 networks, 5 epochs (a loaded 2-core machine)
 
 Data: ``cryoscape simulate --preset P -D 64 --snr 0.1 --pkl`` (one data set per preset, used by both programs).
 Cases and targets:
@@ -45,20 +45,19 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from bench.common import (
     BENCH,
     CRYODRGN,
-    CRYOSCAPE,
     WORK,
+    TrainSpec,
     cryodrgn_epoch_seconds,
-    cryoscape_epochs,
     ensure_simulation,
     machine_info,
     need_cryodrgn,
     run_timed,
     simulation_exists,
     tail,
+    timed_train,
     write_json,
 )
 
@@ -76,7 +75,7 @@ def ensure_atomic_simulation(n: int, out: Path) -> Path:
     66 A) rendered at Nyquist resolution, D=64, 3 A/px, SNR 0.1, written with cryoDRGN pkl files."""
     if simulation_exists(out):
         return out
-    from pseudo_atomic import helical_protein, write_pdb
+    from bench.pseudo_atomic import helical_protein, write_pdb
 
     out.mkdir(parents=True, exist_ok=True)
     pdb = write_pdb(out / "model.pdb", *helical_protein(66.0, seed=0))
@@ -84,15 +83,12 @@ def ensure_atomic_simulation(n: int, out: Path) -> Path:
 
 
 def train_cryoscape(sim: Path, out: Path, zdim: int, s: dict, amp: bool = False, march: bool = False) -> dict:
-    cmd = [str(CRYOSCAPE), "train", str(sim / "particles.star"), "-o", str(out), "--zdim", str(zdim),
-           "--enc-dim", str(s["width"]), "--enc-layers", str(s["layers"]), "--dec-dim", str(s["width"]),
-           "--dec-layers", str(s["layers"]), "--pe-type", "gaussian", "--feat-sigma", "0.5", "-b", str(s["batch"]),
-           "-n", str(s["epochs"]), "--lr", str(s.get("lr", 1e-4)), "--val-frac", "0",
-           "--checkpoint-every", str(s["epochs"]), "--no-progress"] + (["--amp"] if amp else [])
-    if march:
-        cmd += ["--freq-march", f"{s['march_fraction'] * s['epochs']:g}"]
-    res = run_timed(cmd, out.parent / f"{out.name}.log")
-    rows = cryoscape_epochs(out) if (out / "metrics.csv").is_file() else []
+    spec = TrainSpec(sim / "particles.star", out, zdim=zdim, enc_dim=s["width"], enc_layers=s["layers"],
+                     dec_dim=s["width"], dec_layers=s["layers"], pe_type="gaussian", feat_sigma=0.5,
+                     batch=s["batch"], epochs=s["epochs"], lr=s.get("lr", 1e-4), val_frac=0.0,
+                     checkpoint_every=s["epochs"], amp=amp,
+                     freq_march=s["march_fraction"] * s["epochs"] if march else None)
+    res, rows = timed_train(spec)
     res["epoch_seconds"] = [round(r["seconds"], 2) for r in rows]
     return res
 

@@ -3,9 +3,9 @@
 The paper's central claim is that at low SNR OPUS-DSD separates conformations that cryoDRGN blurs together. This
 reproduces its synthetic test with cryoscape's two model families, same data, same latent size, same epochs::
 
-    .venv/bin/python bench/opus_dsd.py            # N=2000, 5 epochs, D=64, SNR 0.1 and 0.05 (~1 h, 2-core CPU)
-    .venv/bin/python bench/opus_dsd.py --quick    # N=640, 4 epochs, D=64, SNR 0.1 and 0.05 (~15-20 min)
-    .venv/bin/python bench/opus_dsd.py --n 4000 --epochs 10 --snr 0.05 --families opus-dsd -o out.json
+    .venv/bin/python -m bench.opus_dsd            # N=2000, 5 epochs, D=64, SNR 0.1 and 0.05 (~1 h, 2-core CPU)
+    .venv/bin/python -m bench.opus_dsd --quick    # N=640, 4 epochs, D=64, SNR 0.1 and 0.05 (~15-20 min)
+    .venv/bin/python -m bench.opus_dsd --n 4000 --epochs 10 --snr 0.05 --families opus-dsd -o out.json
 
 Data: ``cryoscape simulate --preset eightconf -N N -D 64 --snr S --seed 0`` for each SNR (the paper uses 0.1 and
 0.05): a dumbbell, two domains on a central hub, in eight conformations made by shifting each domain up or down
@@ -64,16 +64,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from bench.common import (
     BENCH,
-    CRYOSCAPE,
     WORK,
-    cryoscape_epochs,
+    TrainSpec,
     ensure_simulation,
     machine_info,
-    run_timed,
     tail,
+    timed_train,
     write_json,
 )
 
@@ -97,13 +95,11 @@ def resolve_channel_scale(value: str) -> float:
 
 
 def train(sim: Path, out: Path, family: str, s: dict) -> dict:
-    cmd = [str(CRYOSCAPE), "train", str(sim / "particles.star"), "-o", str(out), "--model", family,
-           "--zdim", str(ZDIM), "-n", str(s["epochs"]), "--seed", str(SEED), "--no-progress"]
-    if family == "opus-dsd":
-        cmd += ["--channel-scale", f"{s['channel_scale']:g}"]
-    cmd += shlex.split(s["extra_args"].get(family, ""))
-    res = run_timed(cmd, out.parent / f"{out.name}.log")
-    rows = cryoscape_epochs(out) if (out / "metrics.csv").is_file() else []
+    extra = ["--channel-scale", f"{s['channel_scale']:g}"] if family == "opus-dsd" else []
+    extra += shlex.split(s["extra_args"].get(family, ""))
+    spec = TrainSpec(sim / "particles.star", out, model=family, zdim=ZDIM, epochs=s["epochs"], seed=SEED,
+                     extra=extra)
+    res, rows = timed_train(spec)
     res["epoch_seconds"] = [round(r["seconds"], 2) for r in rows]
     steady = [r["particles_per_s"] for r in (rows[1:] or rows) if "particles_per_s" in r]
     # training-set images per second of the training loop (first epoch left out when there are more)

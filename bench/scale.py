@@ -2,9 +2,9 @@
 
 One command::
 
-    .venv/bin/python bench/scale.py --n 1000000 --train-n 2000 --train-all --eval-all --batch 128 \
+    .venv/bin/python -m bench.scale --n 1000000 --train-n 2000 --train-all --eval-all --batch 128 \
         --train-args "--freq-march 1e6 --march-start 0.1"      # the test (16 GB), ~10 min on 2 cores
-    .venv/bin/python bench/scale.py --n 200000 --train-n 2000
+    .venv/bin/python -m bench.scale --n 200000 --train-n 2000
 
 1. Writes a large D=64 float32 stack quickly: the images of a small ``cryoscape simulate`` set (``--source``,
    simulated once) tiled into a .mrcs of ``--n`` images (written through a memory map), plus a RELION 3.1 STAR
@@ -30,16 +30,17 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from bench.common import (
     BENCH,
-    CRYOSCAPE,
+    CRYOSCAPE_CMD,
     WORK,
+    TrainSpec,
     cryoscape_epochs,
     ensure_simulation,
     machine_info,
     run_timed,
     tail,
+    train_command,
     write_json,
 )
 
@@ -78,10 +79,8 @@ def write_big_stack(source: Path, n: int, out: Path, chunk: int = 20000) -> dict
 
 
 def train_cmd(star: Path, out: Path, ind: Path | None, lazy: bool, batch: int = 32, extra: str = "") -> list[str]:
-    return [str(CRYOSCAPE), "train", str(star), "-o", str(out), "--zdim", "8", "--enc-dim", "32", "--enc-layers", "2",
-            "--dec-dim", "32", "--dec-layers", "2", "-b", str(batch), "-n", "1", "--val-frac", "0",
-            "--no-progress"] + (["--ind", str(ind)] if ind is not None else []) + (["--lazy"] if lazy else []) \
-        + shlex.split(extra)
+    return train_command(TrainSpec(star, out, zdim=8, enc_dim=32, enc_layers=2, dec_dim=32, dec_layers=2,
+                                   batch=batch, epochs=1, val_frac=0.0, ind=ind, lazy=lazy, extra=shlex.split(extra)))
 
 
 def main(argv=None) -> int:
@@ -129,7 +128,7 @@ def main(argv=None) -> int:
     if not args.skip_eval:
         extra = ["--particles", str(big / "particles.star")] if args.eval_all else []
         run = big / ("train_lazy_all" if args.train_all else "train_lazy")
-        r = run_timed([str(CRYOSCAPE), "eval-images", str(run), *extra, "-o", str(big / "z_eval.npy"),
+        r = run_timed([*CRYOSCAPE_CMD, "eval-images", str(run), *extra, "-o", str(big / "z_eval.npy"),
                        "-b", "256", "--device", "cpu"], big / "eval_images.log")
         n_eval = args.n if args.eval_all else args.train_n
         r["images_encoded"] = n_eval

@@ -2,8 +2,8 @@
 
 One command::
 
-    .venv/bin/python bench/throughput.py                 # D=64 and D=128, 2 repeats, ~20-30 min on 2 cores
-    .venv/bin/python bench/throughput.py --sizes 64 --repeats 1 --n 500 --epochs 2   # a quick look
+    .venv/bin/python -m bench.throughput                 # D=64 and D=128, 2 repeats, ~20-30 min on 2 cores
+    .venv/bin/python -m bench.throughput --sizes 64 --repeats 1 --n 500 --epochs 2   # a quick look
 
 Data: ``cryoscape simulate --preset linear1d --snr 0.1 --pkl`` (a RELION STAR + .mrcs, and cryoDRGN's
 pose.pkl/ctf.pkl of the same particles). Architecture for both programs: encoder and decoder 3 hidden layers of
@@ -39,13 +39,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from bench.common import (
     BENCH,
     CRYODRGN,
     CRYODRGN_VENV,
-    CRYOSCAPE,
     WORK,
+    TrainSpec,
     cryodrgn_epoch_seconds,
     cryoscape_epochs,
     ensure_simulation,
@@ -54,21 +53,22 @@ from common import (  # noqa: E402
     need_cryodrgn,
     run_timed,
     tail,
+    train_command,
     write_json,
 )
 
 ARCH = dict(enc_layers=3, enc_dim=256, dec_layers=3, dec_dim=256, zdim=8, batch=32, feat_sigma=0.5)
 
 
+def cryoscape_spec(sim: Path, out: Path, epochs: int, amp: bool, a=ARCH, march_epochs: float = 0.0) -> TrainSpec:
+    return TrainSpec(sim / "particles.star", out, model="cryodrgn", zdim=a["zdim"], enc_layers=a["enc_layers"],
+                     enc_dim=a["enc_dim"], dec_layers=a["dec_layers"], dec_dim=a["dec_dim"], pe_type="gaussian",
+                     feat_sigma=a["feat_sigma"], batch=a["batch"], epochs=epochs, lr=1e-4, val_frac=0.0,
+                     checkpoint_every=epochs, freq_march=march_epochs if march_epochs > 0 else None, amp=amp)
+
+
 def cryoscape_cmd(sim: Path, out: Path, epochs: int, amp: bool, a=ARCH, march_epochs: float = 0.0) -> list[str]:
-    cmd = [str(CRYOSCAPE), "train", str(sim / "particles.star"), "-o", str(out), "--model", "cryodrgn",
-           "--zdim", str(a["zdim"]), "--enc-layers", str(a["enc_layers"]), "--enc-dim", str(a["enc_dim"]),
-           "--dec-layers", str(a["dec_layers"]), "--dec-dim", str(a["dec_dim"]), "--pe-type", "gaussian",
-           "--feat-sigma", str(a["feat_sigma"]), "-b", str(a["batch"]), "-n", str(epochs), "--lr", "1e-4",
-           "--val-frac", "0", "--checkpoint-every", str(epochs), "--no-progress"]
-    if march_epochs > 0:
-        cmd += ["--freq-march", f"{march_epochs:g}"]
-    return cmd + (["--amp"] if amp else [])
+    return train_command(cryoscape_spec(sim, out, epochs, amp, a, march_epochs))
 
 
 def cryodrgn_cmd(sim: Path, out: Path, epochs: int, a=ARCH) -> list[str]:

@@ -2,9 +2,9 @@
 
 One command::
 
-    .venv/bin/python bench/tomodrgn.py            # the setting: D=64, 41 tilts, SNR 0.05; N=500, 8 epochs
-    .venv/bin/python bench/tomodrgn.py --quick    # N=160, 4 epochs; masking on 16 particles (15-20 min, 2 cores)
-    .venv/bin/python bench/tomodrgn.py --parts masking --hom-n 32    # one part, other records of -o are kept
+    .venv/bin/python -m bench.tomodrgn            # the setting: D=64, 41 tilts, SNR 0.05; N=500, 8 epochs
+    .venv/bin/python -m bench.tomodrgn --quick    # N=160, 4 epochs; masking on 16 particles (15-20 min, 2 cores)
+    .venv/bin/python -m bench.tomodrgn --parts masking --hom-n 32    # one part, other records of -o are kept
 
 Data (``cryoscape simulate-tilt``; every box spans the same 256 A, so the pixel size is 256/D A):
 
@@ -61,8 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH, CRYOSCAPE, WORK, cryoscape_epochs, machine_info, run_timed, tail, write_json  # noqa: E402
+from bench.common import BENCH, CRYOSCAPE_CMD, WORK, TrainSpec, machine_info, run_timed, tail, timed_train, write_json
 
 PARTS = ("accuracy", "control", "n1", "masking")
 FIELD_OF_VIEW_ANGSTROM = 256.0  # box x pixel size of every simulation: D=64 -> 4 A/px, D=128 -> 2 A/px
@@ -94,7 +93,7 @@ def simulate(preset: str, n: int, D: int, tilts: int, snr: float, seed: int, sim
         return out
     if out.exists():
         shutil.rmtree(out)
-    cmd = [CRYOSCAPE, "simulate-tilt", "--preset", preset, "-N", n, "-D", D, "--apix", FIELD_OF_VIEW_ANGSTROM / D,
+    cmd = [*CRYOSCAPE_CMD, "simulate-tilt", "--preset", preset, "-N", n, "-D", D, "--apix", FIELD_OF_VIEW_ANGSTROM / D,
            "--snr", snr, "--tilt-max", tilt_max(tilts), "--tilt-step", TILT_STEP, "--seed", seed, "-o", out]
     print("$", " ".join(map(str, cmd)), flush=True)
     res = run_timed(cmd, WORK / f"{out.name}.log")
@@ -149,15 +148,12 @@ def train(star: Path, out: Path, model: str, zdim: int, s: dict, *, epochs: int,
     if out.exists():
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [CRYOSCAPE, "train", star, "-o", out, "--model", model, "--zdim", zdim, "--dec-dim", dec_dim,
-           "--dec-layers", dec_layers, "-b", batch, "-n", epochs, "--lr", lr, "--val-frac", "0", "--seed", s["seed"],
-           "--checkpoint-every", checkpoint_every, "--no-progress"]
-    if zdim > 0:
-        cmd += ["--enc-dim", s["enc_dim"], "--enc-layers", s["enc_layers"]]
-    if model == "tomodrgn" and zdim > 0:
-        cmd += ["--tilt-embed-dim", s["tilt_embed_dim"]]
-    res = run_timed([str(c) for c in cmd + (extra or [])], out.parent / f"{out.name}.log")
-    rows = cryoscape_epochs(out) if (out / "metrics.csv").is_file() else []
+    tilt_embed = ["--tilt-embed-dim", str(s["tilt_embed_dim"])] if model == "tomodrgn" and zdim > 0 else []
+    spec = TrainSpec(star, out, model=model, zdim=zdim, dec_dim=dec_dim, dec_layers=dec_layers, batch=batch,
+                     epochs=epochs, lr=lr, val_frac=0.0, seed=s["seed"], checkpoint_every=checkpoint_every,
+                     enc_dim=s["enc_dim"] if zdim > 0 else None, enc_layers=s["enc_layers"] if zdim > 0 else None,
+                     extra=[*tilt_embed, *(str(e) for e in extra or [])])
+    res, rows = timed_train(spec)
     res["epoch_seconds"] = [round(r["seconds"], 3) for r in rows]
     steady = res["epoch_seconds"][1:] or res["epoch_seconds"]
     res["seconds_per_epoch"] = round(float(np.mean(steady)), 3) if steady else None

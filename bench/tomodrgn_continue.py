@@ -4,7 +4,7 @@ Training is resumable and schedule-free (constant AdamW learning rate), so conti
 gives the same model as a 20-epoch run from the start (``tests/test_cli_cryodrgn.py`` checks resume equivalence).
 The run is copied first, so the original stays as it was::
 
-    .venv/bin/python bench/tomodrgn_continue.py --epochs 20            # after bench/tomodrgn.py --parts accuracy
+    .venv/bin/python -m bench.tomodrgn_continue --epochs 20            # after -m bench.tomodrgn --parts accuracy
 
 Writes ``bench/results/tomodrgn_continued.json``: the ARI after every epoch, the last epoch's k-means scores and the
 maps at the cluster centres (``evaluate_vae`` of ``bench/tomodrgn.py``), wall time and the epoch seconds.
@@ -17,9 +17,8 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH, CRYOSCAPE, WORK, cryoscape_epochs, machine_info, run_timed, write_json  # noqa: E402
-from tomodrgn import FULL, evaluate_vae  # noqa: E402
+from bench.common import BENCH, WORK, TrainSpec, machine_info, timed_train, write_json
+from bench.tomodrgn import FULL, evaluate_vae
 
 
 def main(argv=None) -> int:
@@ -37,9 +36,7 @@ def main(argv=None) -> int:
     import yaml
 
     particles = yaml.safe_load((out / "config.yaml").read_text())["data"]["particles"]
-    cmd = [str(CRYOSCAPE), "train", particles, "-o", str(out), "-n", str(args.epochs), "--resume", "--no-progress"]
-    res = run_timed(cmd, out.parent / f"{out.name}.log")
-    rows = cryoscape_epochs(out)
+    res, rows = timed_train(TrainSpec(particles, out, epochs=args.epochs, resume=True))
     result = {"command": " ".join(sys.argv), "machine": machine_info(), "continued_from": str(src),
               "train": {**res, "epoch_seconds": [round(r["seconds"], 2) for r in rows]}}
     if res["returncode"] == 0:
