@@ -8,7 +8,6 @@ volume generated there is supported by data, and PC traversals at evenly spaced 
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cryoscape.errors import InputError
+from cryoscape.rundir import RunDir
 
 __all__ = [
     "LatentSet",
@@ -29,8 +29,6 @@ __all__ = [
     "nearest_indices",
     "pc_traversal_points",
 ]
-
-_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.npy$")
 
 
 def _as_latents(z, name: str = "z") -> np.ndarray:
@@ -72,24 +70,9 @@ class LatentSet:
 
 
 def _resolve_latent_epoch(run_dir: Path, epoch: int | None = None) -> int:
-    """``epoch`` if its latents exist; else ``RUN/best_epoch`` when its latents exist; else the last saved latents.
-
-    (Same rule as :func:`cryoscape.train.checkpoint.resolve_epoch`, applied to ``latents/`` instead of the
-    checkpoints, so a run whose checkpoints were removed can still be analysed.)
-    """
-    latent_dir = run_dir / "latents"
-    available = sorted(
-        int(m.group(1)) for p in latent_dir.glob("epoch_*.npy") if (m := _EPOCH_FILE.match(p.name))
-    ) if latent_dir.is_dir() else []
-    if not available:
-        raise InputError("no latents/epoch_NNN.npy found", run_dir, "is this a `cryoscape train` output folder?")
-    if epoch is None:
-        best = run_dir / "best_epoch"
-        text = best.read_text().strip() if best.is_file() else ""
-        return int(text) if text.isdigit() and int(text) in available else available[-1]
-    if int(epoch) not in available:
-        raise InputError(f"no latents for epoch {epoch} (available: {available[0]}..{available[-1]})", latent_dir)
-    return int(epoch)
+    """``epoch`` if its latents exist; else ``RUN/best_epoch`` when its latents exist; else the last saved latents
+    (:meth:`cryoscape.rundir.RunDir.resolve_epoch` of the latents)."""
+    return RunDir(run_dir).resolve_epoch(epoch, of="latents")
 
 
 def load_latents(source: str | Path, epoch: int | None = None) -> LatentSet:
@@ -105,7 +88,7 @@ def load_latents(source: str | Path, epoch: int | None = None) -> LatentSet:
     source = Path(source)
     if source.is_dir():
         epoch = _resolve_latent_epoch(source, epoch)
-        path = source / "latents" / f"epoch_{epoch:03d}.npy"
+        path = RunDir(source).latents_path(epoch)
         run_dir = source
     elif source.is_file():
         path, run_dir, epoch = source, None, None

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from cryoscape.config import RunConfig, load_config
 from cryoscape.errors import InputError
-from cryoscape.train.checkpoint import epoch_checkpoint_path, load_checkpoint, resolve_epoch
+from cryoscape.rundir import RunDir, load_checkpoint
 
 
 @dataclass
@@ -57,9 +57,10 @@ def load_run(run_dir: str | Path, epoch: int | None = None, device: str | torch.
     from cryoscape.models.registry import get_family
 
     run_dir = Path(run_dir)
-    config = load_config(run_dir / "config.yaml")
-    epoch = resolve_epoch(run_dir, epoch)
-    path = epoch_checkpoint_path(run_dir, epoch)
+    run = RunDir(run_dir)
+    config = load_config(run.config_path)
+    epoch = run.resolve_epoch(epoch)
+    path = run.checkpoint_path(epoch)
     state = load_checkpoint(path)
     if state["family"] != config.model.family:
         raise InputError(

@@ -25,12 +25,7 @@ from tqdm.auto import tqdm
 
 from cryoscape.data.batches import default_batch_plan, epoch_order, split_batches  # noqa: F401 (re-exported)
 from cryoscape.errors import CryoscapeError
-from cryoscape.train.checkpoint import (
-    checkpoint_dir,
-    completed_epochs,
-    epoch_checkpoint_path,
-    save_checkpoint,
-)
+from cryoscape.rundir import RunDir, save_checkpoint
 from cryoscape.train.distributed import DistInfo, all_gather_rows, all_reduce_sum, barrier, broadcast_flag
 from cryoscape.train.prefetch import prefetched
 from cryoscape.utils.atomic import atomic_path, atomic_write_text
@@ -168,6 +163,7 @@ class Engine:
         self.train_positions = np.asarray(train_positions, dtype=np.int64)
         self.val_positions = np.asarray(val_positions, dtype=np.int64)
         self.run_dir = Path(run_dir)
+        self.run = RunDir(run_dir)
         self.device = device
         self.info = info
         self.build = build or {}
@@ -322,7 +318,7 @@ class Engine:
             if broadcast_flag(self._stop_requested, self.info, self.device) and step + 1 < len(batches):
                 self.state.partial = {**sums, "_count": count, "_seconds": time.perf_counter() - t0}
                 bar.close()
-                path = checkpoint_dir(self.run_dir) / "interrupted.pt"
+                path = self.run.interrupted_path
                 if self.info.is_main:
                     save_checkpoint(path, self.state_dict())
                 barrier(self.info)
@@ -366,22 +362,21 @@ class Engine:
     def write_best_epoch(self) -> int | None:
         """Write ``RUN/best_epoch`` (main process): :func:`select_best_epoch` of the checkpointed epochs by
         ``self.selection_metric``; nothing without a validation set. Returns the epoch chosen."""
-        best = select_best_epoch(self.state.history, completed_epochs(self.run_dir), self.selection_metric)
+        best = select_best_epoch(self.state.history, self.run.completed_epochs(), self.selection_metric)
         if best is not None and self.info.is_main:
-            atomic_write_text(self.run_dir / "best_epoch", f"{best}\n")
+            self.run.write_best_epoch(best)
         return best
 
     def save_epoch(self, epoch: int) -> None:
         """Write the epoch checkpoint, the latents of every particle and the metrics table (main process)."""
         if self.info.is_main:
-            save_checkpoint(epoch_checkpoint_path(self.run_dir, epoch), self.state_dict())
+            self.run.save_checkpoint(epoch, self.state_dict())
             if hasattr(self.model, "latent_means") and getattr(self.model, "zdim", 0) > 0:
                 z = self.encode_all()
-                with atomic_path(self.run_dir / "latents" / f"epoch_{epoch:03d}.npy") as tmp:
+                with atomic_path(self.run.latents_path(epoch)) as tmp:
                     np.save(tmp, z)
-            write_metrics(self.run_dir / "metrics.csv", self.state.history)
-            stale = checkpoint_dir(self.run_dir) / "interrupted.pt"
-            stale.unlink(missing_ok=True)
+            write_metrics(self.run.metrics_path, self.state.history)
+            self.run.interrupted_path.unlink(missing_ok=True)
         barrier(self.info)
 
     def encode_all(self, batch_size: int = 256) -> np.ndarray:

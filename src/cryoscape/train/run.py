@@ -13,10 +13,11 @@ import torch
 from cryoscape.config import RunConfig, load_config, option_name, save_config
 from cryoscape.errors import InputError
 from cryoscape.models.registry import get_family, with_family_defaults
+from cryoscape.rundir import RunDir
 from cryoscape.train.checkpoint import checkpoint_to_load, latest_checkpoint, load_checkpoint
 from cryoscape.train.distributed import DistInfo, barrier, init_distributed
 from cryoscape.train.engine import Engine, EngineSettings
-from cryoscape.utils.atomic import atomic_path, check_writable_dir
+from cryoscape.utils.atomic import check_writable_dir
 from cryoscape.utils.diskspace import check_output_location, check_training_space, remove_partial_files
 from cryoscape.utils.malloc import keep_freed_memory
 
@@ -184,11 +185,10 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
             log.info(f"starting from the model weights of {config.train.load}")
 
     if info.is_main and not resume:
-        save_config(config, run_dir / "config.yaml")
-        with atomic_path(run_dir / "indices.npy") as tmp:
-            np.save(tmp, indices)
-        with atomic_path(run_dir / "split.npz") as tmp:
-            np.savez(tmp, train=train_pos, val=val_pos)
+        run = RunDir(run_dir)
+        save_config(config, run.config_path)
+        run.write_indices(indices)
+        run.write_split(train_pos, val_pos)
     barrier(info)
     t = config.train
     settings = EngineSettings(epochs=t.epochs, batch_size=t.batch_size, seed=t.seed, amp=t.amp,
