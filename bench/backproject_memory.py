@@ -8,8 +8,8 @@ Two parts (run from the repository root with cryoscape's venv):
 * ``fsc``: a simulated homogeneous data set (``cryoscape simulate``, D=64) back-projected by the current code and
   by the code of a git revision (default: the commit before the half-grid rewrite), FSC to the ground-truth map.
 
-  .venv/bin/python bench/backproject_memory.py memory -D 256 384 -N 5
-  .venv/bin/python bench/backproject_memory.py fsc [--rev 4fba067]
+  .venv/bin/python -m bench.backproject_memory memory -D 256 384 -N 5
+  .venv/bin/python -m bench.backproject_memory fsc [--rev 4fba067]
 
 Results: JSON in ``bench/results/backproject_memory*.json``; figures in ``RESULTS.md`` (section 8).
 """
@@ -25,8 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH, ROOT, WORK, ensure_simulation, machine_info, run_timed, write_json  # noqa: E402
+from bench.common import BENCH, ROOT, WORK, ensure_simulation, machine_info, run_timed, write_json
 
 BASELINE_REV = "4fba067"  # last commit with the full (2D)^3 grids
 
@@ -61,9 +60,11 @@ def child(D: int, n: int, oversample: int, batch_size: int, rev: str | None = No
 def memory(args) -> None:
     rows = []
     for D in args.D:
-        cmd = [sys.executable, __file__, "child", "-D", str(D), "-N", str(args.N), "--oversample",
-               str(args.oversample), "--batch-size", str(args.batch_size)] + (["--rev", args.rev] if args.rev else [])
-        res = run_timed(cmd, WORK / "backproject_memory" / f"D{D}_N{args.N}_os{args.oversample}_{args.rev}.log")
+        cmd = [sys.executable, "-m", "bench.backproject_memory", "child", "-D", str(D), "-N", str(args.N),
+               "--oversample", str(args.oversample), "--batch-size", str(args.batch_size)]
+        cmd += ["--rev", args.rev] if args.rev else []
+        res = run_timed(cmd, WORK / "backproject_memory" / f"D{D}_N{args.N}_os{args.oversample}_{args.rev}.log",
+                        cwd=ROOT)
         text = Path(res["log"]).read_text()
         line = [ln for ln in text.splitlines() if ln.startswith("{")]
         res.update(json.loads(line[-1]) if line else {"error": text[-2000:]})
