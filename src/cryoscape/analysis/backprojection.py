@@ -65,9 +65,11 @@ def estimate_memory_bytes(D: int, oversample: int = 2, batch_size: int = 256) ->
     n_fft = min(_images_per_fft(Dp), batch_size)
     # padded images, spectrum, shifted spectrum, CTF, products, masked copies: ~48 bytes per padded pixel
     transform = n_fft * Dp * Dp * 48
-    splat = _POINTS_PER_CHUNK * 200  # coordinates, neighbour indices and weights, values (measured ~170)
+    points = int(math.pi * Dp * Dp / 4)  # slice points per image
+    splat = min(max(points, _POINTS_PER_CHUNK), n_fft * points) * 200  # coordinates, neighbours, weights, values
     reading = 2 * batch_size * D * D * 4
-    inverse = D * D * Dh * 8 + 4 * _SLAB_BYTES + 3 * D**3 * 4  # central rows, slab temporaries, three maps
+    slab = min(_SLAB_BYTES, Dh * Dp * Dp * 8)
+    inverse = D * D * Dh * 8 + 4 * slab + 3 * D**3 * 4  # central rows, slab temporaries, three maps
     return int(grids + max(transform + splat + reading, inverse) + _OVERHEAD_BYTES)
 
 
@@ -103,27 +105,33 @@ def available_memory_bytes(device: str | torch.device = "cpu") -> int | None:
 
 
 def _check_memory(D: int, oversample, batch_size: int, max_memory_gb: float | None, device: torch.device) -> None:
-    need = estimate_memory_bytes(D, oversample, batch_size)
     if max_memory_gb is not None:
-        limit, what = float(max_memory_gb) * GB, "allowed by --max-memory-gb"
+        # a budget for the whole process: compare the estimated peak
+        limit, what, extra = float(max_memory_gb) * GB, "allowed by --max-memory-gb", 0
     else:
+        # the memory available now: the process's interpreter and libraries are already loaded
         limit = available_memory_bytes(device)
         what = "free on the GPU" if device.type == "cuda" else "available on this machine"
+        extra = _OVERHEAD_BYTES
         if limit is None:
             return
-    if need <= limit:
+
+    def need(d: int, os_: int) -> int:
+        return estimate_memory_bytes(d, os_, batch_size) - extra
+
+    if need(D, oversample) <= limit:
         return
     options = []
-    if oversample > 1 and estimate_memory_bytes(D, 1, batch_size) <= limit:
-        options.append(f"pass --oversample 1 (about {estimate_memory_bytes(D, 1, batch_size) / GB:.1f} GB, "
-                       "slightly less accurate at high resolution)")
-    fits = [d for d in range(D - 2 + D % 2, 7, -2) if estimate_memory_bytes(d, oversample, batch_size) <= limit]
+    if oversample > 1 and need(D, 1) <= limit:
+        options.append(f"pass --oversample 1 (about {need(D, 1) / GB:.1f} GB, slightly less accurate near Nyquist)")
+    fits = [d for d in range(D - 2 + D % 2, 7, -2) if need(d, oversample) <= limit]
     if fits:
         options.append(f"downsample the particles to a box of {fits[0]} or less (cryoscape downsample -D {fits[0]})")
     options.append("or raise --max-memory-gb" if max_memory_gb is not None else
                    "or set --max-memory-gb if more memory is free than the system reports")
+    more = " more" if extra else ""
     raise InputError(f"back-projecting {D}-pixel images with --oversample {oversample:g} needs about "
-                     f"{need / GB:.1f} GB of memory, more than the {limit / GB:.1f} GB {what}",
+                     f"{need(D, oversample) / GB:.1f} GB{more} of memory, more than the {limit / GB:.1f} GB {what}",
                      hint="; ".join(options))
 
 

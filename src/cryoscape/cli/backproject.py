@@ -51,7 +51,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="images processed at once (default 256)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--oversample", type=int, choices=(1, 2), default=2,
-                        help="padding factor of the Fourier grid: 2 (default) or 1 (about 8 times less memory, "
+                        help="padding factor of the Fourier grid: 2 (default) or 1 (8 times smaller grids, "
                              "slightly less accurate near Nyquist)")
     parser.add_argument("--max-memory-gb", type=float, metavar="GB",
                         help="refuse to start when the estimated memory exceeds GB (default: the memory available "
