@@ -48,7 +48,8 @@ def start_training(sim, run: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "cryoscape", "train", str(sim / "particles.star"), "-o", str(run),
            "-n", str(EPOCHS), *SMALL]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
+    with open(log, "w") as err:  # the child keeps its own copy of the file descriptor
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
 
 
 def wait_for_first_checkpoint(proc: subprocess.Popen, run: Path, timeout: float = 120.0) -> None:
@@ -68,7 +69,7 @@ def test_sigkill_then_resume_equals_uninterrupted(sim, reference, tmp_path):
     proc = start_training(sim, run, tmp_path / "stderr.txt")
     wait_for_first_checkpoint(proc, run)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    proc.communicate(timeout=60)  # waits, and closes the stdout pipe
     assert proc.returncode == -signal.SIGKILL
 
     # every file under a final name is complete
