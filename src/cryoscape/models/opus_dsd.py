@@ -308,8 +308,8 @@ class OpusDSDFamily(ModelFamily):
         scale = resolve_channel_scale(None, device)
         logging.getLogger("cryoscape").info(
             f"opus-dsd: --channel-scale {scale:g} on {torch.device(device).type}"
-            + ("" if scale == 1.0 else " (the paper's widths, --channel-scale 1, are slow on a CPU: about 16x the "
-               "parameters and computation; see docs/opus-dsd.md)"))
+            + ("" if scale == 1.0 else " (the paper's widths, --channel-scale 1, are slow on a CPU: 16x the "
+               "parameters, 15-30x the time per batch; see docs/opus-dsd.md)"))
         return dataclasses.replace(config, model=dataclasses.replace(m, channel_scale=scale))
 
     def make_data(self, particles, config, norm_std=None, progress=True):
