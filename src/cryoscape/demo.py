@@ -97,7 +97,7 @@ def format_scores(scores: dict) -> str:
         "labelled by its majority",
         f"    sorts {100 * scores['discrete_accuracy']:.1f}% of particles correctly "
         f"(adjusted Rand index {scores['discrete_ari']:.3f})",
-        f"  continuous motion (hinge angle), within each group |Spearman rho| = "
+        "  continuous motion (hinge angle), within each group |Spearman rho| = "
         + ("n/a" if rho is None or not np.isfinite(rho) else f"{rho:.3f}"),
     ]
     if "minutes" in scores:

@@ -161,9 +161,9 @@ def majority_label_scores(cluster_labels: np.ndarray, true_labels: np.ndarray, r
 
     Returns ``accuracy`` (fraction of particles whose cluster's label is their own, i.e. the clusters' purity),
     ``ari`` (adjusted Rand index of that labelling against the truth) and ``cluster_label`` ``{cluster: label}``;
-    with ``return_found`` also the ``(N,)`` label each particle receives (``(scores, found)``). Several clusters may take the same label, so with
-    more clusters than labels this scores how well the latent space separates the labels, not how many clusters
-    were asked for.
+    with ``return_found`` also the ``(N,)`` label each particle receives (``(scores, found)``). Several clusters
+    may take the same label, so with more clusters than labels this scores how well the latent space separates the
+    labels, not how many clusters were asked for.
     """
     from sklearn.metrics import adjusted_rand_score
 

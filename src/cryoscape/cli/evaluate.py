@@ -3,9 +3,10 @@
 Reports the adjusted Rand index, confusion matrix and Hungarian-matched accuracy of k-means on the latents
 (k = number of true labels unless -k; the labels are the states unless --labels names another array of
 labels.npz, e.g. subunit), the fraction sorted when each cluster takes its majority label, the mean cluster
-entropy (OPUS-DSD's measure, log base 10), |Spearman rho| of PC1 against the true continuous coordinate and, unless --no-maps, the FSC (AUC, resolution at 0.5 and
-0.143) and correlation of maps generated at each true state's mean latent and at the k-means centres against
-the ground-truth maps. Prints a table and writes everything to OUT.json (an existing one only with --overwrite).
+entropy (OPUS-DSD's measure, log base 10), |Spearman rho| of PC1 against the true continuous coordinate and,
+unless --no-maps, the FSC (AUC, resolution at 0.5 and 0.143) and correlation of maps generated at each true
+state's mean latent and at the k-means centres against the ground-truth maps. Prints a table and writes
+everything to OUT.json (an existing one only with --overwrite).
 
 Example:
   cryoscape evaluate runs/vae8 --truth sim/ -o runs/vae8/evaluation.json
