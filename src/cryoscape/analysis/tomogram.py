@@ -98,25 +98,18 @@ def read_placements(path: str | Path, coordinate_pixel_size_angstrom: float | No
 
 
 def _placements_from_optimisation_set(path: Path, apix_override: float | None) -> Placements:
-    from cryoscape.io import tilt_series as ts
+    from cryoscape.io import optimisation_set as os_
+    from cryoscape.io.tomo_geometry import particle_positions
 
-    blocks = ts.read_star_blocks(path)
-    kv = next(b.iloc[0] for b in blocks.values() if "rlnTomoParticlesFile" in b.columns)
-    ppath = ts.resolve_relative(kv["rlnTomoParticlesFile"], path.parent)
-    tpath = ts.resolve_relative(kv["rlnTomoTomogramsFile"], path.parent)
-    pblocks, tblocks = ts.read_star_blocks(ppath), ts.read_star_blocks(tpath)
-    if "particles" not in pblocks or "global" not in tblocks:
-        raise InputError("missing data_particles / data_global table", ppath if "particles" not in pblocks else tpath)
-    parts, glob = pblocks["particles"], tblocks["global"]
-    positions = ts.particle_positions(parts, pblocks.get("optics"), glob, ppath, tpath,
-                                      coordinate_pixel_size=apix_override)
+    tables = os_.parse_optimisation_set(path)
+    parts, ppath, tpath = tables.particles, tables.particles_path, tables.tomograms_path
+    positions = particle_positions(parts, tables.optics, tables.tomograms, ppath, tpath,
+                                   coordinate_pixel_size=apix_override)
     if np.isnan(positions.box_angstrom).any():
         raise InputError("the tomograms need rlnTomoSizeX/Y/Z to place particles from the tomogram's first voxel",
                          tpath)
-    A_sub = ts.euler_columns(parts, ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi"), ppath)
-    A = A_sub @ ts.euler_columns(parts, ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"), ppath)
-    origin = np.stack([ts.star_numbers(parts, f"rlnOrigin{a}Angst", ppath, 0.0) for a in "XYZ"], axis=1)
-    coords = positions.from_first_voxel_angstrom - np.einsum("nij,nj->ni", A_sub, origin)
+    _, A, origin_tomo = os_.particle_frames(tables)
+    coords = positions.from_first_voxel_angstrom - origin_tomo
     names = parts["rlnTomoName"].astype(str).to_numpy()
     pnames = parts["rlnTomoParticleName"].astype(str).to_numpy() if "rlnTomoParticleName" in parts.columns else None
     return Placements(np.asarray(names, dtype=object), coords, A, pnames)

@@ -24,7 +24,9 @@ from cryoscape.utils.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StarParticles", "read_star_particles", "write_star", "write_star_subset", "format_image_names"]
+__all__ = ["StarParticles", "read_star_particles", "write_star", "write_star_subset", "format_image_names",
+           "read_star_blocks", "write_star_blocks", "resolve_relative", "star_numbers", "star_vectors",
+           "euler_columns"]
 
 _ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 _CTF_REQUIRED = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage", "rlnSphericalAberration",
@@ -487,3 +489,62 @@ def write_star_subset(src: StarParticles, indices, out_path: str | Path) -> Path
     blocks = {k: v for k, v in src.blocks.items()}
     blocks[src.particles_key] = src.table.iloc[idx].reset_index(drop=True)
     return _write_blocks(blocks, Path(out_path), relion31=src.version == "3.1+")
+
+
+# -------------------------------------------------------------- generic STAR tables (any program's files)
+def read_star_blocks(path: str | Path) -> dict:
+    """Every block of a STAR file as a DataFrame (key-value blocks become one row); bad files -> InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("STAR file not found", path)
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except Exception as exc:  # starfile raises assorted parser errors
+        raise InputError(f"not a readable STAR file ({type(exc).__name__}: {exc})", path) from None
+    return {k: (pd.DataFrame([v]) if isinstance(v, dict) else v.reset_index(drop=True)) for k, v in blocks.items()}
+
+
+def write_star_blocks(blocks: dict, path: Path) -> Path:
+    """Write ``blocks`` (name -> DataFrame or dict) as one STAR file, atomically; returns ``path``."""
+    with atomic_path(path) as tmp:
+        starfile.write(blocks, tmp, float_format="%.6f")
+    return path
+
+
+def resolve_relative(name: str, base: Path, datadir=None) -> Path:
+    """A path named in a STAR file: next to it (``base``), in its parent folders, or in the working folder."""
+    return Path(str(resolve_stack_paths([str(name)], base, datadir)[0]))
+
+
+def star_numbers(table: pd.DataFrame, name: str, path: Path, default: float | None = None) -> np.ndarray:
+    """Float64 ``(rows,)`` of a column (``default`` when absent; InputError when absent without a default)."""
+    if name not in table.columns:
+        if default is None:
+            raise InputError(f"missing column {name}", path)
+        return np.full(len(table), float(default))
+    try:
+        return pd.to_numeric(table[name], errors="raise").to_numpy(np.float64)
+    except (ValueError, TypeError):
+        raise InputError(f"column {name} has non-numeric values", path) from None
+
+
+def star_vectors(column: pd.Series, width: int | None, name: str, path: Path) -> list[np.ndarray]:
+    """Parse ``"[a,b,c]"`` strings of a column into float arrays."""
+    out = []
+    for text in column.astype(str):
+        try:
+            v = np.asarray([float(x) for x in text.strip().strip("[]").split(",") if x.strip()], dtype=np.float64)
+        except ValueError:
+            raise InputError(f"column {name} has a value {text!r} that is not a list like [1,0,1]", path) from None
+        if width is not None and v.size != width:
+            raise InputError(f"column {name} has {v.size} values in {text!r}, expected {width}", path)
+        out.append(v)
+    return out
+
+
+def euler_columns(table: pd.DataFrame, names, path: Path) -> np.ndarray:
+    """RELION matrices ``(rows, 3, 3)`` from three Euler-angle columns (0 where a column is absent)."""
+    from cryoscape.imaging.rotations import euler_relion_to_matrix
+
+    angles = np.stack([star_numbers(table, n, path, 0.0) for n in names], axis=1)
+    return euler_relion_to_matrix(angles) if len(table) else np.zeros((0, 3, 3))
