@@ -1,0 +1,177 @@
+"""Per-particle pose corrections learned during training (``cryoscape train --refine-poses``).
+
+Each particle ``i`` carries a rotation correction ``w_i`` (an axis-angle vector, radians, in the tangent space
+of SO(3); no gimbal lock) and an in-plane shift correction ``s_i`` (pixels). With the consensus pose ``(A_i,
+o_i)`` (RELION's matrix ``A``, volume -> image frame, and origin ``o_i``; ``docs/conventions.md``) the learned
+pose is::
+
+    A'_i = exp([w_i]x) @ A_i          (the correction acts in the image (camera) frame)
+    o'_i = o_i + s_i                  (pixels; the particle centre sits at the box centre minus the origin)
+
+so ``w_i = (0, 0, t)`` turns the image in plane by ``t`` (a change of ``psi``), ``w_x``, ``w_y`` tilt the
+viewing direction, and ``|w_i|`` is the geodesic angle between the consensus and the learned rotation.
+
+Memory is linear in the number of particles and stays on the CPU: a :class:`PoseTable` holds the corrections
+and the optimiser state of a per-row Adam (first and second moments and a step count per particle; bias
+correction per row, so a particle seen once per epoch gets Adam's intended first steps). A training step takes
+the rows of its batch (:meth:`PoseTable.take`, leaf tensors moved to the training device), and after the
+backward pass hands their gradients to :meth:`PoseTable.step`, which updates those rows only. Nothing of size
+``N`` ever goes to the GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+__all__ = ["so3_exp", "compose", "hartley_translate", "PoseTable", "rotation_angle_deg"]
+
+
+def so3_exp(w: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices ``exp([w]x)`` ``(..., 3, 3)`` of axis-angle vectors ``w`` ``(..., 3)`` (radians).
+
+    Rodrigues' formula with Taylor series below 1e-4 rad, so values and gradients are finite at ``w = 0``.
+    ``exp([w]x) v = v cos t + (k x v) sin t + k (k . v)(1 - cos t)`` with ``t = |w|``, ``k = w / t``: an active
+    right-handed rotation of column vectors.
+    """
+    theta2 = (w * w).sum(-1, keepdim=True)[..., None]  # (..., 1, 1)
+    theta = torch.sqrt(theta2.clamp_min(1e-30))
+    small = theta2 < 1e-8
+    safe_t = torch.where(small, torch.ones_like(theta), theta)
+    a = torch.where(small, 1.0 - theta2 / 6.0, torch.sin(safe_t) / safe_t)  # sin t / t
+    b = torch.where(small, 0.5 - theta2 / 24.0, (1.0 - torch.cos(safe_t)) / (safe_t * safe_t))  # (1 - cos t)/t^2
+    zero = torch.zeros_like(w[..., 0])
+    K = torch.stack([torch.stack([zero, -w[..., 2], w[..., 1]], -1),
+                     torch.stack([w[..., 2], zero, -w[..., 0]], -1),
+                     torch.stack([-w[..., 1], w[..., 0], zero], -1)], -2)
+    eye = torch.eye(3, dtype=w.dtype, device=w.device).expand(K.shape)
+    return eye + a * K + b * (K @ K)
+
+
+def compose(rotations: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The learned rotations ``exp([w]x) @ A`` ``(B, 3, 3)`` of consensus matrices ``A`` and corrections ``w``."""
+    return so3_exp(w.to(rotations.dtype)) @ rotations
+
+
+def rotation_angle_deg(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Geodesic angle (degrees) between rotation matrices ``A`` and ``B`` ``(N, 3, 3)``."""
+    R = np.einsum("nij,nkj->nik", np.asarray(A, np.float64), np.asarray(B, np.float64))
+    cos = (np.trace(R, axis1=1, axis2=2) - 1.0) / 2.0
+    return np.rad2deg(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def hartley_translate(h: torch.Tensor, half_freqs: torch.Tensor, shifts_px: torch.Tensor) -> torch.Tensor:
+    """Translate images given as Hartley values in ``[half (M), mates (M), DC]`` order (``FourierPixels``).
+
+    Parameters
+    ----------
+    h : ``(B, 2M + 1)`` Hartley values ``H = Re F - Im F``.
+    half_freqs : ``(M, 2)`` ``(kx, ky)`` in cycles/pixel of the half-plane pixels.
+    shifts_px : ``(B, 2)`` translations ``(tx, ty)``: ``img'(x) = img(x - t)``, ``F' = F exp(-2 pi i k.t)``.
+
+    Returns
+    -------
+    ``(B, 2M + 1)`` Hartley values of the translated images (DC unchanged). Differentiable in both inputs.
+    """
+    m = half_freqs.shape[0]
+    hk, hm, dc = h[:, :m], h[:, m : 2 * m], h[:, 2 * m :]
+    a, b = (hk + hm) / 2, (hm - hk) / 2  # F(k) = a + i b, F(-k) = a - i b
+    phase = 2.0 * math.pi * (shifts_px.to(h.dtype) @ half_freqs.to(h.dtype).T)  # (B, M)
+    c, s = torch.cos(phase), torch.sin(phase)
+    a2, b2 = a * c + b * s, b * c - a * s  # (a + i b)(c - i s)
+    return torch.cat([a2 - b2, a2 + b2, dc], dim=1)
+
+
+class PoseTable:
+    """Rotation (``(N, 3)``, radians) and shift (``(N, 2)``, pixels) corrections of ``N`` particles with a
+    per-row Adam optimiser; everything on the CPU, memory ``O(N)`` (64 bytes a particle).
+
+    Parameters
+    ----------
+    n : number of particles (data positions ``0 .. n-1``).
+    lr : Adam step size of the rotation corrections (radians).
+    shift_lr : Adam step size of the shift corrections (pixels); default ``lr * 10``.
+    betas, eps : Adam's.
+    """
+
+    def __init__(self, n: int, lr: float = 3e-3, shift_lr: float | None = None, betas=(0.9, 0.999),
+                 eps: float = 1e-8):
+        self.n = int(n)
+        self.lr = float(lr)
+        self.shift_lr = float(shift_lr) if shift_lr is not None else 10.0 * self.lr
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = float(eps)
+        self.values = torch.zeros(self.n, 5, dtype=torch.float32)  # [w (3), shift (2)]
+        self.exp_avg = torch.zeros(self.n, 5, dtype=torch.float32)
+        self.exp_avg_sq = torch.zeros(self.n, 5, dtype=torch.float32)
+        self.steps = torch.zeros(self.n, dtype=torch.int32)
+
+    @property
+    def rotvec(self) -> torch.Tensor:
+        """``(N, 3)`` rotation corrections (a view)."""
+        return self.values[:, :3]
+
+    @property
+    def shift_px(self) -> torch.Tensor:
+        """``(N, 2)`` shift corrections in pixels (a view)."""
+        return self.values[:, 3:]
+
+    def nbytes(self) -> int:
+        """Bytes held (corrections and optimiser state)."""
+        return sum(t.numel() * t.element_size() for t in (self.values, self.exp_avg, self.exp_avg_sq, self.steps))
+
+    def take(self, index, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Leaf tensors ``(w (B, 3), shift (B, 2))`` of the rows ``index`` on ``device``, requiring grad; after
+        ``backward`` their ``.grad`` goes to :meth:`step`."""
+        idx = torch.as_tensor(np.asarray(index.cpu() if torch.is_tensor(index) else index), dtype=torch.long)
+        rows = self.values[idx].to(device if device is not None else "cpu")
+        w = rows[:, :3].clone().requires_grad_(True)
+        s = rows[:, 3:].clone().requires_grad_(True)
+        return w, s
+
+    @torch.no_grad()
+    def step(self, index, grad_w: torch.Tensor | None, grad_s: torch.Tensor | None, scale: float = 1.0) -> None:
+        """One Adam step on the rows ``index`` (unique) with their gradients (``None``: zero), times ``scale``."""
+        idx = torch.as_tensor(np.asarray(index.cpu() if torch.is_tensor(index) else index), dtype=torch.long)
+        if idx.numel() == 0:
+            return
+        if idx.unique().numel() != idx.numel():
+            raise ValueError("PoseTable.step: an index appears twice in one step")
+        g = torch.zeros(idx.numel(), 5, dtype=torch.float32)
+        if grad_w is not None:
+            g[:, :3] = grad_w.detach().float().cpu()
+        if grad_s is not None:
+            g[:, 3:] = grad_s.detach().float().cpu()
+        g *= float(scale)
+        b1, b2 = self.betas
+        t = (self.steps[idx] + 1).to(torch.float64)
+        self.steps[idx] += 1
+        m = self.exp_avg[idx].mul_(b1).add_(g, alpha=1 - b1)
+        v = self.exp_avg_sq[idx].mul_(b2).addcmul_(g, g, value=1 - b2)
+        self.exp_avg[idx], self.exp_avg_sq[idx] = m, v
+        c1 = (1 - b1 ** t).float()[:, None]
+        c2 = (1 - b2 ** t).float()[:, None]
+        update = (m / c1) / ((v / c2).sqrt() + self.eps)
+        lr = torch.tensor([self.lr] * 3 + [self.shift_lr] * 2, dtype=torch.float32)
+        self.values[idx] -= update * lr
+
+    def state_dict(self) -> dict:
+        """Tensors and numbers only (safe for ``torch.load(weights_only=True)``)."""
+        return {"n": self.n, "lr": self.lr, "shift_lr": self.shift_lr, "betas": list(self.betas), "eps": self.eps,
+                "values": self.values.clone(), "exp_avg": self.exp_avg.clone(),
+                "exp_avg_sq": self.exp_avg_sq.clone(), "steps": self.steps.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["n"]) != self.n:
+            raise ValueError(f"pose table of {state['n']} particles, this run has {self.n}")
+        for key in ("values", "exp_avg", "exp_avg_sq", "steps"):
+            getattr(self, key).copy_(state[key])
+
+    def learned(self, rotations: np.ndarray, shifts_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The learned ``(rotations (N, 3, 3), origins in pixels (N, 2))`` of consensus ``rotations`` and
+        ``shifts_px`` (float64)."""
+        w = self.rotvec.double()
+        A = compose(torch.as_tensor(np.asarray(rotations), dtype=torch.float64), w).numpy()
+        return A, np.asarray(shifts_px, np.float64) + self.shift_px.double().numpy()
