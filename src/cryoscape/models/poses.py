@@ -124,7 +124,8 @@ class PoseTable:
 
     def take(self, index, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Leaf tensors ``(w (B, 3), shift (B, 2))`` of the rows ``index`` on ``device``, requiring grad; after
-        ``backward`` their ``.grad`` goes to :meth:`step`."""
+        ``backward`` their ``.grad`` goes to :meth:`step`.
+        """
         idx = torch.as_tensor(np.asarray(index.cpu() if torch.is_tensor(index) else index), dtype=torch.long)
         rows = self.values[idx].to(device if device is not None else "cpu")
         w = rows[:, :3].clone().requires_grad_(True)
@@ -164,6 +165,7 @@ class PoseTable:
                 "exp_avg_sq": self.exp_avg_sq.clone(), "steps": self.steps.clone()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` saved (the table must hold as many particles)."""
         if int(state["n"]) != self.n:
             raise ValueError(f"pose table of {state['n']} particles, this run has {self.n}")
         for key in ("values", "exp_avg", "exp_avg_sq", "steps"):
@@ -171,7 +173,8 @@ class PoseTable:
 
     def learned(self, rotations: np.ndarray, shifts_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The learned ``(rotations (N, 3, 3), origins in pixels (N, 2))`` of consensus ``rotations`` and
-        ``shifts_px`` (float64)."""
+        ``shifts_px`` (float64).
+        """
         w = self.rotvec.double()
         A = compose(torch.as_tensor(np.asarray(rotations), dtype=torch.float64), w).numpy()
         return A, np.asarray(shifts_px, np.float64) + self.shift_px.double().numpy()
