@@ -16,7 +16,12 @@ Metrics (each from an independent, standard definition):
   true coordinate (cryoDRGN paper, Fig. 3), plus the best single latent dimension and, with a clustering, the
   same within each majority-label group (averaged, weighted by group size);
 * maps: volumes generated at each true state's mean latent and at the k-means centres, compared with the
-  ground-truth maps by FSC (AUC, resolution at 0.5 and 0.143) and real-space correlation (state x map matrix).
+  ground-truth maps by FSC (AUC, resolution at 0.5 and 0.143) and real-space correlation (state x map matrix);
+* CryoBench (Jeon et al., NeurIPS 2024): per-image AU-FSC (the map at each of a fixed, seeded sample of images'
+  latents against that image's true map), per-conformation AU-FSC (the map at each true state's mean latent),
+  both as the area under the masked FSC on a frequency axis ending at Nyquist = 0.5 (so at most 0.5, see
+  :func:`au_fsc`), and neighbourhood similarity (fraction of each particle's k nearest latent neighbours sharing
+  its true state, or within a stated distance on the true coordinate). See docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -45,6 +50,12 @@ __all__ = [
     "map_scores",
     "evaluate_latents",
     "evaluate_run",
+    "au_fsc",
+    "sample_images",
+    "per_image_au_fsc",
+    "per_conformation_au_fsc",
+    "neighborhood_similarity",
+    "cryobench_metrics",
     "format_evaluation",
 ]
 
@@ -355,6 +366,192 @@ def map_scores(generator, z: np.ndarray, true_states: np.ndarray, gt_maps: Mappi
 
 
 # --------------------------------------------------------------------------------------------------------------
+# CryoBench metrics (Jeon et al., NeurIPS 2024)
+
+AU_FSC_MAX = 0.5  # the area under a perfect FSC curve on the frequency axis [0, 0.5] cycles/pixel
+DEFAULT_N_IMAGES = 100  # images sampled for the per-image AU-FSC
+DEFAULT_NEIGHBOR_KS = (10, 50, 100)
+
+
+def au_fsc(vol: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Area under the FSC curve of ``vol`` against ``ref`` (both multiplied by ``mask`` when given).
+
+    The FSC of :func:`cryoscape.analysis.fsc.fsc` has ``D // 2`` shells ``i = 0 .. D/2 - 1``; shell ``i`` is placed
+    at ``0.5 * i / (D/2 - 1)`` on the frequency axis, so the last shell sits at Nyquist (0.5 cycles/pixel), and
+    the area is taken with the trapezoid rule. A perfect match scores :data:`AU_FSC_MAX` = 0.5, unrelated maps
+    about 0 (CryoBench's per-image AU-FSC convention).
+    """
+    a, b = (vol, ref) if mask is None else (np.asarray(vol) * mask, np.asarray(ref) * mask)
+    return AU_FSC_MAX * fsc_auc(fsc(a, b)[1])
+
+
+def _state_masks(gt: Mapping[int, np.ndarray], pixel_size: float, mask: str | None) -> dict:
+    if mask in (None, "none"):
+        return {s: None for s in gt}
+    if mask != "auto":
+        raise InputError(f"unknown mask {mask!r}", hint="use 'auto' or 'none'")
+    return {s: auto_mask(v, pixel_size) for s, v in gt.items()}
+
+
+def _summary(values) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std()), "median": float(np.median(v)),
+            "min": float(v.min()), "max": float(v.max())}
+
+
+def sample_images(true_states: np.ndarray, n_images: int | None = DEFAULT_N_IMAGES, seed: int = 0,
+                  states=None) -> np.ndarray:
+    """Sorted indices of ``n_images`` particles drawn uniformly without replacement (all if fewer, or ``None``)
+    among those whose state is in ``states`` (default all), with ``numpy.random.default_rng(seed)``."""
+    true_states = np.asarray(true_states).ravel()
+    pool = np.arange(true_states.size) if states is None else np.flatnonzero(np.isin(true_states, list(states)))
+    if n_images is None or n_images >= pool.size:
+        return pool
+    if n_images < 1:
+        raise InputError(f"the number of sampled images must be at least 1, got {n_images}")
+    return np.sort(np.random.default_rng(seed).choice(pool, size=int(n_images), replace=False))
+
+
+def per_image_au_fsc(generator, z: np.ndarray, true_states: np.ndarray, gt_maps: Mapping[int, np.ndarray],
+                     n_images: int | None = DEFAULT_N_IMAGES, seed: int = 0, mask: str | None = "auto",
+                     batch_size: int = 8, gt_pixel_size_angstrom: float | None = None) -> dict:
+    """CryoBench's per-image AU-FSC: for each of ``n_images`` sampled particles (see :func:`sample_images`), the map
+    ``generator.generate_volumes`` makes at its latent against the ground-truth map of its state, by :func:`au_fsc`
+    with the soft mask of :func:`cryoscape.analysis.maps.auto_mask` computed from that true map (``mask="auto"``,
+    the default) or no mask (``None``).
+
+    ``generator`` is any object with ``generate_volumes(z (n, zdim)) -> (n, D, D, D)`` and
+    ``pixel_size_angstrom`` (a model, or a latent-neighbour reconstructor). Returns ``mean``, ``std``, ``median``,
+    ``min``, ``max``, ``n_images``, ``seed``, ``mask``, ``indices`` (positions in ``z``) and ``values``.
+    """
+    z = _as_latents(z)
+    true_states = np.asarray(true_states).ravel()
+    idx = sample_images(true_states, n_images, seed, states=[int(s) for s in gt_maps])
+    if idx.size == 0:
+        raise InputError("no particle's state has a ground-truth map")
+    pixel_size = float(generator.pixel_size_angstrom)
+    gt = masks = None
+    values = []
+    for start in range(0, idx.size, batch_size):
+        sel = idx[start:start + batch_size]
+        vols = np.asarray(generator.generate_volumes(z[sel].astype(np.float32), batch_size=batch_size),
+                          dtype=np.float32)
+        if gt is None:
+            gt = _prepare_gt(gt_maps, vols.shape[-1], pixel_size, gt_pixel_size_angstrom)
+            masks = _state_masks(gt, pixel_size, mask)
+        for i, vol in zip(sel, vols):
+            s = int(true_states[i])
+            values.append(au_fsc(vol, gt[s], masks[s]))
+    return {**_summary(values), "n_images": int(idx.size), "seed": int(seed), "mask": mask or "none",
+            "indices": idx.tolist(), "values": values}
+
+
+def per_conformation_au_fsc(generator, z: np.ndarray, true_states: np.ndarray, gt_maps: Mapping[int, np.ndarray],
+                            mask: str | None = "auto", batch_size: int = 8,
+                            gt_pixel_size_angstrom: float | None = None) -> dict:
+    """CryoBench's per-conformation AU-FSC: one map per true state, generated at the mean latent of its particles,
+    against that state's true map (:func:`au_fsc`, mask as in :func:`per_image_au_fsc`). Returns the summary over
+    states (``mean`` ...), ``n_states`` and ``per_state`` ``{state: AU-FSC}``."""
+    z = _as_latents(z)
+    true_states = np.asarray(true_states).ravel()
+    states = [int(s) for s in np.unique(true_states) if int(s) in gt_maps]
+    if not states:
+        raise InputError("no particle's state has a ground-truth map")
+    means = np.stack([z[true_states == s].mean(axis=0) for s in states]).astype(np.float32)
+    vols = np.asarray(generator.generate_volumes(means, batch_size=batch_size), dtype=np.float32)
+    pixel_size = float(generator.pixel_size_angstrom)
+    gt = _prepare_gt(gt_maps, vols.shape[-1], pixel_size, gt_pixel_size_angstrom)
+    masks = _state_masks(gt, pixel_size, mask)
+    per = {s: au_fsc(v, gt[s], masks[s]) for s, v in zip(states, vols)}
+    return {**_summary(list(per.values())), "n_states": len(states), "mask": mask or "none", "per_state": per}
+
+
+def neighborhood_similarity(z: np.ndarray, true_states: np.ndarray | None = None,
+                            coordinate: np.ndarray | None = None, ks=DEFAULT_NEIGHBOR_KS,
+                            distance: float | None = None) -> dict:
+    """Fraction of each particle's ``k`` nearest latent neighbours (Euclidean, itself excluded; scikit-learn
+    ``NearestNeighbors``) that share its true state and, with ``coordinate``, that lie within ``distance`` of it
+    on the true coordinate (default ``0.02`` times the coordinate's range: one step of 50 evenly spaced
+    conformations), averaged over particles, for each ``k`` in ``ks`` below the number of particles.
+
+    Returns ``{"ks": [...], "state": {k: fraction}, "state_chance": expected fraction for random neighbours,
+    "coordinate": {k: fraction}, "coordinate_distance": distance, "coordinate_chance": ...}`` (the parts the
+    truth allows).
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    z = _as_latents(z)
+    n = z.shape[0]
+    ks = sorted({int(k) for k in ks if 1 <= int(k) < n})
+    out: dict = {"ks": ks}
+    if not ks or (true_states is None and coordinate is None):
+        return out
+    nn = NearestNeighbors(n_neighbors=max(ks) + 1).fit(z)
+    _, nbr = nn.kneighbors(z)
+    # drop the particle itself (normally column 0; with duplicate latents it may sit elsewhere)
+    rows = np.arange(n)[:, None]
+    is_self = nbr == rows
+    no_self = ~is_self.any(axis=1)
+    is_self[no_self, -1] = True
+    nbr = nbr[~is_self].reshape(n, max(ks))
+    if true_states is not None:
+        st = np.asarray(true_states).ravel()
+        same = st[nbr] == st[:, None]
+        out["state"] = {k: float(same[:, :k].mean()) for k in ks}
+        _, counts = np.unique(st, return_counts=True)
+        out["state_chance"] = float(((counts * (counts - 1)).sum()) / (n * (n - 1)))
+    if coordinate is not None:
+        c = np.asarray(coordinate, dtype=np.float64).ravel()
+        d = 0.02 * float(np.ptp(c)) if distance is None else float(distance)
+        close = np.abs(c[nbr] - c[:, None]) <= d
+        out["coordinate"] = {k: float(close[:, :k].mean()) for k in ks}
+        out["coordinate_distance"] = d
+        cs = np.sort(c)
+        within = np.searchsorted(cs, c + d, side="right") - np.searchsorted(cs, c - d, side="left") - 1
+        out["coordinate_chance"] = float(within.sum() / (n * (n - 1)))
+    return out
+
+
+def cryobench_metrics(z: np.ndarray, truth: Mapping[str, np.ndarray], generator=None,
+                      gt_maps: Mapping[int, np.ndarray] | None = None, n_images: int | None = DEFAULT_N_IMAGES,
+                      seed: int = 0, ks=DEFAULT_NEIGHBOR_KS, distance: float | None = None, mask: str | None = "auto",
+                      batch_size: int = 8, gt_pixel_size_angstrom: float | None = None) -> dict:
+    """The CryoBench metrics the truth allows: ``per_image_au_fsc``, ``per_conformation_au_fsc`` (need
+    ``generator``, ``gt_maps`` and ``state``) and ``neighborhood_similarity`` (needs ``state`` or
+    ``coordinate``); ``not_computed`` ``{metric: reason}`` names the others."""
+    states = truth.get("state")
+    coordinate = truth.get("coordinate")
+    if coordinate is not None and np.ptp(coordinate) == 0:
+        coordinate = None
+    if states is not None and len(np.unique(states)) < 2:
+        states_nbr = None
+    else:
+        states_nbr = states
+    out: dict = {"not_computed": {}}
+    missing = [what for what, ok in (("per-particle 'state' labels", states is not None),
+                                     ("ground-truth maps (gt/state_XXX.mrc)", bool(gt_maps)),
+                                     ("a map generator (maps were not asked for)", generator is not None)) if not ok]
+    if missing:
+        for key in ("per_image_au_fsc", "per_conformation_au_fsc"):
+            out["not_computed"][key] = "needs " + " and ".join(missing)
+    else:
+        out["per_image_au_fsc"] = per_image_au_fsc(generator, z, states, gt_maps, n_images, seed, mask, batch_size,
+                                                   gt_pixel_size_angstrom)
+        out["per_conformation_au_fsc"] = per_conformation_au_fsc(generator, z, states, gt_maps, mask, batch_size,
+                                                                 gt_pixel_size_angstrom)
+    if states_nbr is None and coordinate is None:
+        out["not_computed"]["neighborhood_similarity"] = \
+            "needs more than one true state or a varying true coordinate"
+    else:
+        out["neighborhood_similarity"] = neighborhood_similarity(z, states_nbr, coordinate, ks, distance)
+        if states_nbr is None:
+            out["not_computed"]["neighborhood_similarity_state"] = "needs more than one true state"
+        if coordinate is None:
+            out["not_computed"]["neighborhood_similarity_coordinate"] = "needs a varying true coordinate"
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Whole run
 
 
@@ -412,7 +609,9 @@ def evaluate_run(run_dir: str | Path, labels_npz: str | Path | Mapping[str, np.n
                  gt_maps: Mapping[int, np.ndarray] | None = None, generator=None, epoch: int | None = None,
                  k: int | None = None, seed: int = 0, mask: str | None = None, batch_size: int = 8,
                  entropy_base: float = 10.0, gt_pixel_size_angstrom: float | None = None,
-                 label_set: str = "state", kmeans=None) -> dict:
+                 label_set: str = "state", kmeans=None, cryobench: bool = True,
+                 n_images: int | None = DEFAULT_N_IMAGES, neighbor_ks=DEFAULT_NEIGHBOR_KS,
+                 neighbor_distance: float | None = None) -> dict:
     """Evaluate the latents (and, with ``generator`` and ``gt_maps``, the maps) of a run against ground truth.
 
     Parameters
@@ -428,6 +627,9 @@ def evaluate_run(run_dir: str | Path, labels_npz: str | Path | Mapping[str, np.n
     label_set : the discrete labels clustered against (default ``state``; e.g. ``subunit``).
     kmeans : clusters to reuse when they number ``k`` (e.g. those of the analysis report).
     mask, batch_size, gt_pixel_size_angstrom : see :func:`map_scores`; entropy_base : see :func:`cluster_entropy`.
+    cryobench : also compute :func:`cryobench_metrics` (``n_images`` sampled images, seeded with ``seed``;
+        neighbourhood similarity at ``neighbor_ks`` with ``neighbor_distance``), always with the true-map soft
+        mask whatever ``mask``; stored under ``cryobench`` with ``not_computed`` reasons.
 
     Returns
     -------
@@ -465,6 +667,10 @@ def evaluate_run(run_dir: str | Path, labels_npz: str | Path | Mapping[str, np.n
                                  centers=None if km is None else km.centers,
                                  matching=out["clustering"]["matching"] if same else None,
                                  mask=mask, batch_size=batch_size, gt_pixel_size_angstrom=gt_pixel_size_angstrom)
+    if cryobench:
+        out["cryobench"] = cryobench_metrics(z, truth, generator, gt_maps, n_images=n_images, seed=seed,
+                                             ks=neighbor_ks, distance=neighbor_distance, batch_size=batch_size,
+                                             gt_pixel_size_angstrom=gt_pixel_size_angstrom)
     return _jsonable(out)
 
 
@@ -502,9 +708,32 @@ def format_evaluation(result: dict) -> str:
         w = c.get("within_groups")
         if w and w.get("mean") is not None:
             lines += [f"|Spearman rho| within each majority-label group  {_fmt(w['mean'])}"]
+    lines += format_cryobench(result.get("cryobench"))
     if "maps" in result:
         lines += ["state  FSC-AUC  res@0.5(A)  res@0.143(A)  CC"]
         for s, m in result["maps"]["states"].items():
             lines.append(f"{s:>5}  {_fmt(m['fsc_auc'])}    {_fmt(m['resolution_0.5_angstrom'], '8.2f')}    "
                          f"{_fmt(m['resolution_0.143_angstrom'], '8.2f')}    {_fmt(m['correlation'])}")
     return "\n".join(lines)
+
+
+def format_cryobench(cb: Mapping | None) -> list[str]:
+    """Text lines for the ``cryobench`` part of an evaluation (empty without one)."""
+    if not cb:
+        return []
+    lines = []
+    for key, what in (("per_image_au_fsc", "per-image AU-FSC"), ("per_conformation_au_fsc", "per-conformation AU-FSC")):
+        m = cb.get(key)
+        if m:
+            n = f"{m['n_images']} images" if "n_images" in m else f"{m['n_states']} states"
+            lines.append(f"{what:<24} {_fmt(m['mean'])} +- {_fmt(m['std'])}  (max 0.5; {n}, mask {m['mask']})")
+    nb = cb.get("neighborhood_similarity")
+    if nb:
+        for part, what in (("state", "same state"), ("coordinate", "coordinate within "
+                                                     f"{_fmt(nb.get('coordinate_distance'), '.3g')}")):
+            if part in nb:
+                vals = "  ".join(f"k={k}: {_fmt(v)}" for k, v in nb[part].items())
+                lines.append(f"neighbourhood similarity ({what}; chance {_fmt(nb[part + '_chance'])})  {vals}")
+    for key, why in cb.get("not_computed", {}).items():
+        lines.append(f"not computed: {key} ({why})")
+    return lines

@@ -375,6 +375,7 @@ def evaluation_section(result: Mapping) -> Section:
                          _num(w["mean"])])
     if rows:
         sec.tables.append(Table(["metric", "value"], rows))
+    cryobench_tables(sec, result.get("cryobench"))
     if "maps" in result:
         m = result["maps"]
         sec.tables.append(Table(
@@ -396,6 +397,32 @@ def evaluation_section(result: Mapping) -> Section:
                                                   legend_title=f"{len(shown)} of {len(states)} states"
                                                   if note else None)))
     return sec
+
+
+def cryobench_tables(sec: Section, cb: Mapping | None) -> None:
+    """Add the CryoBench metrics of an evaluation (AU-FSC, neighbourhood similarity) and what was not computed."""
+    if not cb:
+        return
+    rows = []
+    for key, what in (("per_image_au_fsc", "per-image AU-FSC"),
+                      ("per_conformation_au_fsc", "per-conformation AU-FSC")):
+        m = cb.get(key)
+        if m:
+            n = f"{m['n_images']} sampled images (seed {m['seed']})" if "n_images" in m else f"{m['n_states']} states"
+            rows.append([what, f"{_num(m['mean'])} ± {_num(m['std'])} (median {_num(m['median'])})",
+                         f"{n}; mask: {m['mask']}"])
+    nb = cb.get("neighborhood_similarity") or {}
+    for part, what in (("state", "share the true state"),
+                       ("coordinate", f"within {_num(nb.get('coordinate_distance'), '.3g')} on the true coordinate")):
+        for k, v in (nb.get(part) or {}).items():
+            rows.append([f"neighbourhood similarity, k = {k} ({what})", _num(v),
+                         f"random neighbours: {_num(nb.get(part + '_chance'))}"])
+    for key, why in (cb.get("not_computed") or {}).items():
+        rows.append([key.replace("_", " "), "not computed", why])
+    if rows:
+        sec.tables.append(Table(["CryoBench metric", "value", "notes"], rows,
+                                caption="AU-FSC: area under the masked FSC on a frequency axis ending at Nyquist = "
+                                        "0.5 (a perfect map scores 0.5); see docs/metrics.md"))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -5,8 +5,13 @@ Reports the adjusted Rand index, confusion matrix and Hungarian-matched accuracy
 labels.npz, e.g. subunit), the fraction sorted when each cluster takes its majority label, the mean cluster
 entropy (OPUS-DSD's measure, log base 10), |Spearman rho| of PC1 against the true continuous coordinate and,
 unless --no-maps, the FSC (AUC, resolution at 0.5 and 0.143) and correlation of maps generated at each true
-state's mean latent and at the k-means centres against the ground-truth maps. Prints a table and writes
-everything to OUT.json (an existing one only with --overwrite).
+state's mean latent and at the k-means centres against the ground-truth maps. It also computes CryoBench's
+metrics (docs/metrics.md): the per-image AU-FSC (maps at the latents of --n-images sampled images, seeded with
+--seed, against each image's true map; masked FSC, area on a frequency axis ending at Nyquist = 0.5, so at most
+0.5), the per-conformation AU-FSC (one map per true state at its mean latent) and the neighbourhood similarity
+(fraction of each particle's k nearest latent neighbours, for each --neighbor-k, that share its true state or lie
+within --neighbor-distance on the true coordinate); the metrics the truth (or --no-maps) leaves out are named
+with the reason. Prints a table and writes everything to OUT.json (an existing one only with --overwrite).
 
 Example:
   cryoscape evaluate runs/vae8 --truth sim/ -o runs/vae8/evaluation.json
@@ -35,6 +40,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
     p.add_argument("-b", "--batch-size", type=int, default=4, help="maps generated per batch (default 4)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (for generating maps)")
+    p.add_argument("--n-images", type=int, default=100,
+                   help="images sampled for the per-image AU-FSC (default 100; all if fewer; 0 for all)")
+    p.add_argument("--neighbor-k", type=int, nargs="+", default=[10, 50, 100], metavar="K",
+                   help="neighbourhood sizes of the neighbourhood similarity (default 10 50 100)")
+    p.add_argument("--neighbor-distance", type=float, metavar="DIST",
+                   help="true-coordinate distance counted as a neighbour (default 0.02 x the coordinate range)")
 
 
 def run(args) -> int:
@@ -47,6 +58,8 @@ def run(args) -> int:
     from cryoscape.utils.outputs import check_output_file
 
     check_output_file(args.output, "evaluate", args.overwrite)
+    if args.n_images < 0 or any(k < 1 for k in args.neighbor_k):
+        raise InputError("--n-images must be >= 0 and every --neighbor-k >= 1")
     truth = Path(args.truth)
     labels = truth / "labels.npz"
     if not labels.is_file():
@@ -59,7 +72,8 @@ def run(args) -> int:
         generator = load_generator(args.run, epoch, args.device)
     result = evaluate_run(args.run, labels, gt_maps, generator, epoch=epoch, k=args.k, seed=args.seed,
                           mask=args.mask, batch_size=args.batch_size, gt_pixel_size_angstrom=gt_apix,
-                          label_set=args.labels)
+                          label_set=args.labels, n_images=None if args.n_images == 0 else args.n_images,
+                          neighbor_ks=args.neighbor_k, neighbor_distance=args.neighbor_distance)
     result["truth"] = str(truth)
     atomic_write_text(args.output, json.dumps(result, indent=1, allow_nan=False) + "\n")
     print(format_evaluation(result))
