@@ -11,6 +11,7 @@ from cryoscape.data.healpix_sampler import view_classes
 from cryoscape.data.prepared import ctf_premultiplied_flag, estimate_norm, prepare_all
 from cryoscape.data.preprocess import check_finite, make_window
 from cryoscape.errors import InputError
+from cryoscape.imaging.ctf import CTFTensors
 from cryoscape.imaging.shift import translate_images
 
 __all__ = ["ImageParticleData", "prepare_images"]
@@ -80,7 +81,7 @@ class ImageParticleData:
         self.rotations = torch.as_tensor(rotations, dtype=torch.float32)
         self._shifts_cpu = torch.as_tensor(particles.poses.shifts_px(self.pixel_size_angstrom), dtype=torch.float32)
         self._classes = torch.as_tensor(self.view_classes)
-        self.ctf = None if particles.ctf is None else torch.as_tensor(particles.ctf.to_array(), dtype=torch.float32)
+        self.ctf = None if particles.ctf is None else CTFTensors.from_params(particles.ctf)
         self.ctf_premultiplied = ctf_premultiplied_flag(particles, self.ctf is not None, log)
         self.device = torch.device("cpu")
         self.norm_std = float(norm_std) if norm_std is not None else self._estimate_norm()
@@ -115,7 +116,7 @@ class ImageParticleData:
 
     def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         """The particles at ``indices``: ``index`` (B,), ``y`` (B, D, D) centred normalised images, ``rot``
-        (B, 3, 3), ``view_class`` (B,) and, if known, ``ctf`` (B, 9)."""
+        (B, 3, 3), ``view_class`` (B,) and, if known, ``ctf`` (:class:`CTFTensors` of shape (B,))."""
         indices = np.asarray(indices, dtype=np.int64)
         idx = torch.from_numpy(indices).to(self.device)
         if self.images is not None:

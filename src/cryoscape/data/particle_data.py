@@ -11,6 +11,7 @@ from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.data.prepared import ctf_premultiplied_flag, estimate_norm, prepare_all
 from cryoscape.data.preprocess import check_finite, hartley_pixels, make_window
 from cryoscape.errors import InputError
+from cryoscape.imaging.ctf import CTFTensors
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class SliceParticleData:
         self.source = str(particles.source_path)
         self.rotations = torch.as_tensor(particles.poses.rotations, dtype=torch.float32)
         self._shifts_cpu = torch.as_tensor(particles.poses.shifts_px(self.pixel_size_angstrom), dtype=torch.float32)
-        self.ctf = None if particles.ctf is None else torch.as_tensor(particles.ctf.to_array())
+        self.ctf = None if particles.ctf is None else CTFTensors.from_params(particles.ctf)
         self.ctf_premultiplied = ctf_premultiplied_flag(particles, self.ctf is not None, log)
         self.device = torch.device("cpu")
         self.norm_std = float(norm_std) if norm_std is not None else self._estimate_norm()

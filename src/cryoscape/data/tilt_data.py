@@ -17,6 +17,7 @@ from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.data.prepared import ctf_premultiplied_flag, estimate_norm, prepare_all
 from cryoscape.data.preprocess import check_finite, hartley_pixels, make_window
 from cryoscape.errors import InputError
+from cryoscape.imaging.ctf import CTFTensors
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class TiltSeriesData:
         self.counts = self.offsets[1:] - self.offsets[:-1]
         self.rotations = torch.as_tensor(tilts.rotations, dtype=torch.float32)
         self._shifts_cpu = torch.as_tensor(tilts.shifts_angstrom / self.pixel_size_angstrom, dtype=torch.float32)
-        self.ctf = torch.as_tensor(tilts.ctf.to_array())
+        self.ctf = CTFTensors.from_params(tilts.ctf)
         self.ctf_premultiplied = ctf_premultiplied_flag(tilts, True, log)
         self.exposure = torch.as_tensor(tilts.exposure_e_per_angstrom2, dtype=torch.float32)
         self.tilt_deg = torch.as_tensor(tilts.tilt_deg, dtype=torch.float32)
@@ -124,7 +125,7 @@ class TiltSeriesData:
         Returns
         -------
         dict with ``index`` ``(B,)``, ``y`` ``(B, T, P)`` normalised Hartley pixels, ``rot`` ``(B, T, 3, 3)``,
-        ``ctf`` ``(B, T, 9)``, ``exposure`` ``(B, T)`` (e/A^2), ``tilt_deg`` ``(B, T)``, ``tilt_mask`` ``(B, T)``
+        ``ctf`` :class:`CTFTensors` ``(B, T)``, ``exposure`` ``(B, T)`` (e/A^2), ``tilt_deg`` ``(B, T)``, ``tilt_mask`` ``(B, T)``
         bool and ``tilt_key`` ``(B, T)`` (a fixed random number per image).
         """
         indices = np.asarray(indices, dtype=np.int64)

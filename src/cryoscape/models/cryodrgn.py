@@ -136,7 +136,7 @@ class CryoDRGN(nn.Module):
         return torch.cat([half_re - half_im, half_re + half_im, dc], dim=1).reshape(B, -1)
 
     def ctf_values(self, ctf: torch.Tensor | None) -> torch.Tensor | None:
-        """CTF ``(B, P)`` at the model's pixels for parameters ``(B, 9)`` (``None`` -> ``None``)."""
+        """CTF ``(B, P)`` at the model's pixels for :class:`CTFTensors` ``(B,)`` (``None`` -> ``None``)."""
         if ctf is None:
             return None
         return compute_ctf(self.freqs / self.pixel_size_angstrom, ctf)

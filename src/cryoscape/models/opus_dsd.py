@@ -57,7 +57,7 @@ def kl_divergence_logstd(mu: torch.Tensor, logstd: torch.Tensor) -> torch.Tensor
 def render_images(volumes: torch.Tensor, rotations: torch.Tensor, ctf: torch.Tensor | None,
                   pixel_size_angstrom: float, ctf_premultiplied: bool = False) -> torch.Tensor:
     """Real-space projections ``(B, D, D)`` of ``volumes`` ``(B, D, D, D)`` at RELION poses ``(B, 3, 3)``,
-    multiplied by the CTF (parameters ``(B, 9)``, ``None``: no CTF) in Fourier space, or by ``CTF^2`` for
+    multiplied by the CTF (:class:`CTFTensors` ``(B,)``, ``None``: no CTF) in Fourier space, or by ``CTF^2`` for
     CTF-premultiplied images."""
     proj = project_real(volumes, rotations)
     if ctf is None:

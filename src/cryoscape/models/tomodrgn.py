@@ -34,7 +34,7 @@ from torch import nn
 
 from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.errors import InputError
-from cryoscape.imaging.ctf import compute_ctf
+from cryoscape.imaging.ctf import CTFTensors, compute_ctf
 from cryoscape.imaging.dose import dose_weights, optimal_exposure_mask, tilt_weights
 from cryoscape.imaging.lattice import central_slice_coords
 from cryoscape.models.cryodrgn import CryoDRGN
@@ -81,7 +81,8 @@ def select_tilts(batch: dict[str, torch.Tensor], n: int | None, random: bool) ->
     keys = keys.masked_fill(~mask, 2.0)
     order = torch.argsort(keys, dim=1)[:, :n]
     out = dict(batch)
-    for name in ("y", "rot", "ctf", "exposure", "tilt_deg", "tilt_mask", "tilt_key"):
+    out["ctf"] = CTFTensors.of(batch["ctf"]).gather(1, order)
+    for name in ("y", "rot", "exposure", "tilt_deg", "tilt_mask", "tilt_key"):
         v = batch[name]
         idx = order.reshape(order.shape + (1,) * (v.ndim - 2)).expand(order.shape + v.shape[2:])
         out[name] = torch.gather(v, 1, idx)
@@ -184,10 +185,9 @@ class TomoDRGN(nn.Module):
         return select_tilts(batch, n, random=self.training)
 
     # -- the forward model --------------------------------------------------------------------------------------
-    def ctf_values(self, ctf: torch.Tensor) -> torch.Tensor:
-        """CTF ``(B, n, P)`` at the model's pixels for parameters ``(B, n, 9)``."""
-        B, n = ctf.shape[:2]
-        return compute_ctf(self.freqs / self.pixel_size_angstrom, ctf.reshape(B * n, 9)).reshape(B, n, -1)
+    def ctf_values(self, ctf: CTFTensors) -> torch.Tensor:
+        """CTF ``(B, n, P)`` at the model's pixels for parameters of shape ``(B, n)``."""
+        return compute_ctf(self.freqs / self.pixel_size_angstrom, CTFTensors.of(ctf))
 
     def encode(self, y: torch.Tensor, ctf_values: torch.Tensor, mask: torch.Tensor):
         """``y`` ``(B, n, P)`` -> ``(mu, logvar)`` ``(B, zdim)`` each (images phase-flipped by the CTF sign, unless
@@ -202,13 +202,13 @@ class TomoDRGN(nn.Module):
         """What multiplies the rendered slices: the CTF, or ``CTF^2`` for CTF-premultiplied stacks."""
         return ctf_values * ctf_values if self.ctf_premultiplied else ctf_values
 
-    def decode_mask(self, exposure: torch.Tensor, ctf: torch.Tensor, tilt_mask: torch.Tensor) -> torch.Tensor:
+    def decode_mask(self, exposure: torch.Tensor, ctf: CTFTensors, tilt_mask: torch.Tensor) -> torch.Tensor:
         """Bool ``(B, n, M + 1)``: decoded points of each tilt (half plane by exposure, DC always; real tilts)."""
         keep = tilt_mask[..., None].expand(-1, -1, self.points.shape[0])
         if not self.dose_mask:
             return keep
         k = self.points.norm(dim=-1) / self.pixel_size_angstrom
-        return keep & optimal_exposure_mask(k, exposure[..., None], ctf[..., 3:4])
+        return keep & optimal_exposure_mask(k, exposure[..., None], CTFTensors.of(ctf).voltage[..., None])
 
     def render(self, rot: torch.Tensor, z: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor:
         """Hartley values ``(B, n, P)`` of the central slices at ``rot`` ``(B, n, 3, 3)``, decoding only ``keep``
@@ -227,7 +227,7 @@ class TomoDRGN(nn.Module):
         re, im = out[..., :m, 0], out[..., :m, 1]
         return torch.cat([re - im, re + im, out[..., m:, 0]], dim=-1)
 
-    def loss_weights(self, exposure: torch.Tensor, tilt_deg: torch.Tensor, ctf: torch.Tensor) -> torch.Tensor:
+    def loss_weights(self, exposure: torch.Tensor, tilt_deg: torch.Tensor, ctf: CTFTensors) -> torch.Tensor:
         """Per-pixel weights ``(B, n, P)``: dose attenuation times ``cos(tilt)`` (each 1 when switched off)."""
         w = torch.ones(exposure.shape + (self.freqs.shape[0],), device=exposure.device)
         if self.recon_dose_weight:
@@ -236,10 +236,10 @@ class TomoDRGN(nn.Module):
             w = w * tilt_weights(tilt_deg)[..., None]
         return w
 
-    def attenuation(self, exposure: torch.Tensor, ctf: torch.Tensor) -> torch.Tensor:
+    def attenuation(self, exposure: torch.Tensor, ctf: CTFTensors) -> torch.Tensor:
         """``exp(-N / (2 Ne(k)))`` ``(B, n, P)`` at the model's pixels."""
         k = self.freqs.norm(dim=-1) / self.pixel_size_angstrom
-        return dose_weights(k, exposure[..., None].float(), ctf[..., 3:4].float())
+        return dose_weights(k, exposure[..., None].float(), CTFTensors.of(ctf).voltage[..., None].float())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Loss and its terms for a batch of particles (see the module docstring)."""

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryoscape.imaging.ctf import ctf_image
+from cryoscape.imaging.ctf import CTFTensors, ctf_image
 from cryoscape.imaging.dose import dose_weights
 from cryoscape.imaging.fft import fft2_centered, fft3_centered, freq_grid_2d, ifft2_centered
 from cryoscape.imaging.lattice import central_slice_coords, circle_mask
@@ -220,7 +220,8 @@ def form_tilt_images(spectrum: torch.Tensor, D: int, rotations: torch.Tensor, or
     dev, dt = images.device, images.dtype
     s = freq_grid_2d(D, device=dev, dtype=dt).norm(dim=-1) / pixel_size_angstrom
     transfer = circle_mask(D, device=dev).to(dt) * ctf_image(D, pixel_size_angstrom, ctf.to(device=dev, dtype=dt))
-    transfer = transfer * dose_weights(s, exposure.to(dev, dt)[:, None, None], ctf[:, 3].to(dev, dt)[:, None, None])
+    voltage = CTFTensors.of(ctf).voltage.to(dev, dt)
+    transfer = transfer * dose_weights(s, exposure.to(dev, dt)[:, None, None], voltage[:, None, None])
     transfer = transfer * torch.cos(torch.deg2rad(tilt_deg.to(dev, dt)))[:, None, None]
     F = phase_shift(fft2_centered(images) * transfer, -origins_px.to(dev, dt))
     return ifft2_centered(F).real
