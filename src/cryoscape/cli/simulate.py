@@ -9,10 +9,18 @@ OUT must be new or empty; --overwrite replaces these files (stale ones of an ear
 Presets: homogeneous, linear1d (hinge, 50 states), discrete3 (10:15:25), hinge_discrete (hinge x subunit),
 eightconf (dumbbell, 8 conformations).
 
+Atomic-model motion mode (--pdb with one model and --move): the atoms of --move (a chain, or CHAIN:FIRST-LAST
+residues) turn about the hinge axis through the two points of --hinge-axis (Angstrom, the model's frame; a
+positive angle turns right-handed about the direction from the first point to the second), over --angles MIN
+MAX in --n-conformations evenly spaced steps (default 50), one ground-truth map per angle, as CryoBench's IgG-1D
+varies a dihedral. labels.npz then holds each particle's conformation (state), its angle (angle_deg) and the
+angle scaled to [0, 1] (coordinate).
+
 Example:
   cryoscape simulate --preset linear1d -N 1000 -D 64 --apix 3.0 --snr 0.1 -o sim/
   cryoscape simulate --volumes a.mrc b.mrc -N 500 -o sim2/
   cryoscape simulate --pdb model.cif --apix 2 -D 64 --resolution 6 -N 2000 -o sim3/
+  cryoscape simulate --pdb igg.cif --move B:220-440 --hinge-axis 10 0 5 10 20 5 --angles -40 40 -N 10000 -o sim4/
 """
 
 from __future__ import annotations
@@ -37,6 +45,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--preset", choices=list(PRESETS), help="built-in heterogeneous object")
     src.add_argument("--volumes", nargs="+", metavar="MRC", help="one MRC map per state")
     src.add_argument("--pdb", nargs="+", metavar="MODEL", help="one PDB/mmCIF model per state (rendered with gemmi)")
+    motion = parser.add_argument_group("atomic-model motion mode (with one --pdb model)")
+    motion.add_argument("--move", metavar="SEL",
+                        help="the atoms that turn: a chain (B) or a residue range of one (B:220-440)")
+    motion.add_argument("--hinge-axis", type=float, nargs=6, metavar=("X1", "Y1", "Z1", "X2", "Y2", "Z2"),
+                        help="two points of the hinge axis in Angstrom (model frame); required with --move")
+    motion.add_argument("--angles", type=float, nargs=2, default=(-30.0, 30.0), metavar=("MIN", "MAX"),
+                        help="range of the rotation in degrees, ends included (default -30 30)")
+    motion.add_argument("--n-conformations", type=int, default=50, metavar="N",
+                        help="evenly spaced angles, one ground-truth map each (default 50)")
     parser.add_argument("-o", "--outdir", required=True, help="output folder (new or empty, unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty OUT: replace the files simulate writes there (a stale "
@@ -71,9 +88,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the ground-truth objects, simulate the images and write the dataset."""
+    import numpy as np
     import torch
 
-    from cryoscape.simulate.atomic import states_from_atomic
+    from cryoscape.simulate.atomic import states_from_atomic, states_from_motion
     from cryoscape.simulate.particles import simulate_dataset
     from cryoscape.simulate.volumes import states_from_maps, states_from_preset
     from cryoscape.utils.outputs import prepare_output_dir
@@ -89,11 +107,20 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"-D must be even and at least 8, got {args.box}")
     if args.apix is not None and args.apix <= 0:
         raise InputError(f"--apix must be positive, got {args.apix}")
+    if (args.move or args.hinge_axis) and not args.pdb:
+        raise InputError("--move and --hinge-axis need one atomic model (--pdb MODEL)")
     lo, hi = args.defocus
     if not 0 <= lo <= hi:
         raise InputError(f"--defocus needs 0 <= MIN <= MAX, got {lo} {hi}")
     if args.preset:
         states = states_from_preset(args.preset, args.box or 64, args.apix or 3.0, args.resolution)
+    elif args.pdb and args.move:
+        if len(args.pdb) != 1:
+            raise InputError(f"--move turns part of one model, but {len(args.pdb)} models were given")
+        if args.hinge_axis is None:
+            raise InputError("--move needs --hinge-axis X1 Y1 Z1 X2 Y2 Z2 (two points of the axis, Angstrom)")
+        states = states_from_motion(args.pdb[0], args.move, np.reshape(args.hinge_axis, (2, 3)), args.angles,
+                                    args.n_conformations, args.box or 64, args.apix or 2.0, args.resolution)
     elif args.pdb:
         states = states_from_atomic(args.pdb, args.box or 64, args.apix or 2.0, args.resolution)
     else:

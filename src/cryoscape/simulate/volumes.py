@@ -197,7 +197,8 @@ class StateSet:
     render : callable ``state -> float32 (D, D, D)`` map.
     coordinates : ``(n_states,)`` continuous coordinate of each state.
     weights : ``(n_states,)`` relative populations.
-    extra : dict of ``(n_states,)`` integer labels per state (copied per particle into ``labels.npz``).
+    extra : dict of ``(n_states,)`` per-state values (integer labels such as ``subunit``, or e.g. the motion
+        mode's ``angle_deg``), copied per particle into ``labels.npz``.
     """
 
     name: str
