@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "analyze": "analyze",
     "analyze-volumes": "analyze_volumes",
     "filter": "filter",
+    "write-poses": "write_poses",
     "explore": "explore",
     "simulate": "simulate",
     "simulate-tilt": "simulate_tilt",

@@ -178,3 +178,44 @@ class PoseTable:
         w = self.rotvec.double()
         A = compose(torch.as_tensor(np.asarray(rotations), dtype=torch.float64), w).numpy()
         return A, np.asarray(shifts_px, np.float64) + self.shift_px.double().numpy()
+
+
+# -- learned poses in the run folder (RUN/poses/epoch_NNN.npz) --------------------------------------------------
+POSE_FILE_KEYS = ("rotations", "shifts_angstrom", "rotvec", "shift_px", "refined")
+
+
+def save_learned_poses(path, rotations: np.ndarray, shifts_angstrom: np.ndarray, rotvec: np.ndarray,
+                       shift_px: np.ndarray, refined: np.ndarray) -> None:
+    """Write ``RUN/poses/epoch_NNN.npz`` atomically: per training particle (data positions, the rows of
+    ``RUN/indices.npy``) the learned ``rotations`` ``(N, 3, 3)`` (RELION ``A``) and ``shifts_angstrom`` ``(N, 2)``
+    (RELION origin), the corrections ``rotvec`` (radians) and ``shift_px`` and ``refined`` (bool: the particle's
+    pose was optimised; validation particles keep their consensus pose).
+    """
+    from cryoscape.utils.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        np.savez(tmp, rotations=np.asarray(rotations, np.float64), shifts_angstrom=np.asarray(shifts_angstrom,
+                 np.float64), rotvec=np.asarray(rotvec, np.float32), shift_px=np.asarray(shift_px, np.float32),
+                 refined=np.asarray(refined, bool))
+
+
+def load_learned_poses(run_dir, epoch: int | None = None) -> tuple[int, dict]:
+    """``(epoch, arrays)`` of the learned poses of a run (``epoch`` ``None``: the best epoch, else the last one with
+    checkpoints); an :class:`~cryoscape.errors.InputError` names the run when it did not refine poses.
+    """
+    from cryoscape.errors import InputError
+    from cryoscape.rundir import RunDir
+
+    run = RunDir(run_dir)
+    epoch = run.resolve_epoch(epoch)
+    path = run.learned_poses_path(epoch)
+    if not path.is_file():
+        hint = "train with --refine-poses to learn poses" if not run.pose_dir.is_dir() else \
+            "poses are written with every checkpointed epoch after --refine-start"
+        raise InputError(f"no learned poses for epoch {epoch}", run.path, hint=hint)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in POSE_FILE_KEYS}
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"cannot read the learned poses ({exc.__class__.__name__})", path) from None
+    return epoch, arrays

@@ -1,0 +1,64 @@
+"""Write the poses learned by `train --refine-poses` into a STAR (RELION) or .cs (cryoSPARC) file.
+
+The output holds the run's particles (the input's rows that were trained on, all of them without --ind) with every
+block, optics group and column of the input kept; only the angles and origins are replaced by the learned ones:
+STAR rlnAngleRot/Tilt/Psi (ZYZ Euler angles, degrees) and rlnOriginXAngst/YAngst (Angstrom; RELION 3.0 files:
+rlnOriginX/Y in pixels), cryoSPARC alignments3D/pose (rotation vector) and alignments3D/shift (pixels). Validation
+particles keep their consensus poses (their poses are not refined). A .star from a .cs input (or the other way round)
+is written as new metadata, as `filter --format` does.
+
+Example:
+  cryoscape write-poses runs/refined -o refined_poses.star
+  cryoscape write-poses runs/refined --epoch 20 -o refined_poses.cs
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    """Register the options of ``cryoscape write-poses``."""
+    p.add_argument("run", help="run folder written by `cryoscape train --refine-poses`")
+    p.add_argument("-o", "--out", required=True, help="output file: .star (RELION) or .cs (cryoSPARC)")
+    p.add_argument("--epoch", type=int, help="epoch whose poses to write (default: the best epoch, else the last)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+
+def run(args) -> int:
+    """Write the learned poses of ``args.run`` to ``args.out``."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from cryoscape.config import load_config
+    from cryoscape.errors import InputError
+    from cryoscape.io.pose_output import write_particles_with_poses
+    from cryoscape.metadata import Poses
+    from cryoscape.models.poses import load_learned_poses
+    from cryoscape.models.registry import get_family
+    from cryoscape.rundir import RunDir
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".star", ".cs"):
+        raise InputError("the output must be a .star or .cs file", out)
+    if out.exists() and not args.overwrite:
+        raise InputError("exists already", out, hint="give --overwrite to replace it, or another -o")
+    run_dir = RunDir(args.run)
+    config = load_config(run_dir.config_path)
+    family = get_family(config.model.family)
+    if family.own_input_format:
+        raise InputError(f"write-poses writes single-particle files; this run is a {family.name} run", run_dir.path)
+    epoch, learned = load_learned_poses(run_dir.path, args.epoch)
+    particles, _ = family.load_particles(config, apply_ind=False)
+    indices = run_dir.read_indices()
+    if indices is None:
+        indices = np.arange(len(particles), dtype=np.int64)
+    if len(indices) != len(learned["rotations"]):
+        raise InputError(f"the learned poses hold {len(learned['rotations'])} particles but RUN/indices.npy "
+                         f"{len(indices)}", run_dir.path)
+    poses = Poses(learned["rotations"], learned["shifts_angstrom"])
+    written = write_particles_with_poses(particles, indices, poses, out)
+    print(f"wrote the poses of epoch {epoch} ({int(learned['refined'].sum())} of {len(indices)} particles refined) "
+          f"-> {written}")
+    return 0
