@@ -33,11 +33,7 @@ from cryoscape.imaging.lattice import central_slice_coords
 from cryoscape.models.decoders import CoordinateDecoder
 from cryoscape.models.family import ModelFamily
 from cryoscape.models.mlp import ResidualMLP
-
-
-def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of ``KL(N(mu, exp(logvar)) || N(0, I))``; ``mu``, ``logvar``: ``(B, zdim)``."""
-    return (-0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
+from cryoscape.models.vae import hartley_from_half_plane, kl_divergence, reparameterize, volumes_in_batches
 
 
 class CryoDRGN(nn.Module):
@@ -129,11 +125,7 @@ class CryoDRGN(nn.Module):
             m = half.numel()
         freqs[m] = 0.0
         q = central_slice_coords(rotations, freqs)  # (B, m + 1, 3)
-        out = self.decoder(q, z)
-        re, im = out[..., 0], out[..., 1]
-        half_re, half_im = re[:, :m], im[:, :m]
-        dc = re[:, m:]
-        return torch.cat([half_re - half_im, half_re + half_im, dc], dim=1).reshape(B, -1)
+        return hartley_from_half_plane(self.decoder(q, z), m).reshape(B, -1)
 
     def ctf_values(self, ctf: torch.Tensor | None) -> torch.Tensor | None:
         """CTF ``(B, P)`` at the model's pixels for :class:`CTFTensors` ``(B,)`` (``None`` -> ``None``)."""
@@ -153,7 +145,7 @@ class CryoDRGN(nn.Module):
         z = None
         if self.zdim > 0:
             mu, logvar = self.encode(y, ctf)
-            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+            z = reparameterize(mu, logvar, self.training)
             terms["kl"] = kl_divergence(mu, logvar)
         subset = self.pixel_subset()
         if subset is None:
@@ -215,10 +207,7 @@ class CryoDRGN(nn.Module):
         decoded ``batch_size`` latents at a time."""
         if z is None or self.zdim == 0:
             return self.generate_volume(None).cpu().numpy()[None].astype(np.float32)
-        z = np.asarray(z, dtype=np.float32).reshape(-1, self.zdim)
-        step = max(1, int(batch_size))
-        return np.concatenate([self.generate_volume_batch(torch.from_numpy(z[i : i + step])).cpu().numpy()
-                               for i in range(0, len(z), step)]).astype(np.float32)
+        return volumes_in_batches(z, self.zdim, batch_size, self.generate_volume_batch, self.D)
 
 
 class CryoDRGNFamily(ModelFamily):

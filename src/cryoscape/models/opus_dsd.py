@@ -38,6 +38,7 @@ from cryoscape.models.opus_prior import (
     l1_norm,
     total_variation,
 )
+from cryoscape.models.vae import gaussian_kl, reparameterize, volumes_in_batches
 
 __all__ = ["OpusDSD", "default_templateres", "kl_divergence_logstd", "render_images"]
 
@@ -50,8 +51,9 @@ def default_templateres(D: int) -> int:
 
 
 def kl_divergence_logstd(mu: torch.Tensor, logstd: torch.Tensor) -> torch.Tensor:
-    """``KL(N(mu, exp(logstd)^2) || N(0, I))`` per row, ``(B,)``, for ``mu``, ``logstd`` ``(B, zdim)``."""
-    return (-logstd + 0.5 * (torch.exp(2.0 * logstd) + mu * mu) - 0.5).sum(dim=1)
+    """``KL(N(mu, exp(logstd)^2) || N(0, I))`` per row, ``(B,)``, for ``mu``, ``logstd`` ``(B, zdim)``
+    (:func:`cryoscape.models.vae.gaussian_kl` with ``logvar = 2 logstd``)."""
+    return gaussian_kl(mu, 2.0 * logstd)
 
 
 def render_images(volumes: torch.Tensor, rotations: torch.Tensor, ctf: torch.Tensor | None,
@@ -174,7 +176,7 @@ class OpusDSD(nn.Module):
         y, rot = batch["y"].to(dev), batch["rot"].to(dev)
         ctf = batch["ctf"].to(dev) if "ctf" in batch else None
         mu, logstd = self.encode(self.augment(y) if self.training else y, rot)
-        z = mu + torch.randn_like(mu) * torch.exp(logstd) if self.training else mu
+        z = reparameterize(mu, 2.0 * logstd, self.training)
         vol = self.volumes(z)
         pred = render_images(vol, rot, ctf, float(self.pixel_size_angstrom), self.ctf_premultiplied)
         mask2d = self.loss_mask(rot)
@@ -237,13 +239,9 @@ class OpusDSD(nn.Module):
     @torch.no_grad()
     def generate_volumes(self, z: np.ndarray, batch_size: int = 1) -> np.ndarray:
         """Volumes ``(n, D, D, D)`` float32 at latents ``z`` ``(n, zdim)``, in the units of the input images."""
-        z = np.asarray(z, dtype=np.float32).reshape(-1, self.zdim)
         dev = self.volume_mask.device
-        out = []
-        for start in range(0, len(z), max(1, int(batch_size))):
-            zb = torch.from_numpy(z[start : start + max(1, int(batch_size))]).to(dev)
-            out.append((self.volumes(zb) * self.norm_std).float().cpu().numpy())
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0,) + (self.D,) * 3, np.float32)
+        return volumes_in_batches(z, self.zdim, batch_size, lambda zb: self.volumes(zb.to(dev)) * self.norm_std,
+                                  self.D)
 
 
 # -- family hooks: mask file, channel widths -------------------------------------------------------------------

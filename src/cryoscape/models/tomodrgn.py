@@ -41,6 +41,7 @@ from cryoscape.models.cryodrgn import CryoDRGN
 from cryoscape.models.decoders import CoordinateDecoder
 from cryoscape.models.family import ModelFamily
 from cryoscape.models.mlp import ResidualMLP, activation_layer
+from cryoscape.models.vae import gaussian_kl, hartley_from_half_plane, reparameterize
 
 POOLINGS = ("concatenate", "max", "mean", "median")
 KL_NORMS = ("scored", "paper")
@@ -222,10 +223,7 @@ class TomoDRGN(nn.Module):
         else:
             packed, slot, _ = pack_masked(q, flat)
             out = unpack_masked(self.decoder(packed, z), slot)
-        out = out.reshape(B, n, Q, 2).float()
-        m = Q - 1
-        re, im = out[..., :m, 0], out[..., :m, 1]
-        return torch.cat([re - im, re + im, out[..., m:, 0]], dim=-1)
+        return hartley_from_half_plane(out.reshape(B, n, Q, 2).float(), Q - 1)
 
     def loss_weights(self, exposure: torch.Tensor, tilt_deg: torch.Tensor, ctf: CTFTensors) -> torch.Tensor:
         """Per-pixel weights ``(B, n, P)``: dose attenuation times ``cos(tilt)`` (each 1 when switched off)."""
@@ -250,7 +248,7 @@ class TomoDRGN(nn.Module):
         z = None
         if self.zdim > 0:
             mu, logvar = self.encode(y, ctf, mask)
-            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+            z = reparameterize(mu, logvar, self.training)
         keep = self.decode_mask(b["exposure"], b["ctf"], mask)
         pred = self.render(b["rot"], z, keep) * self.transfer(ctf.float())
         if self.images_dose_weighted:
@@ -263,7 +261,7 @@ class TomoDRGN(nn.Module):
         terms["recon"] = recon
         loss = recon
         if z is not None:
-            kl = -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
+            kl = gaussian_kl(mu, logvar)
             norm = w_particle if self.kl_norm == "scored" else mask.sum(dim=1).float() * self.D**2
             terms["kl"] = kl.mean()
             loss = loss + self.beta * (kl.float() / norm).mean()
