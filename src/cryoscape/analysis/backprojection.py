@@ -250,7 +250,8 @@ class _Grids:
         self.ft = torch.zeros(2 * Dp * Dp * self.Dh, dtype=torch.complex64, device=device)
         self.w = torch.zeros(2 * Dp * Dp * self.Dh, dtype=torch.float32, device=device)
 
-    def insert(self, batch, idx, rotations, shifts_px, ctf, pixel_size_angstrom, ctf_correction, premultiplied):
+    def insert(self, batch, idx, rotations, shifts_px, ctf, pixel_size_angstrom, ctf_correction, premultiplied,
+               particle_weights=None):
         """Transform and insert the images ``batch`` (numpy ``(n, D, D)``) of particles ``idx``."""
         device, Dp = self.device, self.Dp
         x = nnf.pad(torch.as_tensor(batch, device=device), self.pad)
@@ -269,6 +270,9 @@ class _Grids:
             else:
                 F, weights = F * torch.where(c < 0, -1.0, 1.0), torch.ones_like(c)
             del c
+        if particle_weights is not None:  # kernel weights: scale both the data and the weights of each image
+            pw = torch.as_tensor(particle_weights[idx], dtype=torch.float32, device=device)[:, None]
+            F, weights = F * pw, weights * pw
         rots = torch.as_tensor(rotations[idx], device=device)
         groups = torch.as_tensor(idx % 2, device=device)
         rows = max(1, _POINTS_PER_CHUNK // self.freqs_px.shape[0])
@@ -355,6 +359,7 @@ def backproject(
     device: str | torch.device | None = None,
     ctf_premultiplied: bool = False,
     max_memory_gb: float | None = None,
+    particle_weights=None,
 ) -> dict:
     """Reconstruct a volume and two half maps by Fourier gridding of posed, CTF-affected images.
 
@@ -383,6 +388,9 @@ def backproject(
     max_memory_gb : float, optional, refuse (:class:`InputError`, naming the estimate and the options that
         lower it) when :func:`estimate_memory_bytes` exceeds this many GB (10^9 bytes); default the memory
         available on the device (host ``MemAvailable`` or free GPU memory).
+    particle_weights : ``(N,)`` non-negative weights, optional: image ``i`` enters both the numerator and the
+        weights of the grid multiplied by ``particle_weights[i]`` (a weighted least-squares estimate, e.g. the
+        kernel weights of latent-neighbour reconstruction); default all 1.
 
     Returns
     -------
@@ -404,6 +412,11 @@ def backproject(
         raise InputError("no particles selected for back-projection")
     if indices.min() < 0 or indices.max() >= n_total:
         raise InputError(f"particle indices out of range for a stack of {n_total} images")
+    if particle_weights is not None:
+        particle_weights = np.asarray(particle_weights, dtype=np.float32).ravel()
+        if particle_weights.shape != (n_total,) or not np.all(np.isfinite(particle_weights)) or \
+                particle_weights.min() < 0:
+            raise InputError(f"particle weights must be {n_total} finite non-negative numbers")
 
     grids = None
     bar = tqdm(total=indices.size, desc="back-projecting", unit="img", disable=not progress)
@@ -420,7 +433,7 @@ def backproject(
         step = _images_per_fft(grids.Dp)
         for j in range(0, idx.size, step):
             grids.insert(batch[j : j + step], idx[j : j + step], rotations, shifts_px, ctf, pixel_size_angstrom,
-                         ctf_correction, ctf_premultiplied)
+                         ctf_correction, ctf_premultiplied, particle_weights)
         del batch
         bar.update(idx.size)
     bar.close()
