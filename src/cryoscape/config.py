@@ -19,7 +19,9 @@ from cryoscape import __version__
 from cryoscape.errors import InputError
 from cryoscape.utils.atomic import atomic_write_text
 
-SCHEMA_VERSION = 1
+# 2: ``model`` holds only the family's own fields (its section type); 1 (releases before 2026-12-06): ``model``
+# held the fields of every family side by side, read by dropping those the family does not have
+SCHEMA_VERSION = 2
 PE_TYPES = ("gaussian", "geom_lowf", "geom_full", "geom_nohighf", "geom_ft", "linear_lowf", "none")
 POOLINGS = ("concatenate", "max", "mean", "median")  # tomodrgn tilt pooling
 KL_NORMS = ("scored", "paper")  # tomodrgn KL normalisation
@@ -66,10 +68,41 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Architecture of the model family."""
+    """Architecture of a model family: the fields every family has (``family``, ``zdim``).
+
+    ``RunConfig.model`` is the family's own section, a subclass (:class:`CryoDRGNConfig`,
+    :class:`TomoDRGNConfig`, :class:`OpusDSDConfig`) holding only the options that family reads.
+    ``ModelConfig(family=NAME, **fields)`` builds the section of family ``NAME``; a field that family does not
+    have is an :class:`InputError`.
+    """
 
     family: str = "cryodrgn"
     zdim: int = 8
+
+    def __new__(cls, *args, **kwargs):
+        if cls is ModelConfig:
+            family = kwargs.get("family", args[0] if args else "cryodrgn")
+            cls = model_config_class(family)
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(kwargs) - known)
+            if unknown:
+                raise InputError(f"{', '.join(option_name(u) for u in unknown)}: not an option of --model {family}")
+        return object.__new__(cls)
+
+    def __post_init__(self):
+        if not isinstance(self.family, str) or not self.family:
+            raise InputError(f"model family must be a name, got {self.family!r}")  # the registry checks it
+        if self.family != _FAMILY_OF_CLASS.get(type(self), self.family):
+            raise InputError(f"a {type(self).__name__} is the section of --model {_FAMILY_OF_CLASS[type(self)]}, "
+                             f"not of {self.family}")
+        if self.zdim < 0:
+            raise InputError(f"--zdim must be >= 0, got {self.zdim}")
+
+
+@dataclass
+class MLPModelConfig(ModelConfig):
+    """Coordinate-network families (MLP encoder, positional encoding): cryodrgn and tomodrgn."""
+
     enc_dim: int = 256
     enc_layers: int = 3
     dec_dim: int = 256
@@ -78,13 +111,25 @@ class ModelConfig:
     pe_dim: int | None = None
     feat_sigma: float = 0.5
     activation: str = "relu"
-    # opus-dsd (ignored by the other families)
-    templateres: int | None = None  # decoder output box, a multiple of 16; None -> image box rounded up (>= 32)
-    # multiplies the conv networks' channel counts (1 = the paper's widths); None: chosen for the training device
-    # when training starts (1 on CUDA, 0.25 on a CPU) and recorded resolved in config.yaml
-    channel_scale: float | None = None
-    mask: str | None = None  # solvent mask MRC; None -> a sphere of radius 0.85 * D/2
-    # tomodrgn (tilt series; ignored by the other families)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.pe_type not in PE_TYPES:
+            raise InputError(f"unknown --pe-type {self.pe_type!r}; choose one of {', '.join(PE_TYPES)}")
+        if self.activation not in ("relu", "leaky_relu"):
+            raise InputError(f"unknown --activation {self.activation!r}")
+
+
+@dataclass
+class CryoDRGNConfig(MLPModelConfig):
+    """``--model cryodrgn``."""
+
+
+@dataclass
+class TomoDRGNConfig(MLPModelConfig):
+    """``--model tomodrgn`` (tilt series)."""
+
+    family: str = "tomodrgn"
     pooling: str = "concatenate"
     ntilts: int | None = None  # tilts per particle; None: the smallest tilt count (concatenate) or all
     tilt_embed_dim: int = 128  # encoder A output per tilt
@@ -97,24 +142,52 @@ class ModelConfig:
     images_dose_weighted: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.family, str) or not self.family:
-            raise InputError(f"model family must be a name, got {self.family!r}")  # the registry checks it
-        if self.pe_type not in PE_TYPES:
-            raise InputError(f"unknown --pe-type {self.pe_type!r}; choose one of {', '.join(PE_TYPES)}")
-        if self.zdim < 0:
-            raise InputError(f"--zdim must be >= 0, got {self.zdim}")
-        if self.activation not in ("relu", "leaky_relu"):
-            raise InputError(f"unknown --activation {self.activation!r}")
+        super().__post_init__()
         if self.pooling not in POOLINGS:
             raise InputError(f"unknown --pooling {self.pooling!r}; choose one of {', '.join(POOLINGS)}")
         if self.kl_norm not in KL_NORMS:
             raise InputError(f"unknown --kl-norm {self.kl_norm!r}; choose one of {', '.join(KL_NORMS)}")
         if self.ntilts is not None and self.ntilts < 1:
             raise InputError(f"--ntilts must be >= 1, got {self.ntilts}")
+
+
+@dataclass
+class OpusDSDConfig(ModelConfig):
+    """``--model opus-dsd`` (3-D conv VAE; its loss weights are in ``TrainConfig``)."""
+
+    family: str = "opus-dsd"
+    templateres: int | None = None  # decoder output box, a multiple of 16; None -> image box rounded up (>= 32)
+    # multiplies the conv networks' channel counts (1 = the paper's widths); None: chosen for the training device
+    # when training starts (1 on CUDA, 0.25 on a CPU) and recorded resolved in config.yaml
+    channel_scale: float | None = None
+    mask: str | None = None  # solvent mask MRC; None -> a sphere of radius 0.85 * D/2
+
+    def __post_init__(self):
+        super().__post_init__()
         if self.templateres is not None and (self.templateres < 16 or self.templateres % 16):
             raise InputError(f"--templateres must be a positive multiple of 16, got {self.templateres}")
         if self.channel_scale is not None and self.channel_scale <= 0:
             raise InputError(f"--channel-scale must be positive, got {self.channel_scale}")
+
+
+# each family's section (the family modules register their families; these are their configuration types)
+MODEL_CONFIGS: dict[str, type[ModelConfig]] = {"cryodrgn": CryoDRGNConfig, "tomodrgn": TomoDRGNConfig,
+                                               "opus-dsd": OpusDSDConfig}
+_FAMILY_OF_CLASS = {cls: name for name, cls in MODEL_CONFIGS.items()}
+
+
+def model_config_class(family: str) -> type[ModelConfig]:
+    """The configuration section type of ``family``."""
+    try:
+        return MODEL_CONFIGS[family]
+    except (KeyError, TypeError):
+        raise InputError(f"model family {family!r} is not available in this version (available: "
+                         f"{', '.join(MODEL_CONFIGS)})") from None
+
+
+def model_fields() -> set[str]:
+    """Every field of every family's section (the options of ``cryoscape train``'s model groups)."""
+    return {f.name for cls in MODEL_CONFIGS.values() for f in dataclasses.fields(cls)}
 
 
 @dataclass
@@ -134,6 +207,10 @@ class TrainConfig:
     # cryodrgn family: frequency marching (the training lattice's radius grows during training)
     freq_march: float = 0.0  # epochs over which the radius grows to Nyquist (0: full lattice from the start)
     march_start: float = 0.25  # starting radius as a fraction of Nyquist
+    # pose refinement (cryodrgn family; models/poses.py): per-particle rotation and shift corrections
+    refine_poses: bool = False
+    pose_lr: float = 1e-2  # Adam step of the rotation corrections (radians); shifts (pixels) get 10 x
+    refine_start: int = 2  # first epoch whose steps refine the poses (earlier epochs: fixed poses)
     # opus-dsd (ignored by the other families); the KL weight is `beta` (None -> 0.01 for opus-dsd)
     lamb: float = 0.5  # weight of the structural-disentanglement prior
     knn: int = 128  # inter-class nearest neighbours (attraction)
@@ -166,6 +243,10 @@ class TrainConfig:
             raise InputError(f"--momentum must be in [0, 1), got {self.momentum}")
         if not 0.0 < self.lr_decay <= 1.0:
             raise InputError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
+        if self.pose_lr < 0:
+            raise InputError(f"--pose-lr must be >= 0, got {self.pose_lr}")
+        if self.refine_start < 1:
+            raise InputError(f"--refine-start must be >= 1 (an epoch number), got {self.refine_start}")
 
 
 @dataclass
@@ -182,12 +263,17 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error (they mean a newer or foreign file)."""
+    def from_dict(cls, d: dict, schema_version: int = SCHEMA_VERSION) -> "RunConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error (they mean a newer or foreign file). A schema-1
+        ``model`` section (every family's fields side by side) keeps only the fields of its family."""
+        model = dict(d.get("model", {}))
+        if schema_version < 2:
+            known = {f.name for f in dataclasses.fields(model_config_class(model.get("family", "cryodrgn")))}
+            model = {k: v for k, v in model.items() if k in known}
         try:
             return cls(
                 data=DataConfig(**d.get("data", {})),
-                model=ModelConfig(**d.get("model", {})),
+                model=ModelConfig(**model),
                 train=TrainConfig(**d.get("train", {})),
             )
         except TypeError as exc:
@@ -235,4 +321,9 @@ def load_config(path: str | Path) -> RunConfig:
         raise InputError(f"written with config schema {schema} by cryoscape {doc.get('cryoscape_version', '?')}; "
                          f"this version reads schema {SCHEMA_VERSION} and older", path,
                          hint="update cryoscape to use this run")
-    return RunConfig.from_dict({k: doc[k] for k in ("data", "model", "train") if k in doc})
+    try:
+        return RunConfig.from_dict({k: doc[k] for k in ("data", "model", "train") if k in doc}, schema)
+    except InputError as exc:
+        if exc.path is None:
+            raise InputError(exc.problem, path, hint=exc.hint) from exc
+        raise

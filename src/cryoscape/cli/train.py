@@ -24,7 +24,16 @@ import argparse
 import dataclasses
 
 from cryoscape.cli._options import add_cs_alignments_arg, add_ctf_override_args
-from cryoscape.config import PE_TYPES, DataConfig, ModelConfig, RunConfig, TrainConfig
+from cryoscape.config import (
+    MODEL_CONFIGS,
+    PE_TYPES,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    model_config_class,
+    model_fields,
+)
 
 # option dest -> (section of RunConfig, field, negated) where the field is not the dest itself
 _RENAMED = {"model": ("model", "family", False), "wd": ("train", "weight_decay", False),
@@ -108,6 +117,17 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "while the low resolutions are learnt; default 0 = full lattice throughout)")
     t.add_argument("--march-start", type=float, default=0.25,
                    help="starting radius of --freq-march as a fraction of Nyquist (default 0.25)")
+    t.add_argument("--refine-poses", action="store_true",
+                   help="cryodrgn family (VAE and --zdim 0): refine the consensus poses during training, a rotation "
+                        "(axis-angle) and an in-plane shift correction per particle with their own sparse Adam; the "
+                        "validation particles keep their poses; learned poses in RUN/poses/, written out by "
+                        "`cryoscape write-poses`")
+    t.add_argument("--pose-lr", type=float, default=1e-2,
+                   help="--refine-poses: Adam step of the rotation corrections in radians (shifts in pixels get "
+                        "10 x; default 1e-2)")
+    t.add_argument("--refine-start", type=int, default=2, metavar="EPOCH",
+                   help="--refine-poses: first epoch whose steps refine the poses; earlier epochs train with the "
+                        "consensus poses (default 2)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     t.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default 1)")
     t.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -176,10 +196,29 @@ def _field_of(dest: str) -> tuple[str, str, bool] | None:
         return _RENAMED[dest]
     if dest in _NOT_CONFIG or dest.startswith("_"):
         return None
-    for section, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)):
-        if dest in {f.name for f in dataclasses.fields(cls)}:
+    for section, names in (("data", {f.name for f in dataclasses.fields(DataConfig)}), ("model", model_fields()),
+                           ("train", {f.name for f in dataclasses.fields(TrainConfig)})):
+        if dest in names:
             return section, dest, False
     return None
+
+
+def _model_section(values: dict, base=None):
+    """The family's configuration section from the model options (those of other families are not read by it
+    and are left out, as before the sections were typed); ``base``: the recorded section they change."""
+    family = values.get("family", base.family if base is not None else "cryodrgn")
+    for name, cls in MODEL_CONFIGS.items():  # other families' options are not read, but still checked
+        theirs = {f.name for f in dataclasses.fields(cls)} - {"family"}
+        foreign = {k: v for k, v in values.items() if k in theirs and v is not None}
+        if name != family and foreign:
+            cls(**foreign)
+    if base is not None and family == base.family:
+        own = {f.name for f in dataclasses.fields(base)}
+        return dataclasses.replace(base, **{k: v for k, v in values.items() if k in own})
+    own = {f.name for f in dataclasses.fields(model_config_class(family))}
+    if base is not None:  # another --model than recorded: resume_config names the conflict
+        values = {**{k: v for k, v in dataclasses.asdict(base).items() if k in own}, **values}
+    return ModelConfig(**{k: v for k, v in values.items() if k in own})
 
 
 def config_from_args(args, base: RunConfig | None = None) -> RunConfig:
@@ -207,10 +246,10 @@ def config_from_args(args, base: RunConfig | None = None) -> RunConfig:
         section, name, negated = where
         sections[section][name] = (not value) if negated else value
     if base is None:
-        return RunConfig(data=DataConfig(**sections["data"]), model=ModelConfig(**sections["model"]),
+        return RunConfig(data=DataConfig(**sections["data"]), model=_model_section(sections["model"]),
                          train=TrainConfig(**sections["train"]))
     return RunConfig(data=dataclasses.replace(base.data, **sections["data"]),
-                     model=dataclasses.replace(base.model, **sections["model"]),
+                     model=_model_section(sections["model"], base.model),
                      train=dataclasses.replace(base.train, **sections["train"]))
 
 

@@ -221,6 +221,7 @@ class CryoDRGNFamily(ModelFamily):
     default_lr = 1e-3
     data_state = ("pixel_size_angstrom", "norm_std")
     own_train_options = {"freq_march": 0.0}  # frequency marching is this family's
+    refines_poses = True  # train --refine-poses (models/poses.py)
 
     def make_data(self, particles, config, norm_std=None, progress=True):
         from cryoscape.data.fourier_pixels import FourierPixels

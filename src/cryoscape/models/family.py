@@ -44,6 +44,9 @@ class ModelFamily:
     # TrainConfig fields that only this family reads, with the value meaning "off" (validate refuses them set
     # in a run of another family): {field: default}
     own_train_options: dict = {}
+    # whether ``train --refine-poses`` is supported (slice-based data providers: ``batch`` gives ``index``, ``rot``
+    # and Hartley pixels ``y`` in ``data.pixels`` order; see :meth:`make_pose_refiner`)
+    refines_poses: bool = False
 
     # -- configuration -------------------------------------------------------------------------------------
     def with_defaults(self, config: RunConfig) -> RunConfig:
@@ -63,6 +66,8 @@ class ModelFamily:
         from cryoscape.config import option_name
         from cryoscape.models.registry import FAMILIES
 
+        if config.train.refine_poses and not self.refines_poses:
+            raise InputError(f"--refine-poses is not supported by --model {self.name} (only by the cryodrgn family)")
         for other in FAMILIES.values():
             if other.name == self.name:
                 continue
@@ -133,6 +138,16 @@ class ModelFamily:
         """``(optimizer, per-epoch scheduler or None)``; default Adam at ``lr`` and ``weight_decay``."""
         t = config.train
         return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay), None
+
+    def make_pose_refiner(self, data, config: RunConfig):
+        """The :class:`~cryoscape.models.poses.PoseRefiner` of a run with ``--refine-poses`` (``None``
+        without); default: per-particle corrections of a slice-based provider (``data.pixels``)."""
+        t = config.train
+        if not t.refine_poses:
+            return None
+        from cryoscape.models.poses import PoseRefiner
+
+        return PoseRefiner(len(data), data.pixels.half_freqs(), lr=t.pose_lr, start_epoch=t.refine_start)
 
     # -- the engine's hooks ----------------------------------------------------------------------------------
     def epoch_batches(self, data, train_positions: np.ndarray, seed: int, epoch: int, batch_size: int,

@@ -21,12 +21,14 @@ backward pass hands their gradients to :meth:`PoseTable.step`, which updates tho
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import torch
 
-__all__ = ["so3_exp", "compose", "hartley_translate", "PoseTable", "rotation_angle_deg"]
+__all__ = ["so3_exp", "compose", "hartley_translate", "PoseTable", "rotation_angle_deg", "PoseRefiner",
+           "LearnedPoseData", "save_learned_poses", "load_learned_poses"]
 
 
 def so3_exp(w: torch.Tensor) -> torch.Tensor:
@@ -219,3 +221,145 @@ def load_learned_poses(run_dir, epoch: int | None = None) -> tuple[int, dict]:
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"cannot read the learned poses ({exc.__class__.__name__})", path) from None
     return epoch, arrays
+
+
+# -- in the training loop --------------------------------------------------------------------------------
+# Pose refinement in the training loop (``train --refine-poses``), driven by the engine (train/engine.py).
+#
+# For every training step from epoch ``refine_start`` on, :meth:`PoseRefiner.prepare` takes the batch's rows of the
+# :class:`~cryoscape.models.poses.PoseTable` (leaf tensors on the training device) and gives the model a batch whose
+# rotations are ``exp([w]x) @ A`` and whose images are translated by the shift corrections ``s`` (in the Hartley
+# domain, exactly as if the image had been prepared with the origin ``o + s``; the encoder sees the corrected image,
+# as cryoDRGN's pose SGD does); after the backward pass :meth:`PoseRefiner.step` gathers the rows' gradients over the
+# processes (every process then applies every row, so the tables stay identical and two processes learn what one
+# learns with their combined batch) and takes one Adam step on those rows.
+#
+# Validation particles are never in a training batch: they keep their consensus poses, and the validation loss is
+# computed with them (it stays an honest held-out measure; nothing is fitted to those images).
+
+
+def _get(batch, key: str):
+    return batch[key] if isinstance(batch, dict) else getattr(batch, key)
+
+
+def _replace(batch, **values):
+    if isinstance(batch, dict):
+        return {**batch, **values}
+    return dataclasses.replace(batch, **values)
+
+
+class PoseRefiner:
+    """Per-particle pose corrections of a slice-based data provider, learned during training.
+
+    Parameters
+    ----------
+    n : number of particles of the data provider (positions ``0 .. n-1``).
+    half_freqs : ``(M, 2)`` half-plane frequencies (cycles/pixel) of the provider's Hartley pixels
+        (``[half, mates, DC]`` order, :class:`~cryoscape.data.fourier_pixels.FourierPixels`).
+    lr, shift_lr : Adam step sizes of the rotation (radians) and shift (pixels) corrections.
+    start_epoch : first epoch (1-based) whose steps refine the poses; earlier epochs train with fixed poses.
+    """
+
+    def __init__(self, n: int, half_freqs: torch.Tensor, lr: float, shift_lr: float | None = None,
+                 start_epoch: int = 1):
+        self.table = PoseTable(n, lr=lr, shift_lr=shift_lr)
+        self.half_freqs = torch.as_tensor(half_freqs, dtype=torch.float32).cpu()
+        self.start_epoch = int(start_epoch)
+        self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._freqs_on: dict[torch.device, torch.Tensor] = {}
+
+    def active(self, epoch: int) -> bool:
+        """Whether the steps of ``epoch`` (1-based) refine the poses."""
+        return int(epoch) >= self.start_epoch
+
+    def _freqs(self, device) -> torch.Tensor:
+        device = torch.device(device)
+        if device not in self._freqs_on:
+            self._freqs_on[device] = self.half_freqs.to(device)
+        return self._freqs_on[device]
+
+    def _apply(self, batch, w: torch.Tensor, s: torch.Tensor):
+        rot, y = _get(batch, "rot"), _get(batch, "y")
+        return _replace(batch, rot=compose(rot, w).to(rot.dtype),
+                        y=hartley_translate(y, self._freqs(y.device), s).to(y.dtype))
+
+    def prepare(self, batch):
+        """The batch with its particles' current corrections applied (differentiable in the corrections)."""
+        index = _get(batch, "index")
+        device = _get(batch, "y").device
+        w, s = self.table.take(index, device)
+        self._pending = (index.detach().to(device).long(), w, s)
+        return self._apply(batch, w, s)
+
+    @torch.no_grad()
+    def corrected(self, batch):
+        """The batch with the learned corrections applied (no gradient; latents, evaluation)."""
+        w, s = self.table.take(_get(batch, "index"), _get(batch, "y").device)
+        return self._apply(batch, w.detach(), s.detach())
+
+    def step(self, gather_rows, world_size: int = 1, grad_scale: float = 1.0) -> None:
+        """One Adam step on the rows of the last :meth:`prepare` (after ``backward``).
+
+        ``gather_rows`` concatenates tensors over the processes (the engine's collective); ``grad_scale`` undoes an
+        AMP loss scale. Each process's loss is the mean over its own batch and DDP averages the model's gradients
+        over the processes; the pose gradients are divided by ``world_size`` likewise, so that two processes with
+        batch ``b`` step as one process with batch ``2 b``.
+        """
+        if self._pending is None:
+            return
+        index, w, s = self._pending
+        self._pending = None
+        gw = w.grad if w.grad is not None else torch.zeros_like(w)
+        gs = s.grad if s.grad is not None else torch.zeros_like(s)
+        index, gw, gs = gather_rows(index, gw.detach(), gs.detach())
+        self.table.step(index.cpu(), gw, gs, scale=grad_scale / max(1, int(world_size)))
+
+    # -- state -----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps (the table and its optimiser state)."""
+        return {"start_epoch": self.start_epoch, "table": self.table.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        self.table.load_state_dict(state["table"])
+
+    def save(self, path, rotations, shifts_px, pixel_size_angstrom: float, refined_positions) -> None:
+        """Write the learned poses (``RUN/poses/epoch_NNN.npz``) of consensus ``rotations`` ``(N, 3, 3)`` and
+        origins ``shifts_px`` ``(N, 2)``; ``refined_positions`` are the particles whose poses were optimised.
+        """
+        A, origin_px = self.table.learned(np.asarray(rotations), np.asarray(shifts_px))
+        refined = np.zeros(self.table.n, dtype=bool)
+        refined[np.asarray(refined_positions, dtype=np.int64)] = True
+        save_learned_poses(path, A, origin_px * float(pixel_size_angstrom), self.table.rotvec.numpy(),
+                           self.table.shift_px.numpy(), refined)
+
+
+class LearnedPoseData:
+    """A slice-based data provider whose batches carry learned poses (the corrections of a :class:`PoseRefiner`
+    or of a run's ``RUN/poses/epoch_NNN.npz``), for encoding and evaluation; everything else is the provider's.
+    """
+
+    def __init__(self, data, refiner: PoseRefiner):
+        self.data = data
+        self.refiner = refiner
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getattr__(self, name):
+        return getattr(self.data, name)
+
+    def batch(self, indices):
+        """The provider's batch with the learned poses."""
+        return self.refiner.corrected(self.data.batch(indices))
+
+    @classmethod
+    def from_file(cls, data, arrays: dict) -> LearnedPoseData:
+        """From the arrays of a learned-pose file (:func:`cryoscape.models.poses.load_learned_poses`)."""
+        refiner = PoseRefiner(len(data), data.pixels.half_freqs(), lr=0.0)
+        rotvec, shift = np.asarray(arrays["rotvec"]), np.asarray(arrays["shift_px"])
+        if len(rotvec) != len(data):
+            raise ValueError(f"learned poses of {len(rotvec)} particles for {len(data)}")
+        refiner.table.values[:, :3] = torch.from_numpy(rotvec.astype(np.float32))
+        refiner.table.values[:, 3:] = torch.from_numpy(shift.astype(np.float32))
+        return cls(data, refiner)

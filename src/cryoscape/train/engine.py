@@ -155,7 +155,7 @@ class Engine:
     def __init__(self, model: nn.Module, data, optimizer: torch.optim.Optimizer, settings: EngineSettings,
                  train_positions: np.ndarray, val_positions: np.ndarray, run_dir: str | Path, device: torch.device,
                  info: DistInfo = DistInfo(), build: dict | None = None, family: str = "",
-                 scheduler=None, epoch_end=None, batch_plan=None, after_step=None):
+                 scheduler=None, epoch_end=None, batch_plan=None, after_step=None, pose_refiner=None):
         self.model = model.to(device)
         self.data = data
         self.optimizer = optimizer
@@ -172,6 +172,7 @@ class Engine:
         self.epoch_end = epoch_end
         self.after_step = after_step
         self.batch_plan = batch_plan or default_batch_plan
+        self.pose_refiner = pose_refiner  # train --refine-poses (models.poses.PoseRefiner)
         self._set_progress = getattr(self.model, "set_training_progress", None)
         self.state = LoopState()
         self._stop_requested = False
@@ -199,6 +200,7 @@ class Engine:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
             "torch_rng": torch.get_rng_state(),
+            **({"poses": self.pose_refiner.state_dict()} if self.pose_refiner is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -206,6 +208,8 @@ class Engine:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler"):
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.pose_refiner is not None and "poses" in state:
+            self.pose_refiner.load_state_dict(state["poses"])
         self.state = LoopState(epoch=int(state["epoch"]), step=int(state.get("step", 0)),
                                history=list(state.get("history", [])), partial=dict(state.get("partial", {})))
         if self.state.step:
@@ -219,6 +223,9 @@ class Engine:
 
     def _step(self, batch: dict) -> dict[str, float]:
         self.net.train()
+        refine = self.pose_refiner is not None and self.pose_refiner.active(self.state.epoch + 1)
+        if refine:
+            batch = self.pose_refiner.prepare(batch)  # the batch's pose corrections, differentiable
         with self._autocast():
             terms = self.net(batch)
         loss = terms["loss"]
@@ -235,6 +242,9 @@ class Engine:
         else:
             loss.backward()
             self.optimizer.step()
+        if refine:
+            unscale = 1.0 / float(self.scaler.get_scale()) if self.scaler is not None else 1.0
+            self.pose_refiner.step(self.gather_rows, self.info.world_size, unscale)
         if self.after_step is not None:
             self.after_step(self.model, self.gather_rows)
         return {k: float(v.detach()) for k, v in terms.items()}
@@ -371,6 +381,12 @@ class Engine:
         """Write the epoch checkpoint, the latents of every particle and the metrics table (main process)."""
         if self.info.is_main:
             self.run.save_checkpoint(epoch, self.state_dict())
+            if self.pose_refiner is not None:
+                d = self.data
+                poses = d.particles.poses  # float64, as read
+                self.pose_refiner.save(self.run.learned_poses_path(epoch), poses.rotations,
+                                       poses.shifts_px(d.pixel_size_angstrom), d.pixel_size_angstrom,
+                                       self.train_positions)
             if hasattr(self.model, "latent_means") and getattr(self.model, "zdim", 0) > 0:
                 z = self.encode_all()
                 with atomic_path(self.run.latents_path(epoch)) as tmp:
@@ -381,8 +397,13 @@ class Engine:
 
     def encode_all(self, batch_size: int = 256) -> np.ndarray:
         """Posterior means ``(len(data), zdim)`` float32 of every particle, in data order."""
+        data = self.data
+        if self.pose_refiner is not None:  # the encoder sees the images centred by the learned shifts
+            from cryoscape.models.poses import LearnedPoseData
+
+            data = LearnedPoseData(data, self.pose_refiner)
         with self._autocast():
-            return encode_all(self.model, self.data, batch_size)
+            return encode_all(self.model, data, batch_size)
 
 
 @torch.no_grad()

@@ -195,7 +195,8 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
                               checkpoint_every=t.checkpoint_every, progress=progress)
     engine = Engine(model, data, optimizer, settings, train_pos, val_pos, run_dir, device, info, build=build,
                     family=family.name, scheduler=scheduler, epoch_end=family.epoch_end,
-                    batch_plan=functools.partial(family.epoch_batches, data), after_step=family.after_step)
+                    batch_plan=functools.partial(family.epoch_batches, data), after_step=family.after_step,
+                    pose_refiner=family.make_pose_refiner(data, config))
     if state is not None:
         engine.load_state_dict(state)
         done, step = engine.state.epoch, engine.state.step
@@ -240,7 +241,7 @@ def load_weights(model: torch.nn.Module, family, config: RunConfig, build: dict)
     if path.parent.name == "checkpoints" and their_config.is_file():
         theirs_m, ours_m = load_config(their_config).model, config.model
         for name in _ARCHITECTURE:
-            a, b = getattr(theirs_m, name), getattr(ours_m, name)
+            a, b = getattr(theirs_m, name, None), getattr(ours_m, name, None)
             if a != b:
                 raise InputError(f"--load: the run there has {option_name(name)} {_show(a)}, this run "
                                  f"{_show(b)}", path, hint="give the architecture options of the run it comes from")

@@ -1,0 +1,112 @@
+"""train --refine-poses end to end: learned poses in RUN/poses, fixed validation poses, exact resume, write-poses,
+refusal by the other families, two DDP processes learning the poses one process learns."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cryoscape.cli.main import main
+from cryoscape.io.particles import load_particles
+from cryoscape.models.poses import load_learned_poses, rotation_angle_deg
+
+SMALL = ["--zdim", "2", "--enc-dim", "16", "--enc-layers", "1", "--dec-dim", "16", "--dec-layers", "1",
+         "-b", "8", "--no-progress", "--lr", "1e-3", "--threads", "1"]
+REFINE = ["--refine-poses", "--refine-start", "2", "--pose-lr", "0.01"]
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim")
+    assert main(["simulate", "--preset", "discrete3", "-N", "40", "-D", "16", "--apix", "6", "--snr", "2",
+                 "--cs", "-o", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def refined_run(sim, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "refined"
+    assert main(["train", str(sim / "particles.star"), "-o", str(run), "-n", "3", *SMALL, *REFINE]) == 0
+    return run
+
+
+def test_poses_are_learned_for_training_particles_only(sim, refined_run):
+    train_pos = np.load(refined_run / "split.npz")["train"]
+    epoch, first = load_learned_poses(refined_run, 1)
+    assert epoch == 1 and not first["rotvec"].any() and not first["shift_px"].any()  # --refine-start 2
+    epoch, last = load_learned_poses(refined_run)
+    assert epoch in (1, 2, 3)
+    _, last = load_learned_poses(refined_run, 3)
+    moved = np.linalg.norm(last["rotvec"], axis=1) > 0
+    np.testing.assert_array_equal(moved, last["refined"])
+    np.testing.assert_array_equal(np.flatnonzero(last["refined"]), train_pos)
+    consensus = load_particles(sim / "particles.star").poses
+    angle = rotation_angle_deg(last["rotations"], consensus.rotations)
+    np.testing.assert_allclose(angle, np.rad2deg(np.linalg.norm(last["rotvec"], axis=1)), atol=1e-3)
+    np.testing.assert_allclose(last["shifts_angstrom"], consensus.shifts_angstrom + 6.0 * last["shift_px"],
+                               atol=1e-4)
+    # two refining epochs of Adam steps of 0.01 rad move each particle at most ~2 x 0.01 x sqrt(3) rad
+    assert 0 < angle.max() < np.rad2deg(0.04)
+
+
+@pytest.mark.parametrize("fmt", ["star", "cs"])
+def test_write_poses_round_trip(sim, refined_run, tmp_path, fmt):
+    out = tmp_path / f"refined.{fmt}"
+    assert main(["write-poses", str(refined_run), "--epoch", "3", "-o", str(out)]) == 0
+    _, learned = load_learned_poses(refined_run, 3)
+    back = load_particles(out, datadir=sim)
+    assert len(back) == 40
+    assert rotation_angle_deg(back.poses.rotations, learned["rotations"]).max() < 1e-3
+    np.testing.assert_allclose(back.poses.shifts_angstrom, learned["shifts_angstrom"], atol=1e-3)
+    assert main(["write-poses", str(refined_run), "-o", str(out)]) == 2  # exists: --overwrite
+
+
+def test_write_poses_refuses_a_run_without_learned_poses(sim, tmp_path):
+    run = tmp_path / "plain"
+    assert main(["train", str(sim / "particles.star"), "-o", str(run), "-n", "1", *SMALL]) == 0
+    assert main(["write-poses", str(run), "-o", str(tmp_path / "x.star")]) == 2
+
+
+def test_resume_with_learned_poses_equals_uninterrupted(sim, refined_run, tmp_path):
+    star = str(sim / "particles.star")
+    b = tmp_path / "b"
+    assert main(["train", star, "-o", str(b), "-n", "2", *SMALL, *REFINE]) == 0
+    assert main(["train", star, "-o", str(b), "-n", "3", "--resume", *SMALL, *REFINE]) == 0
+    _, one = load_learned_poses(refined_run, 3)
+    _, two = load_learned_poses(b, 3)
+    for key in ("rotvec", "shift_px", "rotations"):
+        np.testing.assert_array_equal(one[key], two[key])
+    np.testing.assert_array_equal(np.load(refined_run / "latents" / "epoch_003.npy"),
+                                  np.load(b / "latents" / "epoch_003.npy"))
+
+
+def test_other_families_refuse_in_one_line(sim, tmp_path, capsys):
+    assert main(["train", str(sim / "particles.star"), "-o", str(tmp_path / "o"), "--model", "opus-dsd",
+                 "--refine-poses", "-n", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--refine-poses is not supported by --model opus-dsd" in err[0]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_learn_the_poses_of_one(sim, tmp_path):
+    """torchrun with 2 gloo processes (batch 8 each) against 1 process with batch 16: the same pose steps.
+
+    Homogeneous (--zdim 0), so that no latent sampling (seeded per process) makes the two runs differ; what is
+    left is the order of floating-point sums."""
+    star = str(sim / "particles.star")
+    common = ["--zdim", "0", *SMALL[2:-7], "--no-progress", "--lr", "1e-3", "-n", "3", "--val-frac", "0.2",
+              "--threads", "1", *REFINE]
+    assert main(["train", star, "-o", str(tmp_path / "one"), "-b", "16", *common]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "cryoscape", "train", star, "-o", str(tmp_path / "two"), "-b", "8", *common]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[:3000] + "\n...\n" + result.stderr[-1500:]
+    _, one = load_learned_poses(tmp_path / "one", 3)
+    _, two = load_learned_poses(tmp_path / "two", 3)
+    np.testing.assert_array_equal(one["refined"], two["refined"])
+    # every particle was stepped as often in both runs; Adam's steps (~lr each) agree to rounding
+    np.testing.assert_allclose(two["rotvec"], one["rotvec"], atol=2e-3)
+    np.testing.assert_allclose(two["shift_px"], one["shift_px"], atol=2e-2)
