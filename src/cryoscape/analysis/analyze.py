@@ -8,6 +8,8 @@ Writes into ``out_dir`` (default ``RUN/analysis/epoch_NNN``):
   ``centers_ind.txt`` (their particle positions in the run and indices in the original input),
   ``sizes.txt``, ``vol_001.mrc`` ... (one map per centre);
 * ``pcN/`` (``zN/`` for zdim 1): ``z_values.txt`` and ten maps from the 5th to the 95th percentile;
+* with ``reconstruct``: ``reconstruct/`` inside ``kmeansK/`` and each traversal folder, latent-neighbour maps
+  ``vol_001.mrc`` ... with ``vol_001_half_a.mrc``, ``vol_001_half_b.mrc`` and ``vol_001_fsc.txt``;
 * ``evaluation.json`` when a simulation truth is given;
 * ``chimerax.cxc``: a ChimeraX script that opens the k-means maps (coloured as in the plots) and each traversal
   as a volume series, at the maps' voxel size (``chimerax OUT/chimerax.cxc``);
@@ -70,6 +72,41 @@ def _maps(generator, out_dir: Path, points: np.ndarray, progress: bool, flip: bo
     return vols, voxel
 
 
+def _neighbour_maps(run_dir, epoch, out: Path, kdir: Path, centers: np.ndarray, z: np.ndarray, pca, n_pcs: int,
+                    max_neighbours: int, device: str):
+    """Latent-neighbour maps at the k-means centres and traversal points; returns a report section."""
+    from cryoscape.analysis.neighbour_recon import reconstructor_from_run, write_neighbour_map
+    from cryoscape.analysis.report import Section, Table
+
+    rec = reconstructor_from_run(run_dir, epoch, max_neighbours=max_neighbours,
+                                 device=None if device == "auto" else device)
+    zdim = z.shape[1]
+    groups = {kdir.name: (kdir / "reconstruct", centers)}
+    for pc in range(1, (min(n_pcs, zdim) if zdim > 1 else 1) + 1):
+        name = f"pc{pc}" if zdim > 1 else "z1"
+        points = pc_traversal_points(z, pc, pca=pca) if zdim > 1 else percentile_points(z[:, 0])
+        groups[name] = (out / name / "reconstruct", points)
+    rows = []
+    for name, (folder, points) in groups.items():
+        log.info(f"latent-neighbour reconstructions: {len(points)} maps for {name}")
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, p in enumerate(points):
+            m = rec.reconstruct(p)
+            write_neighbour_map(folder / f"vol_{i + 1:03d}.mrc", m, rec.pixel_size_angstrom)
+            rows.append([f"{name}/reconstruct/vol_{i + 1:03d}.mrc", f"{m.resolution_angstrom:.2f}",
+                         f"{min(m.k_per_shell)}-{max(m.k_per_shell)}"])
+        with atomic_path(folder / "z_values.txt") as tmp:
+            np.savetxt(tmp, points)
+    sec = Section("Latent-neighbour reconstructions")
+    sec.paragraphs.append(
+        "Maps re-estimated at the k-means centres and traversal points from the particles nearest each point "
+        f"(at most {max_neighbours}), back-projected with their poses and CTFs, with Gaussian kernel weights by "
+        "latent distance and the neighbourhood size chosen per Fourier shell by half-set cross-validation; each "
+        "map has its half maps and their FSC next to it (docs/metrics.md).")
+    sec.tables.append(Table(["map", "half-map resolution at FSC 0.143 (Å)", "particles per shell"], rows))
+    return sec
+
+
 def chimerax_script(out_dir: Path, kmeans_maps: list[Path], traversals: dict[str, list[Path]],
                     voxel_size: float, title: str) -> str:
     """A ChimeraX ``.cxc`` script (to be saved in ``out_dir``) that opens the analysis maps.
@@ -112,7 +149,8 @@ def chimerax_script(out_dir: Path, kmeans_maps: list[Path], traversals: dict[str
 def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 20, n_pcs: int = 2,
                 skip_umap: bool = False, skip_volumes: bool = False, truth=None, device: str = "auto",
                 seed: int = 0, progress: bool = True, flip: bool = False, invert: bool = False,
-                downsample: int | None = None, truth_labels: str = "state", truth_k: int | None = None) -> Path:
+                downsample: int | None = None, truth_labels: str = "state", truth_k: int | None = None,
+                reconstruct: bool = False, max_neighbours: int = 2000) -> Path:
     """Analyse the latents of ``run_dir`` at ``epoch`` (default: ``RUN/best_epoch``, else the last) and write
     plots, maps and ``index.html``; returns the report.
 
@@ -122,6 +160,11 @@ def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 
 
     ``flip`` mirrors the generated maps (handedness), ``invert`` inverts their contrast, ``downsample`` resamples
     them to that (even) box size; the evaluation against a ``truth`` always uses the model's own maps.
+
+    ``reconstruct`` also writes latent-neighbour reconstructions (:mod:`cryoscape.analysis.neighbour_recon`, at
+    most ``max_neighbours`` particles each) at the k-means centres and traversal points, into ``reconstruct/``
+    inside ``kmeansK/`` and each traversal folder, each map with its half maps and FSC; the report lists their
+    half-map resolutions.
     """
     from cryoscape.analysis.analysis_index import record_analysis
     from cryoscape.analysis.volume_space import load_generator
@@ -200,6 +243,11 @@ def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 
             {name: [out / name / f"vol_{i + 1:03d}.mrc" for i in range(len(v))] for name, v in traversals.items()},
             voxel, f"cryoscape analysis of {run_dir.name}, epoch {epoch}"))
 
+    sections = []
+    if reconstruct:
+        sections.append(_neighbour_maps(run_dir, epoch, out, kdir, z[km.center_indices], z, pca, n_pcs,
+                                        max_neighbours, device))
+
     evaluation = None
     if truth is not None:
         from cryoscape.analysis.evaluate import evaluate_run, read_gt_maps
@@ -212,7 +260,7 @@ def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 
         atomic_write_text(out / "evaluation.json", json.dumps(evaluation, indent=2))
 
     config = run_dir / "config.yaml"
-    report = build_report(out, title=f"cryoscape analysis: {run_dir.name}, epoch {epoch} ({epoch_reason})",
+    report = build_report(out, sections, title=f"cryoscape analysis: {run_dir.name}, epoch {epoch} ({epoch_reason})",
                           config=config if config.is_file() else None,
                           metrics=metrics if metrics.is_file() else None,
                           z=z, pca=pca, umap=umap, kmeans=km, center_volumes=center_volumes,

@@ -35,7 +35,7 @@ from cryoscape.analysis.fsc import fsc, resolution_at
 from cryoscape.errors import InputError
 
 __all__ = ["DEFAULT_KS", "DEFAULT_MAX_NEIGHBOURS", "NeighbourMap", "NeighbourReconstructor", "particle_poses",
-           "reconstructor_from_run", "write_neighbour_map"]
+           "reconstructor_from_run", "write_neighbour_map", "reconstruct_maps"]
 
 DEFAULT_KS = (25, 50, 100, 200, 400, 800, 1600)
 DEFAULT_MAX_NEIGHBOURS = 2000
@@ -236,4 +236,38 @@ def write_neighbour_map(path, result: NeighbourMap, pixel_size_angstrom: float) 
     with atomic_path(paths[3]) as tmp:
         np.savetxt(tmp, np.stack([freqs, result.fsc, result.k_per_shell], axis=1), fmt=["%.6f", "%.6f", "%d"],
                    header=header)
+    return paths
+
+
+def reconstruct_maps(run_dir, output, z=None, zfile=None, epoch: int | None = None, log=print,
+                     **kwargs) -> list[Path]:
+    """Latent-neighbour maps of a run at the points ``z`` (one point) or of ``zfile``, written as
+    ``cryoscape eval-vol --reconstruct`` does: ``output`` itself (an ``.mrc`` path, one point) or
+    ``output/vol_NNN.mrc`` and ``z_values.txt``, each map with its half maps and FSC
+    (:func:`write_neighbour_map`). ``kwargs`` go to :class:`NeighbourReconstructor`. Returns the map paths."""
+    from cryoscape.inference import read_latent_file
+    from cryoscape.utils.atomic import atomic_path
+
+    rec = reconstructor_from_run(run_dir, epoch, **kwargs)
+    zdim = rec.z.shape[1]
+    if zfile is not None:
+        points = read_latent_file(zfile, zdim)
+    elif z is not None:
+        points = np.asarray(z, dtype=np.float32).reshape(1, -1)
+        if points.shape[1] != zdim:
+            raise InputError(f"--z has {points.shape[1]} values but the model has zdim {zdim}")
+    else:
+        raise InputError("give --z or --zfile (the latent points to reconstruct at)")
+    output = Path(output)
+    single = len(points) == 1 and output.suffix == ".mrc"
+    paths = [output] if single else [output / f"vol_{i + 1:03d}.mrc" for i in range(len(points))]
+    for p, path in zip(points, paths, strict=True):
+        m = rec.reconstruct(p)
+        write_neighbour_map(path, m, rec.pixel_size_angstrom)
+        res = f"{m.resolution_angstrom:.2f} A" if math.isfinite(m.resolution_angstrom) else "none"
+        log(f"{path.name}: half-map resolution (FSC 0.143) {res}; neighbours per shell "
+            f"{min(m.k_per_shell)}-{max(m.k_per_shell)}")
+    if not single:
+        with atomic_path(output / "z_values.txt") as tmp:
+            np.savetxt(tmp, points)
     return paths

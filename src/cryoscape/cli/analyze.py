@@ -40,6 +40,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--truth-k", type=int, metavar="K",
                    help="k-means clusters scored against them (default: the number of labels; equal to --ksample: "
                         "the report's own clusters)")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="also write latent-neighbour reconstructions (with half maps and FSC) at the k-means "
+                        "centres and traversal points, in reconstruct/ of each map folder (docs/metrics.md)")
+    p.add_argument("--max-neighbours", type=int, default=2000, metavar="K",
+                   help="most particles back-projected per reconstruction (default 2000)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
 
@@ -64,6 +69,7 @@ def run(args) -> int:
         report = analyze_run(args.run, args.outdir, epoch=args.epoch, ksample=args.ksample, n_pcs=args.pc,
                              skip_umap=args.skip_umap, skip_volumes=args.skip_vol, truth=args.truth,
                              device=args.device, seed=args.seed, flip=args.flip, invert=args.invert,
-                             downsample=args.downsample, truth_labels=args.truth_labels, truth_k=args.truth_k)
+                             downsample=args.downsample, truth_labels=args.truth_labels, truth_k=args.truth_k,
+                             reconstruct=args.reconstruct, max_neighbours=args.max_neighbours)
     print(f"report: {report}")
     return 0

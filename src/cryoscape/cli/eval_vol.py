@@ -5,8 +5,16 @@ Example:
   cryoscape eval-vol runs/vae8 --zfile runs/vae8/analysis/epoch_020/pc1/z_values.txt -o maps/ --lowpass 8
   cryoscape eval-vol runs/homo -o homo.mrc          # homogeneous model (zdim 0)
 
+With --reconstruct the maps are not the decoder's but latent-neighbour reconstructions (docs/metrics.md): the
+particles whose latents are nearest each point, back-projected with their poses and CTFs, Gaussian kernel weights
+by latent distance and a neighbourhood size chosen per Fourier shell by half-set cross-validation (at most
+--max-neighbours particles). Each map X.mrc comes with its half maps X_half_a.mrc and X_half_b.mrc and X_fsc.txt
+(their FSC, the resolution at 0.143 and the neighbourhood sizes used).
+
+  cryoscape eval-vol runs/vae8 --zfile runs/vae8/analysis/epoch_020/kmeans20/centers.txt -o recon/ --reconstruct
+
 An existing .mrc file, or a non-empty folder, is not written over unless --overwrite is given (in a folder it then
-replaces vol_NNN.mrc and z_values.txt only).
+replaces vol_NNN.mrc and z_values.txt only, and with --reconstruct the half maps and FSC files).
 """
 
 from __future__ import annotations
@@ -31,6 +39,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lowpass", type=float, help="low-pass filter to this resolution in Angstrom")
     p.add_argument("-b", "--batch-size", type=int, default=4, help="maps generated per batch (default 4)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    r = p.add_argument_group("latent-neighbour reconstruction")
+    r.add_argument("--reconstruct", action="store_true",
+                   help="back-project the particles nearest each latent point instead of running the decoder; "
+                        "writes half maps and their FSC next to each map")
+    r.add_argument("--max-neighbours", type=int, default=2000, metavar="K",
+                   help="most particles back-projected per map (default 2000)")
+    r.add_argument("--oversample", type=int, choices=(1, 2), default=2,
+                   help="padding of the back-projection (default 2; 1: ~8x less memory, faster)")
 
 
 def run(args) -> int:
@@ -41,6 +57,8 @@ def run(args) -> int:
     from cryoscape.utils.outputs import check_output_file, prepare_output_dir
 
     output = Path(args.output)
+    if args.reconstruct:
+        return _reconstruct(args, output)
     if output.suffix == ".mrc" and not output.is_dir():
         check_output_file(output, "eval-vol", args.overwrite)
         folder = contextlib.nullcontext()
@@ -51,4 +69,34 @@ def run(args) -> int:
                               apix=args.apix, flip=args.flip, invert=args.invert, lowpass_angstrom=args.lowpass,
                               batch_size=args.batch_size, device=args.device)
     print(f"wrote {len(paths)} map(s): {paths[0]}" + (" ..." if len(paths) > 1 else ""))
+    return 0
+
+
+def _reconstruct(args, output) -> int:
+    import contextlib
+
+    from cryoscape.analysis.neighbour_recon import reconstruct_maps
+    from cryoscape.errors import InputError
+    from cryoscape.utils.outputs import check_output_file, prepare_output_dir
+
+    unused = [name for name, value in (("-D", args.box), ("--apix", args.apix), ("--flip", args.flip),
+                                       ("--invert", args.invert), ("--lowpass", args.lowpass)) if value]
+    if unused:
+        raise InputError(f"{', '.join(unused)} apply to decoder maps, not to --reconstruct")
+    if args.max_neighbours < 2:
+        raise InputError(f"--max-neighbours must be at least 2, got {args.max_neighbours}")
+    if output.suffix == ".mrc" and not output.is_dir() and args.zfile is None:
+        stem = output.with_suffix("")
+        for path in (output, f"{stem}_half_a.mrc", f"{stem}_half_b.mrc", f"{stem}_fsc.txt"):
+            check_output_file(path, "eval-vol", args.overwrite)
+        folder = contextlib.nullcontext()
+    else:
+        folder = prepare_output_dir(output, "eval-vol", args.overwrite,
+                                    own=("vol_[0-9]*.mrc", "vol_[0-9]*_fsc.txt", "z_values.txt"))
+    device = None if args.device == "auto" else args.device
+    with folder:
+        paths = reconstruct_maps(args.run, output, z=args.z, zfile=args.zfile, epoch=args.epoch,
+                                 max_neighbours=args.max_neighbours, oversample=args.oversample, device=device)
+    print(f"wrote {len(paths)} latent-neighbour map(s) with half maps and FSC: {paths[0]}"
+          + (" ..." if len(paths) > 1 else ""))
     return 0

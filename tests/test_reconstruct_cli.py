@@ -1,0 +1,67 @@
+"""`eval-vol --reconstruct`, `analyze --reconstruct` and `evaluate`'s CryoBench metrics on a tiny trained run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cryoscape.cli.main import main
+from cryoscape.io.mrc import read_mrc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recon")
+    sim = root / "sim"
+    assert main(["simulate", "--preset", "discrete3", "-N", "60", "-D", "16", "--apix", "6", "--snr", "5",
+                 "-o", str(sim), "--device", "cpu"]) == 0
+    run = root / "run"
+    assert main(["train", str(sim / "particles.star"), "-o", str(run), "-n", "1", "--zdim", "2", "--enc-dim", "16",
+                 "--enc-layers", "1", "--dec-dim", "16", "--dec-layers", "1", "-b", "8", "--no-progress",
+                 "--device", "cpu"]) == 0
+    return sim, run
+
+
+@pytest.mark.slow
+def test_eval_vol_and_analyze_reconstruct(trained, tmp_path, capsys):
+    sim, run = trained
+    out = tmp_path / "one.mrc"
+    assert main(["eval-vol", str(run), "--z", "0", "0", "-o", str(out), "--reconstruct", "--max-neighbours", "40",
+                 "--oversample", "1", "--device", "cpu"]) == 0
+    vol, info = read_mrc(out)
+    assert vol.shape == (16, 16, 16) and np.isfinite(vol).all() and abs(info.voxel_size_angstrom - 6) < 1e-3
+    for name in ("one_half_a.mrc", "one_half_b.mrc", "one_fsc.txt"):
+        assert (tmp_path / name).is_file()
+    fsc = np.loadtxt(tmp_path / "one_fsc.txt")
+    assert fsc.shape == (8, 3) and fsc[:, 2].max() <= 40
+    # decoder-only options are refused with one line
+    assert main(["eval-vol", str(run), "--z", "0", "0", "-o", str(tmp_path / "x.mrc"), "--reconstruct",
+                 "--lowpass", "10"]) != 0
+    assert "--lowpass" in capsys.readouterr().err
+    assert main(["analyze", str(run), "--ksample", "3", "--pc", "1", "--skip-umap", "--skip-vol", "--reconstruct",
+                 "--max-neighbours", "30", "-o", str(tmp_path / "an"), "--device", "cpu"]) == 0
+    rec = tmp_path / "an" / "kmeans3" / "reconstruct"
+    assert sorted(p.name for p in rec.glob("vol_*_fsc.txt")) == [f"vol_{i:03d}_fsc.txt" for i in (1, 2, 3)]
+    assert np.loadtxt(rec / "z_values.txt").shape == (3, 2)
+    assert (tmp_path / "an" / "pc1" / "reconstruct" / "vol_010_half_b.mrc").is_file()
+    assert "Latent-neighbour reconstructions" in (tmp_path / "an" / "index.html").read_text()
+
+
+@pytest.mark.slow
+def test_evaluate_reports_cryobench_metrics(trained, tmp_path, capsys):
+    sim, run = trained
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(run), "--truth", str(sim), "-o", str(out), "--n-images", "5",
+                 "--neighbor-k", "5", "10", "--device", "cpu"]) == 0
+    res = json.loads(out.read_text())["cryobench"]
+    assert res["per_image_au_fsc"]["n_images"] == 5 and len(res["per_image_au_fsc"]["values"]) == 5
+    assert -0.1 < res["per_image_au_fsc"]["mean"] <= 0.5
+    assert res["per_conformation_au_fsc"]["n_states"] == 3
+    assert set(res["neighborhood_similarity"]["state"]) == {"5", "10"}
+    assert "per-image AU-FSC" in capsys.readouterr().out
+    out2 = tmp_path / "eval2.json"
+    assert main(["evaluate", str(run), "--truth", str(sim), "-o", str(out2), "--no-maps"]) == 0
+    res = json.loads(out2.read_text())["cryobench"]
+    assert "per_image_au_fsc" in res["not_computed"] and "per_image_au_fsc" not in res
