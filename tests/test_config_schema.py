@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from cryoscape.cli.main import main
-from cryoscape.config import load_config
+from cryoscape.config import MODEL_CONFIGS, SCHEMA_VERSION, ModelConfig, RunConfig, load_config, save_config
 from cryoscape.errors import InputError
 
 DATA = Path(__file__).parent / "data"
@@ -21,8 +21,12 @@ V1 = {"cryodrgn": "config_v1_cryodrgn.yaml", "tomodrgn": "config_v1_tomodrgn.yam
 @pytest.mark.parametrize("family", list(V1))
 def test_schema_1_files_load_with_their_values(family):
     config = load_config(DATA / V1[family])
-    assert config.model.family == family
-    assert (config.model.zdim, config.model.enc_dim, config.model.dec_layers) == (2, 32, 2)
+    assert config.model.family == family and config.model.zdim == 2
+    assert isinstance(config.model, MODEL_CONFIGS[family])
+    if family == "opus-dsd":  # the MLP fields a schema-1 file records for every family are not opus-dsd's
+        assert not hasattr(config.model, "enc_dim")
+    else:
+        assert (config.model.enc_dim, config.model.dec_layers) == (2 * 16, 2)
     assert (config.train.epochs, config.train.seed, config.data.val_frac) == (2, 3, 0.125)
     assert config.data.particles == "/data/project/particles.star"
     doc = yaml.safe_load((DATA / V1[family]).read_text())
@@ -37,6 +41,24 @@ def test_schema_1_family_fields_keep_their_values():
     assert tomo.model.pooling == "mean" and tomo.model.tilt_embed_dim == 16
     cryo = load_config(DATA / V1["cryodrgn"])
     assert cryo.train.freq_march == 1.0
+
+
+def test_the_model_section_is_the_familys_own(tmp_path):
+    """Written today: schema 2, the model section holds only the family's fields; read back equal."""
+    config = RunConfig(model=ModelConfig(family="tomodrgn", zdim=3, pooling="max"))
+    assert type(config.model).__name__ == "TomoDRGNConfig"
+    save_config(config, tmp_path / "config.yaml")
+    doc = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert doc["schema_version"] == SCHEMA_VERSION == 2
+    assert "pooling" in doc["model"] and not {"templateres", "channel_scale", "mask"} & set(doc["model"])
+    assert load_config(tmp_path / "config.yaml") == config
+    with pytest.raises(InputError, match="--templateres: not an option of --model cryodrgn"):
+        ModelConfig(family="cryodrgn", templateres=32)
+    doc["model"]["templateres"] = 32  # another family's field in a schema-2 file is refused, naming the file
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(InputError, match="not an option of --model tomodrgn") as info:
+        load_config(tmp_path / "config.yaml")
+    assert str(tmp_path / "config.yaml") in str(info.value)
 
 
 def test_a_newer_schema_is_refused_in_one_line(tmp_path):
