@@ -120,3 +120,20 @@ def test_cryobench_metrics_names_what_was_not_computed():
     assert out["per_image_au_fsc"]["mean"] == pytest.approx(0.5, abs=1e-6)
     assert out["neighborhood_similarity"]["state"][3] == 1.0
     assert set(out["not_computed"]) == {"neighborhood_similarity_coordinate"}
+
+
+def test_report_shows_cryobench_metrics_and_what_was_not_computed():
+    from cryoscape.analysis.evaluate import format_cryobench
+    from cryoscape.analysis.report import evaluation_section
+
+    cb = {"per_image_au_fsc": {"mean": 0.31, "std": 0.02, "median": 0.3, "n_images": 100, "seed": 0,
+                               "mask": "auto"},
+          "neighborhood_similarity": {"ks": [10], "state": {"10": 0.42}, "state_chance": 0.02},
+          "not_computed": {"per_conformation_au_fsc": "needs ground-truth maps (gt/state_XXX.mrc)"}}
+    sec = evaluation_section({"epoch": 3, "n_particles": 100, "cryobench": cb})
+    cells = [" ".join(str(c) for c in row) for t in sec.tables for row in t.rows]
+    assert any("per-image AU-FSC" in c and "0.310" in c and "100 sampled images" in c for c in cells)
+    assert any("k = 10" in c and "0.420" in c for c in cells)
+    assert any("not computed" in c and "gt/state_XXX.mrc" in c for c in cells)
+    text = "\n".join(format_cryobench(cb))
+    assert "0.310" in text and "not computed: per_conformation_au_fsc" in text

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 
 from cryoscape.errors import InputError
-from cryoscape.simulate.atomic import (motion_coordinates, parse_selection, read_atom_table, select_atoms,
-                                       states_from_motion)
+from cryoscape.simulate.atomic import (
+    motion_coordinates,
+    parse_selection,
+    read_atom_table,
+    select_atoms,
+    states_from_motion,
+)
 
 
 def _write_model(path, fmt="pdb"):
@@ -57,11 +62,11 @@ def test_motion_moves_only_the_selected_atoms_by_the_stated_angle(tmp_path, fmt)
     axis = np.array([[0.0, 4.0, 0.0], [0.0, 4.0, 5.0]])  # along z through (0, 4)
     confs = motion_coordinates(xyz, moving, axis, [-20.0, 0.0, 35.0])
     np.testing.assert_allclose(confs[1], xyz)
-    for conf, angle in zip((confs[0], confs[2]), (-20.0, 35.0)):
+    for conf, angle in zip((confs[0], confs[2]), (-20.0, 35.0), strict=True):
         np.testing.assert_array_equal(conf[~moving], xyz[~moving])  # fixed atoms untouched
         assert not np.allclose(conf[moving], xyz[moving])
         # distances to the axis kept, each moved atom turned by the stated angle about the axis
-        for p, q in zip(xyz[moving], conf[moving]):
+        for p, q in zip(xyz[moving], conf[moving], strict=True):
             if np.linalg.norm((p - axis[0])[:2]) > 1e-6:
                 assert _angle_about(p, q, axis[0], axis[1] - axis[0]) == pytest.approx(angle, abs=1e-6)
         np.testing.assert_allclose(conf[moving][:, 2], xyz[moving][:, 2])  # along the axis: unchanged

@@ -1,0 +1,157 @@
+"""A small CryoBench-like benchmark (issue 19): an atomic-model hinge motion, cryoscape's decoder maps against its
+latent-neighbour reconstructions, scored with the CryoBench metrics (docs/metrics.md).
+
+Stages (run from the repository root; each writes under ``--work``, default ``bench/_work/cryobench``):
+
+* ``prepare``: a synthetic protein-like model (bench/pseudo_atomic.py's ideal helix bundles: a body, chain A,
+  and an arm, chain B, joined at a hinge), then ``cryoscape simulate --pdb MODEL --move B --hinge-axis ...``
+  (50 conformations over -40..40 degrees by default);
+* ``train``: ``cryoscape train`` (cryoDRGN family) on it, one thread;
+* ``score``: ``cryoscape evaluate`` (decoder maps: per-image and per-conformation AU-FSC, neighbourhood
+  similarity, ARI, Spearman) and the per-image / per-conformation AU-FSC of latent-neighbour reconstructions
+  (``cryoscape.analysis.neighbour_recon``) at the same sampled images; writes ``summary.json``.
+
+    .venv/bin/python -m bench.cryobench prepare -N 3000 -D 32 --apix 4 --snr 0.1
+    .venv/bin/python -m bench.cryobench train --epochs 20
+    .venv/bin/python -m bench.cryobench score --n-images 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import CRYOSCAPE_CMD, WORK, machine_info, run_timed, write_json
+from bench.pseudo_atomic import RESIDUE_ATOMS, _rotation, bundle_atoms
+
+DEFAULT_WORK = WORK / "cryobench"
+BODY_RADIUS, ARM_RADIUS, ARM_OFFSET = 22.0, 15.0, 37.0  # Angstrom; the arm's centre sits at +x
+HINGE = [[ARM_OFFSET - ARM_RADIUS, 0.0, -10.0], [ARM_OFFSET - ARM_RADIUS, 0.0, 10.0]]  # axis along z at the join
+
+
+def write_model(path: Path, seed: int = 0) -> Path:
+    """A body (chain A, one helix bundle at the origin) and an arm (chain B, a smaller bundle at +x)."""
+    rng = np.random.default_rng(seed)
+    body, el_a = bundle_atoms(BODY_RADIUS, rng)
+    arm, el_b = bundle_atoms(ARM_RADIUS, rng)
+    body = body @ _rotation(rng).T
+    arm = arm @ _rotation(rng).T + np.array([ARM_OFFSET, 0.0, 0.0])
+    lines, k = [], 0
+    for chain, xyz, elements in (("A", body, el_a), ("B", arm, el_b)):
+        for i, ((x, y, z), el) in enumerate(zip(xyz, elements, strict=True)):
+            res = i // len(RESIDUE_ATOMS) + 1
+            name = {"N": " N  ", "C": " C  ", "O": " O  "}[el]
+            k += 1
+            lines.append(f"ATOM  {k % 100000:5d} {name} ALA {chain}{res % 9999:4d}    "
+                         f"{x:8.3f}{y:8.3f}{z:8.3f}  1.00  0.00          {el:>2s}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\nEND\n")
+    return path
+
+
+def prepare(a) -> None:
+    work = Path(a.work)
+    model = write_model(work / "model.pdb", a.seed)
+    hinge = [str(v) for p in HINGE for v in p]
+    cmd = [*CRYOSCAPE_CMD, "simulate", "--pdb", str(model), "--move", "B", "--hinge-axis", *hinge,
+           "--angles", str(-a.angle), str(a.angle), "--n-conformations", str(a.n_conformations),
+           "-N", str(a.n), "-D", str(a.box), "--apix", str(a.apix), "--snr", str(a.snr), "--seed", str(a.seed),
+           "--device", "cpu", "-o", str(work / "sim"), "--overwrite"]
+    info = run_timed(cmd, work / "simulate.log")
+    write_json(work / "prepare.json", {"command": cmd, **info})
+    print(json.dumps(info))
+
+
+def train(a) -> None:
+    work = Path(a.work)
+    cmd = [*CRYOSCAPE_CMD, "train", str(work / "sim" / "particles.star"), "-o", str(work / "run"),
+           "--zdim", str(a.zdim), "-n", str(a.epochs), "--enc-dim", str(a.dim), "--dec-dim", str(a.dim),
+           "--threads", "1", "--device", "cpu", "--no-progress", "--seed", "0"]
+    info = run_timed(cmd, work / "train.log")
+    write_json(work / "train.json", {"command": cmd, **info})
+    print(json.dumps(info))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="stage", required=True)
+    pp = sub.add_parser("prepare")
+    pp.add_argument("-N", "--n", type=int, default=3000)
+    pp.add_argument("-D", "--box", type=int, default=32)
+    pp.add_argument("--apix", type=float, default=4.0)
+    pp.add_argument("--snr", type=float, default=0.1)
+    pp.add_argument("--angle", type=float, default=40.0, help="the arm turns over -ANGLE..ANGLE degrees")
+    pp.add_argument("--n-conformations", type=int, default=50)
+    pp.add_argument("--seed", type=int, default=0)
+    pt = sub.add_parser("train")
+    pt.add_argument("--epochs", type=int, default=20)
+    pt.add_argument("--zdim", type=int, default=8)
+    pt.add_argument("--dim", type=int, default=256, help="encoder and decoder width (3 layers each)")
+    ps = sub.add_parser("score")
+    ps.add_argument("--n-images", type=int, default=100)
+    ps.add_argument("--max-neighbours", type=int, default=1500)
+    for q in (pp, pt, ps):
+        q.add_argument("--work", default=str(DEFAULT_WORK))
+    a = p.parse_args(argv)
+    {"prepare": prepare, "train": train, "score": score}[a.stage](a)
+    return 0
+
+
+def score(a) -> None:
+    """Decoder maps (``cryoscape evaluate``) and latent-neighbour maps at the same sampled images."""
+    import torch
+
+    from cryoscape.analysis.evaluate import per_conformation_au_fsc, per_image_au_fsc, read_gt_maps
+    from cryoscape.analysis.latent import load_latents
+    from cryoscape.analysis.neighbour_recon import reconstructor_from_run
+
+    torch.set_num_threads(1)
+    work = Path(a.work)
+    run, sim = work / "run", work / "sim"
+    cmd = [*CRYOSCAPE_CMD, "evaluate", str(run), "--truth", str(sim), "-o", str(work / "eval_decoder.json"),
+           "--overwrite", "--n-images", str(a.n_images), "--device", "cpu"]
+    info = run_timed(cmd, work / "evaluate.log")
+    decoder = json.loads((work / "eval_decoder.json").read_text())
+    latents = load_latents(run)
+    truth = np.load(sim / "labels.npz")
+    idx = latents.indices if latents.indices is not None else np.arange(len(latents.z))
+    states = truth["state"][idx]
+    gt, gt_apix = read_gt_maps(sim)
+    t0 = time.time()
+    rec = reconstructor_from_run(run, latents.epoch, max_neighbours=a.max_neighbours, oversample=1, device="cpu")
+    recon_img = per_image_au_fsc(rec, latents.z, states, gt, n_images=a.n_images, seed=0,
+                                 gt_pixel_size_angstrom=gt_apix)
+    t1 = time.time()
+    recon_conf = per_conformation_au_fsc(rec, latents.z, states, gt, gt_pixel_size_angstrom=gt_apix)
+    t2 = time.time()
+    same = recon_img["indices"] == decoder["cryobench"]["per_image_au_fsc"]["indices"]
+    summary = {
+        "machine": machine_info(), "evaluate_command": cmd, "evaluate_run": info, "epoch": latents.epoch,
+        "same_sampled_images": same,
+        "decoder": {k: decoder["cryobench"][k] for k in ("per_image_au_fsc", "per_conformation_au_fsc",
+                                                         "neighborhood_similarity")},
+        "ari": decoder.get("clustering", {}).get("ari"),
+        "abs_spearman_pc1": decoder.get("continuous", {}).get("abs_spearman_pc1"),
+        "reconstruction": {"per_image_au_fsc": recon_img, "per_conformation_au_fsc": recon_conf,
+                           "max_neighbours": a.max_neighbours, "oversample": 1, "ks": rec.ks,
+                           "seconds_per_image_map": (t1 - t0) / recon_img["n_images"],
+                           "seconds_per_conformation_map": (t2 - t1) / recon_conf["n_states"]},
+    }
+    for d in (summary["decoder"]["per_image_au_fsc"], recon_img):
+        d.pop("values", None)
+        d.pop("indices", None)
+    write_json(work / "summary.json", summary)
+    for what in ("per_image_au_fsc", "per_conformation_au_fsc"):
+        print(f"{what}: decoder {summary['decoder'][what]['mean']:.4f}  "
+              f"latent-neighbour {summary['reconstruction'][what]['mean']:.4f}")
+    print(json.dumps({"neighborhood_similarity": summary["decoder"]["neighborhood_similarity"],
+                      "ari": summary["ari"], "abs_spearman_pc1": summary["abs_spearman_pc1"]}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
