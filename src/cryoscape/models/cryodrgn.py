@@ -31,12 +31,12 @@ from cryoscape.imaging.ctf import compute_ctf
 from cryoscape.imaging.fft import ifft3_centered
 from cryoscape.imaging.lattice import central_slice_coords
 from cryoscape.models.decoders import CoordinateDecoder
-from cryoscape.models.family import ModelFamily
+from cryoscape.models.family import FamilyModel, ModelFamily
 from cryoscape.models.mlp import ResidualMLP
 from cryoscape.models.vae import hartley_from_half_plane, kl_divergence, reparameterize, volumes_in_batches
 
 
-class CryoDRGN(nn.Module):
+class CryoDRGN(FamilyModel):
     """VAE (``zdim > 0``) or homogeneous network (``zdim = 0``) on Fourier slices.
 
     Parameters

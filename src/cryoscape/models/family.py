@@ -20,6 +20,27 @@ from cryoscape.data.batches import default_batch_plan
 from cryoscape.errors import InputError
 
 
+class FamilyModel(torch.nn.Module):
+    """Base class of a family's ``nn.Module``: what the engine calls on every model, with defaults.
+
+    ``forward(batch) -> dict`` (``"loss"`` and its terms) is the family's; ``zdim`` (0: homogeneous, no latents),
+    ``latent_means(batch) -> (B, zdim)`` (posterior means, used when ``zdim > 0``),
+    ``set_training_progress(epochs_done)`` (called before every training step with the fractional number of
+    epochs completed; default: nothing) and ``generate_volumes(z, batch_size) -> (n, D, D, D)``.
+    """
+
+    zdim: int = 0
+
+    def set_training_progress(self, epochs_done: float) -> None:
+        """A schedule over training (e.g. frequency marching); default: nothing."""
+
+    def latent_means(self, batch) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no latent space")
+
+    def generate_volumes(self, z, batch_size: int = 1) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} does not generate volumes")
+
+
 class ModelFamily:
     """Base class of the model families; see the module docstring.
 

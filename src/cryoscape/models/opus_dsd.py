@@ -27,7 +27,7 @@ from cryoscape.imaging.ctf import ctf_image
 from cryoscape.imaging.fft import fft2_centered, ifft2_centered, resample_volume
 from cryoscape.imaging.masks import sphere_mask
 from cryoscape.imaging.projection import project_real
-from cryoscape.models.family import ModelFamily
+from cryoscape.models.family import FamilyModel, ModelFamily
 from cryoscape.models.opus_networks import ConvDecoder, ConvEncoder, pseudo_volumes
 from cryoscape.models.opus_prior import (
     INTER_REPULSION_WEIGHT,
@@ -71,7 +71,7 @@ def render_images(volumes: torch.Tensor, rotations: torch.Tensor, ctf: torch.Ten
     return ifft2_centered(fft2_centered(proj) * values).real
 
 
-class OpusDSD(nn.Module):
+class OpusDSD(FamilyModel):
     """OPUS-DSD VAE.
 
     Parameters

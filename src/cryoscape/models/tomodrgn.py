@@ -39,7 +39,7 @@ from cryoscape.imaging.dose import dose_weights, optimal_exposure_mask, tilt_wei
 from cryoscape.imaging.lattice import central_slice_coords
 from cryoscape.models.cryodrgn import CryoDRGN
 from cryoscape.models.decoders import CoordinateDecoder
-from cryoscape.models.family import ModelFamily
+from cryoscape.models.family import FamilyModel, ModelFamily
 from cryoscape.models.mlp import ResidualMLP, activation_layer
 from cryoscape.models.vae import gaussian_kl, hartley_from_half_plane, reparameterize
 
@@ -111,7 +111,7 @@ def unpack_masked(packed: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
     return torch.gather(padded, 1, slot[..., None].expand(-1, -1, packed.shape[-1]))
 
 
-class TomoDRGN(nn.Module):
+class TomoDRGN(FamilyModel):
     """Tilt-series VAE (``zdim > 0``) or homogeneous coordinate network (``zdim = 0``).
 
     Parameters

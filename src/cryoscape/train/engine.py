@@ -1,7 +1,8 @@
 """The training loop shared by every model family.
 
-A family supplies an ``nn.Module`` whose ``forward(batch) -> dict`` returns ``"loss"`` plus named terms, and a
-data provider with ``batch(indices) -> dict`` and ``__len__``; optionally ``latent_means(batch) -> (B, zdim)``.
+A family supplies a :class:`cryoscape.models.family.FamilyModel` whose ``forward(batch) -> dict`` returns
+``"loss"`` plus named terms (``latent_means(batch) -> (B, zdim)`` when ``zdim > 0``), and a data provider with
+``batch(indices)``, ``__len__`` and ``lazy``.
 The engine owns everything else: epochs, shuffling, validation, AMP, DDP, checkpoints, resume, Ctrl-C,
 progress and logs. Each epoch's shuffling and random draws are seeded from ``(seed, epoch)``, so a resumed run
 repeats an uninterrupted one exactly (on CPU).
@@ -143,8 +144,8 @@ class Engine:
         process's batches of an epoch (e.g. one projection class per batch); it must be a pure function of its
         arguments so that resume is exact. Default: a seeded shuffle split evenly over processes.
 
-    A model may define ``set_training_progress(epochs_done: float)``; the engine calls it before every training
-    step with the fractional number of epochs completed (a pure function of epoch and step, so resume is exact).
+    The engine calls the model's ``set_training_progress(epochs_done: float)`` before every training step with the
+    fractional number of epochs completed (a pure function of epoch and step, so resume is exact).
 
     After every checkpointed epoch with a validation set the engine writes ``RUN/best_epoch``: the latest
     checkpointed epoch whose :func:`selection_metric` (``val_loss`` unless the family names another column) is
@@ -173,7 +174,6 @@ class Engine:
         self.after_step = after_step
         self.batch_plan = batch_plan or default_batch_plan
         self.pose_refiner = pose_refiner  # train --refine-poses (models.poses.PoseRefiner)
-        self._set_progress = getattr(self.model, "set_training_progress", None)
         self.state = LoopState()
         self._stop_requested = False
         self.selection_metric = selection_metric(family)
@@ -313,8 +313,8 @@ class Engine:
         t_start = time.perf_counter()
         for step, batch in zip(range(first, len(batches)), upcoming):
             idx = batches[step]
-            if self._set_progress is not None:  # e.g. frequency marching: a schedule over (fractional) epochs
-                self._set_progress(epoch - 1 + step / len(batches))
+            # e.g. frequency marching: a schedule over (fractional) epochs (FamilyModel: nothing by default)
+            self.model.set_training_progress(epoch - 1 + step / len(batches))
             terms = self._step(batch)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v * len(idx)
@@ -387,7 +387,7 @@ class Engine:
                 self.pose_refiner.save(self.run.learned_poses_path(epoch), poses.rotations,
                                        poses.shifts_px(d.pixel_size_angstrom), d.pixel_size_angstrom,
                                        self.train_positions)
-            if hasattr(self.model, "latent_means") and getattr(self.model, "zdim", 0) > 0:
+            if self.model.zdim > 0:
                 z = self.encode_all()
                 with atomic_path(self.run.latents_path(epoch)) as tmp:
                     np.save(tmp, z)
@@ -421,7 +421,7 @@ def encode_all(model: nn.Module, data, batch_size: int = 256, progress: bool = F
 
 def _is_lazy(data) -> bool:
     """Whether ``data`` reads from disk per batch (worth preparing the next batch in the background)."""
-    return bool(getattr(data, "lazy", False))
+    return bool(data.lazy)
 
 
 def _fmt(key: str, value) -> str:
