@@ -110,3 +110,20 @@ def test_ddp_two_processes_learn_the_poses_of_one(sim, tmp_path):
     # every particle was stepped as often in both runs; Adam's steps (~lr each) agree to rounding
     np.testing.assert_allclose(two["rotvec"], one["rotvec"], atol=2e-3)
     np.testing.assert_allclose(two["shift_px"], one["shift_px"], atol=2e-2)
+
+
+def test_eval_images_and_backproject_use_the_learned_poses(sim, refined_run, tmp_path):
+    from cryoscape.io.mrc import read_mrc
+
+    z = tmp_path / "z.npy"
+    assert main(["eval-images", str(refined_run), "--epoch", "3", "-o", str(z), "--device", "cpu"]) == 0
+    np.testing.assert_allclose(np.load(z), np.load(refined_run / "latents" / "epoch_003.npy"), atol=1e-5)
+    star = tmp_path / "refined.star"
+    assert main(["write-poses", str(refined_run), "--epoch", "3", "-o", str(star)]) == 0
+    assert main(["backproject", "--run", str(refined_run), "--epoch", "3", "-o", str(tmp_path / "a")]) == 0
+    assert main(["backproject", str(star), "--datadir", str(sim), "-o", str(tmp_path / "b")]) == 0
+    assert main(["backproject", str(sim / "particles.star"), "-o", str(tmp_path / "c")]) == 0
+    a, b, c = (read_mrc(tmp_path / x / "backproject.mrc")[0] for x in "abc")
+    np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max())
+    assert np.abs(a - c).max() > 1e-3 * np.abs(c).max()  # not the input's poses
+    assert main(["backproject", "--run", str(refined_run), str(star), "-o", str(tmp_path / "d")]) == 2

@@ -53,6 +53,10 @@ def encode_particles(run_dir, output=None, epoch=None, particles=None, poses=Non
                          f"{kind[trained_premultiplied]} images (rlnCtfDataAreCtfPremultiplied)",
                          particles or config.data.particles)
     data.to(dev)  # metadata only: the images stay on disk until their batch
+    if particles is None and trained.config.train.refine_poses:  # the run's own particles: its learned poses
+        from cryoscape.models.poses import LearnedPoseData, load_learned_poses
+
+        data = LearnedPoseData.from_file(data, load_learned_poses(run_dir, trained.epoch)[1])
     z = encode_all(trained.model, data, batch_size, progress=progress)
     if output is not None:
         with atomic_path(output) as tmp:

@@ -7,10 +7,12 @@ Memory is estimated first (about 3 GB at D=256, 8 GB at D=384): when it exceeds 
 --max-memory-gb) the command stops with one line naming the need; --oversample 1 needs far less. CTF-premultiplied
 stacks (rlnCtfDataAreCtfPremultiplied 1) are back-projected as such (the image carries one CTF factor).
 OUT must be new or empty (--overwrite replaces these files, nothing else); it is created only once the inputs
-have been read and checked.
+have been read and checked. --run RUN back-projects the particles a run was trained on with the poses it learned
+(train --refine-poses; validation particles keep their input poses).
 
 Example:
   cryoscape backproject sim/particles.star -o bp/
+  cryoscape backproject --run runs/refined --reference sim/gt/state_000.mrc -o bp_refined/
   cryoscape backproject sim/particles.mrcs --poses sim/pose.pkl --ctf sim/ctf.pkl --reference sim/gt/state_000.mrc -o bp/
 """
 
@@ -34,7 +36,11 @@ OUTPUTS = ("backproject.mrc", "half_map_a.mrc", "half_map_b.mrc", "fsc.txt", "fs
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``cryoscape backproject``."""
-    parser.add_argument("particles", help="particles: .star, .cs, .mrcs or .txt (list of stacks)")
+    parser.add_argument("particles", nargs="?", help="particles: .star, .cs, .mrcs or .txt (list of stacks); or --run")
+    parser.add_argument("--run", metavar="RUN", help="instead of PARTICLES: the particles a `cryoscape train` run was "
+                        "trained on, with the poses it learned (train --refine-poses) at --epoch")
+    parser.add_argument("--epoch", type=int, help="with --run: the epoch whose learned poses to use (default: the "
+                        "run's best epoch, else its last)")
     parser.add_argument("-o", "--outdir", required=True, help="output folder (new or empty, unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty OUT: replace the files backproject writes there, keep others")
@@ -103,6 +109,34 @@ def _write_curve(path: Path, s: np.ndarray, curve: np.ndarray, header: str) -> N
         np.savetxt(tmp, np.stack([s, curve], axis=1), fmt="%.6f", header=header)
 
 
+def _run_particles(args: argparse.Namespace):
+    """The particles of the run ``args.run`` (as trained: ``--ind`` applied) with the poses it learned."""
+    import dataclasses
+
+    from cryoscape.config import load_config
+    from cryoscape.metadata import Poses
+    from cryoscape.models.poses import load_learned_poses
+    from cryoscape.models.registry import get_family
+    from cryoscape.rundir import RunDir
+
+    given = [name for name in ("poses", "ctf", "ind", "datadir", "apix", "cs_alignments") if getattr(args, name)]
+    if given:
+        raise InputError(f"--{given[0].replace('_', '-')} does not go with --run, which reads the run's own input")
+    run = RunDir(args.run)
+    config = load_config(run.config_path)
+    family = get_family(config.model.family)
+    if family.own_input_format:
+        raise InputError(f"backproject --run takes single-particle runs; this is a {family.name} run", run.path)
+    particles, _ = family.load_particles(config)
+    if not config.train.refine_poses:
+        log.info("%s did not refine poses (train --refine-poses): back-projecting with its input's poses", run.path)
+        return particles
+    epoch, learned = load_learned_poses(run.path, args.epoch)
+    log.info("back-projecting with the poses learned by epoch %d (%d of %d particles refined)", epoch,
+             int(learned["refined"].sum()), len(particles))
+    return dataclasses.replace(particles, poses=Poses(learned["rotations"], learned["shifts_angstrom"]))
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the particles, back-project, write the maps and FSC."""
     from cryoscape.analysis.backprojection import backproject
@@ -114,9 +148,14 @@ def run(args: argparse.Namespace) -> int:
     out_dir = prepare_output_dir(args.outdir, "backproject", args.overwrite, own=OUTPUTS)
     if args.first is not None and args.first < 1:
         raise InputError(f"--first must be at least 1, got {args.first}")
-    particles = load_particles(args.particles, poses=args.poses, ctf=args.ctf, datadir=args.datadir,
-                               apix=args.apix, indices=args.ind, ctf_overrides=ctf_overrides_from_args(args),
-                               cs_alignments=args.cs_alignments)
+    if (args.particles is None) == (args.run is None):
+        raise InputError("give either PARTICLES or --run RUN")
+    if args.run is not None:
+        particles = _run_particles(args)
+    else:
+        particles = load_particles(args.particles, poses=args.poses, ctf=args.ctf, datadir=args.datadir,
+                                   apix=args.apix, indices=args.ind, ctf_overrides=ctf_overrides_from_args(args),
+                                   cs_alignments=args.cs_alignments)
     if particles.poses is None:
         raise InputError("the particles have no poses", args.particles, "pass --poses pose.pkl")
     if args.first is not None:
