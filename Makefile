@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= cryoscape-demo
 
-.PHONY: setup demo test browser clean
+.PHONY: setup demo test test-fast browser clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,6 +41,10 @@ browser:
 
 test: setup browser
 	$(PY) -m pytest -q -n 2 tests
+
+# The contributor's loop: everything but the end-to-end tests marked slow (make test and CI run those too).
+test-fast: setup
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info
