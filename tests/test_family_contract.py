@@ -70,6 +70,7 @@ def test_family_contract(name, inputs, tmp_path):
     plan = family.epoch_batches(data, np.arange(len(data)), 3, 1, config.train.batch_size, _single())
     assert sorted(np.concatenate(plan).tolist()) == list(range(len(data)))
     batch = data.batch(plan[0])
+    assert dataclasses.is_dataclass(batch) and {"index", "y", "rot"} <= set(batch.keys())
     model.train()
     terms = model(batch)
     assert "loss" in terms and len(terms) > 1 and torch.isfinite(terms["loss"])
@@ -114,3 +115,19 @@ def _single():
     from cryoscape.train.distributed import DistInfo
 
     return DistInfo()
+
+
+def test_batches_are_typed_and_read_like_mappings():
+    from cryoscape.data.batches import ImageBatch, SliceBatch, TiltBatch
+    from cryoscape.imaging.ctf import CTFTensors
+
+    ctf = CTFTensors(torch.ones(2, 9))
+    b = ImageBatch(torch.arange(2), torch.zeros(2, 4, 4), torch.eye(3).repeat(2, 1, 1), ctf,
+                   view_class=torch.tensor([3, 5]))
+    assert b["view_class"].tolist() == [3, 5] and b.get("ctf") is ctf and "ctf" in b
+    plain = SliceBatch(torch.arange(2), torch.zeros(2, 5), torch.eye(3).repeat(2, 1, 1))
+    assert "ctf" not in plain and plain.get("ctf") is None and set(dict(plain)) == {"index", "y", "rot"}
+    with pytest.raises(KeyError):
+        plain["ctf"]
+    assert dataclasses.replace(plain, y=torch.ones(2, 5)).y.sum().item() == 10.0
+    assert {f.name for f in dataclasses.fields(TiltBatch)} >= {"exposure", "tilt_deg", "tilt_mask", "tilt_key"}

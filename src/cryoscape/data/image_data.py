@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import torch
 
+from cryoscape.data.batches import ImageBatch
 from cryoscape.data.healpix_sampler import view_classes
 from cryoscape.data.prepared import ctf_premultiplied_flag, estimate_norm, prepare_all
 from cryoscape.data.preprocess import check_finite, make_window
@@ -114,7 +115,7 @@ class ImageParticleData:
             self.images = self.images.to(self.device)
         return self
 
-    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+    def batch(self, indices: np.ndarray) -> ImageBatch:
         """The particles at ``indices``: ``index`` (B,), ``y`` (B, D, D) centred normalised images, ``rot``
         (B, 3, 3), ``view_class`` (B,) and, if known, ``ctf`` (:class:`CTFTensors` of shape (B,))."""
         indices = np.asarray(indices, dtype=np.int64)
@@ -123,7 +124,5 @@ class ImageParticleData:
             y = self.images[idx]
         else:
             y = (self._prepare(indices) / self.norm_std).to(self.device)
-        batch = {"index": idx, "y": y, "rot": self.rotations[idx], "view_class": self._classes[idx]}
-        if self.ctf is not None:
-            batch["ctf"] = self.ctf[idx]
-        return batch
+        return ImageBatch(idx, y, self.rotations[idx], None if self.ctf is None else self.ctf[idx],
+                          view_class=self._classes[idx])

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import torch
 
+from cryoscape.data.batches import SliceBatch
 from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.data.prepared import ctf_premultiplied_flag, estimate_norm, prepare_all
 from cryoscape.data.preprocess import check_finite, hartley_pixels, make_window
@@ -85,7 +86,7 @@ class SliceParticleData:
             self.values = self.values.to(self.device)
         return self
 
-    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+    def batch(self, indices: np.ndarray) -> SliceBatch:
         """The batch of particles at ``indices`` (positions in this data set)."""
         indices = np.asarray(indices, dtype=np.int64)
         idx = torch.from_numpy(indices).to(self.device)
@@ -93,7 +94,4 @@ class SliceParticleData:
             y = self.values[idx]
         else:
             y = (self._prepare(indices) / self.norm_std).to(self.device)
-        batch = {"index": idx, "y": y, "rot": self.rotations[idx]}
-        if self.ctf is not None:
-            batch["ctf"] = self.ctf[idx]
-        return batch
+        return SliceBatch(idx, y, self.rotations[idx], None if self.ctf is None else self.ctf[idx])

@@ -13,6 +13,7 @@ import logging
 import numpy as np
 import torch
 
+from cryoscape.data.batches import TiltBatch
 from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.data.prepared import ctf_premultiplied_flag, estimate_norm, prepare_all
 from cryoscape.data.preprocess import check_finite, hartley_pixels, make_window
@@ -119,14 +120,15 @@ class TiltSeriesData:
         rows = self.offsets[idx][:, None] + torch.where(mask, slot[None, :], torch.zeros_like(slot)[None, :])
         return rows, mask
 
-    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+    def batch(self, indices: np.ndarray) -> TiltBatch:
         """The particles at ``indices`` with all their tilt images.
 
         Returns
         -------
-        dict with ``index`` ``(B,)``, ``y`` ``(B, T, P)`` normalised Hartley pixels, ``rot`` ``(B, T, 3, 3)``,
-        ``ctf`` :class:`CTFTensors` ``(B, T)``, ``exposure`` ``(B, T)`` (e/A^2), ``tilt_deg`` ``(B, T)``, ``tilt_mask`` ``(B, T)``
-        bool and ``tilt_key`` ``(B, T)`` (a fixed random number per image).
+        :class:`~cryoscape.data.batches.TiltBatch`: ``index`` ``(B,)``, ``y`` ``(B, T, P)`` normalised Hartley
+        pixels, ``rot`` ``(B, T, 3, 3)``, ``ctf`` :class:`CTFTensors` ``(B, T)``, ``exposure`` ``(B, T)`` (e/A^2),
+        ``tilt_deg`` ``(B, T)``, ``tilt_mask`` ``(B, T)`` bool and ``tilt_key`` ``(B, T)`` (a fixed random number per
+        image).
         """
         indices = np.asarray(indices, dtype=np.int64)
         rows, mask = self.image_grid(indices)
@@ -137,6 +139,6 @@ class TiltSeriesData:
             uniq, inverse = np.unique(flat, return_inverse=True)
             prepared = (self._prepare(uniq) / self.norm_std).to(self.device)
             y = prepared[torch.as_tensor(inverse.reshape(rows.shape), device=self.device)]
-        return {"index": torch.as_tensor(indices, device=self.device), "y": y, "rot": self.rotations[rows],
-                "ctf": self.ctf[rows], "exposure": self.exposure[rows], "tilt_deg": self.tilt_deg[rows],
-                "tilt_mask": mask, "tilt_key": self.tilt_key[rows]}
+        return TiltBatch(torch.as_tensor(indices, device=self.device), y, self.rotations[rows], self.ctf[rows],
+                         exposure=self.exposure[rows], tilt_deg=self.tilt_deg[rows], tilt_mask=mask,
+                         tilt_key=self.tilt_key[rows])

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
 from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.imaging.ctf import compute_ctf

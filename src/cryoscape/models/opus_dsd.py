@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
 from cryoscape.imaging.ctf import ctf_image
 from cryoscape.imaging.fft import fft2_centered, ifft2_centered, resample_volume

@@ -28,10 +28,12 @@ sections; Methods "General architecture", "Training system", "Lattice masking an
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
-from torch import nn
 
+from cryoscape.data.batches import TiltBatch
 from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.errors import InputError
 from cryoscape.imaging.ctf import CTFTensors, compute_ctf
@@ -68,7 +70,7 @@ def pool_tilts(h: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tenso
     raise ValueError(f"unknown pooling {pooling!r}")
 
 
-def select_tilts(batch: dict[str, torch.Tensor], n: int | None, random: bool) -> dict[str, torch.Tensor]:
+def select_tilts(batch: TiltBatch, n: int | None, random: bool) -> TiltBatch:
     """Choose up to ``n`` tilts per particle (``None``: all), without replacement.
 
     The order is that of ascending keys: fresh uniform random keys when ``random``, else the batch's fixed
@@ -81,13 +83,12 @@ def select_tilts(batch: dict[str, torch.Tensor], n: int | None, random: bool) ->
     keys = torch.rand(mask.shape, device=mask.device) if random else batch["tilt_key"].float()
     keys = keys.masked_fill(~mask, 2.0)
     order = torch.argsort(keys, dim=1)[:, :n]
-    out = dict(batch)
-    out["ctf"] = CTFTensors.of(batch["ctf"]).gather(1, order)
+    out = {"ctf": CTFTensors.of(batch["ctf"]).gather(1, order)}
     for name in ("y", "rot", "exposure", "tilt_deg", "tilt_mask", "tilt_key"):
         v = batch[name]
         idx = order.reshape(order.shape + (1,) * (v.ndim - 2)).expand(order.shape + v.shape[2:])
         out[name] = torch.gather(v, 1, idx)
-    return out
+    return dataclasses.replace(batch, **out) if dataclasses.is_dataclass(batch) else {**batch, **out}
 
 
 def pack_masked(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -177,7 +178,7 @@ class TomoDRGN(FamilyModel):
             return None
         return self.ntilts
 
-    def select(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def select(self, batch: TiltBatch) -> TiltBatch:
         """The tilts of each particle this pass uses (random while training, fixed in eval mode)."""
         n = self.tilts_used
         if n is not None and self.pooling == "concatenate" and int(batch["tilt_mask"].sum(1).min()) < n:
@@ -239,7 +240,7 @@ class TomoDRGN(FamilyModel):
         k = self.freqs.norm(dim=-1) / self.pixel_size_angstrom
         return dose_weights(k, exposure[..., None].float(), CTFTensors.of(ctf).voltage[..., None].float())
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: TiltBatch) -> dict[str, torch.Tensor]:
         """Loss and its terms for a batch of particles (see the module docstring)."""
         b = self.select(batch)
         y, mask = b["y"], b["tilt_mask"]
