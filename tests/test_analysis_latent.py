@@ -102,6 +102,7 @@ def test_umap_fallbacks_warn():
     np.testing.assert_allclose(out, run_pca(tiny, 2).projected)
 
 
+@pytest.mark.slow
 def test_umap_separates_blobs():
     from sklearn.metrics import silhouette_score
 

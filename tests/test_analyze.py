@@ -9,6 +9,8 @@ import pytest
 from cryoscape.cli.main import main
 from cryoscape.io.mrc import read_mrc
 
+pytestmark = pytest.mark.slow  # the module's fixture trains and analyses a run (over a minute on 2 cores)
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

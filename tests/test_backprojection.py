@@ -69,6 +69,7 @@ def test_wiener_reconstruction_matches_truth(dataset, reconstruction):
     assert halves[freqs <= 0.25].min() >= 0.95
 
 
+@pytest.mark.slow
 def test_ctf_correction_and_shift_sign_matter(dataset, reconstruction):
     vol, images, rotations, origins_px, ctf = dataset
     freqs, good = fsc(reconstruction["volume"], vol)

@@ -123,6 +123,7 @@ def _write_ind(tmp_path, values):
     return path
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one(sim, tmp_path):
     """torchrun with 2 gloo processes (batch 8 each) follows the 1-process curve with batch 16."""
     star = str(sim / "particles.star")

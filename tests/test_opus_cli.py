@@ -129,6 +129,7 @@ def test_default_channel_scale_follows_the_device(sim, tmp_path, caplog):
     assert load_run(out).model.encoder is not None
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_share_the_memory_bank(sim, tmp_path):
     """With 2 gloo processes every training particle reaches the (rank-0) memory bank exactly once per epoch."""
     out = tmp_path / "ddp"

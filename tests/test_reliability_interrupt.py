@@ -23,6 +23,8 @@ import torch
 from cryoscape.cli.main import main
 from cryoscape.train.checkpoint import completed_epochs, load_checkpoint
 
+pytestmark = pytest.mark.slow  # real training subprocesses, killed and resumed (about a minute on 2 cores)
+
 EPOCHS = 20
 SMALL = ["--zdim", "2", "--enc-dim", "8", "--enc-layers", "1", "--dec-dim", "8", "--dec-layers", "1", "-b", "8",
          "--no-progress", "--threads", "1", "--device", "cpu", "--seed", "3"]

@@ -81,6 +81,7 @@ def test_document_structure():
     assert all(c.startswith("cryoscape ") for c in commands), commands  # no python one-liners
 
 
+@pytest.mark.slow
 def test_tutorial_runs(tmp_path, monkeypatch):
     text = TUTORIAL.read_text()
     rows = substitutions(text)
