@@ -127,3 +127,22 @@ def test_eval_images_and_backproject_use_the_learned_poses(sim, refined_run, tmp
     np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max())
     assert np.abs(a - c).max() > 1e-3 * np.abs(c).max()  # not the input's poses
     assert main(["backproject", "--run", str(refined_run), str(star), "-o", str(tmp_path / "d")]) == 2
+
+
+def test_filter_writes_the_learned_poses(sim, refined_run, tmp_path):
+    z = np.load(refined_run / "latents" / "epoch_003.npy")
+    lo, hi = float(np.median(z[:, 0])), float(z[:, 0].max())
+    out = tmp_path / "sel"
+    assert main(["filter", str(refined_run), "--epoch", "3", "--z-range", "0", str(lo), str(hi), "-o",
+                 str(out)]) == 0
+    chosen = np.load(out / "indices.npy")
+    _, learned = load_learned_poses(refined_run, 3)
+    back = load_particles(out / "particles.star", datadir=sim)
+    assert len(back) == len(chosen) > 0
+    assert rotation_angle_deg(back.poses.rotations, learned["rotations"][chosen]).max() < 1e-3
+    np.testing.assert_allclose(back.poses.shifts_angstrom, learned["shifts_angstrom"][chosen], atol=1e-3)
+    assert main(["filter", str(refined_run), "--epoch", "3", "--z-range", "0", str(lo), str(hi), "--input-poses",
+                 "-o", str(tmp_path / "sel2")]) == 0
+    kept = load_particles(tmp_path / "sel2" / "particles.star", datadir=sim)
+    consensus = load_particles(sim / "particles.star").poses
+    np.testing.assert_allclose(kept.poses.rotations, consensus.rotations[chosen], atol=1e-5)

@@ -3,7 +3,8 @@
 Select by k-means cluster from `cryoscape analyze`, by a range of one latent dimension, or by an index file.
 Writes OUT/indices.npy and OUT/indices.txt (indices into the original input) and OUT/particles.star (or .cs,
 the input's format), ready for RELION or cryoSPARC, or to retrain cryoscape with --ind. OUT must be new or empty;
---overwrite replaces an earlier selection's files there (other files are kept).
+--overwrite replaces an earlier selection's files there (other files are kept). For a run that refined poses
+(train --refine-poses) the subset carries the poses learned by the epoch of the latents (--input-poses: the input's).
 
 Example:
   cryoscape filter runs/vae8 --clusters 3 7 -o runs/vae8/selected
@@ -37,6 +38,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--particles", help="write the subset of this file instead (e.g. the full-size STAR the run's "
                    "downsampled input was made from: same particles, same order)")
     p.add_argument("--datadir", help="folder of the stacks of --particles")
+    p.add_argument("--input-poses", action="store_true",
+                   help="a run that refined poses (train --refine-poses): write the input's poses instead of the "
+                        "poses learned by the epoch of the latents (the default for such runs)")
     p.add_argument("--format", choices=["star", "cs", "auto"], default="auto",
                    help="subset format (default: that of the input; .mrcs inputs get a STAR)")
 
@@ -80,7 +84,27 @@ def run(args) -> int:
         ind = read_particle_indices(args.ind, offsets) if offsets is not None else read_indices(args.ind, n=n_input)
     chosen = select_particles(latents.z, latents.indices, n_input, cluster_labels=labels,
                               clusters=args.clusters, z_range=z_range, ind=ind, invert=args.invert)
+    learned = None
+    if config.train.refine_poses and not args.input_poses and not family.own_input_format:
+        from cryoscape.metadata import Poses
+        from cryoscape.models.poses import load_learned_poses
+        from cryoscape.rundir import RunDir
+
+        _, arrays = load_learned_poses(run_dir, latents.epoch)
+        trained = RunDir(run_dir).read_indices()
+        where = {int(v): i for i, v in enumerate(trained if trained is not None else range(n_input))}
+        missing = [int(c) for c in chosen if int(c) not in where]
+        if missing:
+            raise InputError(f"particle {missing[0]} was not trained in this run, so it has no learned pose", run_dir,
+                             hint="give --input-poses to write the input's poses")
+        rows = np.array([where[int(c)] for c in chosen], dtype=np.int64)
+        learned = Poses(arrays["rotations"][rows], arrays["shifts_angstrom"][rows])
     with out_dir as out:
         written = write_selection(particles, family, chosen, out, args.format)
+        if learned is not None:  # the same file, its poses replaced by the learned ones
+            from cryoscape.io.pose_output import write_particles_with_poses
+
+            write_particles_with_poses(particles, chosen, learned, written[-1])
+            print(f"poses: those learned by epoch {latents.epoch} (--input-poses keeps the input's)")
     print(f"selected {len(chosen)} of {n_input} particles -> {', '.join(str(p) for p in written)}")
     return 0
