@@ -8,7 +8,6 @@ import torch
 
 from cryoscape.imaging.ctf import CTF_FIELDS, CTFTensors, compute_ctf, ctf_image
 from cryoscape.metadata import CTF_COLUMNS, CTFParams
-
 from test_imaging_ctf import PARAMS, textbook_ctf
 
 

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cryoscape.models.vae import gaussian_kl, hartley_from_half_plane, kl_divergence, reparameterize, \
-    volumes_in_batches
+from cryoscape.models.vae import gaussian_kl, hartley_from_half_plane, kl_divergence, reparameterize, volumes_in_batches
 
 
 def test_reparameterize_draws_around_the_mean_while_training_only():
