@@ -184,10 +184,11 @@ def evaluate(run: Path, sim: Path, maps: bool = True) -> dict:
     from cryoscape.analysis.evaluate import evaluate_run, read_gt_maps
     from cryoscape.analysis.latent import load_latents
     from cryoscape.analysis.volume_space import load_generator
+    from cryoscape.rundir import RunDir
 
     t0 = time.perf_counter()
     epoch = load_latents(run).epoch  # best_epoch when the run has one (opus-dsd), else the last epoch
-    last = _last_epoch(run)
+    last = RunDir(run).latent_epochs()[-1]
     out: dict = {"epoch": epoch, "last_epoch": last,
                  "epoch_rule": "best_epoch (lowest val_recon)" if (run / "best_epoch").is_file() else "last"}
     gt_maps, gt_apix, gen = None, None, None
@@ -229,10 +230,6 @@ def chance_entropy(confusion, repeats: int = 50) -> dict:
     rng = np.random.default_rng(SEED)
     vals = [cluster_entropy(clusters, rng.permutation(states))["mean"] for _ in range(repeats)]
     return {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "repeats": repeats}
-
-
-def _last_epoch(run: Path) -> int:
-    return max(int(p.stem.split("_")[1]) for p in (run / "latents").glob("epoch_*.npy"))
 
 
 # ---------------------------------------------------------------------------------------------------------------

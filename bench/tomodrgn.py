@@ -165,10 +165,6 @@ def train(star: Path, out: Path, model: str, zdim: int, s: dict, *, epochs: int,
 # evaluation
 
 
-def latent_epochs(run: Path) -> list[int]:
-    return sorted(int(p.stem.split("_")[1]) for p in (run / "latents").glob("epoch_*.npy"))
-
-
 def kmeans_ari(z: np.ndarray, truth: np.ndarray, seed: int = 0) -> float:
     from cryoscape.analysis.evaluate import clustering_scores
     from cryoscape.analysis.latent import kmeans_on_data
@@ -231,10 +227,11 @@ def evaluate_vae(run: Path, sim: Path, seed: int, particle: np.ndarray | None = 
     from cryoscape.analysis.evaluate import evaluate_run, read_gt_maps, read_labels
     from cryoscape.analysis.latent import load_latents
     from cryoscape.analysis.volume_space import load_generator
+    from cryoscape.rundir import RunDir
 
     states = read_labels(sim / "labels.npz")["state"]
     item_states = states if particle is None else states[particle]
-    epochs = latent_epochs(run)
+    epochs = RunDir(run).latent_epochs()
     if not epochs:
         raise RuntimeError(f"{run}: no latents written")
     last = epochs[-1]
