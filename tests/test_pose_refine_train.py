@@ -146,3 +146,35 @@ def test_filter_writes_the_learned_poses(sim, refined_run, tmp_path):
     kept = load_particles(tmp_path / "sel2" / "particles.star", datadir=sim)
     consensus = load_particles(sim / "particles.star").poses
     np.testing.assert_allclose(kept.poses.rotations, consensus.rotations[chosen], atol=1e-5)
+
+
+def test_report_section_of_pose_changes():
+    from cryoscape.analysis.report import pose_section, render_html
+
+    rng = np.random.default_rng(0)
+    rotvec = rng.normal(scale=0.01, size=(50, 3))
+    rotvec[7] = [0.3, 0.0, 0.0]  # 17 degrees
+    shift = rng.normal(scale=0.2, size=(50, 2))
+    shift[9] = [4.0, 0.0]
+    refined = np.ones(50, dtype=bool)
+    refined[:3] = False
+    rotvec[:3] = shift[:3] = 0.0
+    ids = np.arange(50) * 2
+    sec = pose_section({"rotvec": rotvec, "shift_px": shift, "refined": refined}, ids, epoch=4)
+    text = " ".join(sec.paragraphs)
+    assert "47 of 50 particles" in text and "by epoch 4" in text
+    assert "2 particles moved further than 10 degrees or 3 pixels: 14, 18." in text
+    rows = {r[0]: r for r in sec.tables[0].rows}
+    assert float(rows["rotation (degrees)"][3]) == pytest.approx(np.rad2deg(0.3), abs=0.01)
+    assert float(rows["shift (pixels)"][3]) == pytest.approx(4.0, abs=0.01)
+    assert "Refined poses" in render_html([sec])
+
+
+def test_analyze_reports_the_pose_changes(refined_run, tmp_path):
+    from cryoscape.analysis.analyze import analyze_run
+
+    report = analyze_run(refined_run, tmp_path / "an", epoch=3, ksample=2, skip_umap=True, skip_volumes=True,
+                         progress=False)
+    assert "Refined poses" in report.read_text()
+    far = (tmp_path / "an" / "poses_moved_far.txt").read_text().split()
+    assert far == []  # two epochs of 0.01-rad steps move no particle 10 degrees or 3 pixels

@@ -11,6 +11,9 @@ Writes into ``out_dir`` (default ``RUN/analysis/epoch_NNN``):
 * with ``reconstruct``: ``reconstruct/`` inside ``kmeansK/`` and each traversal folder, latent-neighbour maps
   ``vol_001.mrc`` ... with ``vol_001_half_a.mrc``, ``vol_001_half_b.mrc`` and ``vol_001_fsc.txt``;
 * ``evaluation.json`` when a simulation truth is given;
+* ``poses_moved_far.txt`` for a run that refined poses (``train --refine-poses``): the input indices of the
+  particles whose pose moved more than 10 degrees or 3 pixels (``filter --ind ... --invert`` drops them); the
+  report's "Refined poses" section shows the distribution of the changes;
 * ``chimerax.cxc``: a ChimeraX script that opens the k-means maps (coloured as in the plots) and each traversal
   as a volume series, at the maps' voxel size (``chimerax OUT/chimerax.cxc``);
 * ``index.html``: everything above, self-contained.
@@ -247,6 +250,20 @@ def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 
     if reconstruct:
         sections.append(_neighbour_maps(run_dir, epoch, out, kdir, z[km.center_indices], z, pca, n_pcs,
                                         max_neighbours, device))
+
+    from cryoscape.rundir import RunDir
+
+    if RunDir(run_dir).learned_poses_path(epoch).is_file():  # train --refine-poses: how far the poses moved
+        from cryoscape.analysis.report import POSE_FAR_DEG, POSE_FAR_PX, pose_changes, pose_section
+        from cryoscape.models.poses import load_learned_poses
+
+        arrays = load_learned_poses(run_dir, epoch)[1]
+        ids = RunDir(run_dir).read_indices()
+        sections.append(pose_section(arrays, ids, epoch))
+        refined, angle, shift = pose_changes(arrays)
+        far = refined & ((angle > POSE_FAR_DEG) | (shift > POSE_FAR_PX))
+        far_ids = (np.arange(len(angle)) if ids is None else ids)[far]
+        atomic_write_text(out / "poses_moved_far.txt", "".join(f"{int(i)}\n" for i in far_ids))
 
     evaluation = None
     if truth is not None:

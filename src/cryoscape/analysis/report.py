@@ -40,6 +40,7 @@ __all__ = [
     "latent_section",
     "kmeans_section",
     "traversal_section",
+    "pose_section",
     "evaluation_section",
     "build_report",
     "render_html",
@@ -325,6 +326,57 @@ def traversal_section(traversals: Mapping[str, Sequence[np.ndarray]]) -> Section
         sec.figures.append((f"{name}: volumes along the trajectory (projection along z)",
                             plots.plot_volume_gallery(vols, [f"{i + 1}" for i in range(len(vols))],
                                                       ncols=len(vols))))
+    return sec
+
+
+# particles whose learned pose moved further than this from the consensus are flagged (pose_section)
+POSE_FAR_DEG = 10.0
+POSE_FAR_PX = 3.0
+
+
+def pose_changes(arrays: Mapping) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(refined mask, rotation change in degrees, shift change in pixels)`` per particle of a learned-pose file
+    (:func:`cryoscape.models.poses.load_learned_poses`)."""
+    refined = np.asarray(arrays["refined"], dtype=bool)
+    angle = np.rad2deg(np.linalg.norm(np.asarray(arrays["rotvec"], dtype=np.float64), axis=1))
+    shift = np.linalg.norm(np.asarray(arrays["shift_px"], dtype=np.float64), axis=1)
+    return refined, angle, shift
+
+
+def pose_section(arrays: Mapping, particle_ids: np.ndarray | None = None, epoch: int | None = None,
+                 far_deg: float = POSE_FAR_DEG, far_px: float = POSE_FAR_PX) -> Section:
+    """Poses refined during training (``train --refine-poses``): the distribution of the rotation and shift
+    changes from the consensus, and the particles whose pose moved further than ``far_deg`` or ``far_px``
+    (``particle_ids``: their indices into the input, default their positions)."""
+    from matplotlib.figure import Figure
+
+    refined, angle, shift = pose_changes(arrays)
+    ids = np.arange(len(angle)) if particle_ids is None else np.asarray(particle_ids)
+    a, s = angle[refined], shift[refined]
+    far = refined & ((angle > far_deg) | (shift > far_px))
+    when = f" by epoch {epoch}" if epoch is not None else ""
+    sec = Section("Refined poses", paragraphs=[
+        f"{int(refined.sum())} of {len(angle)} particles had their poses refined{when} (validation particles keep "
+        "their consensus poses). Change from the consensus: rotation (geodesic angle) and in-plane shift."])
+    if not refined.any():
+        return sec
+    rows = [[name, _num(np.median(v), ".2f"), _num(np.percentile(v, 90), ".2f"), _num(v.max(), ".2f")]
+            for name, v in (("rotation (degrees)", a), ("shift (pixels)", s))]
+    sec.tables.append(Table(["change", "median", "90th percentile", "max"], rows))
+    listed = ", ".join(str(int(i)) for i in ids[far][:20]) + (" ..." if far.sum() > 20 else "")
+    sec.paragraphs.append(f"{int(far.sum())} particles moved further than {far_deg:g} degrees or {far_px:g} pixels"
+                          + (f": {listed}" if far.any() else "") + ". A pose that moves far may be a wrong "
+                          "consensus pose put right, or a particle that fits no pose well (junk, another state).")
+    fig = Figure(figsize=(9, 3.2))
+    for j, (v, label, limit) in enumerate(((a, "rotation change (degrees)", far_deg),
+                                           (s, "shift change (pixels)", far_px))):
+        ax = fig.add_subplot(1, 2, j + 1)
+        ax.hist(v, bins=50, color="C0")
+        ax.axvline(limit, color="C3", ls="--", lw=1)
+        ax.set_xlabel(label)
+        ax.set_ylabel("particles")
+    fig.tight_layout()
+    sec.figures.append(("Change of the learned poses from the consensus (dashed: flagged beyond)", fig))
     return sec
 
 
