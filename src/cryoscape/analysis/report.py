@@ -336,7 +336,8 @@ POSE_FAR_PX = 3.0
 
 def pose_changes(arrays: Mapping) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(refined mask, rotation change in degrees, shift change in pixels)`` per particle of a learned-pose file
-    (:func:`cryoscape.models.poses.load_learned_poses`)."""
+    (:func:`cryoscape.models.poses.load_learned_poses`).
+    """
     refined = np.asarray(arrays["refined"], dtype=bool)
     angle = np.rad2deg(np.linalg.norm(np.asarray(arrays["rotvec"], dtype=np.float64), axis=1))
     shift = np.linalg.norm(np.asarray(arrays["shift_px"], dtype=np.float64), axis=1)
@@ -347,7 +348,8 @@ def pose_section(arrays: Mapping, particle_ids: np.ndarray | None = None, epoch:
                  far_deg: float = POSE_FAR_DEG, far_px: float = POSE_FAR_PX) -> Section:
     """Poses refined during training (``train --refine-poses``): the distribution of the rotation and shift
     changes from the consensus, and the particles whose pose moved further than ``far_deg`` or ``far_px``
-    (``particle_ids``: their indices into the input, default their positions)."""
+    (``particle_ids``: their indices into the input, default their positions).
+    """
     from matplotlib.figure import Figure
 
     refined, angle, shift = pose_changes(arrays)

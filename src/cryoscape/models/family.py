@@ -162,7 +162,8 @@ class ModelFamily:
 
     def make_pose_refiner(self, data, config: RunConfig):
         """The :class:`~cryoscape.models.poses.PoseRefiner` of a run with ``--refine-poses`` (``None``
-        without); default: per-particle corrections of a slice-based provider (``data.pixels``)."""
+        without); default: per-particle corrections of a slice-based provider (``data.pixels``).
+        """
         t = config.train
         if not t.refine_poses:
             return None
