@@ -25,7 +25,8 @@ CRYOSCAPE = ROOT / ".venv" / "bin" / "cryoscape"
 # The command that runs cryoscape: the venv's entry point, or (a machine without the venv, e.g. bench/gpu_check.sh
 # on a lent GPU machine) ``python -m cryoscape`` with the interpreter running the benchmark.
 CRYOSCAPE_CMD = [str(CRYOSCAPE)] if CRYOSCAPE.is_file() else [sys.executable, "-m", "cryoscape"]
-CRYODRGN_VENV = BENCH / "cryodrgn-venv"
+# the reference install (bench/setup_cryodrgn.sh); BENCH_CRYODRGN_VENV names another one (bench/gpu_check.sh's)
+CRYODRGN_VENV = Path(os.environ.get("BENCH_CRYODRGN_VENV") or BENCH / "cryodrgn-venv")
 CRYODRGN = CRYODRGN_VENV / "bin" / "cryodrgn"
 
 
