@@ -13,8 +13,8 @@ import torch
 from cryoscape.config import RunConfig, load_config, option_name, save_config
 from cryoscape.errors import InputError
 from cryoscape.models.registry import get_family, with_family_defaults
-from cryoscape.rundir import RunDir
-from cryoscape.train.checkpoint import checkpoint_to_load, latest_checkpoint, load_checkpoint
+from cryoscape.rundir import RunDir, load_checkpoint
+from cryoscape.train.checkpoint import checkpoint_to_load
 from cryoscape.train.distributed import DistInfo, barrier, init_distributed
 from cryoscape.train.engine import Engine, EngineSettings
 from cryoscape.utils.atomic import check_writable_dir
@@ -141,14 +141,15 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
     else:
         log.setLevel(logging.WARNING)  # one process reports
     resume_from, state, changes = None, None, []
+    run = RunDir(run_dir)
     if resume:
-        resume_from = latest_checkpoint(run_dir)
+        resume_from = run.latest_checkpoint()
         if resume_from is None:
             raise InputError("nothing to resume: no checkpoint in this run folder", run_dir)
         state = load_checkpoint(resume_from)
-        recorded = with_family_defaults(load_config(run_dir / "config.yaml"))
+        recorded = with_family_defaults(load_config(run.config_path))
         config, changes = resume_config(recorded, config, run_dir, int(state["epoch"]))
-    elif latest_checkpoint(run_dir) is not None:
+    elif run.latest_checkpoint() is not None:
         raise InputError("this run folder already has checkpoints", run_dir,
                          hint="continue it with --resume, or choose another -o")
     if config.train.threads:
@@ -171,7 +172,7 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
     train_pos, val_pos = split_positions(len(data), config.data.val_frac, config.train.seed)
     if info.is_main:
         if resume:
-            stale = remove_partial_files([run_dir, run_dir / "checkpoints", run_dir / "latents"])
+            stale = remove_partial_files([run_dir, run.checkpoint_dir, run.latent_dir])
             if stale:
                 log.info(f"removed {len(stale)} partial file(s) left by the interrupted run")
         check_training_space(run_dir, model, len(data), config.model.zdim, state["epoch"] if state else 0,
@@ -180,12 +181,11 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
         _attach_log_file(run_dir)
         if changes:
             log.info("--resume with changed options: " + ", ".join(changes))
-            save_config(config, run_dir / "config.yaml")
+            save_config(config, run.config_path)
         if config.train.load and state is None:
             log.info(f"starting from the model weights of {config.train.load}")
 
     if info.is_main and not resume:
-        run = RunDir(run_dir)
         save_config(config, run.config_path)
         run.write_indices(indices)
         run.write_split(train_pos, val_pos)
