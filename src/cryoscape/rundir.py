@@ -124,9 +124,11 @@ class RunDir:
         return self.path / "metrics.csv"
 
     def checkpoint_path(self, epoch: int) -> Path:
+        """``RUN/checkpoints/epoch_NNN.pt``."""
         return self.checkpoint_dir / f"epoch_{int(epoch):03d}.pt"
 
     def latents_path(self, epoch: int) -> Path:
+        """``RUN/latents/epoch_NNN.npy``."""
         return self.latent_dir / f"epoch_{int(epoch):03d}.npy"
 
     def learned_poses_path(self, epoch: int) -> Path:
@@ -156,11 +158,13 @@ class RunDir:
         return last
 
     def save_checkpoint(self, epoch: int, state: dict) -> Path:
+        """Write the checkpoint of ``epoch`` atomically (:func:`save_checkpoint`); returns its path."""
         path = self.checkpoint_path(epoch)
         save_checkpoint(path, state)
         return path
 
     def load_checkpoint(self, epoch: int, map_location="cpu") -> dict:
+        """The checkpoint of ``epoch`` (:func:`load_checkpoint`, ``weights_only``)."""
         return load_checkpoint(self.checkpoint_path(epoch), map_location)
 
     # -- best epoch and epoch resolution -------------------------------------------------------------------------
@@ -170,12 +174,14 @@ class RunDir:
         return int(text) if text.isdigit() else None
 
     def write_best_epoch(self, epoch: int) -> None:
+        """Write ``RUN/best_epoch`` atomically."""
         atomic_write_text(self.best_epoch_path, f"{int(epoch)}\n")
 
     def resolve_epoch(self, epoch: int | None = None, of: str = "checkpoints") -> int:
         """``epoch`` if its file exists; with ``None`` the best epoch (``RUN/best_epoch``) if its file exists,
         else the last one. ``of`` is ``"checkpoints"`` (a model to load) or ``"latents"`` (latents to analyse;
-        a run whose checkpoints were removed can still be analysed)."""
+        a run whose checkpoints were removed can still be analysed).
+        """
         if of == "checkpoints":
             available = self.completed_epochs()
             if not available:
@@ -198,6 +204,7 @@ class RunDir:
 
     # -- particles ------------------------------------------------------------------------------------------
     def write_indices(self, indices: np.ndarray) -> None:
+        """Write ``RUN/indices.npy`` (int64) atomically."""
         with atomic_path(self.indices_path) as tmp:
             np.save(tmp, np.asarray(indices, dtype=np.int64))
 
@@ -208,6 +215,7 @@ class RunDir:
         return np.load(self.indices_path, allow_pickle=False).astype(np.int64)
 
     def write_split(self, train: np.ndarray, val: np.ndarray) -> None:
+        """Write ``RUN/split.npz`` (training and validation positions) atomically."""
         with atomic_path(self.split_path) as tmp:
             np.savez(tmp, train=train, val=val)
 

@@ -58,6 +58,7 @@ class Batch:
     ctf: CTFTensors | None = None
 
     def keys(self) -> list[str]:
+        """The names of the fields that are set (not ``None``)."""
         return [f.name for f in fields(self) if getattr(self, f.name) is not None]
 
     def __getitem__(self, key: str):
@@ -67,6 +68,7 @@ class Batch:
         return value
 
     def get(self, key: str, default=None):
+        """The field ``key``, or ``default`` if it is not set."""
         try:
             return self[key]
         except KeyError:
@@ -84,7 +86,8 @@ class SliceBatch(Batch):
 @dataclass
 class ImageBatch(Batch):
     """opus-dsd family: ``y`` ``(B, D, D)`` centred normalised images, ``rot`` ``(B, 3, 3)``, ``ctf`` ``(B,)``, and
-    ``view_class`` ``(B,)`` (the HEALPix class of each pose)."""
+    ``view_class`` ``(B,)`` (the HEALPix class of each pose).
+    """
 
     view_class: torch.Tensor | None = None
 
@@ -93,7 +96,8 @@ class ImageBatch(Batch):
 class TiltBatch(Batch):
     """tomodrgn family, ``T`` tilts per particle (padded): ``y`` ``(B, T, P)``, ``rot`` ``(B, T, 3, 3)``, ``ctf``
     ``(B, T)``, ``exposure`` ``(B, T)`` (e/A^2), ``tilt_deg`` ``(B, T)``, ``tilt_mask`` ``(B, T)`` bool (real
-    images) and ``tilt_key`` ``(B, T)`` (a fixed random number per image)."""
+    images) and ``tilt_key`` ``(B, T)`` (a fixed random number per image).
+    """
 
     exposure: torch.Tensor | None = None
     tilt_deg: torch.Tensor | None = None

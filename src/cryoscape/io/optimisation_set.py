@@ -7,7 +7,7 @@ conventions: ``cryoscape.io.tilt_series``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +37,15 @@ __all__ = ["OptimisationSetTables", "OptimisationSetSource", "TomogramGeometry",
 @dataclass
 class OptimisationSetTables:
     """The tables of an optimisation set, parsed once: the set file's blocks, the particles file's and the
-    tomograms file's (kept with a particle set for writing subsets)."""
+    tomograms file's (kept with a particle set for writing subsets).
+    """
 
     path: Path
     blocks: dict
     particles_path: Path
     particle_blocks: dict
     tomograms_path: Path
-    tomogram_blocks: dict | None = None
+    tomogram_blocks: dict = field(default_factory=dict)
 
     @property
     def particles(self) -> pd.DataFrame:
@@ -89,7 +90,8 @@ def parse_optimisation_set(path: str | Path) -> OptimisationSetTables:
 def particle_frames(tables: OptimisationSetTables) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(A_subtomogram, A_particle, origin_tomogram)`` of every particle: the subtomogram matrices ``(N, 3, 3)``,
     the particle matrices in the tomogram frame ``A_subtomogram @ A_angles`` ``(N, 3, 3)`` and the origin shift
-    in the tomogram frame ``A_subtomogram @ origin`` ``(N, 3)`` (Angstrom), as RELION's ``ParticleSet`` has them."""
+    in the tomogram frame ``A_subtomogram @ origin`` ``(N, 3)`` (Angstrom), as RELION's ``ParticleSet`` has them.
+    """
     parts, ppath = tables.particles, tables.particles_path
     A_angles = euler_columns(parts, ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"), ppath)
     A_sub = euler_columns(parts, ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi"), ppath)
@@ -236,7 +238,8 @@ def read_optimisation_set(path: str | Path, datadir=None, apix: float | None = N
             pre = star_numbers(tilts, "rlnMicrographPreExposure", tpath, 0.0)
             R = _tilt_rotations(tilts, tpath)
             nominal = np.degrees(np.arccos(np.clip(R[:, 2, 2], -1.0, 1.0)))
-            per_tilt = {"dfu": star_numbers(tilts, "rlnDefocusU", tpath), "dfv": star_numbers(tilts, "rlnDefocusV", tpath),
+            per_tilt = {"dfu": star_numbers(tilts, "rlnDefocusU", tpath),
+                        "dfv": star_numbers(tilts, "rlnDefocusV", tpath),
                         "ang": star_numbers(tilts, "rlnDefocusAngle", tpath, 0.0),
                         "tilt": star_numbers(tilts, "rlnTomoNominalStageTiltAngle", tpath, 0.0)
                         if "rlnTomoNominalStageTiltAngle" in tilts.columns else nominal,

@@ -1,5 +1,6 @@
 """The container of a tilt-series particle set: :class:`TiltSeriesSet` (see ``cryoscape.io.tilt_series`` for the
-conventions and the readers)."""
+conventions and the readers).
+"""
 
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ class TiltSeriesSet:
         within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
         return starts + within
 
-    def subset(self, particles) -> "TiltSeriesSet":
+    def subset(self, particles) -> TiltSeriesSet:
         """The particles at ``particles`` (positions in this set), in that order, with all their images."""
         p = np.atleast_1d(np.arange(len(self))[particles])
         img = self.image_indices(p)

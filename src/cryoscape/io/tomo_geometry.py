@@ -1,5 +1,6 @@
 """RELION 5 / WarpTools particle geometry in tomograms: whose convention a file follows, particle centres, the
-sign of the depth-dependent defocus (see ``cryoscape.io.tilt_series`` and ``docs/tomography.md``)."""
+sign of the depth-dependent defocus (see ``cryoscape.io.tilt_series`` and ``docs/tomography.md``).
+"""
 
 from __future__ import annotations
 

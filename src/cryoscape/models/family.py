@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,9 +36,11 @@ class FamilyModel(torch.nn.Module):
         """A schedule over training (e.g. frequency marching); default: nothing."""
 
     def latent_means(self, batch) -> torch.Tensor:
+        """Posterior means ``(B, zdim)`` of a batch (models with ``zdim > 0``)."""
         raise NotImplementedError(f"{type(self).__name__} has no latent space")
 
     def generate_volumes(self, z, batch_size: int = 1) -> np.ndarray:
+        """Volumes ``(n, D, D, D)`` float32 at latents ``z`` ``(n, zdim)`` (``None``: the homogeneous map)."""
         raise NotImplementedError(f"{type(self).__name__} does not generate volumes")
 
 
@@ -72,9 +75,10 @@ class ModelFamily:
     # -- configuration -------------------------------------------------------------------------------------
     def with_defaults(self, config: RunConfig) -> RunConfig:
         """``config`` with the training values it leaves unset (``batch_size``, ``lr`` = ``None``) taken from
-        the family's defaults; values that are set are kept."""
+        the family's defaults; values that are set are kept.
+        """
         t = config.train
-        changes = {}
+        changes: dict[str, Any] = {}
         if t.batch_size is None:
             changes["batch_size"] = int(self.default_batch_size)
         if t.lr is None:
@@ -83,7 +87,8 @@ class ModelFamily:
 
     def validate(self, config: RunConfig) -> None:
         """Refuse (:class:`InputError`) options that this family does not read but that are set (another
-        family's options, e.g. ``--freq-march`` of the cryodrgn family)."""
+        family's options, e.g. ``--freq-march`` of the cryodrgn family).
+        """
         from cryoscape.config import option_name
         from cryoscape.models.registry import FAMILIES
 
@@ -106,7 +111,8 @@ class ModelFamily:
                        ctf=None, reader_options: dict | None = None):
         """``(particles, indices into the file's particles)`` of ``config.data`` (``--ind`` applied when
         ``apply_ind``), or of another file ``path`` with the same kind of particles (``poses``, ``ctf``,
-        ``datadir`` and ``reader_options`` then apply to it, ``--ind`` does not)."""
+        ``datadir`` and ``reader_options`` then apply to it, ``--ind`` does not).
+        """
         from cryoscape.io.indices import read_indices
         from cryoscape.io.particles import load_particles
 
@@ -134,7 +140,8 @@ class ModelFamily:
 
     def write_subset(self, particles, chosen: np.ndarray, out_dir: Path, fmt: str = "auto") -> Path:
         """Write the particles ``chosen`` (indices into the file) in the input's format (``cryoscape filter``);
-        default: ``particles.star`` or ``particles.cs`` (``fmt``) with all metadata kept."""
+        default: ``particles.star`` or ``particles.cs`` (``fmt``) with all metadata kept.
+        """
         from cryoscape.io.particles import write_particle_subset
 
         if fmt == "auto":
@@ -158,7 +165,8 @@ class ModelFamily:
     def make_optimizer(self, model: torch.nn.Module, config: RunConfig):
         """``(optimizer, per-epoch scheduler or None)``; default Adam at ``lr`` and ``weight_decay``."""
         t = config.train
-        return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay), None
+        lr = self.default_lr if t.lr is None else t.lr
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=t.weight_decay), None
 
     def make_pose_refiner(self, data, config: RunConfig):
         """The :class:`~cryoscape.models.poses.PoseRefiner` of a run with ``--refine-poses`` (``None``
@@ -174,13 +182,15 @@ class ModelFamily:
     # -- the engine's hooks ----------------------------------------------------------------------------------
     def epoch_batches(self, data, train_positions: np.ndarray, seed: int, epoch: int, batch_size: int,
                       info) -> list[np.ndarray]:
-        """This process's batches of ``epoch``: a pure function of its arguments (resume is exact); default: a
-        seeded shuffle split evenly over the processes."""
+        """The batches of ``epoch`` for this process: a pure function of its arguments (resume is exact); default: a
+        seeded shuffle split evenly over the processes.
+        """
         return default_batch_plan(train_positions, seed, epoch, batch_size, info)
 
     def after_step(self, model: torch.nn.Module, gather_rows) -> None:
         """Called by the engine on every process after each training step; ``gather_rows(*tensors)``
-        concatenates tensors over the processes (the engine's collective). Default: nothing."""
+        concatenates tensors over the processes (the engine's collective). Default: nothing.
+        """
 
     def epoch_end(self, engine, epoch: int, metrics: dict) -> None:
         """Called by the engine after each epoch, before its checkpoint. Default: nothing."""

@@ -1,9 +1,10 @@
 """The VAE pieces every family shares: the reparameterised draw, the Gaussian KL term, Hartley values from a
-decoder's half-plane output, and volumes decoded a few latents at a time."""
+decoder's half-plane output, and volumes decoded a few latents at a time.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -28,7 +29,8 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 def hartley_from_half_plane(out: torch.Tensor, m: int) -> torch.Tensor:
     """Hartley values ``(..., 2 m + K)`` from a decoder's ``(re, im)`` output ``(..., m + K, 2)`` at ``m``
-    half-plane points followed by ``K`` self-conjugate ones (the DC): ``[re - im, re + im`` (their mates)``, re]``."""
+    half-plane points followed by ``K`` self-conjugate ones (the DC): ``[re - im, re + im`` (their mates)``, re]``.
+    """
     re, im = out[..., 0], out[..., 1]
     return torch.cat([re[..., :m] - im[..., :m], re[..., :m] + im[..., :m], re[..., m:]], dim=-1)
 
@@ -36,7 +38,8 @@ def hartley_from_half_plane(out: torch.Tensor, m: int) -> torch.Tensor:
 def volumes_in_batches(z, zdim: int, batch_size: int, decode: Callable[[torch.Tensor], torch.Tensor],
                        D: int) -> np.ndarray:
     """Volumes ``(n, D, D, D)`` float32 at latents ``z`` ``(n, zdim)``, ``decode`` (``(b, zdim)`` float32 tensor
-    -> ``(b, D, D, D)`` tensor) called on ``batch_size`` latents at a time."""
+    -> ``(b, D, D, D)`` tensor) called on ``batch_size`` latents at a time.
+    """
     z = np.asarray(z, dtype=np.float32).reshape(-1, zdim)
     step = max(1, int(batch_size))
     out = [decode(torch.from_numpy(z[i : i + step])).float().cpu().numpy() for i in range(0, len(z), step)]

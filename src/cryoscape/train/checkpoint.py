@@ -1,5 +1,6 @@
 """Checkpoints (re-exported from :mod:`cryoscape.rundir`, which owns the run layout), and the checkpoint that
-``train --load`` takes its weights from."""
+``train --load`` takes its weights from.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ __all__ = ["checkpoint_dir", "epoch_checkpoint_path", "save_checkpoint", "load_c
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
+    """``RUN/checkpoints``."""
     return RunDir(run_dir).checkpoint_dir
 
 
 def epoch_checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
+    """``RUN/checkpoints/epoch_NNN.pt``."""
     return RunDir(run_dir).checkpoint_path(epoch)
 
 
@@ -37,7 +40,8 @@ def resolve_epoch(run_dir: str | Path, epoch: int | None) -> int:
 
 def checkpoint_to_load(source: str | Path) -> Path:
     """The checkpoint file ``train --load`` takes its weights from: ``source`` itself if it is a file, else the
-    checkpoint of the run folder ``source`` at its best epoch (``RUN/best_epoch``) or, without one, its last."""
+    checkpoint of the run folder ``source`` at its best epoch (``RUN/best_epoch``) or, without one, its last.
+    """
     path = Path(source)
     if path.is_file():
         return path
