@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from cryoscape.cli.main import main
 from cryoscape.demo import score_demo
@@ -29,6 +30,7 @@ def test_score_demo_known_answers():
     assert scores["discrete_accuracy"] < 0.7 and scores["continuous_spearman"] < 0.3
 
 
+@pytest.mark.slow
 def test_demo_command_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "-o", str(tmp_path), "-N", "120", "--epochs", "1", "--no-progress"]) == 0
     out = capsys.readouterr().out
