@@ -7,9 +7,10 @@
 #   3. cryoDRGN 4.3.1         python -m bench.throughput (cryoscape fp32 / --amp vs cryoDRGN, D=128, N=8000,
 #                             3 epochs, 1 repeat), cryoDRGN installed from the wheels carried along (bench/wheels/)
 #
-# On a machine without CUDA the CUDA parts are skipped, saying so, and a smoke subset runs in ~2-3 min: the cuda
-# tests are collected (and skip), the torchrun timing on a tiny CPU data set (D=32, N=64, 2 epochs), and, when the
-# wheels are there, the cryoDRGN install and a tiny cryoDRGN training through bench.throughput.
+# On a machine without CUDA the CUDA parts are skipped, saying so, and a smoke subset runs instead (1-2 min on an
+# idle 2-core machine, ~5 min on a loaded one): the cuda tests are collected (and skip), the torchrun timing on a
+# tiny CPU data set (D=32, N=64, 2 epochs), and, when the wheels are there, the cryoDRGN install and a tiny cryoDRGN
+# training through bench.throughput.
 #
 # Usage:
 #   bash bench/gpu_check.sh --download-wheels   # BEFOREHAND, on a machine with PyPI access: fills bench/wheels/
