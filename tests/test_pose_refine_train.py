@@ -178,3 +178,32 @@ def test_analyze_reports_the_pose_changes(refined_run, tmp_path):
     assert "Refined poses" in report.read_text()
     far = (tmp_path / "an" / "poses_moved_far.txt").read_text().split()
     assert far == []  # two epochs of 0.01-rad steps move no particle 10 degrees or 3 pixels
+
+
+def test_pose_options_reach_the_refiner():
+    import argparse
+    from types import SimpleNamespace
+
+    from cryoscape.cli.train import add_args, config_from_args
+    from cryoscape.data.fourier_pixels import FourierPixels
+    from cryoscape.models.registry import get_family
+
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    args = parser.parse_args(["p.star", "-o", "run", "--refine-poses", "--pose-lr", "0.003", "--shift-lr", "0.2",
+                              "--refine-start", "4"])
+    config = config_from_args(args)
+    data = SimpleNamespace(pixels=FourierPixels.create(8))
+    refiner = get_family("cryodrgn").make_pose_refiner(_Sized(data, 12), config)
+    assert (refiner.table.n, refiner.table.lr, refiner.table.shift_lr, refiner.start_epoch) == (12, 0.003, 0.2, 4)
+    assert not refiner.active(3) and refiner.active(4)
+    default = config_from_args(parser.parse_args(["p.star", "-o", "run", "--refine-poses"]))
+    assert get_family("cryodrgn").make_pose_refiner(_Sized(data, 5), default).table.shift_lr == pytest.approx(0.1)
+
+
+class _Sized:
+    def __init__(self, inner, n):
+        self.pixels, self._n = inner.pixels, n
+
+    def __len__(self):
+        return self._n

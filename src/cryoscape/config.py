@@ -19,9 +19,12 @@ from cryoscape import __version__
 from cryoscape.errors import InputError
 from cryoscape.utils.atomic import atomic_write_text
 
-# 2: ``model`` holds only the family's own fields (its section type); 1 (releases before 2026-12-06): ``model``
-# held the fields of every family side by side, read by dropping those the family does not have
-SCHEMA_VERSION = 2
+# 3: the family-only training and input options (opus-dsd's loss weights and lr decay, the cryodrgn family's
+# frequency marching, tomodrgn's tilt format) are in the family's ``model`` section; 2 (2026-12-06): ``model``
+# holds only the family's own fields (its section type) but ``train``/``data`` held every family's options;
+# 1 (releases before 2026-12-06): ``model`` held the fields of every family side by side. Older files are read by
+# moving those options to ``model`` (the family's) or dropping them (another family's): see ``_MOVED_TO_MODEL``.
+SCHEMA_VERSION = 3
 PE_TYPES = ("gaussian", "geom_lowf", "geom_full", "geom_nohighf", "geom_ft", "linear_lowf", "none")
 POOLINGS = ("concatenate", "max", "mean", "median")  # tomodrgn tilt pooling
 KL_NORMS = ("scored", "paper")  # tomodrgn KL normalisation
@@ -44,7 +47,6 @@ class DataConfig:
     window_inner: float = 0.85
     val_frac: float = 0.1
     num_workers: int = 0
-    tilt_format: str = "auto"  # tomodrgn: auto | imageseries | optimisation_set
     # CTF optics overrides (--kv, --cs, --amp-contrast, --ps; None: the file's) and the .cs alignment set
     kv: float | None = None
     cs: float | None = None
@@ -62,8 +64,6 @@ class DataConfig:
     def __post_init__(self):
         if not 0.0 <= self.val_frac < 1.0:
             raise InputError(f"--val-frac must be in [0, 1), got {self.val_frac}")
-        if self.tilt_format not in TILT_FORMATS:
-            raise InputError(f"unknown --tilt-format {self.tilt_format!r}; choose one of {', '.join(TILT_FORMATS)}")
 
 
 @dataclass
@@ -124,6 +124,17 @@ class MLPModelConfig(ModelConfig):
 class CryoDRGNConfig(MLPModelConfig):
     """``--model cryodrgn``."""
 
+    # frequency marching (the training lattice's radius grows during training)
+    freq_march: float = 0.0  # epochs over which the radius grows to Nyquist (0: full lattice from the start)
+    march_start: float = 0.25  # starting radius as a fraction of Nyquist
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.freq_march < 0:
+            raise InputError(f"--freq-march must be >= 0, got {self.freq_march}")
+        if not 0.0 < self.march_start <= 1.0:
+            raise InputError(f"--march-start must be in (0, 1], got {self.march_start}")
+
 
 @dataclass
 class TomoDRGNConfig(MLPModelConfig):
@@ -140,9 +151,12 @@ class TomoDRGNConfig(MLPModelConfig):
     recon_tilt_weight: bool = True
     dose_mask: bool = True
     images_dose_weighted: bool = False
+    tilt_format: str = "auto"  # input kind: auto | imageseries | optimisation_set
 
     def __post_init__(self):
         super().__post_init__()
+        if self.tilt_format not in TILT_FORMATS:
+            raise InputError(f"unknown --tilt-format {self.tilt_format!r}; choose one of {', '.join(TILT_FORMATS)}")
         if self.pooling not in POOLINGS:
             raise InputError(f"unknown --pooling {self.pooling!r}; choose one of {', '.join(POOLINGS)}")
         if self.kl_norm not in KL_NORMS:
@@ -153,7 +167,9 @@ class TomoDRGNConfig(MLPModelConfig):
 
 @dataclass
 class OpusDSDConfig(ModelConfig):
-    """``--model opus-dsd`` (3-D conv VAE; its loss weights are in ``TrainConfig``)."""
+    """``--model opus-dsd`` (3-D conv VAE) with its loss weights and learning-rate decay; the KL weight is
+    ``TrainConfig.beta`` (``None`` -> 0.01 for opus-dsd).
+    """
 
     family: str = "opus-dsd"
     templateres: int | None = None  # decoder output box, a multiple of 16; None -> image box rounded up (>= 32)
@@ -161,6 +177,16 @@ class OpusDSDConfig(ModelConfig):
     # when training starts (1 on CUDA, 0.25 on a CPU) and recorded resolved in config.yaml
     channel_scale: float | None = None
     mask: str | None = None  # solvent mask MRC; None -> a sphere of radius 0.85 * D/2
+    lamb: float = 0.5  # weight of the structural-disentanglement prior
+    knn: int = 128  # inter-class nearest neighbours (attraction)
+    kfarthest: int = 512  # inter-class farthest points (repulsion)
+    n_samples: int = 12800  # memory-bank codes of other classes sampled per batch
+    knn_intra: int = 4  # nearest neighbours attracted within a batch
+    momentum: float = 0.7  # memory-bank momentum
+    tv_weight: float = 1.0  # total-variation prior on the volumes
+    l1_weight: float = 0.3  # L1 (LASSO) prior on the volumes
+    anneal_images: int = 100000  # images per ramp of the cyclical annealing of the KL and prior weights (0: off)
+    lr_decay: float = 0.95  # learning rate multiplied by this after every epoch
 
     def __post_init__(self):
         super().__post_init__()
@@ -168,6 +194,16 @@ class OpusDSDConfig(ModelConfig):
             raise InputError(f"--templateres must be a positive multiple of 16, got {self.templateres}")
         if self.channel_scale is not None and self.channel_scale <= 0:
             raise InputError(f"--channel-scale must be positive, got {self.channel_scale}")
+        for name in ("lamb", "tv_weight", "l1_weight", "anneal_images", "knn_intra"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("knn", "kfarthest", "n_samples"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise InputError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise InputError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
 
 
 # each family's section (the family modules register their families; these are their configuration types)
@@ -192,7 +228,7 @@ def model_fields() -> set[str]:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and bookkeeping."""
+    """Optimisation and bookkeeping (the options every family reads; a family's own are in its section)."""
 
     epochs: int = 20
     batch_size: int | None = None  # None -> the family's default (models.registry.with_family_defaults)
@@ -204,24 +240,11 @@ class TrainConfig:
     device: str = "auto"
     checkpoint_every: int = 1
     threads: int | None = None
-    # cryodrgn family: frequency marching (the training lattice's radius grows during training)
-    freq_march: float = 0.0  # epochs over which the radius grows to Nyquist (0: full lattice from the start)
-    march_start: float = 0.25  # starting radius as a fraction of Nyquist
     # pose refinement (cryodrgn family; models/poses.py): per-particle rotation and shift corrections
     refine_poses: bool = False
-    pose_lr: float = 1e-2  # Adam step of the rotation corrections (radians); shifts (pixels) get 10 x
+    pose_lr: float = 1e-2  # Adam step of the rotation corrections (radians)
+    shift_lr: float | None = None  # Adam step of the shift corrections (pixels); None -> 10 x pose_lr
     refine_start: int = 2  # first epoch whose steps refine the poses (earlier epochs: fixed poses)
-    # opus-dsd (ignored by the other families); the KL weight is `beta` (None -> 0.01 for opus-dsd)
-    lamb: float = 0.5  # weight of the structural-disentanglement prior
-    knn: int = 128  # inter-class nearest neighbours (attraction)
-    kfarthest: int = 512  # inter-class farthest points (repulsion)
-    n_samples: int = 12800  # memory-bank codes of other classes sampled per batch
-    knn_intra: int = 4  # nearest neighbours attracted within a batch
-    momentum: float = 0.7  # memory-bank momentum
-    tv_weight: float = 1.0  # total-variation prior on the volumes
-    l1_weight: float = 0.3  # L1 (LASSO) prior on the volumes
-    anneal_images: int = 100000  # images per ramp of the cyclical annealing of the KL and prior weights (0: off)
-    lr_decay: float = 0.95  # learning rate multiplied by this after every epoch
     load: str | None = None  # start from the model weights of this run folder or checkpoint file (train --load)
 
     def __post_init__(self):
@@ -231,20 +254,10 @@ class TrainConfig:
             raise InputError(f"-b/--batch-size must be >= 1, got {self.batch_size}")
         if self.lr is not None and self.lr <= 0:
             raise InputError(f"--lr must be positive, got {self.lr}")
-        if not 0.0 < self.march_start <= 1.0:
-            raise InputError(f"--march-start must be in (0, 1], got {self.march_start}")
-        for name in ("lamb", "tv_weight", "l1_weight", "anneal_images", "knn_intra", "freq_march"):
-            if getattr(self, name) < 0:
-                raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name in ("knn", "kfarthest", "n_samples"):
-            if getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise InputError(f"--momentum must be in [0, 1), got {self.momentum}")
-        if not 0.0 < self.lr_decay <= 1.0:
-            raise InputError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
         if self.pose_lr < 0:
             raise InputError(f"--pose-lr must be >= 0, got {self.pose_lr}")
+        if self.shift_lr is not None and self.shift_lr < 0:
+            raise InputError(f"--shift-lr must be >= 0, got {self.shift_lr}")
         if self.refine_start < 1:
             raise InputError(f"--refine-start must be >= 1 (an epoch number), got {self.refine_start}")
 
@@ -263,22 +276,42 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict, schema_version: int = SCHEMA_VERSION) -> "RunConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error (they mean a newer or foreign file). A schema-1
-        ``model`` section (every family's fields side by side) keeps only the fields of its family."""
-        model = dict(d.get("model", {}))
+    def from_dict(cls, d: dict, schema_version: int = SCHEMA_VERSION) -> RunConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error (they mean a newer or foreign file). Older
+        schemas are mapped: a schema-1 ``model`` section (every family's fields side by side) keeps only the
+        fields of its family; the family options that schemas 1 and 2 kept in ``train``/``data``
+        (:data:`_MOVED_TO_MODEL`) move to the family's ``model`` section, those of other families are dropped.
+        """
+        model = dict(d.get("model") or {})
+        sections = {name: dict(d.get(name) or {}) for name in ("data", "train")}
+        known = {f.name for f in dataclasses.fields(model_config_class(model.get("family", "cryodrgn")))}
         if schema_version < 2:
-            known = {f.name for f in dataclasses.fields(model_config_class(model.get("family", "cryodrgn")))}
             model = {k: v for k, v in model.items() if k in known}
+        if schema_version < 3:
+            for section, names in _MOVED_TO_MODEL.items():
+                for name in names:
+                    if name in sections[section]:
+                        value = sections[section].pop(name)
+                        if name in known:
+                            model.setdefault(name, value)
         try:
             return cls(
-                data=DataConfig(**d.get("data", {})),
+                data=DataConfig(**sections["data"]),
                 model=ModelConfig(**model),
-                train=TrainConfig(**d.get("train", {})),
+                train=TrainConfig(**sections["train"]),
             )
         except TypeError as exc:
             raise InputError(f"config does not match this version of cryoscape ({exc})") from exc
 
+
+# the family options that config.yaml schemas 1 and 2 kept in the shared sections (section -> field names); since
+# schema 3 they are fields of their family's section (tilt_format: TomoDRGNConfig; freq_march, march_start:
+# CryoDRGNConfig; the others: OpusDSDConfig)
+_MOVED_TO_MODEL = {
+    "data": ("tilt_format",),
+    "train": ("freq_march", "march_start", "lamb", "knn", "kfarthest", "n_samples", "knn_intra", "momentum",
+              "tv_weight", "l1_weight", "anneal_images", "lr_decay"),
+}
 
 # command-line spelling of the fields whose option is not ``--`` + the field name with dashes
 _OPTION_NAMES = {

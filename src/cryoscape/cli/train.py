@@ -125,6 +125,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--pose-lr", type=float, default=1e-2,
                    help="--refine-poses: Adam step of the rotation corrections in radians (shifts in pixels get "
                         "10 x; default 1e-2)")
+    t.add_argument("--shift-lr", type=float, default=None,
+                   help="--refine-poses: Adam step of the shift corrections in pixels (default 10 x --pose-lr)")
     t.add_argument("--refine-start", type=int, default=2, metavar="EPOCH",
                    help="--refine-poses: first epoch whose steps refine the poses; earlier epochs train with the "
                         "consensus poses (default 2)")

@@ -177,7 +177,8 @@ class ModelFamily:
             return None
         from cryoscape.models.poses import PoseRefiner
 
-        return PoseRefiner(len(data), data.pixels.half_freqs(), lr=t.pose_lr, start_epoch=t.refine_start)
+        return PoseRefiner(len(data), data.pixels.half_freqs(), lr=t.pose_lr, shift_lr=t.shift_lr,
+                           start_epoch=t.refine_start)
 
     # -- the engine's hooks ----------------------------------------------------------------------------------
     def epoch_batches(self, data, train_positions: np.ndarray, seed: int, epoch: int, batch_size: int,
