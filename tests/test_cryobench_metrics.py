@@ -102,6 +102,12 @@ def test_neighborhood_similarity_against_definition():
     assert res["coordinate"][10] < 0.5
     shuffled = neighborhood_similarity(rng.permutation(c)[:, None], coordinate=c, ks=(10,), distance=0.0201)
     assert shuffled["coordinate"][10] < 0.15
+    # default distance: the neighbouring states of 50 evenly spaced conformations count, the next ones do not
+    c50 = np.repeat(np.linspace(0, 1, 50), 4)
+    res = neighborhood_similarity(c50[:, None], coordinate=c50, ks=(7, 20))
+    assert res["coordinate_distance"] == pytest.approx(0.025)
+    assert res["coordinate"][7] == 1.0  # 3 of its own state and 4 of a neighbouring one (2 at the ends)
+    assert res["coordinate"][20] < 0.7
 
 
 def test_cryobench_metrics_names_what_was_not_computed():

@@ -371,6 +371,7 @@ def map_scores(generator, z: np.ndarray, true_states: np.ndarray, gt_maps: Mappi
 AU_FSC_MAX = 0.5  # the area under a perfect FSC curve on the frequency axis [0, 0.5] cycles/pixel
 DEFAULT_N_IMAGES = 100  # images sampled for the per-image AU-FSC
 DEFAULT_NEIGHBOR_KS = (10, 50, 100)
+DEFAULT_NEIGHBOR_DISTANCE = 0.025  # times the range of the true coordinate
 
 
 def au_fsc(vol: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -471,8 +472,8 @@ def neighborhood_similarity(z: np.ndarray, true_states: np.ndarray | None = None
                             distance: float | None = None) -> dict:
     """Fraction of each particle's ``k`` nearest latent neighbours (Euclidean, itself excluded; scikit-learn
     ``NearestNeighbors``) that share its true state and, with ``coordinate``, that lie within ``distance`` of it
-    on the true coordinate (default ``0.02`` times the coordinate's range: one step of 50 evenly spaced
-    conformations), averaged over particles, for each ``k`` in ``ks`` below the number of particles.
+    on the true coordinate (default ``0.025`` times the coordinate's range: the neighbouring states of 50 evenly
+    spaced conformations, one step = 1/49 = 0.0204 of the range, count), averaged over particles, for each ``k`` in ``ks`` below the number of particles.
 
     Returns ``{"ks": [...], "state": {k: fraction}, "state_chance": expected fraction for random neighbours,
     "coordinate": {k: fraction}, "coordinate_distance": distance, "coordinate_chance": ...}`` (the parts the
@@ -502,7 +503,7 @@ def neighborhood_similarity(z: np.ndarray, true_states: np.ndarray | None = None
         out["state_chance"] = float(((counts * (counts - 1)).sum()) / (n * (n - 1)))
     if coordinate is not None:
         c = np.asarray(coordinate, dtype=np.float64).ravel()
-        d = 0.02 * float(np.ptp(c)) if distance is None else float(distance)
+        d = DEFAULT_NEIGHBOR_DISTANCE * float(np.ptp(c)) if distance is None else float(distance)
         close = np.abs(c[nbr] - c[:, None]) <= d
         out["coordinate"] = {k: float(close[:, :k].mean()) for k in ks}
         out["coordinate_distance"] = d
