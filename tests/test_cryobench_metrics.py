@@ -106,7 +106,7 @@ def test_neighborhood_similarity_against_definition():
     c50 = np.repeat(np.linspace(0, 1, 50), 4)
     res = neighborhood_similarity(c50[:, None], coordinate=c50, ks=(7, 20))
     assert res["coordinate_distance"] == pytest.approx(0.025)
-    assert res["coordinate"][7] == 1.0  # 3 of its own state and 4 of a neighbouring one (2 at the ends)
+    assert res["coordinate"][7] == 1.0  # 3 of its own state and 4 of a neighbouring one
     assert res["coordinate"][20] < 0.7
 
 
