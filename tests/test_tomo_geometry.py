@@ -229,6 +229,7 @@ def test_geometry_convention_detection():
         geometry_convention(["TS_01"], "imod")
 
 
+@pytest.mark.slow
 def test_warptools_set_end_to_end(tmp_path, scene):
     """train reads a WarpTools-shaped set; chimerax-placement puts its markers at the known positions."""
     from cryoscape.cli.main import main
