@@ -7,11 +7,11 @@ import logging
 import numpy as np
 import torch
 
+from cryoscape.data.base import PreparedData, require_poses
 from cryoscape.data.batches import ImageBatch
 from cryoscape.data.healpix_sampler import view_classes
-from cryoscape.data.prepared import ctf_premultiplied_flag, estimate_norm, prepare_all
-from cryoscape.data.preprocess import check_finite, make_window
-from cryoscape.errors import InputError
+from cryoscape.data.prepared import ctf_premultiplied_flag
+from cryoscape.data.preprocess import check_finite
 from cryoscape.imaging.ctf import CTFTensors
 from cryoscape.imaging.shift import translate_images
 
@@ -44,7 +44,7 @@ def prepare_images(images: torch.Tensor, shifts_px: torch.Tensor | None = None, 
     return -x if invert else x
 
 
-class ImageParticleData:
+class ImageParticleData(PreparedData):
     """Centred real-space images, rotations, CTF parameters and projection classes of a particle set.
 
     In memory (default) all images are prepared once (centred by their origin, windowed, divided by
@@ -63,20 +63,14 @@ class ImageParticleData:
     the projection).
     """
 
+    device_fields = ("rotations", "_classes", "ctf")
+
     def __init__(self, particles, *, invert=False, window=True, window_inner=0.85, lazy=False,
                  norm_std: float | None = None, nside: int = 2, progress=True):
-        if particles.poses is None:
-            raise InputError(
-                "no poses for these particles", particles.source_path,
-                hint="give --poses pose.pkl, or a STAR/.cs file with angles from a consensus refinement",
-            )
+        require_poses(particles)
         self.particles = particles
-        self.D = int(particles.images.D)
-        self.pixel_size_angstrom = float(particles.pixel_size_angstrom)
-        self.invert = invert
-        self.window = make_window(self.D, window, window_inner)
-        self.lazy = lazy
-        self.source = str(particles.source_path)
+        self._init_common(particles.source_path, particles.images.D, particles.pixel_size_angstrom, invert, window,
+                          window_inner, lazy)
         rotations = np.asarray(particles.poses.rotations, dtype=np.float64)
         self.view_classes = view_classes(rotations, nside)
         self.rotations = torch.as_tensor(rotations, dtype=torch.float32)
@@ -84,11 +78,7 @@ class ImageParticleData:
         self._classes = torch.as_tensor(self.view_classes)
         self.ctf = None if particles.ctf is None else CTFTensors.from_params(particles.ctf)
         self.ctf_premultiplied = ctf_premultiplied_flag(particles, self.ctf is not None, log)
-        self.device = torch.device("cpu")
-        self.norm_std = float(norm_std) if norm_std is not None else self._estimate_norm()
-        self.images: torch.Tensor | None = None
-        if not lazy:
-            self.images = self._prepare_all(progress)
+        self._init_values(norm_std, progress)
 
     def __len__(self) -> int:
         return len(self.particles)
@@ -98,31 +88,18 @@ class ImageParticleData:
         check_finite(raw, indices, self.source)
         return prepare_images(torch.from_numpy(raw), self._shifts_cpu[indices], self.window, self.invert)
 
-    def _estimate_norm(self) -> float:
-        return estimate_norm(self._prepare, len(self), self.source)
+    def _row_shape(self) -> tuple[int, ...]:
+        return (self.D, self.D)
 
-    def _prepare_all(self, progress: bool) -> torch.Tensor:
-        return prepare_all(self._prepare, len(self), (self.D, self.D), self.norm_std, progress)
-
-    def to(self, device: torch.device) -> "ImageParticleData":
-        """Keep the prepared images (in-memory mode) and metadata on ``device``."""
-        self.device = torch.device(device)
-        self.rotations = self.rotations.to(self.device)
-        self._classes = self._classes.to(self.device)
-        if self.ctf is not None:
-            self.ctf = self.ctf.to(self.device)
-        if self.images is not None:
-            self.images = self.images.to(self.device)
-        return self
+    @property
+    def images(self) -> torch.Tensor | None:
+        """The prepared images ``(N, D, D)`` (in-memory mode; ``None`` when lazy): :attr:`values`."""
+        return self.values
 
     def batch(self, indices: np.ndarray) -> ImageBatch:
         """The particles at ``indices``: ``index`` (B,), ``y`` (B, D, D) centred normalised images, ``rot``
-        (B, 3, 3), ``view_class`` (B,) and, if known, ``ctf`` (:class:`CTFTensors` of shape (B,))."""
-        indices = np.asarray(indices, dtype=np.int64)
-        idx = torch.from_numpy(indices).to(self.device)
-        if self.images is not None:
-            y = self.images[idx]
-        else:
-            y = (self._prepare(indices) / self.norm_std).to(self.device)
-        return ImageBatch(idx, y, self.rotations[idx], None if self.ctf is None else self.ctf[idx],
-                          view_class=self._classes[idx])
+        (B, 3, 3), ``view_class`` (B,) and, if known, ``ctf`` (:class:`CTFTensors` of shape (B,)).
+        """
+        idx = torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(self.device)
+        ctf = None if self.ctf is None else self.ctf[idx]
+        return ImageBatch(idx, self.prepared_rows(idx), self.rotations[idx], ctf, view_class=self._classes[idx])

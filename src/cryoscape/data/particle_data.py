@@ -7,17 +7,17 @@ import logging
 import numpy as np
 import torch
 
+from cryoscape.data.base import PreparedData, require_poses
 from cryoscape.data.batches import SliceBatch
 from cryoscape.data.fourier_pixels import FourierPixels
-from cryoscape.data.prepared import ctf_premultiplied_flag, estimate_norm, prepare_all
-from cryoscape.data.preprocess import check_finite, hartley_pixels, make_window
-from cryoscape.errors import InputError
+from cryoscape.data.prepared import ctf_premultiplied_flag
+from cryoscape.data.preprocess import check_finite, hartley_pixels
 from cryoscape.imaging.ctf import CTFTensors
 
 log = logging.getLogger(__name__)
 
 
-class SliceParticleData:
+class SliceParticleData(PreparedData):
     """Normalised Hartley pixels, rotations, origins and CTF parameters of a particle set.
 
     In memory (default), all images are transformed once (centred by their origin, windowed, Hartley
@@ -38,28 +38,16 @@ class SliceParticleData:
 
     def __init__(self, particles, pixels: FourierPixels, *, invert=False, window=True, window_inner=0.85,
                  lazy=False, norm_std: float | None = None, progress=True):
-        if particles.poses is None:
-            raise InputError(
-                "no poses for these particles", particles.source_path,
-                hint="give --poses pose.pkl, or a STAR/.cs file with angles from a consensus refinement",
-            )
+        require_poses(particles)
         self.particles = particles
         self.pixels = pixels
-        self.D = pixels.D
-        self.pixel_size_angstrom = float(particles.pixel_size_angstrom)
-        self.invert = invert
-        self.window = make_window(self.D, window, window_inner)
-        self.lazy = lazy
-        self.source = str(particles.source_path)
+        self._init_common(particles.source_path, pixels.D, particles.pixel_size_angstrom, invert, window,
+                          window_inner, lazy)
         self.rotations = torch.as_tensor(particles.poses.rotations, dtype=torch.float32)
         self._shifts_cpu = torch.as_tensor(particles.poses.shifts_px(self.pixel_size_angstrom), dtype=torch.float32)
         self.ctf = None if particles.ctf is None else CTFTensors.from_params(particles.ctf)
         self.ctf_premultiplied = ctf_premultiplied_flag(particles, self.ctf is not None, log)
-        self.device = torch.device("cpu")
-        self.norm_std = float(norm_std) if norm_std is not None else self._estimate_norm()
-        self.values: torch.Tensor | None = None
-        if not lazy:
-            self.values = self._prepare_all(progress)
+        self._init_values(norm_std, progress)
 
     def __len__(self) -> int:
         return len(self.particles)
@@ -70,28 +58,8 @@ class SliceParticleData:
         images = torch.from_numpy(raw)
         return hartley_pixels(images, self.pixels, self._shifts_cpu[indices], self.window, self.invert)
 
-    def _estimate_norm(self) -> float:
-        return estimate_norm(self._prepare, len(self), self.source)
-
-    def _prepare_all(self, progress: bool) -> torch.Tensor:
-        return prepare_all(self._prepare, len(self), (self.pixels.n_pixels,), self.norm_std, progress)
-
-    def to(self, device: torch.device) -> "SliceParticleData":
-        """Keep the prepared data (in-memory mode) and metadata on ``device``."""
-        self.device = torch.device(device)
-        self.rotations = self.rotations.to(self.device)
-        if self.ctf is not None:
-            self.ctf = self.ctf.to(self.device)
-        if self.values is not None:
-            self.values = self.values.to(self.device)
-        return self
-
     def batch(self, indices: np.ndarray) -> SliceBatch:
         """The batch of particles at ``indices`` (positions in this data set)."""
-        indices = np.asarray(indices, dtype=np.int64)
-        idx = torch.from_numpy(indices).to(self.device)
-        if self.values is not None:
-            y = self.values[idx]
-        else:
-            y = (self._prepare(indices) / self.norm_std).to(self.device)
-        return SliceBatch(idx, y, self.rotations[idx], None if self.ctf is None else self.ctf[idx])
+        idx = torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(self.device)
+        return SliceBatch(idx, self.prepared_rows(idx), self.rotations[idx],
+                          None if self.ctf is None else self.ctf[idx])

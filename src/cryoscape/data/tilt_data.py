@@ -13,10 +13,11 @@ import logging
 import numpy as np
 import torch
 
+from cryoscape.data.base import PreparedData
 from cryoscape.data.batches import TiltBatch
 from cryoscape.data.fourier_pixels import FourierPixels
-from cryoscape.data.prepared import ctf_premultiplied_flag, estimate_norm, prepare_all
-from cryoscape.data.preprocess import check_finite, hartley_pixels, make_window
+from cryoscape.data.prepared import ctf_premultiplied_flag
+from cryoscape.data.preprocess import check_finite, hartley_pixels
 from cryoscape.errors import InputError
 from cryoscape.imaging.ctf import CTFTensors
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 __all__ = ["TiltSeriesData"]
 
 
-class TiltSeriesData:
+class TiltSeriesData(PreparedData):
     """Normalised Hartley pixels and per-image metadata of a tilt-series particle set.
 
     Same interface as :class:`cryoscape.data.particle_data.SliceParticleData` (``batch``, ``__len__``, ``to``,
@@ -42,18 +43,17 @@ class TiltSeriesData:
     ``ctf_premultiplied`` is the set's flag (stacks hold ``CTF x image``; models render ``CTF^2 x slice``).
     """
 
+    device_fields = ("offsets", "counts", "rotations", "ctf", "exposure", "tilt_deg", "tilt_key")
+    prepare_desc = "preparing tilt images"
+    prepare_chunk = 1024
+
     def __init__(self, tilts, pixels: FourierPixels, *, invert=False, window=True, window_inner=0.85, lazy=False,
                  norm_std: float | None = None, progress=True):
         self.tilts = tilts
         self.pixels = pixels
-        self.D = pixels.D
-        if tilts.D != self.D:
-            raise InputError(f"images are {tilts.D} px but the model uses {self.D} px", tilts.source_path)
-        self.pixel_size_angstrom = float(tilts.pixel_size_angstrom)
-        self.invert = invert
-        self.window = make_window(self.D, window, window_inner)
-        self.lazy = lazy
-        self.source = str(tilts.source_path)
+        if tilts.D != pixels.D:
+            raise InputError(f"images are {tilts.D} px but the model uses {pixels.D} px", tilts.source_path)
+        self._init_common(tilts.source_path, pixels.D, tilts.pixel_size_angstrom, invert, window, window_inner, lazy)
         self.offsets = torch.as_tensor(tilts.offsets, dtype=torch.long)
         self.counts = self.offsets[1:] - self.offsets[:-1]
         self.rotations = torch.as_tensor(tilts.rotations, dtype=torch.float32)
@@ -63,11 +63,7 @@ class TiltSeriesData:
         self.exposure = torch.as_tensor(tilts.exposure_e_per_angstrom2, dtype=torch.float32)
         self.tilt_deg = torch.as_tensor(tilts.tilt_deg, dtype=torch.float32)
         self.tilt_key = torch.as_tensor(np.random.default_rng(12345).random(tilts.n_images), dtype=torch.float32)
-        self.device = torch.device("cpu")
-        self.norm_std = float(norm_std) if norm_std is not None else self._estimate_norm()
-        self.values: torch.Tensor | None = None
-        if not lazy:
-            self.values = self._prepare_all(progress)
+        self._init_values(norm_std, progress)
 
     def __len__(self) -> int:
         return len(self.tilts)
@@ -93,21 +89,8 @@ class TiltSeriesData:
         check_finite(raw, images, self.source)
         return hartley_pixels(torch.from_numpy(raw), self.pixels, self._shifts_cpu[images], self.window, self.invert)
 
-    def _estimate_norm(self) -> float:
-        return estimate_norm(self._prepare, self.n_images, self.source)
-
-    def _prepare_all(self, progress: bool) -> torch.Tensor:
-        return prepare_all(self._prepare, self.n_images, (self.pixels.n_pixels,), self.norm_std, progress,
-                           desc="preparing tilt images", chunk=1024)
-
-    def to(self, device: torch.device) -> "TiltSeriesData":
-        """Keep the prepared data (in-memory mode) and the metadata on ``device``."""
-        self.device = torch.device(device)
-        for name in ("offsets", "counts", "rotations", "ctf", "exposure", "tilt_deg", "tilt_key"):
-            setattr(self, name, getattr(self, name).to(self.device))
-        if self.values is not None:
-            self.values = self.values.to(self.device)
-        return self
+    def _n_rows(self) -> int:
+        return self.n_images
 
     def image_grid(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Image rows ``(B, T)`` of the particles at ``indices`` (padded with each particle's first image) and the
@@ -132,13 +115,7 @@ class TiltSeriesData:
         """
         indices = np.asarray(indices, dtype=np.int64)
         rows, mask = self.image_grid(indices)
-        if self.values is not None:
-            y = self.values[rows]
-        else:
-            flat = rows.reshape(-1).cpu().numpy()
-            uniq, inverse = np.unique(flat, return_inverse=True)
-            prepared = (self._prepare(uniq) / self.norm_std).to(self.device)
-            y = prepared[torch.as_tensor(inverse.reshape(rows.shape), device=self.device)]
+        y = self.prepared_rows(rows)
         return TiltBatch(torch.as_tensor(indices, device=self.device), y, self.rotations[rows], self.ctf[rows],
                          exposure=self.exposure[rows], tilt_deg=self.tilt_deg[rows], tilt_mask=mask,
                          tilt_key=self.tilt_key[rows])
