@@ -242,8 +242,8 @@ class TrainConfig:
     threads: int | None = None
     # pose refinement (cryodrgn family; models/poses.py): per-particle rotation and shift corrections
     refine_poses: bool = False
-    pose_lr: float = 1e-2  # Adam step of the rotation corrections (radians)
-    shift_lr: float | None = None  # Adam step of the shift corrections (pixels); None -> 10 x pose_lr
+    pose_lr: float = 2e-3  # Adam step of the rotation corrections (radians); bench/RESULTS.md "Pose refinement"
+    shift_lr: float | None = 0.1  # Adam step of the shift corrections (pixels); None -> 10 x pose_lr
     refine_start: int = 2  # first epoch whose steps refine the poses (earlier epochs: fixed poses)
     load: str | None = None  # start from the model weights of this run folder or checkpoint file (train --load)
 

@@ -33,6 +33,7 @@ from cryoscape.config import (
     TrainConfig,
     model_config_class,
     model_fields,
+    option_name,
 )
 
 # option dest -> (section of RunConfig, field, negated) where the field is not the dest itself
@@ -122,11 +123,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "(axis-angle) and an in-plane shift correction per particle with their own sparse Adam; the "
                         "validation particles keep their poses; learned poses in RUN/poses/, written out by "
                         "`cryoscape write-poses`")
-    t.add_argument("--pose-lr", type=float, default=1e-2,
-                   help="--refine-poses: Adam step of the rotation corrections in radians (shifts in pixels get "
-                        "10 x; default 1e-2)")
-    t.add_argument("--shift-lr", type=float, default=None,
-                   help="--refine-poses: Adam step of the shift corrections in pixels (default 10 x --pose-lr)")
+    t.add_argument("--pose-lr", type=float, default=2e-3,
+                   help="--refine-poses: Adam step of the rotation corrections in radians (default 2e-3; larger "
+                        "steps random-walk where one image says little about its orientation, see bench/RESULTS.md)")
+    t.add_argument("--shift-lr", type=float, default=0.1,
+                   help="--refine-poses: Adam step of the shift corrections in pixels (default 0.1)")
     t.add_argument("--refine-start", type=int, default=2, metavar="EPOCH",
                    help="--refine-poses: first epoch whose steps refine the poses; earlier epochs train with the "
                         "consensus poses (default 2)")
@@ -205,9 +206,24 @@ def _field_of(dest: str) -> tuple[str, str, bool] | None:
     return None
 
 
+def _refuse_foreign(given: set[str], family: str) -> None:
+    """Refuse, in one line, a family option given on the command line (with another value than its default) that
+    ``family`` does not have, e.g. ``--freq-march`` (cryodrgn family) with ``--model opus-dsd``.
+    """
+    from cryoscape.errors import InputError
+
+    own = {f.name for f in dataclasses.fields(model_config_class(family))}
+    for name in sorted(given - own):
+        owners = [other for other, cls in MODEL_CONFIGS.items() if name in {f.name for f in dataclasses.fields(cls)}]
+        whose = f"the {' and '.join(owners)} famil{'ies' if len(owners) > 1 else 'y'}"
+        raise InputError(f"{option_name(name)} is an option of {whose}, not of --model {family}")
+
+
 def _model_section(values: dict, base=None):
     """The family's configuration section from the model options (those of other families are not read by it
-    and are left out, as before the sections were typed); ``base``: the recorded section they change."""
+    and are left out; :func:`_refuse_foreign` refuses them where given); ``base``: the recorded section they
+    change.
+    """
     family = values.get("family", base.family if base is not None else "cryodrgn")
     for name, cls in MODEL_CONFIGS.items():  # other families' options are not read, but still checked
         theirs = {f.name for f in dataclasses.fields(cls)} - {"family"}
@@ -237,21 +253,24 @@ def config_from_args(args, base: RunConfig | None = None) -> RunConfig:
     if getattr(args, "mask", None) and not Path(args.mask).is_file():
         raise InputError("mask file not found", args.mask)
     sections: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
+    given: set[str] = set()  # model-section fields given on the command line with another value than the default
     for dest, value in vars(args).items():
         where = _field_of(dest)
         if where is None:
             continue
+        section, name, negated = where
         if value is None:
             if base is not None:
                 continue
             value = _DEFAULTS.get(dest)
-        section, name, negated = where
+        elif section == "model" and value != _DEFAULTS.get(dest):
+            given.add(name)
         sections[section][name] = (not value) if negated else value
+    model = _model_section(sections["model"], None if base is None else base.model)  # checks every value given
+    _refuse_foreign(given, model.family)
     if base is None:
-        return RunConfig(data=DataConfig(**sections["data"]), model=_model_section(sections["model"]),
-                         train=TrainConfig(**sections["train"]))
-    return RunConfig(data=dataclasses.replace(base.data, **sections["data"]),
-                     model=_model_section(sections["model"], base.model),
+        return RunConfig(data=DataConfig(**sections["data"]), model=model, train=TrainConfig(**sections["train"]))
+    return RunConfig(data=dataclasses.replace(base.data, **sections["data"]), model=model,
                      train=dataclasses.replace(base.train, **sections["train"]))
 
 
