@@ -112,10 +112,9 @@ CONFIG_KEYS = {  # the settings of RUN/config.yaml that each family uses
     "cryodrgn": {"model": ["zdim", "enc_dim", "enc_layers", "dec_dim", "dec_layers", "pe_type", "pe_dim",
                            "feat_sigma", "activation"],
                  "train": ["epochs", "batch_size", "lr", "weight_decay", "beta", "seed", "amp", "checkpoint_every"]},
-    "opus-dsd": {"model": ["zdim", "templateres", "channel_scale", "mask"],
-                 "train": ["epochs", "batch_size", "lr", "lr_decay", "weight_decay", "beta", "seed", "amp",
-                           "checkpoint_every", "lamb", "knn", "kfarthest", "n_samples", "knn_intra", "momentum",
-                           "tv_weight", "l1_weight", "anneal_images"]},
+    "opus-dsd": {"model": ["zdim", "templateres", "channel_scale", "mask", "lamb", "knn", "kfarthest", "n_samples",
+                           "knn_intra", "momentum", "tv_weight", "l1_weight", "anneal_images", "lr_decay"],
+                 "train": ["epochs", "batch_size", "lr", "weight_decay", "beta", "seed", "amp", "checkpoint_every"]},
 }
 
 

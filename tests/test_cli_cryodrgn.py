@@ -152,7 +152,7 @@ def test_frequency_marching_trains_and_resumes_exactly(sim, tmp_path):
                                   np.load(tmp_path / "b" / "latents" / "epoch_003.npy"))
     import yaml
     cfg = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
-    assert cfg["train"]["freq_march"] == 2 and cfg["train"]["march_start"] == 0.3
+    assert cfg["model"]["freq_march"] == 2 and cfg["model"]["march_start"] == 0.3
     # the other families refuse the option with a one-line error
     assert main(["train", star, "-o", str(tmp_path / "c"), "--model", "opus-dsd", "--freq-march", "2",
                  "-n", "1", "--no-progress"]) == 2

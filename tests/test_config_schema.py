@@ -1,7 +1,9 @@
 """config.yaml files written by earlier releases still load, train and reload; a newer schema is refused.
 
 ``tests/data/config_v1_*.yaml`` are COMMITTED files written by the release of 2026-12-06 (schema 1, flat
-family fields) before the configuration was split into family sections; they must keep loading unchanged.
+family fields) before the configuration was split into family sections; ``tests/data/config_v2_*.yaml`` are
+COMMITTED files written by ``save_config`` of the release of 2026-12-06 with schema 2 (typed ``model`` sections,
+but the family-only training and input options still in ``train``/``data``). Both must keep loading unchanged.
 """
 
 from pathlib import Path
@@ -16,6 +18,12 @@ from cryoscape.errors import InputError
 DATA = Path(__file__).parent / "data"
 V1 = {"cryodrgn": "config_v1_cryodrgn.yaml", "tomodrgn": "config_v1_tomodrgn.yaml",
       "opus-dsd": "config_v1_opus_dsd.yaml"}
+V2 = {"cryodrgn": "config_v2_cryodrgn.yaml", "tomodrgn": "config_v2_tomodrgn.yaml",
+      "opus-dsd": "config_v2_opus_dsd.yaml"}
+# the options that schemas 1 and 2 kept in the shared sections and schema 3 keeps in the family's section
+MOVED = {"cryodrgn": ("freq_march", "march_start"), "tomodrgn": ("tilt_format",),
+         "opus-dsd": ("lamb", "knn", "kfarthest", "n_samples", "knn_intra", "momentum", "tv_weight", "l1_weight",
+                      "anneal_images", "lr_decay")}
 
 
 @pytest.mark.parametrize("family", list(V1))
@@ -36,25 +44,53 @@ def test_schema_1_files_load_with_their_values(family):
 def test_schema_1_family_fields_keep_their_values():
     opus = load_config(DATA / V1["opus-dsd"])
     assert opus.model.templateres == 32 and opus.model.channel_scale == 0.125
-    assert (opus.train.lamb, opus.train.knn, opus.train.kfarthest, opus.train.n_samples) == (0.3, 8, 16, 64)
+    assert (opus.model.lamb, opus.model.knn, opus.model.kfarthest, opus.model.n_samples) == (0.3, 8, 16, 64)
     tomo = load_config(DATA / V1["tomodrgn"])
     assert tomo.model.pooling == "mean" and tomo.model.tilt_embed_dim == 16
     cryo = load_config(DATA / V1["cryodrgn"])
-    assert cryo.train.freq_march == 1.0
+    assert cryo.model.freq_march == 1.0
+
+
+@pytest.mark.parametrize("family", list(V2))
+def test_schema_2_files_load_with_the_family_options_in_the_family_section(family, tmp_path):
+    doc = yaml.safe_load((DATA / V2[family]).read_text())
+    assert doc["schema_version"] == 2
+    config = load_config(DATA / V2[family])
+    assert isinstance(config.model, MODEL_CONFIGS[family]) and config.model.zdim == 2
+    assert (config.train.epochs, config.train.seed, config.data.val_frac) == (2, 3, 0.125)
+    old = {**doc["data"], **doc["train"]}
+    for name in MOVED[family]:  # the file's value, now in the family's section
+        assert getattr(config.model, name) == old[name], name
+    for other, names in MOVED.items():  # the shared sections no longer hold any family's option
+        for name in names:
+            assert not hasattr(config.train, name) and not hasattr(config.data, name)
+            if other != family and name not in MOVED[family]:
+                assert not hasattr(config.model, name)
+    # the values that differ from the defaults (what the test would miss if the mapping fell back to them)
+    expect = {"cryodrgn": {"freq_march": 1.0, "march_start": 0.3}, "tomodrgn": {"tilt_format": "imageseries"},
+              "opus-dsd": {"lamb": 0.3, "knn": 8, "lr_decay": 0.9, "anneal_images": 5000, "momentum": 0.6}}[family]
+    assert {k: getattr(config.model, k) for k in expect} == expect
+    # saved again it is today's schema and reads back equal
+    save_config(config, tmp_path / "config.yaml")
+    again = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert again["schema_version"] == SCHEMA_VERSION == 3 and set(MOVED[family]) <= set(again["model"])
+    assert load_config(tmp_path / "config.yaml") == config
 
 
 def test_the_model_section_is_the_familys_own(tmp_path):
-    """Written today: schema 2, the model section holds only the family's fields; read back equal."""
+    """Written today: schema 3, the model section holds only the family's fields; read back equal."""
     config = RunConfig(model=ModelConfig(family="tomodrgn", zdim=3, pooling="max"))
     assert type(config.model).__name__ == "TomoDRGNConfig"
     save_config(config, tmp_path / "config.yaml")
     doc = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    assert doc["schema_version"] == SCHEMA_VERSION == 2
-    assert "pooling" in doc["model"] and not {"templateres", "channel_scale", "mask"} & set(doc["model"])
+    assert doc["schema_version"] == SCHEMA_VERSION == 3
+    assert {"pooling", "tilt_format"} <= set(doc["model"]) and not {"templateres", "channel_scale", "mask", "lamb",
+                                                                   "freq_march"} & set(doc["model"])
+    assert not {"tilt_format", "lamb", "freq_march", "lr_decay"} & (set(doc["data"]) | set(doc["train"]))
     assert load_config(tmp_path / "config.yaml") == config
     with pytest.raises(InputError, match="--templateres: not an option of --model cryodrgn"):
         ModelConfig(family="cryodrgn", templateres=32)
-    doc["model"]["templateres"] = 32  # another family's field in a schema-2 file is refused, naming the file
+    doc["model"]["templateres"] = 32  # another family's field in a schema-3 file is refused, naming the file
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(doc))
     with pytest.raises(InputError, match="not an option of --model tomodrgn") as info:
         load_config(tmp_path / "config.yaml")

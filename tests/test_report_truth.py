@@ -28,17 +28,32 @@ def _summary_keys(config) -> set[str]:
 
 def test_run_summary_shows_only_the_family_options():
     cryo = _summary_keys(dataclasses.asdict(RunConfig()))
-    assert {"model.zdim", "model.enc_dim", "train.lr", "train.freq_march"} <= cryo
-    assert not {"model.channel_scale", "model.templateres", "train.lamb", "train.knn", "train.lr_decay"} & cryo
-    assert not {"model.pooling", "model.ntilts", "model.kl_norm", "data.tilt_format"} & cryo
+    assert {"model.zdim", "model.enc_dim", "train.lr", "model.freq_march"} <= cryo
+    assert not {"model.channel_scale", "model.templateres", "model.lamb", "model.knn", "model.lr_decay"} & cryo
+    assert not {"model.pooling", "model.ntilts", "model.kl_norm", "model.tilt_format"} & cryo
     opus = _summary_keys(dataclasses.asdict(RunConfig(model=ModelConfig(family="opus-dsd", channel_scale=0.25))))
-    assert {"model.channel_scale", "train.lamb", "train.lr_decay", "model.zdim"} <= opus
-    assert not {"model.enc_dim", "model.pe_type", "train.freq_march", "model.pooling"} & opus
+    assert {"model.channel_scale", "model.lamb", "model.lr_decay", "model.zdim"} <= opus
+    assert not {"model.enc_dim", "model.pe_type", "model.freq_march", "model.pooling"} & opus
     tomo = _summary_keys(dataclasses.asdict(RunConfig(model=ModelConfig(family="tomodrgn"))))
-    assert {"model.pooling", "data.tilt_format", "model.enc_dim"} <= tomo
-    assert not {"model.channel_scale", "train.lamb", "train.freq_march"} & tomo
+    assert {"model.pooling", "model.tilt_format", "model.enc_dim"} <= tomo
+    assert not {"model.channel_scale", "model.lamb", "model.freq_march"} & tomo
+    # the shared sections hold no family's options
+    assert not {k for k in cryo | opus | tomo if k.startswith(("train.", "data.")) and k.split(".")[1] in
+                {"freq_march", "march_start", "lamb", "knn", "lr_decay", "tilt_format"}}
     # a mapping without a family is shown whole
     assert _summary_keys({"a": {"b": 1}}) == {"a.b"}
+
+
+def test_run_summary_of_an_older_config_file_shows_its_family_section():
+    """A schema-2 config.yaml (committed, written before the family options moved to ``model``): the summary
+    shows the file's values in the family's section, not the shared sections' old copies of every family's."""
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "config_v2_opus_dsd.yaml"
+    rows = dict(config_section(path).tables[0].rows)
+    assert (rows["model.lamb"], rows["model.knn"], rows["model.lr_decay"]) == ("0.3", "8", "0.9")
+    assert not {"train.lamb", "train.freq_march", "data.tilt_format", "model.enc_dim"} & set(rows)
+    assert rows["schema_version"] == "2" and rows["model.family"] == "opus-dsd"
 
 
 def _metrics(val):

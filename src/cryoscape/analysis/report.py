@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from cryoscape.analysis import plots
 from cryoscape.errors import InputError
+from cryoscape.rundir import RunDir
 from cryoscape.train.engine import BEST_EPOCH_TOLERANCE
 from cryoscape.utils.atomic import atomic_path, atomic_write_text
 
@@ -86,38 +87,25 @@ def _flatten(d: Mapping, prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
-# Options read by one family only (see cryoscape.config); the run summary leaves out those of other families.
-_FAMILY_ONLY = {
-    "cryodrgn": {"train": {"freq_march", "march_start"}},
-    "tomodrgn": {"data": {"tilt_format"},
-                 "model": {"pooling", "ntilts", "tilt_embed_dim", "enc_dim_b", "enc_layers_b", "kl_norm",
-                           "recon_dose_weight", "recon_tilt_weight", "dose_mask", "images_dose_weighted"}},
-    "opus-dsd": {"model": {"templateres", "channel_scale", "mask"},
-                 "train": {"lamb", "knn", "kfarthest", "n_samples", "knn_intra", "momentum", "tv_weight",
-                           "l1_weight", "anneal_images", "lr_decay"}},
-}
-# Options of the coordinate-network families (MLP encoder, positional encoding) that OPUS-DSD's conv nets ignore.
-_MLP_OPTIONS = {"enc_dim", "enc_layers", "dec_dim", "dec_layers", "pe_type", "pe_dim", "feat_sigma", "activation"}
-
-
 def family_options(config: Mapping) -> dict:
-    """A copy of a configuration mapping without the options that its ``model.family`` does not read."""
-    family = (config.get("model") or {}).get("family") if isinstance(config.get("model"), Mapping) else None
-    if family not in _FAMILY_ONLY:
+    """A copy of a configuration mapping whose ``data``/``model``/``train`` sections are those of the typed
+    :class:`~cryoscape.config.RunConfig` it describes: the shared sections and the family's own ``model`` section,
+    without other families' options (a ``config.yaml`` of an older schema, ``schema_version``, is mapped as
+    :func:`~cryoscape.config.load_config` maps it). A mapping that is not such a configuration is returned as is.
+    """
+    from cryoscape.config import SCHEMA_VERSION, RunConfig
+
+    sections = ("data", "model", "train")
+    if not isinstance(config.get("model"), Mapping) or not all(isinstance(config.get(k, {}), Mapping)
+                                                                 for k in sections):
         return dict(config)
-    hidden: dict[str, set] = {}
-    for other, sections in _FAMILY_ONLY.items():
-        if other != family:
-            for section, names in sections.items():
-                hidden.setdefault(section, set()).update(names)
-    if family == "opus-dsd":
-        hidden.setdefault("model", set()).update(_MLP_OPTIONS)
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping) and key in hidden:
-            value = {k: v for k, v in value.items() if k not in hidden[key]}
-        out[key] = value
-    return out
+    schema = config.get("schema_version", SCHEMA_VERSION)
+    try:
+        typed = RunConfig.from_dict({k: config[k] for k in sections if k in config},
+                                    schema if isinstance(schema, int) else SCHEMA_VERSION).to_dict()
+    except (InputError, TypeError, ValueError):  # not a configuration this version reads: shown whole
+        return dict(config)
+    return {key: typed[key] if key in sections else value for key, value in config.items()}
 
 
 def config_section(config) -> Section:
@@ -204,17 +192,19 @@ def epoch_choice(run_dir, requested: int | None, epoch: int) -> str:
         return "chosen with --epoch"
     run_dir = Path(run_dir)
     metric = run_selection_metric(run_dir)
-    best = run_dir / "best_epoch"
-    if best.is_file():
+    try:
+        best = RunDir(run_dir).best_epoch()
+    except OSError:
+        best = None
+    if best is not None and best == int(epoch):
+        words = _metric_words(metric).split(" (")[0]
         try:
-            if int(best.read_text().split()[0]) == int(epoch):
-                words = _metric_words(metric).split(" (")[0]
-                summary = validation_summary(run_dir / "metrics.csv", metric)
-                if summary is None or summary["best_epoch"] == int(epoch):
-                    return f"lowest {words}"
-                return f"{words} within {BEST_EPOCH_TOLERANCE:.0%} of its lowest, at epoch {summary['best_epoch']}"
-        except (ValueError, IndexError, InputError):
-            pass
+            summary = validation_summary(run_dir / "metrics.csv", metric)
+        except InputError:
+            summary = None
+        if summary is None or summary["best_epoch"] == int(epoch):
+            return f"lowest {words}"
+        return f"{words} within {BEST_EPOCH_TOLERANCE:.0%} of its lowest, at epoch {summary['best_epoch']}"
     metrics = run_dir / "metrics.csv"
     has_val = False
     if metrics.is_file():

@@ -219,7 +219,6 @@ class CryoDRGNFamily(ModelFamily):
     default_batch_size = 32
     default_lr = 1e-3
     data_state = ("pixel_size_angstrom", "norm_std")
-    own_train_options = {"freq_march": 0.0}  # frequency marching is this family's
     refines_poses = True  # train --refine-poses (models/poses.py)
 
     def make_data(self, particles, config, norm_std=None, progress=True):
@@ -237,5 +236,5 @@ class CryoDRGNFamily(ModelFamily):
                         enc_dim=m.enc_dim, enc_layers=m.enc_layers, dec_dim=m.dec_dim, dec_layers=m.dec_layers,
                         pe_type=m.pe_type, pe_dim=m.pe_dim, feat_sigma=m.feat_sigma, activation=m.activation,
                         beta=config.train.beta, norm_std=float(build["norm_std"]),
-                        freq_march_epochs=config.train.freq_march, march_start=config.train.march_start,
+                        freq_march_epochs=m.freq_march, march_start=m.march_start,
                         ctf_premultiplied=bool(build.get("ctf_premultiplied", False)))

@@ -65,9 +65,6 @@ class ModelFamily:
     data_state: tuple[str, ...] = ("pixel_size_angstrom", "norm_std")
     selection_metric: str = "val_loss"
     own_input_format: bool = False
-    # TrainConfig fields that only this family reads, with the value meaning "off" (validate refuses them set
-    # in a run of another family): {field: default}
-    own_train_options: dict = {}
     # whether ``train --refine-poses`` is supported (slice-based data providers: ``batch`` gives ``index``, ``rot``
     # and Hartley pixels ``y`` in ``data.pixels`` order; see :meth:`make_pose_refiner`)
     refines_poses: bool = False
@@ -86,21 +83,12 @@ class ModelFamily:
         return dataclasses.replace(config, train=dataclasses.replace(t, **changes)) if changes else config
 
     def validate(self, config: RunConfig) -> None:
-        """Refuse (:class:`InputError`) options that this family does not read but that are set (another
-        family's options, e.g. ``--freq-march`` of the cryodrgn family).
+        """Refuse (:class:`InputError`) shared options set to something this family does not support (e.g.
+        ``--refine-poses``). Another family's own options cannot be set: they are fields of that family's section
+        (``RunConfig.model``), and the command line refuses them (``cli.train.config_from_args``).
         """
-        from cryoscape.config import option_name
-        from cryoscape.models.registry import FAMILIES
-
         if config.train.refine_poses and not self.refines_poses:
             raise InputError(f"--refine-poses is not supported by --model {self.name} (only by the cryodrgn family)")
-        for other in FAMILIES.values():
-            if other.name == self.name:
-                continue
-            for name, off in other.own_train_options.items():
-                if getattr(config.train, name) != off:
-                    raise InputError(f"{option_name(name)} is an option of the {other.name} family, not of "
-                                     f"--model {self.name}")
 
     def resolve_defaults(self, config: RunConfig, device: torch.device) -> RunConfig:
         """``config`` with device-dependent defaults filled in (recorded in ``config.yaml``); default: as is."""

@@ -338,16 +338,16 @@ class OpusDSDFamily(ModelFamily):
         return OpusDSD(D=D, pixel_size_angstrom=float(build["pixel_size_angstrom"]),
                        n_particles=int(build["n_particles"]), zdim=m.zdim, templateres=m.templateres,
                        channel_scale=resolve_channel_scale(m.channel_scale), mask=mask,
-                       kl_weight=0.01 if t.beta is None else float(t.beta), lamb=t.lamb, tv_weight=t.tv_weight,
-                       l1_weight=t.l1_weight, knn=t.knn, kfarthest=t.kfarthest, n_samples=t.n_samples,
-                       knn_intra=t.knn_intra, momentum=t.momentum, anneal_images=t.anneal_images,
+                       kl_weight=0.01 if t.beta is None else float(t.beta), lamb=m.lamb, tv_weight=m.tv_weight,
+                       l1_weight=m.l1_weight, knn=m.knn, kfarthest=m.kfarthest, n_samples=m.n_samples,
+                       knn_intra=m.knn_intra, momentum=m.momentum, anneal_images=m.anneal_images,
                        norm_std=float(build["norm_std"]),
                        ctf_premultiplied=bool(build.get("ctf_premultiplied", False)))
 
     def make_optimizer(self, model, config):
         t = config.train
         opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-        return opt, torch.optim.lr_scheduler.ExponentialLR(opt, gamma=t.lr_decay)
+        return opt, torch.optim.lr_scheduler.ExponentialLR(opt, gamma=config.model.lr_decay)
 
     def after_step(self, model, gather_rows) -> None:
         """Update the memory bank with the codes of the step of every process (collectives run by the engine)."""

@@ -304,8 +304,8 @@ class TomoDRGNFamily(ModelFamily):
             raise InputError("--poses/--ctf do not apply to tilt series (poses and CTF come from the STAR file)")
         if d.cs_alignments:
             raise InputError("--cs-alignments applies to cryoSPARC .cs files, not to tilt series")
-        tilts = load_tilt_series(path or d.particles, d.tilt_format, datadir=datadir or d.datadir, apix=d.apix,
-                                 ctf_overrides=d.reader_options()["ctf_overrides"])
+        tilts = load_tilt_series(path or d.particles, config.model.tilt_format, datadir=datadir or d.datadir,
+                                 apix=d.apix, ctf_overrides=d.reader_options()["ctf_overrides"])
         indices = np.arange(len(tilts), dtype=np.int64)
         if d.ind and path is None and apply_ind:
             indices = read_particle_indices(d.ind, tilts.offsets)  # per-image files are named as such
