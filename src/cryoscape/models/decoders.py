@@ -8,6 +8,8 @@ conjugated for flipped points. The Hartley value is ``H(q) = re - im``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -26,7 +28,8 @@ class CoordinateDecoder(nn.Module):
     """MLP ``(PE(q), z) -> (re, im)`` with cryoDRGN's residual layout.
 
     The first layer is split into a coordinate part and a latent part, ``W [pe; z] = W_q pe + W_z z``, so the
-    latent's contribution is computed once per image instead of once per pixel (same function, less work).
+    latent's contribution is computed once per image instead of once per pixel (same function, less work), and
+    initialised as the one layer it computes (:meth:`init_as_one_layer`).
     """
 
     def __init__(self, D: int, zdim: int, hidden_dim: int, n_hidden_layers: int, pe_type: str = "gaussian",
@@ -36,11 +39,27 @@ class CoordinateDecoder(nn.Module):
         self.encoding = PositionalEncoding(pe_type, D, pe_dim, feat_sigma)
         self.input_coords = nn.Linear(self.encoding.out_dim, hidden_dim)
         self.input_latent = nn.Linear(zdim, hidden_dim, bias=False) if zdim > 0 else None
+        if self.input_latent is not None:
+            self.init_as_one_layer()
         layers: list[nn.Module] = [activation_layer(activation, inplace=True)]  # after a linear layer: safe
         for _ in range(n_hidden_layers):
             layers += [ResidualLinear(hidden_dim), activation_layer(activation, inplace=True)]
         layers.append(nn.Linear(hidden_dim, 2))
         self.body = nn.Sequential(*layers)
+
+    @torch.no_grad()
+    def init_as_one_layer(self) -> None:
+        """Initialise the split first layer as the one ``nn.Linear(6 pe_dim + zdim, hidden)`` it computes (torch's
+        default, as cryoDRGN's concatenated input has): weights and bias ``U(-b, b)``, ``b = 1/sqrt(6 pe_dim + zdim)``.
+
+        Each part with its own fan-in gave the latent's weights ``b = 1/sqrt(zdim)``, 3.6x larger at D=32, zdim 8:
+        the untrained decoder's output was then dominated by the random ``z`` of the first steps, the posterior
+        carried twice cryoDRGN's KL and the states separated more slowly per epoch (issue 21, bench/RESULTS.md
+        section 8).
+        """
+        bound = 1.0 / math.sqrt(self.input_coords.in_features + self.input_latent.in_features)
+        for t in (self.input_coords.weight, self.input_coords.bias, self.input_latent.weight):
+            t.uniform_(-bound, bound)
 
     def forward(self, q: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """Complex values at coordinates.
