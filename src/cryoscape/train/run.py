@@ -206,6 +206,10 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
                      f"{t.epochs}")
         else:
             log.info(f"resuming from {resume_from} after epoch {done}; training to epoch {t.epochs}")
+    if engine.pose_refiner is not None:
+        pt = engine.pose_refiner.table
+        log.info(f"refining the poses of the {len(train_pos)} training particles from epoch {t.refine_start} "
+                 f"(rotation step {pt.lr:g} rad, shift step {pt.shift_lr:g} px; validation particles keep theirs)")
     n_params = sum(p.numel() for p in model.parameters())
     log.info(f"{family.name}: {len(train_pos)} training and {len(val_pos)} validation particles, "
              f"D={build.get('D')}, {n_params:,} parameters, device {device}"
