@@ -117,6 +117,7 @@ def test_resume_config_refuses_conflicts_and_allows_epochs_device_threads():
         (dict(train=TrainConfig(epochs=24, batch_size=16, lr=1e-3, threads=1)), "-b/--batch-size", "16", "32"),
         (dict(train=TrainConfig(epochs=24, batch_size=32, lr=1e-4, threads=1)), "--lr", "0.0001", "0.001"),
         (dict(model=ModelConfig(family="opus-dsd", zdim=8)), "--model", "opus-dsd", "cryodrgn"),
+        (dict(model=ModelConfig(zdim=8, freq_march=2.0)), "--freq-march", "2.0", "0.0"),  # a family option
     ):
         request = RunConfig(**{"data": recorded.data, "model": recorded.model, "train": recorded.train, **bad})
         with pytest.raises(InputError, match=re.escape(f"{option} is {here} here but {there} in the run's")):
