@@ -14,6 +14,7 @@ Stages (run from the repository root; each writes under ``--work``, default ``be
     .venv/bin/python -m bench.cryobench prepare -N 3000 -D 32 --apix 4 --snr 0.1
     .venv/bin/python -m bench.cryobench train --epochs 20
     .venv/bin/python -m bench.cryobench score --n-images 100
+    .venv/bin/python -m bench.cryobench baselines   # consensus map, oracle-latent neighbour maps
 """
 
 from __future__ import annotations
@@ -77,6 +78,60 @@ def train(a) -> None:
     print(json.dumps(info))
 
 
+def baselines(a) -> None:
+    """References for the score: the consensus map (all particles back-projected) and latent-neighbour maps with
+    the TRUE coordinate as the latent (an oracle: the best the neighbour rule can do with perfect latents), at the
+    same sampled images; then the latent metrics again with the evaluator's current defaults (``--no-maps``)."""
+    import torch
+
+    from cryoscape.analysis.backprojection import backproject
+    from cryoscape.analysis.evaluate import _state_masks, au_fsc, per_image_au_fsc, read_gt_maps
+    from cryoscape.analysis.latent import load_latents
+    from cryoscape.analysis.neighbour_recon import NeighbourReconstructor, reconstructor_from_run
+
+    torch.set_num_threads(1)
+    work = Path(a.work)
+    run, sim = work / "run", work / "sim"
+    summary = json.loads((work / "summary.json").read_text())
+    latents = load_latents(run)
+    truth = np.load(sim / "labels.npz")
+    idx = latents.indices if latents.indices is not None else np.arange(len(latents.z))
+    states, coordinate = truth["state"][idx], truth["coordinate"][idx].astype(np.float64)
+    gt, gt_apix = read_gt_maps(sim)
+    rec = reconstructor_from_run(run, latents.epoch, max_neighbours=a.max_neighbours, oversample=1, device="cpu")
+    t0 = time.time()
+    cons = backproject(rec.images, rec.rotations, rec.shifts_px, rec.ctf, rec.pixel_size_angstrom, oversample=1,
+                       progress=False, device="cpu")["volume"]
+    masks = _state_masks(gt, rec.pixel_size_angstrom, "auto")
+    sample = json.loads((work / "eval_decoder.json").read_text())["cryobench"]["per_image_au_fsc"]["indices"]
+    vals = [au_fsc(cons, gt[int(states[i])], masks[int(states[i])]) for i in sample]
+    t1 = time.time()
+    oracle = NeighbourReconstructor(coordinate[:, None], rec.images, rec.rotations, rec.shifts_px, rec.ctf,
+                                    rec.pixel_size_angstrom, max_neighbours=a.max_neighbours, oversample=1,
+                                    device="cpu")
+    orc = per_image_au_fsc(oracle, coordinate[:, None], states, gt, n_images=a.n_images, seed=0,
+                           gt_pixel_size_angstrom=gt_apix)
+    t2 = time.time()
+    assert orc["indices"] == sample
+    cmd = [*CRYOSCAPE_CMD, "evaluate", str(run), "--truth", str(sim), "-o", str(work / "eval_latent.json"),
+           "--overwrite", "--no-maps", "--device", "cpu"]
+    run_timed(cmd, work / "evaluate_latent.log")
+    latent = json.loads((work / "eval_latent.json").read_text())
+    summary["baselines"] = {
+        "consensus_per_image_au_fsc": {"mean": float(np.mean(vals)), "std": float(np.std(vals)),
+                                       "seconds": t1 - t0},
+        "oracle_latent_neighbour_per_image_au_fsc": {k: orc[k] for k in ("mean", "std", "median", "n_images")},
+        "oracle_seconds": t2 - t1,
+    }
+    summary["latent_metrics_current_defaults"] = {"command": cmd,
+                                                  "neighborhood_similarity":
+                                                  latent["cryobench"]["neighborhood_similarity"],
+                                                  "ari": latent["clustering"]["ari"],
+                                                  "abs_spearman_pc1": latent["continuous"]["abs_spearman_pc1"]}
+    write_json(work / "summary.json", summary)
+    print(json.dumps(summary["baselines"]), json.dumps(summary["latent_metrics_current_defaults"]))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="stage", required=True)
@@ -95,10 +150,13 @@ def main(argv=None) -> int:
     ps = sub.add_parser("score")
     ps.add_argument("--n-images", type=int, default=100)
     ps.add_argument("--max-neighbours", type=int, default=1500)
-    for q in (pp, pt, ps):
+    pb = sub.add_parser("baselines")
+    pb.add_argument("--n-images", type=int, default=100)
+    pb.add_argument("--max-neighbours", type=int, default=1500)
+    for q in (pp, pt, ps, pb):
         q.add_argument("--work", default=str(DEFAULT_WORK))
     a = p.parse_args(argv)
-    {"prepare": prepare, "train": train, "score": score}[a.stage](a)
+    {"prepare": prepare, "train": train, "score": score, "baselines": baselines}[a.stage](a)
     return 0
 
 
