@@ -82,11 +82,13 @@ def test_resume_with_learned_poses_equals_uninterrupted(sim, refined_run, tmp_pa
                                   np.load(b / "latents" / "epoch_003.npy"))
 
 
-def test_other_families_refuse_in_one_line(sim, tmp_path, capsys):
-    assert main(["train", str(sim / "particles.star"), "-o", str(tmp_path / "o"), "--model", "opus-dsd",
+@pytest.mark.parametrize("family", ["opus-dsd", "tomodrgn"])
+def test_other_families_refuse_in_one_line(sim, tmp_path, capsys, family):
+    assert main(["train", str(sim / "particles.star"), "-o", str(tmp_path / "o"), "--model", family,
                  "--refine-poses", "-n", "1", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--refine-poses is not supported by --model opus-dsd" in err[0]
+    assert len(err) == 1 and f"--refine-poses is not supported by --model {family}" in err[0]
+    assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
 @pytest.mark.slow
