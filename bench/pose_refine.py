@@ -153,8 +153,15 @@ def gradient_alignment(run: Path, sim: Path, perturbed: Path, n: int = 256) -> d
             "shift_cos_positive": float((c_shift > 0).mean())}
 
 
+def _work_name(args) -> str:
+    """The work folder of a data set: discrete3 at SNR 0.1 keeps its first name."""
+    extra = "" if (args.preset, args.snr) == ("discrete3", 0.1) else f"_{args.preset}_snr{args.snr:g}"
+    return f"pose_refine_D{args.D}_N{args.n}{extra}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="discrete3", help="simulate preset (default discrete3)")
     p.add_argument("--n", type=int, default=3000)
     p.add_argument("-D", type=int, default=32)
     p.add_argument("--snr", type=float, default=0.1)
@@ -181,7 +188,7 @@ def main(argv=None) -> int:
         from cryoscape.io.particles import load_particles
         from cryoscape.models.poses import load_learned_poses
 
-        work = WORK / f"pose_refine_D{args.D}_N{args.n}"
+        work = WORK / _work_name(args)
         sim, run = work / "sim", work / f"run_{args.add_run}"
         truth = load_particles(sim / "particles.star")
         apix = truth.pixel_size_angstrom
@@ -212,7 +219,7 @@ def main(argv=None) -> int:
     if args.gradient_check:
         import json
 
-        work = WORK / f"pose_refine_D{args.D}_N{args.n}"
+        work = WORK / _work_name(args)
         result = gradient_alignment(work / "run_true", work / "sim", work / "sim" / "perturbed.star")
         record = json.loads(args.output.read_text()) if args.output.is_file() else {}
         record["gradient_alignment"] = result
@@ -223,8 +230,8 @@ def main(argv=None) -> int:
     from cryoscape.io.particles import load_particles
     from cryoscape.models.poses import load_learned_poses
 
-    work = WORK / f"pose_refine_D{args.D}_N{args.n}"
-    sim = ensure_simulation("discrete3", args.n, args.D, args.snr, work / "sim")
+    work = WORK / _work_name(args)
+    sim = ensure_simulation(args.preset, args.n, args.D, args.snr, work / "sim")
     perturbed = sim / "perturbed.star"  # beside the stack its image names point to
     perturbation = perturb(sim, perturbed, args.sigma_deg, args.sigma_px)
     print("perturbation:", perturbation, flush=True)
@@ -275,7 +282,7 @@ def main(argv=None) -> int:
                                 "fsc_min_to_2/3_nyquist": float(min(fsc[1: int(2 * shells / 3) + 1])),
                                 "epoch_seconds_mean": float(np.mean(secs)) if secs else None}
     write_json(args.output, record)
-    print(f"\n{args.n} particles, D={args.D}, SNR {args.snr}, {args.epochs} epochs, zdim {args.zdim}; "
+    print(f"\n{args.preset}, {args.n} particles, D={args.D}, SNR {args.snr}, {args.epochs} epochs, zdim {args.zdim}; "
           f"perturbation median {perturbation['angle_deg_median']:.2f} deg, {perturbation['shift_px_median']:.2f} px")
     print("| run | median rot. error (deg) | p90 | median shift error (px) | p90 | k-means(3) ARI | "
           "min FSC to 2/3 Nyquist (state 0 back-projection) | s/epoch |")
