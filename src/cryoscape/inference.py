@@ -10,9 +10,9 @@ import torch
 
 from cryoscape.errors import InputError
 from cryoscape.models.loading import load_run
+from cryoscape.train.distributed import DistInfo
 from cryoscape.train.engine import encode_all
 from cryoscape.train.run import select_device
-from cryoscape.train.distributed import DistInfo
 from cryoscape.utils.atomic import atomic_path
 
 

@@ -70,7 +70,7 @@ class CTFParams:
         phase_shift_deg=0.0,
         bfactor_angstrom2=0.0,
         scale=1.0,
-    ) -> "CTFParams":
+    ) -> CTFParams:
         """Build from arrays or scalars (scalars are broadcast to the length of the defocus array)."""
         n = int(np.asarray(defocus_u_angstrom).size)
         values = locals()
@@ -95,7 +95,7 @@ class CTFParams:
             bad = self.amplitude_contrast[(self.amplitude_contrast < 0) | (self.amplitude_contrast > 1)][0]
             raise InputError(f"CTF amplitude contrast must be between 0 and 1 (found {bad:g})")
 
-    def subset(self, indices) -> "CTFParams":
+    def subset(self, indices) -> CTFParams:
         """The parameters of the particles at ``indices``."""
         return CTFParams(**{name: getattr(self, name)[indices] for name in CTF_COLUMNS})
 
@@ -104,7 +104,7 @@ class CTFParams:
         return np.stack([getattr(self, name) for name in CTF_COLUMNS], axis=1).astype(np.float32)
 
     @classmethod
-    def from_array(cls, array: np.ndarray) -> "CTFParams":
+    def from_array(cls, array: np.ndarray) -> CTFParams:
         """Inverse of :meth:`to_array`."""
         array = np.asarray(array, dtype=np.float64)
         return cls(**{name: array[:, i].copy() for i, name in enumerate(CTF_COLUMNS)})
@@ -135,7 +135,7 @@ class Poses:
     def __len__(self) -> int:
         return int(self.rotations.shape[0])
 
-    def subset(self, indices) -> "Poses":
+    def subset(self, indices) -> Poses:
         """The poses of the particles at ``indices``."""
         return Poses(self.rotations[indices], self.shifts_angstrom[indices])
 

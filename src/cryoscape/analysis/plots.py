@@ -6,8 +6,8 @@ through pyplot, so nothing depends on a display or on global figure state.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure

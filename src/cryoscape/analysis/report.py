@@ -16,9 +16,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure

@@ -9,9 +9,9 @@ float32 and ``pixel_size_angstrom`` (what :func:`cryoscape.models.load_run` retu
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 
-
 # everything `analyze-volumes` writes into OUT (--overwrite replaces these, stale ones included)
 OUTPUTS = ("vol_pcs.npy", "labels.npy", "sample_indices.npy", "mean.mrc", "pc_[0-9]*.mrc", "explained_variance.png",
            "vol_pca.png", "reference_cc.npy", "kmeans[0-9]*", "chimerax.cxc")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 
-
 # everything `chimerax-placement` writes into DIR (one TOMOGRAM.cxc per tomogram)
 OUTPUTS = ("*.cxc", "cluster_colors.txt", "cluster_distribution.csv", "cluster_distribution.png", "neighbours.csv",
            "neighbour_summary.csv")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 
-
 # everything `filter` writes into OUT (the subset's format depends on the input; tilt series add tomograms.star)
 OUTPUTS = ("indices.npy", "indices.txt", "particles.star", "particles.cs", "particles_optimisation_set.star",
            "tomograms.star")

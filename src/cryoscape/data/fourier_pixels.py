@@ -34,7 +34,7 @@ class FourierPixels:
     freqs: torch.Tensor
 
     @classmethod
-    def create(cls, D: int, radius_px: float | None = None) -> "FourierPixels":
+    def create(cls, D: int, radius_px: float | None = None) -> FourierPixels:
         half, mates, dc = hermitian_half(D, radius_px)
         index = torch.cat([half, mates, torch.tensor([dc])])
         freqs = freq_grid_2d(D).reshape(-1, 2)[index]

@@ -60,7 +60,7 @@ class CTFTensors:
     scale = _field(8, "scale factor")
 
     @classmethod
-    def of(cls, ctf) -> "CTFTensors":
+    def of(cls, ctf) -> CTFTensors:
         """``ctf`` itself, or a ``(..., 9)`` tensor/array in ``CTF_COLUMNS`` order as :class:`CTFTensors`."""
         if isinstance(ctf, cls):
             return ctf
@@ -68,12 +68,12 @@ class CTFTensors:
         return cls(values if values.is_floating_point() else values.float())
 
     @classmethod
-    def from_params(cls, params, dtype: torch.dtype = torch.float32) -> "CTFTensors":
+    def from_params(cls, params, dtype: torch.dtype = torch.float32) -> CTFTensors:
         """From :class:`cryoscape.metadata.CTFParams` (one row per particle or image): shape ``(N,)``."""
         return cls(torch.as_tensor(params.to_array(), dtype=dtype))
 
     @classmethod
-    def create(cls, **fields) -> "CTFTensors":
+    def create(cls, **fields) -> CTFTensors:
         """From named values (tensors or numbers broadcast to one shape); ``phase_shift``, ``bfactor`` default to
         0 and ``scale`` to 1."""
         fields = {"phase_shift": 0.0, "bfactor": 0.0, "scale": 1.0, **fields}
@@ -102,25 +102,25 @@ class CTFTensors:
     def __len__(self) -> int:
         return int(self.values.shape[0])
 
-    def __getitem__(self, index) -> "CTFTensors":
+    def __getitem__(self, index) -> CTFTensors:
         if isinstance(index, tuple) and any(i is Ellipsis for i in index):
             raise IndexError("CTFTensors: index the leading dimensions without '...'")
         return CTFTensors(self.values[index])
 
-    def to(self, *args, **kwargs) -> "CTFTensors":
+    def to(self, *args, **kwargs) -> CTFTensors:
         """As ``Tensor.to`` (device and/or dtype)."""
         return CTFTensors(self.values.to(*args, **kwargs))
 
-    def float(self) -> "CTFTensors":
+    def float(self) -> CTFTensors:
         return CTFTensors(self.values.float())
 
-    def reshape(self, *shape) -> "CTFTensors":
+    def reshape(self, *shape) -> CTFTensors:
         """New leading shape (``-1`` allowed)."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
             shape = tuple(shape[0])
         return CTFTensors(self.values.reshape(*shape, 9))
 
-    def gather(self, dim: int, index: torch.Tensor) -> "CTFTensors":
+    def gather(self, dim: int, index: torch.Tensor) -> CTFTensors:
         """``torch.gather`` along leading dimension ``dim`` with ``index`` of the leading shape's rank."""
         if dim < 0:
             dim += self.ndim

@@ -10,9 +10,9 @@ parent (the cryoSPARC project folder) or ``datadir``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -68,7 +68,7 @@ class ImageStack:
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_refs(cls, refs: Iterable[tuple[str | Path, int]], pixel_size_angstrom: float | None = None,
-                  lazy: bool = True) -> "ImageStack":
+                  lazy: bool = True) -> ImageStack:
         """Build from ``(stack path, 0-based index)`` pairs, in order."""
         refs = list(refs)
         names = [str(p) for p, _ in refs]
@@ -78,13 +78,13 @@ class ImageStack:
 
     @classmethod
     def from_paths_and_indices(cls, paths: Sequence[str | Path], indices, pixel_size_angstrom: float | None = None,
-                               lazy: bool = True) -> "ImageStack":
+                               lazy: bool = True) -> ImageStack:
         """Build from parallel arrays of per-image stack paths and 0-based indices (fast for large N)."""
         uniq, file_ids = np.unique(np.asarray([str(p) for p in paths], dtype=object), return_inverse=True)
         return cls(list(uniq), file_ids, indices, pixel_size_angstrom, lazy)
 
     @classmethod
-    def from_mrcs(cls, path: str | Path, lazy: bool = True, pixel_size_angstrom: float | None = None) -> "ImageStack":
+    def from_mrcs(cls, path: str | Path, lazy: bool = True, pixel_size_angstrom: float | None = None) -> ImageStack:
         """All images of one stack file, in file order."""
         info = read_header(path)
         n = info.n_images
@@ -92,7 +92,7 @@ class ImageStack:
 
     @classmethod
     def from_stacks(cls, paths: Sequence[str | Path], lazy: bool = True,
-                    pixel_size_angstrom: float | None = None) -> "ImageStack":
+                    pixel_size_angstrom: float | None = None) -> ImageStack:
         """All images of several stack files, concatenated in the given order."""
         file_ids, local = [], []
         for i, p in enumerate(paths):
@@ -105,7 +105,7 @@ class ImageStack:
 
     @classmethod
     def from_txt(cls, path: str | Path, lazy: bool = True, pixel_size_angstrom: float | None = None,
-                 datadir: str | Path | None = None) -> "ImageStack":
+                 datadir: str | Path | None = None) -> ImageStack:
         """Stacks listed one per line in a text file (relative paths: to the text file's folder or ``datadir``)."""
         path = Path(path)
         try:
@@ -211,7 +211,7 @@ class ImageStack:
             return self._loaded
         return self._read(np.arange(len(self)))
 
-    def load(self) -> "ImageStack":
+    def load(self) -> ImageStack:
         """A loaded (in-memory) copy of this stack."""
         if self._loaded is not None:
             return self
@@ -259,13 +259,13 @@ class ImageStack:
         return out
 
     # ---------------------------------------------------------------- subsets
-    def _derive(self, idx: np.ndarray, loaded: np.ndarray | None) -> "ImageStack":
+    def _derive(self, idx: np.ndarray, loaded: np.ndarray | None) -> ImageStack:
         new = ImageStack(self.files, self.file_ids[idx], self.local_indices[idx], self._pixel_size,
                          lazy=loaded is None, _loaded=loaded, _validated=True)
         new._infos = self._infos
         return new
 
-    def subset(self, indices) -> "ImageStack":
+    def subset(self, indices) -> ImageStack:
         """The images at ``indices`` (int array, slice or boolean mask), in that order, as a new ImageStack."""
         idx = np.arange(len(self))[indices]
         idx = np.atleast_1d(idx)

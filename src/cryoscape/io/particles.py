@@ -21,8 +21,7 @@ from cryoscape.io.imagestack import ImageStack
 from cryoscape.io.indices import read_indices, validate_indices
 from cryoscape.io.mrc import open_stack_for_writing
 from cryoscape.io.pkl import read_ctf_pkl, read_pose_pkl
-from cryoscape.io.star import StarParticles, format_image_names, read_star_particles, write_star, \
-    write_star_subset
+from cryoscape.io.star import StarParticles, format_image_names, read_star_particles, write_star, write_star_subset
 from cryoscape.metadata import CTFOverrides, CTFParams, Poses
 
 log = logging.getLogger(__name__)
@@ -79,7 +78,7 @@ class ParticleSet:
         """Box size in pixels."""
         return self.images.D
 
-    def subset(self, indices) -> "ParticleSet":
+    def subset(self, indices) -> ParticleSet:
         """The particles at ``indices`` (positions in this set), in that order."""
         idx = np.atleast_1d(np.arange(len(self))[indices])
         return replace(self, images=self.images.subset(idx),

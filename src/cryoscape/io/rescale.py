@@ -61,7 +61,7 @@ class RescaledImageStack(ImageStack):
     """An :class:`ImageStack` whose images have per-image pixel sizes and are read at one common pixel size."""
 
     @classmethod
-    def wrap(cls, base: ImageStack, source_pixel_sizes, pixel_size_angstrom: float) -> "RescaledImageStack":
+    def wrap(cls, base: ImageStack, source_pixel_sizes, pixel_size_angstrom: float) -> RescaledImageStack:
         """``base``'s images (``source_pixel_sizes[i]`` A/px each), read at ``pixel_size_angstrom`` A/px."""
         new = cls.__new__(cls)
         new.__dict__.update(base.__dict__)
@@ -91,7 +91,7 @@ class RescaledImageStack(ImageStack):
         idx = np.asarray(idx, dtype=np.int64)
         return self._rescale(idx, super()._read(idx))
 
-    def _derive(self, idx: np.ndarray, loaded: np.ndarray | None) -> "RescaledImageStack":
+    def _derive(self, idx: np.ndarray, loaded: np.ndarray | None) -> RescaledImageStack:
         plain = super()._derive(idx, loaded)
         new = RescaledImageStack.__new__(RescaledImageStack)
         new.__dict__.update(plain.__dict__)

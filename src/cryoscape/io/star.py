@@ -9,9 +9,9 @@ Image names ``"000123@path/stack.mrcs"`` are 1-based; cryoscape stores 0-based i
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd

@@ -25,8 +25,8 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from cryoscape.errors import OutputError
 from cryoscape.utils.diskspace import check_writable_location
