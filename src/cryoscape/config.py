@@ -265,7 +265,8 @@ class TrainConfig:
 @dataclass
 class RunConfig:
     """Everything needed to reproduce a run. Which options a family reads, and the checks across sections, are
-    the family's (``cryoscape.models.family.ModelFamily.validate``, called when a run starts)."""
+    the family's (``cryoscape.models.family.ModelFamily.validate``, called when a run starts).
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

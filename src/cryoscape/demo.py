@@ -50,7 +50,8 @@ class DemoSettings:
 
 def score_demo(z: np.ndarray, subunit: np.ndarray, hinge: np.ndarray, k: int = 8, seed: int = 0) -> dict:
     """Recovery scores of the demo's two kinds of heterogeneity (see the module docstring), computed by the
-    evaluation that ``analyze --truth`` runs (:func:`cryoscape.analysis.evaluate.evaluate_latents`)."""
+    evaluation that ``analyze --truth`` runs (:func:`cryoscape.analysis.evaluate.evaluate_latents`).
+    """
     from cryoscape.analysis.evaluate import _jsonable, evaluate_latents
 
     result = evaluate_latents(z, {"subunit": np.asarray(subunit), "coordinate": np.asarray(hinge)},
@@ -85,7 +86,8 @@ def scores_from_evaluation(evaluation: dict) -> dict:
 
 def format_scores(scores: dict) -> str:
     """What the demo prints: the scores, with the epoch, the k and the label set they were computed with (the same
-    numbers as the report's "Evaluation against ground truth")."""
+    numbers as the report's "Evaluation against ground truth").
+    """
     clusters = ", ".join(str(c) for c in scores["clusters_with_subunit"]) or "none"
     rho = scores["continuous_spearman"]
     epoch = f"epoch {scores['epoch']}" + (f" ({scores['epoch_reason']})" if scores.get("epoch_reason") else "")

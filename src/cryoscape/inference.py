@@ -21,7 +21,8 @@ def encode_particles(run_dir, output=None, epoch=None, particles=None, poses=Non
                      cs_alignments=None) -> np.ndarray:
     """Posterior means ``(N, zdim)`` of the run's particles (or of ``particles``); saved to ``output`` if given.
 
-    ``ctf_overrides`` / ``cs_alignments`` apply to ``particles`` (default: those the run was trained with)."""
+    ``ctf_overrides`` / ``cs_alignments`` apply to ``particles`` (default: those the run was trained with).
+    """
     from cryoscape.models.registry import get_family
 
     dev = select_device(device, DistInfo())

@@ -68,7 +68,8 @@ _STATE_FILE = re.compile(r"^state_(\d+)\.mrc$")
 
 def read_labels(path: str | Path, label_set: str = "state") -> dict[str, np.ndarray]:
     """Per-particle truth from a simulator ``labels.npz``: ``state`` (int) and/or ``coordinate`` (float), ``(M,)``,
-    and the discrete ``label_set`` (int) when it is another array (e.g. ``subunit``; then it must be there)."""
+    and the discrete ``label_set`` (int) when it is another array (e.g. ``subunit``; then it must be there).
+    """
     path = Path(path)
     wanted = ("state", "coordinate") + (() if label_set in ("state", "coordinate") else (label_set,))
     try:
@@ -254,7 +255,8 @@ def within_group_correlation(z: np.ndarray, coordinate: np.ndarray, groups: np.n
                              min_size: int = 10) -> dict:
     """``|Spearman rho|`` of each group's own PC1 (the latent itself for zdim = 1) with ``coordinate``, for the
     groups of ``groups`` ``(N,)`` with at least ``min_size`` particles and a varying coordinate; ``mean`` is
-    their average weighted by group size (``None`` without such a group)."""
+    their average weighted by group size (``None`` without such a group).
+    """
     from scipy.stats import spearmanr
 
     z = _as_latents(z)
@@ -403,7 +405,8 @@ def _summary(values) -> dict:
 def sample_images(true_states: np.ndarray, n_images: int | None = DEFAULT_N_IMAGES, seed: int = 0,
                   states=None) -> np.ndarray:
     """Sorted indices of ``n_images`` particles drawn uniformly without replacement (all if fewer, or ``None``)
-    among those whose state is in ``states`` (default all), with ``numpy.random.default_rng(seed)``."""
+    among those whose state is in ``states`` (default all), with ``numpy.random.default_rng(seed)``.
+    """
     true_states = np.asarray(true_states).ravel()
     pool = np.arange(true_states.size) if states is None else np.flatnonzero(np.isin(true_states, list(states)))
     if n_images is None or n_images >= pool.size:
@@ -452,7 +455,8 @@ def per_conformation_au_fsc(generator, z: np.ndarray, true_states: np.ndarray, g
                             gt_pixel_size_angstrom: float | None = None) -> dict:
     """CryoBench's per-conformation AU-FSC: one map per true state, generated at the mean latent of its particles,
     against that state's true map (:func:`au_fsc`, mask as in :func:`per_image_au_fsc`). Returns the summary over
-    states (``mean`` ...), ``n_states`` and ``per_state`` ``{state: AU-FSC}``."""
+    states (``mean`` ...), ``n_states`` and ``per_state`` ``{state: AU-FSC}``.
+    """
     z = _as_latents(z)
     true_states = np.asarray(true_states).ravel()
     states = [int(s) for s in np.unique(true_states) if int(s) in gt_maps]
@@ -519,7 +523,8 @@ def cryobench_metrics(z: np.ndarray, truth: Mapping[str, np.ndarray], generator=
                       batch_size: int = 8, gt_pixel_size_angstrom: float | None = None) -> dict:
     """The CryoBench metrics the truth allows: ``per_image_au_fsc``, ``per_conformation_au_fsc`` (need
     ``generator``, ``gt_maps`` and ``state``) and ``neighborhood_similarity`` (needs ``state`` or
-    ``coordinate``); ``not_computed`` ``{metric: reason}`` names the others."""
+    ``coordinate``); ``not_computed`` ``{metric: reason}`` names the others.
+    """
     states = truth.get("state")
     coordinate = truth.get("coordinate")
     if coordinate is not None and np.ptp(coordinate) == 0:

@@ -71,7 +71,8 @@ class LatentSet:
 
 def _resolve_latent_epoch(run_dir: Path, epoch: int | None = None) -> int:
     """``epoch`` if its latents exist; else ``RUN/best_epoch`` when its latents exist; else the last saved latents
-    (:meth:`cryoscape.rundir.RunDir.resolve_epoch` of the latents)."""
+    (:meth:`cryoscape.rundir.RunDir.resolve_epoch` of the latents).
+    """
     return RunDir(run_dir).resolve_epoch(epoch, of="latents")
 
 

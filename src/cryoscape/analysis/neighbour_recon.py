@@ -212,7 +212,8 @@ def reconstructor_from_run(run_dir, epoch: int | None = None, **kwargs) -> Neigh
 def write_neighbour_map(path, result: NeighbourMap, pixel_size_angstrom: float) -> list[Path]:
     """Write ``PATH.mrc`` (the map), ``PATH_half_a.mrc``, ``PATH_half_b.mrc`` and ``PATH_fsc.txt`` (frequency in
     1/A, FSC of the half maps; the header gives the resolution at 0.143, the neighbourhood sizes and kernel
-    widths), atomically."""
+    widths), atomically.
+    """
     from cryoscape.io.mrc import write_mrc
     from cryoscape.utils.atomic import atomic_path
 
@@ -244,7 +245,8 @@ def reconstruct_maps(run_dir, output, z=None, zfile=None, epoch: int | None = No
     """Latent-neighbour maps of a run at the points ``z`` (one point) or of ``zfile``, written as
     ``cryoscape eval-vol --reconstruct`` does: ``output`` itself (an ``.mrc`` path, one point) or
     ``output/vol_NNN.mrc`` and ``z_values.txt``, each map with its half maps and FSC
-    (:func:`write_neighbour_map`). ``kwargs`` go to :class:`NeighbourReconstructor`. Returns the map paths."""
+    (:func:`write_neighbour_map`). ``kwargs`` go to :class:`NeighbourReconstructor`. Returns the map paths.
+    """
     from cryoscape.inference import read_latent_file
     from cryoscape.utils.atomic import atomic_path
 

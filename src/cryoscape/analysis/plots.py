@@ -240,7 +240,8 @@ def plot_volume_gallery(vols: Sequence[np.ndarray], titles: Sequence[str] | None
 def plot_fsc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], pixel_size_angstrom: float = 1.0,
                     thresholds: Sequence[float] = (0.5, 0.143), legend_title: str | None = None) -> Figure:
     """FSC curves ``{name: (freqs cycles/pixel, curve)}`` against spatial frequency (1/A), with threshold lines;
-    every curve is named in the legend (``legend_title`` e.g. ``"12 of 50 states"`` when only some are drawn)."""
+    every curve is named in the legend (``legend_title`` e.g. ``"12 of 50 states"`` when only some are drawn).
+    """
     fig = Figure(figsize=(5.5, 3.8))
     ax = fig.add_subplot()
     for name, (freqs, curve) in curves.items():

@@ -110,7 +110,8 @@ def family_options(config: Mapping) -> dict:
 
 def config_section(config) -> Section:
     """Run summary: the configuration (a mapping, a dataclass such as ``RunConfig``, or a ``config.yaml`` path),
-    showing the options of the family that ran (:func:`family_options`)."""
+    showing the options of the family that ran (:func:`family_options`).
+    """
     if isinstance(config, (str, Path)):
         import yaml
 
@@ -187,7 +188,8 @@ def epoch_choice(run_dir, requested: int | None, epoch: int) -> str:
     """Why ``epoch`` of ``run_dir`` is the one analysed: ``"lowest validation loss"``, ``"validation loss within 2%
     of its lowest, at epoch 8"`` (``RUN/best_epoch``, see :func:`cryoscape.train.engine.select_best_epoch`),
     ``"last; no validation set"``, ``"chosen with --epoch"``, ... (``requested``: the epoch asked for, ``None`` for
-    the default)."""
+    the default).
+    """
     if requested is not None:
         return "chosen with --epoch"
     run_dir = Path(run_dir)
@@ -231,7 +233,8 @@ def run_selection_metric(run_dir: Path) -> str:
 def loss_section(metrics, epoch: int | None = None, epoch_reason: str | None = None,
                  metric: str = "val_loss") -> Section:
     """Training curves from ``metrics.csv`` (path or DataFrame), read for the user: which epoch is analysed
-    (``epoch``, ``epoch_reason``) and how the validation curve ``metric`` behaves (:func:`validation_summary`)."""
+    (``epoch``, ``epoch_reason``) and how the validation curve ``metric`` behaves (:func:`validation_summary`).
+    """
     df = plots.read_metrics(metrics) if isinstance(metrics, (str, Path)) else metrics
     sec = Section("Training and validation loss")
     if epoch is not None:
@@ -381,7 +384,8 @@ MAX_FSC_CURVES = 12  # curves drawn in the FSC figure (all states are in the tab
 
 def evaluation_section(result: Mapping) -> Section:
     """Evaluation against ground truth (the dict of :func:`cryoscape.analysis.evaluate.evaluate_run`), stated with
-    its epoch, its k and its label set."""
+    its epoch, its k and its label set.
+    """
     from cryoscape.analysis.evaluate import clustering_description
 
     sec = Section("Evaluation against ground truth")
@@ -502,7 +506,8 @@ def _anchor(i: int) -> str:
 
 def render_html(sections: Sequence[Section], title: str = "cryoscape analysis", image_src=None) -> str:
     """The HTML5 text of a report. ``image_src(section_index, figure_index, png_bytes) -> str`` gives each
-    ``<img>`` source (default: a base64 data URI)."""
+    ``<img>`` source (default: a base64 data URI).
+    """
     esc = html.escape
     if image_src is None:
         def image_src(_i, _j, data):

@@ -173,7 +173,8 @@ def nearest_neighbours(coordinates_angstrom: np.ndarray, tomograms, rotations: n
 def neighbour_summary(nn: dict, labels) -> pd.DataFrame:
     """Per cluster: particles, median and mean nearest-neighbour distance, the fraction whose neighbour is in the
     same cluster, and the mean neighbour direction (unit vector) with its resultant length (1: always the same
-    direction, ~0: no preferred direction)."""
+    direction, ~0: no preferred direction).
+    """
     labels = np.asarray(labels, dtype=np.int64)
     rows = []
     for c in range(int(labels.max()) + 1):

@@ -104,7 +104,8 @@ def _write(args, generator, z, rows, mask, ref, out) -> None:
 
 def _write_cluster_maps(result, rows, apix: float, out) -> None:
     """OUT/kmeansK/: the centre map and the mean map of every volume-space cluster, sizes, centre rows, and
-    OUT/chimerax.cxc."""
+    OUT/chimerax.cxc.
+    """
     import numpy as np
 
     from cryoscape.analysis.analyze import chimerax_script

@@ -36,7 +36,8 @@ def prepare_all(prepare: Callable[[np.ndarray], torch.Tensor], n_rows: int, row_
 
 def ctf_premultiplied_flag(particles, has_ctf: bool, log) -> bool:
     """``particles.ctf_premultiplied`` (False when absent), logged once when set; CTF-premultiplied images without
-    CTF parameters are refused (the model could not undo the premultiplication)."""
+    CTF parameters are refused (the model could not undo the premultiplication).
+    """
     premultiplied = bool(getattr(particles, "ctf_premultiplied", False))
     if premultiplied:
         if not has_ctf:

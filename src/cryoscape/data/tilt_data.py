@@ -94,7 +94,8 @@ class TiltSeriesData(PreparedData):
 
     def image_grid(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Image rows ``(B, T)`` of the particles at ``indices`` (padded with each particle's first image) and the
-        ``(B, T)`` bool mask of real images; ``T`` is the largest tilt count among them."""
+        ``(B, T)`` bool mask of real images; ``T`` is the largest tilt count among them.
+        """
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=self.device)
         counts = self.counts[idx]
         T = int(counts.max()) if idx.numel() else 0

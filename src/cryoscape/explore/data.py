@@ -154,7 +154,8 @@ def metadata_columns(particles, rows: np.ndarray, limit: int = MAX_METADATA_COLU
 
 def _find_analysis(run_dir: Path, epoch: int, k: int | None) -> tuple[np.ndarray | None, str, np.ndarray | None]:
     """``(labels, source, umap)`` from the analysis of ``epoch`` (the latest that ``analyze`` recorded in
-    ``RUN/analyses.txt``, else ``RUN/analysis/epoch_NNN``) where present (``None`` otherwise)."""
+    ``RUN/analyses.txt``, else ``RUN/analysis/epoch_NNN``) where present (``None`` otherwise).
+    """
     from cryoscape.analysis.selection import find_kmeans_labels
 
     base = run_dir / "analysis" / f"epoch_{epoch:03d}"

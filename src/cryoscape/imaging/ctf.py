@@ -75,7 +75,8 @@ class CTFTensors:
     @classmethod
     def create(cls, **fields) -> CTFTensors:
         """From named values (tensors or numbers broadcast to one shape); ``phase_shift``, ``bfactor`` default to
-        0 and ``scale`` to 1."""
+        0 and ``scale`` to 1.
+        """
         fields = {"phase_shift": 0.0, "bfactor": 0.0, "scale": 1.0, **fields}
         missing = [n for n in CTF_FIELDS if n not in fields]
         if missing:

@@ -86,7 +86,8 @@ class CSParticles:
 
     def has_poses(self) -> bool:
         """Whether the chosen alignment set has poses; also True when the default ``alignments3D`` is missing but
-        other 3-D sets exist (:meth:`poses` then names them)."""
+        other 3-D sets exist (:meth:`poses` then names them).
+        """
         if f"{self.alignments}/pose" in self.fields or self.alignments != "alignments3D":
             return True  # a set chosen by name must exist: poses() says which ones do
         return bool(self.alignment_sets)

@@ -117,7 +117,8 @@ def _without_amplifying_bfactors(ctf: CTFParams, path: Path) -> CTFParams:
 
 def _common_pixel_size(source, images: ImageStack, apix: float | None, path: Path):
     """``(images, pixel size)``: one pixel size for a set whose optics groups may have several (see
-    :func:`load_particles`)."""
+    :func:`load_particles`).
+    """
     own = source.file_pixel_size_angstrom
     if own is None or not len(source) or np.allclose(own, own[0], rtol=1e-4):
         return images, (float(source.pixel_size_angstrom[0]) if len(source) else None)

@@ -101,7 +101,8 @@ class RescaledImageStack(ImageStack):
 
 def mixed_within_a_stack(stack_paths, pixel_sizes) -> tuple[str, list[float]] | None:
     """``(stack, its pixel sizes)`` for the first stack whose particles claim different pixel sizes, else None
-    (one stack has one pixel size, so such a file cannot be resampled group by group)."""
+    (one stack has one pixel size, so such a file cannot be resampled group by group).
+    """
     stacks = np.asarray(stack_paths, dtype=object)
     sizes = np.asarray(pixel_sizes, dtype=np.float64)
     uniq, inverse = np.unique(stacks, return_inverse=True)

@@ -211,7 +211,8 @@ _TILT_SERIES_HINT = ("tilt-series sets are read by `cryoscape train --model tomo
 
 def tilt_series_kind(blocks: dict) -> str | None:
     """``'optimisation_set'`` (RELION 5 / WarpTools ``*_optimisation_set.star``), ``'particles'`` (the particle file
-    of such a set: a 2-D tilt stack per particle, ``rlnTomoName``, image names without ``@``), else None."""
+    of such a set: a 2-D tilt stack per particle, ``rlnTomoName``, image names without ``@``), else None.
+    """
     for block in blocks.values():
         keys = block.keys() if isinstance(block, dict) else block.columns
         if "rlnTomoParticlesFile" in keys or "rlnTomoTomogramsFile" in keys:
@@ -281,7 +282,8 @@ def _parse_image_names(names: pd.Series, path: Path) -> tuple[np.ndarray, np.nda
 def _pixel_sizes(sp: StarParticles) -> np.ndarray | None:
     """Per-particle pixel size in A, as RELION reads it: ``rlnImagePixelSize`` (3.1+), else 3.0's
     ``rlnDetectorPixelSize`` (um) x 10^4 / ``rlnMagnification``; a lone ``rlnDetectorPixelSize`` (no magnification,
-    as tomoDRGN writes 3.0 tables) is the pixel size in A."""
+    as tomoDRGN writes 3.0 tables) is the pixel size in A.
+    """
     if sp.has("rlnImagePixelSize"):
         return sp.values("rlnImagePixelSize")
     if sp.has("rlnDetectorPixelSize") and sp.has("rlnMagnification"):

@@ -91,7 +91,8 @@ def load_tilt_series(path: str | Path, fmt: str = "auto", datadir=None, apix: fl
     """Read a tilt-series particle set; ``fmt``: ``'auto'`` (by content), ``'imageseries'``, ``'optimisation_set'``.
 
     ``ctf_overrides`` (:class:`cryoscape.metadata.CTFOverrides`: ``--kv/--cs/--amp-contrast/--ps``) replace the
-    file's optics values (and fill in those an image-series STAR lacks)."""
+    file's optics values (and fill in those an image-series STAR lacks).
+    """
     if fmt not in FORMATS:
         raise InputError(f"unknown tilt-series format {fmt!r}; choose one of {', '.join(FORMATS)}")
     kind = detect_format(path) if fmt == "auto" else fmt

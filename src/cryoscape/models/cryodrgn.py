@@ -80,7 +80,8 @@ class CryoDRGN(FamilyModel):
     # -- the forward model -------------------------------------------------------------------------
     def encode(self, y: torch.Tensor, ctf_values: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``y``: ``(B, P)`` normalised Hartley pixels -> ``(mu, logvar)``, each ``(B, zdim)``; images are
-        phase-flipped by the CTF sign unless they are CTF-premultiplied (then already sign-free)."""
+        phase-flipped by the CTF sign unless they are CTF-premultiplied (then already sign-free).
+        """
         if self.encoder is None:
             raise RuntimeError("a homogeneous model (zdim 0) has no encoder")
         x = y if ctf_values is None or self.ctf_premultiplied else y * torch.sign(ctf_values)
@@ -203,7 +204,8 @@ class CryoDRGN(FamilyModel):
 
     def generate_volumes(self, z: np.ndarray | None, batch_size: int = 1) -> np.ndarray:
         """Volumes ``(n, D, D, D)`` float32 for latents ``z`` ``(n, zdim)`` (``None`` -> the one homogeneous map),
-        decoded ``batch_size`` latents at a time."""
+        decoded ``batch_size`` latents at a time.
+        """
         if z is None or self.zdim == 0:
             return self.generate_volume(None).cpu().numpy()[None].astype(np.float32)
         return volumes_in_batches(z, self.zdim, batch_size, self.generate_volume_batch, self.D)

@@ -8,7 +8,8 @@ from torch import nn
 
 def activation_layer(name: str, inplace: bool = False) -> nn.Module:
     """``relu`` or ``leaky_relu``; ``inplace`` overwrites its input (safe after a linear layer, whose backward
-    pass does not need its own output), saving one activation-sized allocation per layer."""
+    pass does not need its own output), saving one activation-sized allocation per layer.
+    """
     return nn.LeakyReLU(0.2, inplace=inplace) if name == "leaky_relu" else nn.ReLU(inplace=inplace)
 
 
@@ -48,5 +49,6 @@ class ResidualMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(..., in_dim)`` -> ``(..., out_dim)`` (leading dimensions folded into one row dimension, so
-        that the in-place activations act on matmul outputs rather than on views of them)."""
+        that the in-place activations act on matmul outputs rather than on views of them).
+        """
         return self.net(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)

@@ -51,7 +51,8 @@ def default_templateres(D: int) -> int:
 
 def kl_divergence_logstd(mu: torch.Tensor, logstd: torch.Tensor) -> torch.Tensor:
     """``KL(N(mu, exp(logstd)^2) || N(0, I))`` per row, ``(B,)``, for ``mu``, ``logstd`` ``(B, zdim)``
-    (:func:`cryoscape.models.vae.gaussian_kl` with ``logvar = 2 logstd``)."""
+    (:func:`cryoscape.models.vae.gaussian_kl` with ``logvar = 2 logstd``).
+    """
     return gaussian_kl(mu, 2.0 * logstd)
 
 
@@ -59,7 +60,8 @@ def render_images(volumes: torch.Tensor, rotations: torch.Tensor, ctf: torch.Ten
                   pixel_size_angstrom: float, ctf_premultiplied: bool = False) -> torch.Tensor:
     """Real-space projections ``(B, D, D)`` of ``volumes`` ``(B, D, D, D)`` at RELION poses ``(B, 3, 3)``,
     multiplied by the CTF (:class:`CTFTensors` ``(B,)``, ``None``: no CTF) in Fourier space, or by ``CTF^2`` for
-    CTF-premultiplied images."""
+    CTF-premultiplied images.
+    """
     proj = project_real(volumes, rotations)
     if ctf is None:
         return proj
@@ -129,7 +131,8 @@ class OpusDSD(FamilyModel):
     def augment(self, y: torch.Tensor) -> torch.Tensor:
         """Random contrast and brightness of encoder inputs ``(B, D, D)``, scaled by the running SNR estimate:
         ``y * (1 + 0.3 s (u - 0.5)) + 0.2 s n`` with ``s = sqrt(min(snr, 1))``, ``u ~ U(0, 1)``, ``n ~ N(0, 1)``
-        per image."""
+        per image.
+        """
         s = torch.sqrt(self.snr_ema.clamp(0.0, 1.0)).to(y.dtype)
         B = y.shape[0]
         u = torch.rand(B, 1, 1, device=y.device, dtype=y.dtype)
@@ -205,7 +208,8 @@ class OpusDSD(FamilyModel):
 
     def disentanglement_prior(self, mu: torch.Tensor, index: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Intra-class attraction/repulsion within the batch plus inter-class attraction/repulsion against the
-        memory bank (codes of the batch's classes excluded); scalar."""
+        memory bank (codes of the batch's classes excluded); scalar.
+        """
         att, rep = intra_class_prior(mu, self.knn_intra)
         samples = self.bank.sample_other_classes(torch.unique(classes), self.n_samples)
         query = self.bank.lookup(index, mu)
@@ -216,7 +220,8 @@ class OpusDSD(FamilyModel):
     def finish_step(self, gather_rows=None) -> None:
         """After a training step: update the memory bank with the step's codes (of every process:
         ``gather_rows(*tensors)`` concatenates rows over the processes; ``None``: this process only), the image
-        counter and the SNR estimate. Nothing if no training step ran since the last call."""
+        counter and the SNR estimate. Nothing if no training step ran since the last call.
+        """
         pending, self._pending = self._pending, None
         if pending is None:
             return
@@ -246,7 +251,8 @@ class OpusDSD(FamilyModel):
 # -- family hooks: mask file, channel widths -------------------------------------------------------------------
 def load_volume_mask(path, D: int) -> torch.Tensor:
     """A solvent mask MRC as a ``(D, D, D)`` float32 tensor in ``[0, 1]`` (trilinear resampling if its box differs;
-    the mask is assumed to span the same physical box as the images)."""
+    the mask is assumed to span the same physical box as the images).
+    """
     import torch.nn.functional as nnf
 
     from cryoscape.errors import InputError
@@ -268,7 +274,8 @@ CPU_CHANNEL_SCALE = 0.25  # default --channel-scale on a CPU (docs/opus-dsd.md: 
 
 def resolve_channel_scale(channel_scale: float | None, device=None) -> float:
     """``channel_scale`` if given; else 1.0 (the paper's widths) on a CUDA device and :data:`CPU_CHANNEL_SCALE`
-    on a CPU (``device`` ``None``: CUDA if available)."""
+    on a CPU (``device`` ``None``: CUDA if available).
+    """
     if channel_scale is not None:
         return float(channel_scale)
     if device is None:
@@ -295,7 +302,8 @@ class OpusDSDFamily(ModelFamily):
 
     def resolve_defaults(self, config, device):
         """The config with device-dependent defaults filled in (``channel_scale`` None: 1 on CUDA, 0.25 on a
-        CPU), logged; ``config.yaml`` records the resolved value."""
+        CPU), logged; ``config.yaml`` records the resolved value.
+        """
         import dataclasses
         import logging
 

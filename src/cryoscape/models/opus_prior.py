@@ -151,7 +151,8 @@ class MemoryBank(nn.Module):
 
     def sample_other_classes(self, exclude: torch.Tensor, n_samples: int) -> torch.Tensor:
         """Up to ``n_samples`` filled codes ``(M, zdim)`` whose class is not in ``exclude``, drawn without
-        replacement (uniformly over particles, i.e. classes in proportion to their size)."""
+        replacement (uniformly over particles, i.e. classes in proportion to their size).
+        """
         ok = self.filled & ~torch.isin(self.classes, exclude.to(self.classes))
         idx = torch.nonzero(ok).squeeze(1)
         if idx.numel() > n_samples:

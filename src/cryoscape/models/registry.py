@@ -1,5 +1,6 @@
 """The registered model families (``--model``): one :class:`cryoscape.models.family.ModelFamily` per family
-module. The contract and its defaults are in ``models.family``; this module only registers."""
+module. The contract and its defaults are in ``models.family``; this module only registers.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (CryoDRGNFamily(), OpusDS
 
 def with_family_defaults(config: RunConfig) -> RunConfig:
     """``config`` with the training values it leaves unset (``batch_size``, ``lr`` = ``None``) taken from its
-    family's defaults (:meth:`ModelFamily.with_defaults`); values that are set are kept."""
+    family's defaults (:meth:`ModelFamily.with_defaults`); values that are set are kept.
+    """
     return get_family(config.model.family).with_defaults(config)
 
 

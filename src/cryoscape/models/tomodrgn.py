@@ -107,7 +107,8 @@ def pack_masked(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
 
 def unpack_masked(packed: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`pack_masked`: ``(B, L, C)`` with zeros at the positions that were not packed
-    (differentiable with respect to ``packed``)."""
+    (differentiable with respect to ``packed``).
+    """
     padded = torch.cat([packed, packed.new_zeros(packed.shape[0], 1, packed.shape[-1])], dim=1)
     return torch.gather(padded, 1, slot[..., None].expand(-1, -1, packed.shape[-1]))
 
@@ -193,7 +194,8 @@ class TomoDRGN(FamilyModel):
 
     def encode(self, y: torch.Tensor, ctf_values: torch.Tensor, mask: torch.Tensor):
         """``y`` ``(B, n, P)`` -> ``(mu, logvar)`` ``(B, zdim)`` each (images phase-flipped by the CTF sign, unless
-        CTF-premultiplied)."""
+        CTF-premultiplied).
+        """
         B, n, P = y.shape
         x = y if self.ctf_premultiplied else y * torch.sign(ctf_values)
         h = self.encoder_a(x.reshape(B * n, P)).reshape(B, n, -1)
@@ -214,7 +216,8 @@ class TomoDRGN(FamilyModel):
 
     def render(self, rot: torch.Tensor, z: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor:
         """Hartley values ``(B, n, P)`` of the central slices at ``rot`` ``(B, n, 3, 3)``, decoding only ``keep``
-        ``(B, n, M + 1)`` points of the whole batch in one call (zeros elsewhere)."""
+        ``(B, n, M + 1)`` points of the whole batch in one call (zeros elsewhere).
+        """
         B, n = rot.shape[:2]
         Q = self.points.shape[0]
         q = central_slice_coords(rot.reshape(B * n, 3, 3), self.points).reshape(B, n * Q, 3)
@@ -294,7 +297,8 @@ class TomoDRGNFamily(ModelFamily):
                        reader_options=None):
         """``(TiltSeriesSet, indices into the file's particles)`` of ``config.data`` (or of another ``path``);
         ``--ind`` is applied to the run's own particles when ``apply_ind``. Poses and CTF come from the STAR
-        file (``poses``, ``ctf``, ``reader_options`` are not read; the run's CTF overrides apply)."""
+        file (``poses``, ``ctf``, ``reader_options`` are not read; the run's CTF overrides apply).
+        """
         from cryoscape.errors import InputError
         from cryoscape.io.indices import read_particle_indices
         from cryoscape.io.tilt_series import load_tilt_series

@@ -166,7 +166,8 @@ def states_from_atomic(paths, D: int, pixel_size_angstrom: float, resolution_ang
 
 def parse_selection(text: str) -> tuple[str, int | None, int | None]:
     """``"B"`` (a whole chain) or ``"B:10-40"`` (residues 10 to 40 of chain B, inclusive) as
-    ``(chain, first, last)`` (``None`` for a whole chain)."""
+    ``(chain, first, last)`` (``None`` for a whole chain).
+    """
     chain, _, rng = str(text).partition(":")
     if not chain:
         raise InputError(f"bad selection {text!r}", hint="give a chain (B) or a chain and residues (B:10-40)")
@@ -198,7 +199,8 @@ def select_atoms(chains: np.ndarray, residues: np.ndarray, selection: str, path=
 
 def rotate_atoms(coords: np.ndarray, moving: np.ndarray, axis_point, axis_direction, angle_deg: float) -> np.ndarray:
     """Rotate the atoms ``coords[moving]`` by ``angle_deg`` (right-handed about ``axis_direction``) about the axis
-    through ``axis_point`` (Angstrom); the other atoms are returned unchanged (a copy)."""
+    through ``axis_point`` (Angstrom); the other atoms are returned unchanged (a copy).
+    """
     from scipy.spatial.transform import Rotation
 
     u = np.asarray(axis_direction, dtype=np.float64)
@@ -214,7 +216,8 @@ def rotate_atoms(coords: np.ndarray, moving: np.ndarray, axis_point, axis_direct
 
 def motion_coordinates(coords: np.ndarray, moving: np.ndarray, axis_points, angles_deg) -> list[np.ndarray]:
     """Atom coordinates ``(n, 3)`` at each angle of ``angles_deg``, rotating ``coords[moving]`` about the axis
-    from ``axis_points[0]`` to ``axis_points[1]`` (Angstrom, the model's frame)."""
+    from ``axis_points[0]`` to ``axis_points[1]`` (Angstrom, the model's frame).
+    """
     a, b = np.asarray(axis_points, dtype=np.float64).reshape(2, 3)
     return [rotate_atoms(coords, moving, a, b - a, float(t)) for t in angles_deg]
 

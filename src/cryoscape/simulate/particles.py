@@ -94,7 +94,8 @@ def form_images(
 
 def premultiply_by_ctf(images: np.ndarray, ctf, pixel_size_angstrom: float, device: str = "cpu") -> np.ndarray:
     """``CTF x image`` of real-space images ``(B, D, D)`` (CTF parameters ``(B, 9)``, applied on the centred
-    spectrum), as RELION / WarpTools write CTF-premultiplied images; float32 ``(B, D, D)``."""
+    spectrum), as RELION / WarpTools write CTF-premultiplied images; float32 ``(B, D, D)``.
+    """
     x = torch.as_tensor(np.asarray(images, dtype=np.float32), device=device)
     c = ctf_image(x.shape[-1], pixel_size_angstrom, torch.as_tensor(ctf).to(device=device, dtype=x.dtype))
     return ifft2_centered(fft2_centered(x) * c).real.cpu().numpy().astype(np.float32)
@@ -124,7 +125,8 @@ def draw_ctf(
     amplitude_contrast: float = 0.1,
 ) -> CTFParams:
     """Random CTF parameters: mean defocus uniform in ``defocus_range_um``, ``dfU - dfV`` uniform in
-    ``[0, astigmatism_um]``, astigmatism angle uniform in ``[0, 180)`` degrees (B-factor 0, scale 1)."""
+    ``[0, astigmatism_um]``, astigmatism angle uniform in ``[0, 180)`` degrees (B-factor 0, scale 1).
+    """
     lo, hi = defocus_range_um
     mean = rng.uniform(lo, hi, n) * 1e4
     spread = rng.uniform(0.0, astigmatism_um, n) * 1e4

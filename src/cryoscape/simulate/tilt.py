@@ -188,7 +188,8 @@ def draw_tilt_metadata(n: int, states: StateSet, seed: int, tilts_deg: np.ndarra
 
 def _padded_spectrum(volume: torch.Tensor, oversample: int = 2) -> torch.Tensor:
     """Centred 3-D spectrum of the volume zero-padded to ``oversample * D``, gridding-corrected for trilinear
-    slicing (as :func:`cryoscape.imaging.projection.project_fourier` with ``gridding_correction=True``)."""
+    slicing (as :func:`cryoscape.imaging.projection.project_fourier` with ``gridding_correction=True``).
+    """
     D = volume.shape[-1]
     Dp = oversample * D
     i = torch.arange(D, device=volume.device, dtype=volume.dtype) - D // 2

@@ -63,7 +63,8 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device | str = "cpu
 
 def all_gather_rows(info: DistInfo, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Concatenate ``tensors`` (equal first dimension within a process, any between processes) over all processes
-    in rank order; identity when single-process."""
+    in rank order; identity when single-process.
+    """
     if not info.enabled:
         return tensors
     world = info.world_size

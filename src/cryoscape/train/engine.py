@@ -65,7 +65,8 @@ _batches = split_batches  # (kept under the engine's old names)
 
 def amp_dtype(device: torch.device):
     """Mixed-precision type for ``--amp``: bfloat16 where supported (CUDA, CPUs with AVX-512 BF16/AMX), else
-    float16 on CUDA; ``None`` (float32) on CPUs without fast bfloat16."""
+    float16 on CUDA; ``None`` (float32) on CPUs without fast bfloat16.
+    """
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
@@ -81,7 +82,8 @@ ESTIMATE_AFTER_SECONDS = 10.0  # ... or earlier, once two batches or more have t
 def selection_metric(family: str) -> str:
     """The validation column whose minimum chooses ``RUN/best_epoch``: the family's ``selection_metric``
     (``val_loss`` by default; OPUS-DSD: ``val_recon``, its loss weights being annealed); ``val_loss`` for an
-    unknown family."""
+    unknown family.
+    """
     if family:
         from cryoscape.models.registry import get_family
 
@@ -371,7 +373,8 @@ class Engine:
 
     def write_best_epoch(self) -> int | None:
         """Write ``RUN/best_epoch`` (main process): :func:`select_best_epoch` of the checkpointed epochs by
-        ``self.selection_metric``; nothing without a validation set. Returns the epoch chosen."""
+        ``self.selection_metric``; nothing without a validation set. Returns the epoch chosen.
+        """
         best = select_best_epoch(self.state.history, self.run.completed_epochs(), self.selection_metric)
         if best is not None and self.info.is_main:
             self.run.write_best_epoch(best)

@@ -47,7 +47,8 @@ def split_positions(n: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.
 
 def load_training_particles(config: RunConfig):
     """The particle set named by ``config.data`` (with ``--ind`` applied) and the original indices: the family's
-    :meth:`~cryoscape.models.family.ModelFamily.load_particles` (tomoDRGN reads its tilt series)."""
+    :meth:`~cryoscape.models.family.ModelFamily.load_particles` (tomoDRGN reads its tilt series).
+    """
     return get_family(config.model.family).load_particles(config)
 
 

@@ -165,7 +165,8 @@ def estimate_checkpoint_bytes(model, optimizer_slots: int = 2) -> int:
 
 def estimate_training_bytes(checkpoint_bytes: int, n_checkpoints: int, n_particles: int, zdim: int) -> int:
     """Bytes a training run will write: its epoch checkpoints, the latents saved with each, ``interrupted.pt``
-    and the small files (config, log, metrics)."""
+    and the small files (config, log, metrics).
+    """
     latent_bytes = 4 * int(n_particles) * int(zdim) + 128 if zdim else 0
     return int(n_checkpoints * (checkpoint_bytes + latent_bytes) + checkpoint_bytes + _SMALL_FILES_BYTES)
 
