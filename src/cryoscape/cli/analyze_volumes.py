@@ -3,7 +3,8 @@
 Generates the map of a k-means sketch of the latent space (or of every particle with --all), optionally correlates
 each with a reference map, then runs PCA on the (masked) maps as voxel vectors, UMAP of the principal components
 and k-means. Writes OUT/vol_pcs.npy, OUT/explained_variance.png, OUT/vol_pca.png, OUT/labels.npy (per sampled map),
-OUT/sample_indices.npy (latent rows sampled), OUT/mean.mrc, OUT/pc_001.mrc ..., and OUT/reference_cc.npy with --reference.
+OUT/sample_indices.npy (latent rows sampled), OUT/mean.mrc, OUT/pc_001.mrc ..., and OUT/reference_cc.npy with
+--reference.
 Per-cluster maps of the k-means clusters in volume space go to OUT/kmeansK/: vol_001.mrc ... (the generated map
 nearest each cluster centre), mean_001.mrc ... (the voxel-wise mean of the cluster's maps), sizes.txt and
 centers_ind.txt (latent rows of the centre maps); OUT/chimerax.cxc opens the centre maps in ChimeraX.

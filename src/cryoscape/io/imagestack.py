@@ -1,7 +1,8 @@
 """ImageStack: particle images referenced as (stack file, 0-based index) over one or many MRC stacks.
 
 Lazy stacks read only the requested images, with positioned reads (``io.stack_reader``; a bounded number of
-files is kept open), loaded stacks hold one float32 array. Reads are grouped per file and returned in the requested order.
+files is kept open), loaded stacks hold one float32 array. Reads are grouped per file and returned in the requested
+order.
 Every image that is read is checked for NaN/Inf.
 """
 

@@ -71,6 +71,7 @@ def load_run(run_dir: str | Path, epoch: int | None = None, device: str | torch.
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise InputError(f"checkpoint does not fit the model in config.yaml ({str(exc).splitlines()[0]})", path) from exc
+        reason = str(exc).splitlines()[0]
+        raise InputError(f"checkpoint does not fit the model in config.yaml ({reason})", path) from exc
     model.to(device).eval()
     return TrainedModel(run_dir=run_dir, epoch=epoch, config=config, model=model, build=dict(state["build"]))

@@ -30,7 +30,8 @@ class ResidualLinear(nn.Module):
 
 
 class ResidualMLP(nn.Module):
-    """``Linear(in, hidden)`` + act, ``n_hidden_layers`` x [residual ``Linear(hidden, hidden)`` + act], ``Linear(hidden, out)``.
+    """``Linear(in, hidden)`` + act, ``n_hidden_layers`` x [residual ``Linear(hidden, hidden)`` + act],
+    ``Linear(hidden, out)``.
 
     This is the layer layout of cryoDRGN's encoders and decoders, so ``--enc-layers 3 --enc-dim 256`` means the
     same network in both programs.
