@@ -80,6 +80,7 @@ class ModelConfig:
     zdim: int = 8
 
     def __new__(cls, *args, **kwargs):
+        """Allocate the section; ``ModelConfig(...)`` itself allocates the subclass of its ``family``."""
         if cls is ModelConfig:
             family = kwargs.get("family", args[0] if args else "cryodrgn")
             cls = model_config_class(family)

@@ -128,7 +128,7 @@ def generate_maps(run_dir, output, z=None, zfile=None, epoch=None, box=None, api
     output = Path(output)
     single = len(vols) == 1 and output.suffix == ".mrc"
     paths = [output] if single else [output / f"vol_{i + 1:03d}.mrc" for i in range(len(vols))]
-    for vol, path in zip(vols, paths):
+    for vol, path in zip(vols, paths, strict=True):
         out, voxel = postprocess_map(vol, trained.pixel_size_angstrom, box, flip, invert, lowpass_angstrom)
         write_mrc(path, out, voxel_size_angstrom=apix or voxel)
     if not single and points is not None:

@@ -192,7 +192,7 @@ def majority_label_scores(cluster_labels: np.ndarray, true_labels: np.ndarray, r
     scores = {
         "accuracy": float(np.mean(found == true)),
         "ari": float(adjusted_rand_score(true, found)),
-        "cluster_label": {int(c): int(lab) for c, lab in zip(clusters, label_of)},
+        "cluster_label": {int(c): int(lab) for c, lab in zip(clusters, label_of, strict=True)},
     }
     return (scores, found) if return_found else scores
 
@@ -220,7 +220,7 @@ def cluster_entropy(cluster_labels: np.ndarray, true_labels: np.ndarray, base: f
     return {
         "mean": float(per.mean()),
         "weighted_mean": float((per * sizes).sum() / sizes.sum()),
-        "per_cluster": {int(c): float(h) for c, h in zip(clusters, per)},
+        "per_cluster": {int(c): float(h) for c, h in zip(clusters, per, strict=True)},
         "uniform": float(math.log(len(states)) / math.log(base)),
         "marginal": entropy(true),
         "base": float(base),
@@ -273,7 +273,7 @@ def within_group_correlation(z: np.ndarray, coordinate: np.ndarray, groups: np.n
         per[int(g)] = abs(float(spearmanr(pc1, c[sel]).statistic))
         sizes.append(int(sel.sum()))
     mean = float(np.average(list(per.values()), weights=sizes)) if per else None
-    return {"mean": mean, "per_group": per, "sizes": dict(zip(per, sizes))}
+    return {"mean": mean, "per_group": per, "sizes": dict(zip(per, sizes, strict=True))}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -351,7 +351,7 @@ def map_scores(generator, z: np.ndarray, true_states: np.ndarray, gt_maps: Mappi
     map_states = sorted(gt)
     masks = {s: (auto_mask(gt[s], pixel_size) if mask == "auto" else None) for s in map_states}
     result = {"pixel_size_angstrom": pixel_size, "map_states": map_states, "states": {}}
-    for s, vol in zip(states, vols):
+    for s, vol in zip(states, vols, strict=True):
         result["states"][s] = _fsc_summary(vol, gt[s], pixel_size, masks[s])
     result["correlation_matrix"] = [[map_correlation(v, gt[s]) for s in map_states] for v in vols]
     result["correlation_matrix_rows"] = states
@@ -360,7 +360,7 @@ def map_scores(generator, z: np.ndarray, true_states: np.ndarray, gt_maps: Mappi
         cmat = np.array([[map_correlation(v, gt[s]) for s in map_states] for v in cvols])
         result["center_correlation_matrix"] = cmat.tolist()
         result["centers"] = {}
-        for c, (v, row) in enumerate(zip(cvols, cmat)):
+        for c, (v, row) in enumerate(zip(cvols, cmat, strict=True)):
             s = (matching or {}).get(c)
             s = int(map_states[int(np.nanargmax(row))]) if s is None or s not in gt else int(s)
             result["centers"][c] = {"state": s, **_fsc_summary(v, gt[s], pixel_size, masks[s])}
@@ -443,7 +443,7 @@ def per_image_au_fsc(generator, z: np.ndarray, true_states: np.ndarray, gt_maps:
         if gt is None:
             gt = _prepare_gt(gt_maps, vols.shape[-1], pixel_size, gt_pixel_size_angstrom)
             masks = _state_masks(gt, pixel_size, mask)
-        for i, vol in zip(sel, vols):
+        for i, vol in zip(sel, vols, strict=True):
             s = int(true_states[i])
             values.append(au_fsc(vol, gt[s], masks[s]))
     return {**_summary(values), "n_images": int(idx.size), "seed": int(seed), "mask": mask or "none",
@@ -467,7 +467,7 @@ def per_conformation_au_fsc(generator, z: np.ndarray, true_states: np.ndarray, g
     pixel_size = float(generator.pixel_size_angstrom)
     gt = _prepare_gt(gt_maps, vols.shape[-1], pixel_size, gt_pixel_size_angstrom)
     masks = _state_masks(gt, pixel_size, mask)
-    per = {s: au_fsc(v, gt[s], masks[s]) for s, v in zip(states, vols)}
+    per = {s: au_fsc(v, gt[s], masks[s]) for s, v in zip(states, vols, strict=True)}
     return {**_summary(list(per.values())), "n_states": len(states), "mask": mask or "none", "per_state": per}
 
 
@@ -477,7 +477,8 @@ def neighborhood_similarity(z: np.ndarray, true_states: np.ndarray | None = None
     """Fraction of each particle's ``k`` nearest latent neighbours (Euclidean, itself excluded; scikit-learn
     ``NearestNeighbors``) that share its true state and, with ``coordinate``, that lie within ``distance`` of it
     on the true coordinate (default ``0.025`` times the coordinate's range: the neighbouring states of 50 evenly
-    spaced conformations, one step = 1/49 = 0.0204 of the range, count), averaged over particles, for each ``k`` in ``ks`` below the number of particles.
+    spaced conformations, one step = 1/49 = 0.0204 of the range, count), averaged over particles, for each ``k``
+    in ``ks`` below the number of particles.
 
     Returns ``{"ks": [...], "state": {k: fraction}, "state_chance": expected fraction for random neighbours,
     "coordinate": {k: fraction}, "coordinate_distance": distance, "coordinate_chance": ...}`` (the parts the

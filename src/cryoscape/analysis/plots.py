@@ -160,7 +160,7 @@ def plot_loss_curves(metrics, mark_epoch: int | None = None) -> Figure:
                     if c.startswith(("train_", "val_")) and not c.endswith("_loss")})
     fig = Figure(figsize=(10 if terms else 5, 3.8))
     ax = fig.add_subplot(1, 2 if terms else 1, 1)
-    for c, style in zip(totals, ("o-", "s--")):
+    for c, style in zip(totals, ("o-", "s--"), strict=False):
         ax.plot(df["epoch"], df[c], style, ms=3, label=c.replace("_", " "))
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -228,7 +228,7 @@ def plot_volume_gallery(vols: Sequence[np.ndarray], titles: Sequence[str] | None
     ncols = max(1, min(int(ncols), len(vols)))
     nrows = -(-len(vols) // ncols)
     fig = Figure(figsize=(1.8 * ncols, 1.9 * nrows))
-    for i, (vol, t) in enumerate(zip(vols, titles)):
+    for i, (vol, t) in enumerate(zip(vols, titles, strict=False)):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         img = vol.sum(axis=0) if view == "projection" else vol[vol.shape[0] // 2]
         ax.imshow(img, cmap="gray", origin="lower")

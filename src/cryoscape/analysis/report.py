@@ -295,7 +295,7 @@ def kmeans_section(labels: np.ndarray, center_volumes: Sequence[np.ndarray] | No
     clusters, sizes = np.unique(labels, return_counts=True)
     header = ["cluster", "particles", "fraction"] + (["centre particle"] if center_indices is not None else [])
     rows = []
-    for c, n in zip(clusters, sizes):
+    for c, n in zip(clusters, sizes, strict=True):
         row = [int(c), int(n), f"{n / labels.size:.3f}"]
         if center_indices is not None:
             row.append(int(np.asarray(center_indices)[c]))

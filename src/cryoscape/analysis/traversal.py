@@ -192,7 +192,7 @@ def bridge_components(z: np.ndarray, graph: scipy.sparse.csr_matrix, candidates=
             dst.append(outside[nbr[best, 0]])
             d.append(dist[best, 0])
         kruskal(np.array(src), np.array(dst), np.array(d))
-    i, j, d = (np.array(a) for a in zip(*added))
+    i, j, d = (np.array(a) for a in zip(*added, strict=True))
     n = z.shape[0]
     extra = scipy.sparse.coo_matrix((_tiny(d), (i, j)), shape=(n, n)).tocsr()
     joined = graph.maximum(extra).maximum(extra.T).tocsr()
@@ -236,7 +236,7 @@ def graph_traversal(z: np.ndarray, anchors, avg_neighbors: float = 5, max_neighb
             graph, _ = bridge_components(z, graph, candidates)
     path = [int(anchors[0])]
     positions = [0]
-    for a, b in zip(anchors[:-1], anchors[1:]):
+    for a, b in zip(anchors[:-1], anchors[1:], strict=True):
         dist, pred = dijkstra(graph, directed=False, indices=int(a), return_predecessors=True)
         if not np.isfinite(dist[b]):
             raise InputError(

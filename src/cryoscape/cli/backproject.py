@@ -1,4 +1,4 @@
-"""Reconstruct a map from particles with known poses (direct Fourier back-projection) and report its FSC.
+r"""Reconstruct a map from particles with known poses (direct Fourier back-projection) and report its FSC.
 
 Writes OUT/backproject.mrc, the half maps OUT/half_map_a.mrc and OUT/half_map_b.mrc (even / odd particles), OUT/fsc.txt
 (frequency in 1/A, FSC between the half maps), OUT/fsc.png, and prints the resolution at FSC = 0.143. With
@@ -13,7 +13,8 @@ have been read and checked. --run RUN back-projects the particles a run was trai
 Example:
   cryoscape backproject sim/particles.star -o bp/
   cryoscape backproject --run runs/refined --reference sim/gt/state_000.mrc -o bp_refined/
-  cryoscape backproject sim/particles.mrcs --poses sim/pose.pkl --ctf sim/ctf.pkl --reference sim/gt/state_000.mrc -o bp/
+  cryoscape backproject sim/particles.mrcs --poses sim/pose.pkl --ctf sim/ctf.pkl \
+      --reference sim/gt/state_000.mrc -o bp/
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def run(args) -> int:
             raise InputError(f"--z-start/--z-end need {z.shape[1]} values each (zdim), got {ends.shape[1]}")
     else:
         raise InputError("give --anchors, or both --z-start and --z-end")
-    segments = [direct_traversal(a, b, args.n_points) for a, b in zip(ends[:-1], ends[1:])]
+    segments = [direct_traversal(a, b, args.n_points) for a, b in zip(ends[:-1], ends[1:], strict=True)]
     points = np.concatenate([segments[0]] + [s[1:] for s in segments[1:]])
     generator = None
     if latents.run_dir is not None and not args.no_volumes:

@@ -45,7 +45,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--neighbor-k", type=int, nargs="+", default=[10, 50, 100], metavar="K",
                    help="neighbourhood sizes of the neighbourhood similarity (default 10 50 100)")
     p.add_argument("--neighbor-distance", type=float, metavar="DIST",
-                   help="true-coordinate distance counted as a neighbour (default 0.025 x the coordinate range: one step of 50 evenly spaced states is 0.0204)")
+                   help="true-coordinate distance counted as a neighbour (default 0.025 x the coordinate range: "
+                        "one step of 50 evenly spaced states is 0.0204)")
 
 
 def run(args) -> int:

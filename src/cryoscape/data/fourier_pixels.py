@@ -35,6 +35,7 @@ class FourierPixels:
 
     @classmethod
     def create(cls, D: int, radius_px: float | None = None) -> FourierPixels:
+        """The pixels of a ``D x D`` image, within ``radius_px`` of the origin if given."""
         half, mates, dc = hermitian_half(D, radius_px)
         index = torch.cat([half, mates, torch.tensor([dc])])
         freqs = freq_grid_2d(D).reshape(-1, 2)[index]

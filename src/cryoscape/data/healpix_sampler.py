@@ -57,7 +57,7 @@ def _split_largest(chunks: list[np.ndarray]) -> bool:
 
 def class_batches(classes, positions, seed: int, epoch: int, batch_size: int, rank: int = 0,
                   world_size: int = 1) -> list[np.ndarray]:
-    """This process's batches of one epoch, each batch drawn from one projection class.
+    """The batches of one epoch for this process, each batch drawn from one projection class.
 
     Every class's members (among ``positions``) are shuffled and split into ``ceil(n / batch_size)`` batches of
     near-equal size; the batches are then visited by repeatedly choosing a class uniformly at random among the

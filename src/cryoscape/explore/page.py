@@ -28,7 +28,7 @@ def compact_floats(values, significant: int = 6) -> list:
     decimals = 6 if scale == 0 else int(np.clip(significant - 1 - np.floor(np.log10(scale)), 0, 15))
     out = np.round(np.where(finite, arr, 0.0), decimals).tolist()
     if not finite.all():
-        out = [v if ok else None for v, ok in zip(out, finite.tolist())]
+        out = [v if ok else None for v, ok in zip(out, finite.tolist(), strict=True)]
     return out
 
 

@@ -113,6 +113,7 @@ class CTFTensors:
         return CTFTensors(self.values.to(*args, **kwargs))
 
     def float(self) -> CTFTensors:
+        """As ``Tensor.float`` (float32 values)."""
         return CTFTensors(self.values.float())
 
     def reshape(self, *shape) -> CTFTensors:

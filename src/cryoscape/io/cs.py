@@ -67,7 +67,7 @@ class CSParticles:
     @property
     def image_refs(self) -> list[tuple[Path, int]]:
         """``(resolved stack path, 0-based index)`` of every particle."""
-        return [(Path(p), int(i)) for p, i in zip(self.stack_paths, self.stack_indices)]
+        return [(Path(p), int(i)) for p, i in zip(self.stack_paths, self.stack_indices, strict=True)]
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -93,6 +93,7 @@ class CSParticles:
         return bool(self.alignment_sets)
 
     def has_ctf(self) -> bool:
+        """Whether the file has CTF parameters (a ``ctf/df1_A`` field)."""
         return "ctf/df1_A" in self.fields
 
     def _f(self, name: str) -> np.ndarray:

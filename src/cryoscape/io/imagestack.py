@@ -187,7 +187,7 @@ class ImageStack:
     @property
     def image_refs(self) -> list[tuple[Path, int]]:
         """``(stack path, 0-based index)`` of every image, in order."""
-        return [(self.files[f], int(i)) for f, i in zip(self.file_ids, self.local_indices)]
+        return [(self.files[f], int(i)) for f, i in zip(self.file_ids, self.local_indices, strict=True)]
 
     def __repr__(self) -> str:
         kind = "lazy" if self._loaded is None else "loaded"
@@ -359,7 +359,7 @@ def check_header_pixel_sizes(infos: dict[str, MRCInfo], stack_paths, pixel_size_
     """
     stack_paths = np.asarray(stack_paths, dtype=object)
     uniq, first = np.unique(stack_paths, return_index=True)
-    first_row = dict(zip(uniq.tolist(), first.tolist()))
+    first_row = dict(zip(uniq.tolist(), first.tolist(), strict=True))
     for stack, info in infos.items():
         h = info.voxel_size_angstrom
         if h <= 0 or h == 1.0 or stack not in first_row:

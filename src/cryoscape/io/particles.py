@@ -144,7 +144,7 @@ def _common_pixel_size(source, images: ImageStack, apix: float | None, path: Pat
     sizes, counts = np.unique(own.round(6), return_counts=True)
     log.info("%s: the particles have %d pixel sizes (%s); each image is resampled on reading to %.4f A (%s), "
              "keeping the %d px box", path, len(sizes),
-             ", ".join(f"{s:g} A: {c} particles" for s, c in zip(sizes, counts)), target,
+             ", ".join(f"{s:g} A: {c} particles" for s, c in zip(sizes, counts, strict=True)), target,
              "--apix" if apix is not None else "the finest", images.D)
     return RescaledImageStack.wrap(images, own, target), target
 

@@ -64,6 +64,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.BUILD[0]] = _load_build_checked
 
     def find_class(self, module: str, name: str):
+        """The allowed numpy and ``codecs.encode`` globals; any other is an :class:`InputError`."""
         if (module, name) in _ALLOWED_TOP:
             return getattr(np, name)
         if (module, name) == _CODECS_ENCODE:

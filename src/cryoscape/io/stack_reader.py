@@ -71,7 +71,7 @@ class StackReader:
         stops = np.concatenate([breaks, [sorted_idx.size]])
         buffer = out if np.array_equal(order, np.arange(order.size)) else np.empty_like(out)
         flat = buffer.reshape(indices.size, -1).view(np.uint8)
-        for a, b in zip(starts.tolist(), stops.tolist()):
+        for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
             self._read_run(int(sorted_idx[a]), flat[a:b])
         if buffer is not out:
             out[order] = buffer

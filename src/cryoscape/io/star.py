@@ -89,7 +89,7 @@ class StarParticles:
     @property
     def image_refs(self) -> list[tuple[Path, int]]:
         """``(resolved stack path, 0-based index)`` of every particle."""
-        return [(Path(p), int(i)) for p, i in zip(self.stack_paths, self.stack_indices)]
+        return [(Path(p), int(i)) for p, i in zip(self.stack_paths, self.stack_indices, strict=True)]
 
     def __len__(self) -> int:
         return len(self.table)
@@ -392,7 +392,7 @@ def read_star_particles(path: str | Path, datadir: str | Path | None = None, api
 
 def format_image_names(stack_paths: Sequence[str | Path], indices) -> list[str]:
     """RELION image names ``"000123@stack.mrcs"`` from stack paths and 0-based indices."""
-    return [f"{int(i) + 1:06d}@{p}" for p, i in zip(stack_paths, np.asarray(indices))]
+    return [f"{int(i) + 1:06d}@{p}" for p, i in zip(stack_paths, np.asarray(indices), strict=True)]
 
 
 def _write_blocks(blocks: dict, out_path: Path, relion31: bool) -> Path:

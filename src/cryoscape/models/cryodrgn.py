@@ -224,6 +224,7 @@ class CryoDRGNFamily(ModelFamily):
     refines_poses = True  # train --refine-poses (models/poses.py)
 
     def make_data(self, particles, config, norm_std=None, progress=True):
+        """The Hermitian-half Fourier pixels of ``particles`` (:class:`SliceParticleData`)."""
         from cryoscape.data.fourier_pixels import FourierPixels
         from cryoscape.data.particle_data import SliceParticleData
 
@@ -233,6 +234,7 @@ class CryoDRGNFamily(ModelFamily):
                                  progress=progress)
 
     def build_model(self, config, build: dict) -> CryoDRGN:
+        """A :class:`CryoDRGN` from the model and train options and the build values."""
         m = config.model
         return CryoDRGN(D=int(build["D"]), pixel_size_angstrom=float(build["pixel_size_angstrom"]), zdim=m.zdim,
                         enc_dim=m.enc_dim, enc_layers=m.enc_layers, dec_dim=m.dec_dim, dec_layers=m.dec_layers,

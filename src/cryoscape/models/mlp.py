@@ -26,6 +26,7 @@ class ResidualLinear(nn.Module):
         self.register_buffer("identity", torch.eye(dim), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + W x + b`` over the last dimension."""
         return nn.functional.linear(x, self.linear.weight + self.identity, self.linear.bias)
 
 

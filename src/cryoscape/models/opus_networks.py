@@ -58,7 +58,7 @@ def _init(module: nn.Module) -> None:
         elif isinstance(m, nn.Conv3d):
             fan_in = m.in_channels * math.prod(m.kernel_size)
         elif isinstance(m, nn.ConvTranspose3d):
-            fan_in = m.in_channels * math.prod(k / s for k, s in zip(m.kernel_size, m.stride))
+            fan_in = m.in_channels * math.prod(k / s for k, s in zip(m.kernel_size, m.stride, strict=True))
         else:
             continue
         nn.init.normal_(m.weight, std=gain / math.sqrt(fan_in))
@@ -88,6 +88,7 @@ class ConvEncoder(nn.Module):
         _init(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, logstd)``, each ``(B, zdim)``, of the volumes ``x``."""
         h = self.down1(x)
         h = nnf.interpolate(h, size=(12, 12, 12), mode="trilinear", align_corners=False)
         h = self.fc(self.down2(h).flatten(1))
@@ -125,6 +126,7 @@ class ConvDecoder(nn.Module):
         _init(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """The volumes ``(B, T, T, T)`` decoded from ``z`` ``(B, zdim)``."""
         h = self.fc(z)[:, :, None, None, None]
         h = self.up1(h)  # (B, c4, 16, 16, 16)
         base = self.templateres // 16

@@ -328,6 +328,7 @@ class TomoDRGNFamily(ModelFamily):
         return write_tilt_subset(particles, chosen, out_dir)
 
     def make_data(self, particles, config, norm_std=None, progress=True):
+        """The Hermitian-half Fourier pixels of every particle's tilt images (:class:`TiltSeriesData`)."""
         from cryoscape.data.fourier_pixels import FourierPixels
         from cryoscape.data.tilt_data import TiltSeriesData
 
@@ -336,6 +337,7 @@ class TomoDRGNFamily(ModelFamily):
                               window_inner=d.window_inner, lazy=d.lazy, norm_std=norm_std, progress=progress)
 
     def build_info(self, data) -> dict:
+        """As the base, plus ``min_tilts`` (the fewest tilts of any particle)."""
         return {"D": int(data.D), "pixel_size_angstrom": float(data.pixel_size_angstrom),
                 "norm_std": float(data.norm_std), "min_tilts": int(data.min_tilts),
                 "ctf_premultiplied": bool(data.ctf_premultiplied)}
@@ -354,6 +356,7 @@ class TomoDRGNFamily(ModelFamily):
         return m.ntilts
 
     def build_model(self, config, build: dict):
+        """A :class:`TomoDRGN` from the model and train options and the build values."""
         m, t = config.model, config.train
         ntilts = self.resolve_ntilts(config, int(build["min_tilts"]))
         return TomoDRGN(D=int(build["D"]), pixel_size_angstrom=float(build["pixel_size_angstrom"]), ntilts=ntilts,
@@ -368,5 +371,6 @@ class TomoDRGNFamily(ModelFamily):
                         ctf_premultiplied=bool(build.get("ctf_premultiplied", False)))
 
     def make_optimizer(self, model, config):
+        """``(AdamW at lr and weight_decay, None)``: no scheduler."""
         t = config.train
         return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay), None

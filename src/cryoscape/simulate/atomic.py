@@ -148,7 +148,7 @@ def states_from_atomic(paths, D: int, pixel_size_angstrom: float, resolution_ang
     models = [read_atoms(p) for p in paths]
     xyz0, w0 = models[0]
     center = (xyz0 * w0[:, None]).sum(0) / w0.sum()
-    for p, (xyz, _) in zip(paths, models):
+    for p, (xyz, _) in zip(paths, models, strict=True):
         check_fits_box(xyz - center, D, pixel_size_angstrom, p)
 
     def render(state: int) -> np.ndarray:

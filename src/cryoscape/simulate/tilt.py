@@ -82,7 +82,7 @@ def tilt_rotation(tilt_deg) -> np.ndarray:
 
 
 def _grid(center, extent, n) -> np.ndarray:
-    axes = [np.linspace(c - e, c + e, k) if k > 1 else np.array([c]) for c, e, k in zip(center, extent, n)]
+    axes = [np.linspace(c - e, c + e, k) if k > 1 else np.array([c]) for c, e, k in zip(center, extent, n, strict=True)]
     return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
 
 

@@ -278,7 +278,8 @@ def _make_presets() -> dict[str, Preset]:
     d = 0.05
     shifts = [((0, sl, sz), (0, sr, sz)) for sz in (0.0, d) for sl in (-d, d) for sr in (-d, d)]
     presets["eightconf"] = Preset(
-        "eightconf", 8, np.arange(8) / 7.0, np.ones(8), tuple(_dumbbell(np.array(l), np.array(r)) for l, r in shifts)
+        "eightconf", 8, np.arange(8) / 7.0, np.ones(8),
+        tuple(_dumbbell(np.array(left), np.array(right)) for left, right in shifts),
     )
     return presets
 

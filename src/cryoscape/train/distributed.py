@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class DistInfo:
-    """This process's place in the job."""
+    """The place of this process in the job."""
 
     rank: int = 0
     world_size: int = 1
@@ -48,6 +48,7 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait until every process gets here (nothing when single-process)."""
     if info.enabled:
         dist.barrier()
 
@@ -78,5 +79,5 @@ def all_gather_rows(info: DistInfo, *tensors: torch.Tensor) -> tuple[torch.Tenso
         padded[: t.shape[0]] = t
         parts = [torch.zeros_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded.contiguous())
-        out.append(torch.cat([p[:s] for p, s in zip(parts, sizes)]))
+        out.append(torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)]))
     return tuple(out)

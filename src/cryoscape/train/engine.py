@@ -32,6 +32,7 @@ from cryoscape.train.prefetch import prefetched
 from cryoscape.utils.atomic import atomic_path, atomic_write_text
 
 log = logging.getLogger("cryoscape")
+_SINGLE_PROCESS = DistInfo()  # the default place in the job (frozen, so one instance serves every engine)
 
 
 class TrainingInterrupted(CryoscapeError):
@@ -157,7 +158,7 @@ class Engine:
 
     def __init__(self, model: nn.Module, data, optimizer: torch.optim.Optimizer, settings: EngineSettings,
                  train_positions: np.ndarray, val_positions: np.ndarray, run_dir: str | Path, device: torch.device,
-                 info: DistInfo = DistInfo(), build: dict | None = None, family: str = "",
+                 info: DistInfo = _SINGLE_PROCESS, build: dict | None = None, family: str = "",
                  scheduler=None, epoch_end=None, batch_plan=None, after_step=None, pose_refiner=None):
         self.model = model.to(device)
         self.data = data
@@ -190,6 +191,7 @@ class Engine:
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Everything a checkpoint needs to resume: model, optimizer, scheduler, loop state, RNG, poses."""
         s = self.state
         return {
             "family": self.family,
@@ -206,6 +208,7 @@ class Engine:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` saved."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler"):
@@ -262,7 +265,7 @@ class Engine:
         sums: dict[str, float] = {}
         count = 0
         batches = _batches(positions, self.settings.batch_size, self.info)
-        for idx, batch in zip(batches, prefetched(batches, self.data.batch, _is_lazy(self.data))):
+        for idx, batch in zip(batches, prefetched(batches, self.data.batch, _is_lazy(self.data)), strict=True):
             with self._autocast():
                 terms = self.model(batch)
             for k, v in terms.items():
@@ -313,7 +316,7 @@ class Engine:
                    disable=not (s.progress and self.info.is_main), leave=False, dynamic_ncols=True)
         upcoming = prefetched(batches[first:], self.data.batch, _is_lazy(self.data))
         t_start = time.perf_counter()
-        for step, batch in zip(range(first, len(batches)), upcoming):
+        for step, batch in zip(range(first, len(batches)), upcoming, strict=True):
             idx = batches[step]
             # e.g. frequency marching: a schedule over (fractional) epochs (FamilyModel: nothing by default)
             self.model.set_training_progress(epoch - 1 + step / len(batches))
