@@ -49,6 +49,11 @@ class CryoDRGN(FamilyModel):
     ctf_premultiplied : the images are CTF-premultiplied (the slice is multiplied by ``CTF^2``; no phase flip).
     """
 
+    # registered buffers (declared for type checkers: nn.Module attribute access is untyped)
+    pixel_size_angstrom: torch.Tensor
+    norm_std: torch.Tensor
+    freqs: torch.Tensor
+
     family = "cryodrgn"
 
     def __init__(self, D: int, pixel_size_angstrom: float, zdim: int = 8, enc_dim: int = 256, enc_layers: int = 3,

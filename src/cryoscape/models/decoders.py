@@ -57,6 +57,7 @@ class CoordinateDecoder(nn.Module):
         carried twice cryoDRGN's KL and the states separated more slowly per epoch (issue 21, bench/RESULTS.md
         section 8).
         """
+        assert self.input_latent is not None, "only a decoder with latents has the split first layer"
         bound = 1.0 / math.sqrt(self.input_coords.in_features + self.input_latent.in_features)
         for t in (self.input_coords.weight, self.input_coords.bias, self.input_latent.weight):
             t.uniform_(-bound, bound)
@@ -84,7 +85,7 @@ class CoordinateDecoder(nn.Module):
         else:
             h = h.clone()
         h = self.body[0](h).view(B * P, -1)
-        for layer in self.body[1:]:
+        for layer in list(self.body)[1:]:
             h = layer(h)
         out = h.view(B, P, 2)
         return torch.stack([out[..., 0], out[..., 1] * sign], dim=-1)

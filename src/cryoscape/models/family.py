@@ -146,7 +146,7 @@ class ModelFamily:
         return {"D": int(data.D), "pixel_size_angstrom": float(data.pixel_size_angstrom),
                 "norm_std": float(data.norm_std), "ctf_premultiplied": bool(data.ctf_premultiplied)}
 
-    def build_model(self, config: RunConfig, build: dict) -> torch.nn.Module:
+    def build_model(self, config: RunConfig, build: dict) -> FamilyModel:
         """The ``nn.Module`` (``forward(batch) -> dict`` with ``"loss"`` and its terms)."""
         raise NotImplementedError(f"model family {self.name!r} does not define build_model")
 

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from cryoscape.config import RunConfig, load_config
 from cryoscape.errors import InputError
+from cryoscape.models.family import FamilyModel
 from cryoscape.rundir import RunDir, load_checkpoint
 
 
@@ -21,7 +22,7 @@ class TrainedModel:
     run_dir: Path
     epoch: int
     config: RunConfig
-    model: torch.nn.Module
+    model: FamilyModel
     build: dict
 
     @property

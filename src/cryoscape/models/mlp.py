@@ -20,6 +20,9 @@ class ResidualLinear(nn.Module):
     in the forward and the backward pass).
     """
 
+    # registered buffers (declared for type checkers: nn.Module attribute access is untyped)
+    identity: torch.Tensor
+
     def __init__(self, dim: int):
         super().__init__()
         self.linear = nn.Linear(dim, dim)

@@ -93,6 +93,13 @@ class OpusDSD(FamilyModel):
     ctf_premultiplied : the images are CTF-premultiplied (projections multiplied by ``CTF^2``).
     """
 
+    # registered buffers (declared for type checkers: nn.Module attribute access is untyped)
+    volume_mask: torch.Tensor
+    pixel_size_angstrom: torch.Tensor
+    norm_std: torch.Tensor
+    images_seen: torch.Tensor
+    snr_ema: torch.Tensor
+
     family = "opus-dsd"
 
     def __init__(self, D: int, pixel_size_angstrom: float, n_particles: int, zdim: int = 8,
@@ -125,7 +132,7 @@ class OpusDSD(FamilyModel):
         self.register_buffer("norm_std", torch.tensor(float(norm_std)))
         self.register_buffer("images_seen", torch.zeros((), dtype=torch.int64))
         self.register_buffer("snr_ema", torch.zeros(()))
-        self._pending = None  # the last training step's codes, for finish_step
+        self._pending: tuple[torch.Tensor, ...] | None = None  # the last training step's codes, for finish_step
 
     # -- the forward model ---------------------------------------------------------------------------------
     def augment(self, y: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,7 @@ def _init(module: nn.Module) -> None:
     output voxel), so that the deep stride-2 decoder neither vanishes nor explodes at initialisation.
     """
     gain = nn.init.calculate_gain("leaky_relu", _SLOPE)
+    fan_in: float
     for m in module.modules():
         if isinstance(m, nn.Linear):
             fan_in = m.in_features
@@ -62,7 +63,8 @@ def _init(module: nn.Module) -> None:
         else:
             continue
         nn.init.normal_(m.weight, std=gain / math.sqrt(fan_in))
-        nn.init.zeros_(m.bias)
+        if m.bias is not None:  # every layer of these networks has one
+            nn.init.zeros_(m.bias)
 
 
 class ConvEncoder(nn.Module):

@@ -114,6 +114,10 @@ class MemoryBank(nn.Module):
     the particle has been encoded once, see :attr:`filled`).
     """
 
+    # registered buffers (declared for type checkers: nn.Module attribute access is untyped)
+    codes: torch.Tensor
+    classes: torch.Tensor
+
     def __init__(self, n_particles: int, zdim: int, momentum: float = 0.7):
         super().__init__()
         if not 0.0 <= momentum < 1.0:

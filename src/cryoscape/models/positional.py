@@ -25,6 +25,9 @@ from torch import nn
 class PositionalEncoding(nn.Module):
     """Map ``(..., 3)`` coordinates to ``(..., out_dim)`` features."""
 
+    # registered buffers (declared for type checkers: nn.Module attribute access is untyped)
+    freqs: torch.Tensor
+
     def __init__(self, pe_type: str, D: int, pe_dim: int | None = None, feat_sigma: float = 0.5, seed: int = 0):
         super().__init__()
         self.pe_type = pe_type

@@ -29,6 +29,7 @@ sections; Methods "General architecture", "Training system", "Lattice masking an
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,7 +84,7 @@ def select_tilts(batch: TiltBatch, n: int | None, random: bool) -> TiltBatch:
     keys = torch.rand(mask.shape, device=mask.device) if random else batch["tilt_key"].float()
     keys = keys.masked_fill(~mask, 2.0)
     order = torch.argsort(keys, dim=1)[:, :n]
-    out = {"ctf": CTFTensors.of(batch["ctf"]).gather(1, order)}
+    out: dict[str, Any] = {"ctf": CTFTensors.of(batch["ctf"]).gather(1, order)}
     for name in ("y", "rot", "exposure", "tilt_deg", "tilt_mask", "tilt_key"):
         v = batch[name]
         idx = order.reshape(order.shape + (1,) * (v.ndim - 2)).expand(order.shape + v.shape[2:])
@@ -131,6 +132,12 @@ class TomoDRGN(FamilyModel):
     ctf_premultiplied : the stacks are CTF-premultiplied (slices multiplied by ``CTF^2``, no phase flip).
     """
 
+    # registered buffers (declared for type checkers: nn.Module attribute access is untyped)
+    pixel_size_angstrom: torch.Tensor
+    norm_std: torch.Tensor
+    freqs: torch.Tensor
+    points: torch.Tensor
+
     family = "tomodrgn"
     generate_volume_batch = CryoDRGN.generate_volume_batch
     generate_volume = CryoDRGN.generate_volume
@@ -167,7 +174,11 @@ class TomoDRGN(FamilyModel):
         if zdim > 0:
             self.encoder_a = ResidualMLP(self.pixels.n_pixels, enc_layers, enc_dim, tilt_embed_dim, activation)
             self.pool_activation = activation_layer(activation)
-            in_b = tilt_embed_dim * (self.ntilts if pooling == "concatenate" else 1)
+            n_pooled = 1
+            if pooling == "concatenate":
+                assert self.ntilts is not None  # checked above: concatenate pooling needs ntilts
+                n_pooled = self.ntilts
+            in_b = tilt_embed_dim * n_pooled
             self.encoder_b = ResidualMLP(in_b, enc_layers_b, enc_dim_b, 2 * zdim, activation)
         self.decoder = CoordinateDecoder(D, zdim, dec_dim, dec_layers, pe_type, pe_dim, feat_sigma, activation)
 
@@ -273,7 +284,7 @@ class TomoDRGN(FamilyModel):
         return terms
 
     @torch.no_grad()
-    def latent_means(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def latent_means(self, batch: TiltBatch) -> torch.Tensor:
         """Posterior means ``(B, zdim)`` (fixed tilt subset in eval mode)."""
         b = self.select(batch)
         return self.encode(b["y"], self.ctf_values(b["ctf"]), b["tilt_mask"])[0]
@@ -355,7 +366,7 @@ class TomoDRGNFamily(ModelFamily):
             return n
         return m.ntilts
 
-    def build_model(self, config, build: dict):
+    def build_model(self, config, build: dict) -> TomoDRGN:
         """A :class:`TomoDRGN` from the model and train options and the build values."""
         m, t = config.model, config.train
         ntilts = self.resolve_ntilts(config, int(build["min_tilts"]))
