@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from cryoscape.data.batches import default_batch_plan, epoch_order, split_batches  # noqa: F401 (re-exported)
 from cryoscape.errors import CryoscapeError
+from cryoscape.models.family import FamilyModel
 from cryoscape.rundir import RunDir, save_checkpoint
 from cryoscape.train.distributed import DistInfo, all_gather_rows, all_reduce_sum, barrier, broadcast_flag
 from cryoscape.train.prefetch import prefetched
@@ -156,7 +157,7 @@ class Engine:
     first epoch it runs it logs an estimate of the epoch's duration.
     """
 
-    def __init__(self, model: nn.Module, data, optimizer: torch.optim.Optimizer, settings: EngineSettings,
+    def __init__(self, model: FamilyModel, data, optimizer: torch.optim.Optimizer, settings: EngineSettings,
                  train_positions: np.ndarray, val_positions: np.ndarray, run_dir: str | Path, device: torch.device,
                  info: DistInfo = _SINGLE_PROCESS, build: dict | None = None, family: str = "",
                  scheduler=None, epoch_end=None, batch_plan=None, after_step=None, pose_refiner=None):
@@ -183,7 +184,7 @@ class Engine:
         self._estimated = False  # the epoch-time estimate is logged once per fit()
         if info.enabled:
             ids = [device.index] if device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self.net: nn.Module = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         else:
             self.net = self.model
         self.amp_dtype = amp_dtype(device) if settings.amp else None
@@ -413,7 +414,7 @@ class Engine:
 
 
 @torch.no_grad()
-def encode_all(model: nn.Module, data, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+def encode_all(model: FamilyModel, data, batch_size: int = 256, progress: bool = False) -> np.ndarray:
     """Posterior means ``(len(data), zdim)`` float32 of every particle of ``data``, in data order."""
     model.eval()
     n = len(data)

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +56,8 @@ def load_training_particles(config: RunConfig):
 def with_absolute_paths(config: RunConfig) -> RunConfig:
     """A copy whose input paths (and ``train.load``) are absolute, so later commands work from any folder."""
     d = config.data
-    paths = {k: str(Path(v).resolve()) for k in ("particles", "poses", "ctf", "ind", "datadir") if (v := getattr(d, k))}
+    paths: dict[str, Any] = {k: str(Path(v).resolve())
+                             for k in ("particles", "poses", "ctf", "ind", "datadir") if (v := getattr(d, k))}
     t = config.train
     load = str(Path(t.load).resolve()) if t.load else None
     return dataclasses.replace(config, data=dataclasses.replace(d, **paths), train=dataclasses.replace(t, load=load))
@@ -141,7 +143,8 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
         check_output_location(run_dir)  # writable, but nothing is created until the inputs have been checked
     else:
         log.setLevel(logging.WARNING)  # one process reports
-    resume_from, state, changes = None, None, []
+    resume_from, state = None, None
+    changes: list[str] = []
     run = RunDir(run_dir)
     if resume:
         resume_from = run.latest_checkpoint()
@@ -153,6 +156,7 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
     elif run.latest_checkpoint() is not None:
         raise InputError("this run folder already has checkpoints", run_dir,
                          hint="continue it with --resume, or choose another -o")
+    assert config is not None  # given, or (resume) the recorded one
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
 
@@ -192,6 +196,7 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
         run.write_split(train_pos, val_pos)
     barrier(info)
     t = config.train
+    assert t.batch_size is not None  # set by with_family_defaults (the recorded config has it too)
     settings = EngineSettings(epochs=t.epochs, batch_size=t.batch_size, seed=t.seed, amp=t.amp,
                               checkpoint_every=t.checkpoint_every, progress=progress)
     engine = Engine(model, data, optimizer, settings, train_pos, val_pos, run_dir, device, info, build=build,
@@ -237,6 +242,7 @@ def load_weights(model: torch.nn.Module, family, config: RunConfig, build: dict)
     training counters: they stay the new run's own) is loaded. A checkpoint of another family or another
     architecture is an :class:`InputError` naming the difference.
     """
+    assert config.train.load is not None  # called only with train --load
     path = Path(config.train.load)
     state = load_checkpoint(path)
     if state["family"] != family.name:
