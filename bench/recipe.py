@@ -251,13 +251,14 @@ def cmd_cryoscape(a) -> int:
 def cmd_table(a) -> int:
     records = json.loads(Path(a.results).read_text())
     epochs = sorted({int(e) for r in records for e in r["scores"]})
-    head = "| run | program | variant | val-frac | " + " | ".join(f"ep {e}" for e in epochs) + " | s/epoch (median) |"
+    head = ("| run | program | variant | val-frac | seed | " + " | ".join(f"ep {e}" for e in epochs)
+            + " | s/epoch (median) |")
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for r in records:
         s = [r["scores"].get(str(e)) for e in epochs]
         med = float(np.median(r["epoch_seconds"])) if r["epoch_seconds"] else float("nan")
-        print(f"| {r['tag']} | {r['program']} | {r['variant']} | {r['val_frac']} | "
+        print(f"| {r['tag']} | {r['program']} | {r['variant']} | {r['val_frac']} | {r['settings']['seed']} | "
               + " | ".join("-" if v is None else f"{v:.3f}" for v in s) + f" | {med:.1f} |")
     return 0
 
