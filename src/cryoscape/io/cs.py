@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,7 @@ class CSParticles:
 
     @property
     def fields(self) -> tuple[str, ...]:
-        return tuple(self.array.dtype.names)
+        return tuple(self.array.dtype.names or ())
 
     def _require(self, names: Sequence[str], what: str) -> None:
         missing = [n for n in names if n not in self.fields]
@@ -144,7 +145,7 @@ class CSParticles:
             hint = f"pass {' and '.join(options[n] for n in missing)}" if all(n in options for n in missing) \
                 else None
             raise InputError(f"missing CTF field(s): {', '.join(missing)}", self.path, hint)
-        values = {}
+        values: dict[str, Any] = {}
         for name in ("ctf/accel_kv", "ctf/cs_mm", "ctf/amp_contrast"):
             if given[name] is not None:
                 values[name] = given[name]
@@ -216,7 +217,7 @@ def read_cs(path: str | Path, datadir: str | Path | None = None, apix: float | N
     """
     path = Path(path)
     array = _load(path)
-    missing = [n for n in _BLOB if n not in array.dtype.names]
+    missing = [n for n in _BLOB if n not in (array.dtype.names or ())]
     if missing:
         raise InputError(f"missing blob field(s): {', '.join(missing)}", path)
     for name in ("blob/idx", "blob/shape", "blob/psize_A"):

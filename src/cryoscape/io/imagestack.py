@@ -12,6 +12,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class ImageStack:
         self._cache: OrderedDict[int, StackReader] = OrderedDict()
         if not _validated:
             self._infos = self._validate()
-        self._D = None
+        self._D: int | None = None
         self._pixel_size = None if pixel_size_angstrom is None else float(pixel_size_angstrom)
         self._loaded = _loaded
         if not self.lazy and self._loaded is None:
@@ -73,13 +74,16 @@ class ImageStack:
         """Build from ``(stack path, 0-based index)`` pairs, in order."""
         refs = list(refs)
         names = [str(p) for p, _ in refs]
-        uniq, file_ids = np.unique(np.asarray(names, dtype=object), return_inverse=True) if refs else ([], [])
+        uniq: Any = []
+        file_ids: Any = []
+        if refs:
+            uniq, file_ids = np.unique(np.asarray(names, dtype=object), return_inverse=True)
         local = np.asarray([int(i) for _, i in refs], dtype=np.int64)
         return cls(list(uniq), file_ids, local, pixel_size_angstrom, lazy)
 
     @classmethod
-    def from_paths_and_indices(cls, paths: Sequence[str | Path], indices, pixel_size_angstrom: float | None = None,
-                               lazy: bool = True) -> ImageStack:
+    def from_paths_and_indices(cls, paths: Sequence[str | Path] | np.ndarray, indices,
+                               pixel_size_angstrom: float | None = None, lazy: bool = True) -> ImageStack:
         """Build from parallel arrays of per-image stack paths and 0-based indices (fast for large N)."""
         uniq, file_ids = np.unique(np.asarray([str(p) for p in paths], dtype=object), return_inverse=True)
         return cls(list(uniq), file_ids, indices, pixel_size_angstrom, lazy)

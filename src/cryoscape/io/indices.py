@@ -5,6 +5,7 @@ Indices are 0-based positions in the original particle file (STAR rows, ``.cs`` 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,7 @@ def validate_indices(values, n: int | None = None, path: str | Path | None = Non
     return arr
 
 
-def read_indices(path: str | Path, n: int | None = None) -> np.ndarray:
+def read_indices(path: str | os.PathLike, n: int | None = None) -> np.ndarray:
     """Read particle indices from ``.npy``, ``.txt`` (one per line, ``#`` comments) or cryoDRGN ``.pkl``.
 
     Parameters

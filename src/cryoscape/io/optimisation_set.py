@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -357,8 +358,10 @@ def write_optimisation_set(out_dir: str | Path, pixel_size_angstrom: float, D: i
         shift = np.array([size[0] / 2, size[1] / 2, 0.0]) - t.rotations @ (size / 2)  # tomogram centre -> image centre
         P = np.zeros((len(t.rotations), 4, 4))
         P[:, :3, :3], P[:, :3, 3], P[:, 3, 3] = t.rotations, shift, 1.0
-        table = {f"rlnTomoProj{a}": ["[" + ",".join(f"{v:.8f}" for v in P[f, j]) + "]" for f in range(len(P))]
-                 for j, a in enumerate("XYZW")}
+        table: dict[str, Any] = {
+            f"rlnTomoProj{a}": ["[" + ",".join(f"{v:.8f}" for v in P[f, j]) + "]" for f in range(len(P))]
+            for j, a in enumerate("XYZW")
+        }
         table.update(rlnDefocusU=t.defocus_u_angstrom, rlnDefocusV=t.defocus_v_angstrom,
                      rlnDefocusAngle=t.astigmatism_angle_deg,
                      rlnCtfScalefactor=np.cos(np.radians(t.tilt_deg)),

@@ -81,6 +81,7 @@ class ParticleSet:
     def subset(self, indices) -> ParticleSet:
         """The particles at ``indices`` (positions in this set), in that order."""
         idx = np.atleast_1d(np.arange(len(self))[indices])
+        assert self.source_indices is not None  # filled in by __post_init__
         return replace(self, images=self.images.subset(idx),
                        poses=None if self.poses is None else self.poses.subset(idx),
                        ctf=None if self.ctf is None else self.ctf.subset(idx),
@@ -130,10 +131,12 @@ def _common_pixel_size(source, images: ImageStack, apix: float | None, path: Pat
                          "correct the file, or pass --apix with the pixel size of all the images")
     mixed = mixed_within_a_stack(source.stack_paths, own)
     if bad.size and mixed is None:  # --apix: every image is taken at it, nothing resampled from a meaningless size
+        assert apix is not None  # bad sizes without --apix raised above
         log.warning("%s: some particles have the pixel size %g A; --apix %.4f A is used for every image", path,
                     bad[0], apix)
         return images, float(apix)
     if mixed is not None:  # the file's pixel sizes cannot all be right; the reader has applied --apix to every image
+        assert apix is not None  # the reader accepts such a file only with --apix
         log.warning("%s: particles of %s claim pixel sizes %s A; --apix %.4f A is used for every image, nothing is "
                     "resampled", path, mixed[0], mixed[1], apix)
         return images, float(apix)
@@ -202,7 +205,7 @@ def load_particles(path: str | Path, poses: str | Path | None = None, ctf: str |
     if not path.exists():
         raise InputError("particle file not found", path)
     suffix = path.suffix.lower()
-    source = None
+    source: StarParticles | CSParticles | None = None
     if cs_alignments is not None and suffix != ".cs":
         raise InputError(f"--cs-alignments {cs_alignments} applies to cryoSPARC .cs files only", path)
     if suffix == ".star":
@@ -277,6 +280,7 @@ def write_particle_subset(particles: ParticleSet, indices, out_path: str | Path)
     """
     out_path = Path(out_path)
     idx = np.atleast_1d(np.arange(len(particles))[indices])
+    assert particles.source_indices is not None  # filled in by ParticleSet.__post_init__
     rows = particles.source_indices[idx]
     suffix = out_path.suffix.lower()
     if suffix == ".star" and isinstance(particles.source, StarParticles):

@@ -15,7 +15,9 @@ import codecs
 import importlib
 import io
 import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -51,8 +53,8 @@ class RestrictedUnpickler(pickle._Unpickler):
     crafted pickle can otherwise flag a plain integer dtype as holding Python objects.
     """
 
-    source = None  # path named in the error
-    dispatch = dict(pickle._Unpickler.dispatch)
+    source: Path | None = None  # path named in the error
+    dispatch: ClassVar[dict[int, Callable[..., Any]]] = dict(pickle._Unpickler.dispatch)
 
     def _load_build_checked(self):
         inst = self.stack[-2]  # BUILD: the object below its state

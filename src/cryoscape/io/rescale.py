@@ -60,6 +60,9 @@ def rescale_images(images: np.ndarray, source_pixel_size: float, target_pixel_si
 class RescaledImageStack(ImageStack):
     """An :class:`ImageStack` whose images have per-image pixel sizes and are read at one common pixel size."""
 
+    _source_pixel_sizes: np.ndarray  # (N,) A/px of each image on disk
+    _pixel_size: float  # the common pixel size the images are read at
+
     @classmethod
     def wrap(cls, base: ImageStack, source_pixel_sizes, pixel_size_angstrom: float) -> RescaledImageStack:
         """``base``'s images (``source_pixel_sizes[i]`` A/px each), read at ``pixel_size_angstrom`` A/px."""

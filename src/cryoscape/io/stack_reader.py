@@ -38,6 +38,7 @@ class StackReader:
         mm, info = open_stack(self.path, lazy=True)
         self.shape = tuple(int(s) for s in mm.shape)
         self.dtype = mm.dtype
+        assert isinstance(mm, np.memmap)  # open_stack(lazy=True) maps the file
         self._offset = int(mm.offset)
         self._image_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
         self._fd: int | None = None
@@ -78,7 +79,8 @@ class StackReader:
         return out
 
     def _read_run(self, first: int, dest: np.ndarray) -> None:
-        view = memoryview(dest.reshape(-1))
+        assert self._fd is not None  # the pread path: the file is open
+        view = dest.reshape(-1).data  # a memoryview of the buffer
         position = self._offset + first * self._image_bytes
         done = 0
         while done < view.nbytes:

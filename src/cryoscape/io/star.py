@@ -171,7 +171,7 @@ class StarParticles:
                 log.warning("%s: no %s column; using %g (RELION's import default; set it with --amp-contrast)",
                             self.path, n, DEFAULT_AMPLITUDE_CONTRAST)
                 v[n] = DEFAULT_AMPLITUDE_CONTRAST
-        o = {n: self.values(n, d) for n, d in _CTF_OPTIONAL}
+        o: dict[str, np.ndarray | float] = {n: self.values(n, d) for n, d in _CTF_OPTIONAL}
         if overrides.phase_shift_deg is not None:
             o["rlnPhaseShift"] = overrides.phase_shift_deg
         try:

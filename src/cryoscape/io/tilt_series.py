@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -46,7 +47,7 @@ from cryoscape.io.optimisation_set import (
     write_optimisation_set,
     write_optimisation_subset,
 )
-from cryoscape.io.star import euler_columns, read_star_blocks, resolve_relative, star_numbers
+from cryoscape.io.star import StarParticles, euler_columns, read_star_blocks, resolve_relative, star_numbers
 from cryoscape.io.tilt_set import TiltSeriesSet, group_images
 from cryoscape.io.tomo_geometry import (
     GEOMETRY_CONVENTIONS,
@@ -116,9 +117,12 @@ def write_tilt_subset(tilts: TiltSeriesSet, particles, out_dir: str | Path) -> P
     if tilts.source_format == "imageseries":
         from cryoscape.io.star import write_star_subset
 
+        assert tilts.image_rows is not None  # filled in by TiltSeriesSet.__post_init__
         rows = tilts.image_rows[tilts.image_indices(p)]
         if rows.size and rows.min() < 0:
             raise InputError("these tilt images were not read from a STAR file; cannot write a subset",
                              tilts.source_path)
-        return write_star_subset(tilts.source, rows, out_dir / "particles.star")
-    return write_optimisation_subset(tilts.source, tilts.particle_rows[p], out_dir)
+        # an image series keeps the StarParticles it was read from; an optimisation set its tables
+        return write_star_subset(cast(StarParticles, tilts.source), rows, out_dir / "particles.star")
+    assert tilts.particle_rows is not None  # filled in by TiltSeriesSet.__post_init__
+    return write_optimisation_subset(cast(OptimisationSetTables, tilts.source), tilts.particle_rows[p], out_dir)

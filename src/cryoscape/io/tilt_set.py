@@ -115,6 +115,8 @@ class TiltSeriesSet:
         """The particles at ``particles`` (positions in this set), in that order, with all their images."""
         p = np.atleast_1d(np.arange(len(self))[particles])
         img = self.image_indices(p)
+        # filled in by __post_init__
+        assert self.image_rows is not None and self.particle_rows is not None and self.source_indices is not None
         offsets = np.concatenate([[0], np.cumsum(self.tilt_counts[p])]).astype(np.int64)
 
         def opt(a):
