@@ -169,7 +169,7 @@ def compute_ctf(freqs_per_angstrom: torch.Tensor, ctf) -> torch.Tensor:
     return scale * values * torch.exp(-0.25 * bfactor * s2)
 
 
-def ctf_image(D: int, pixel_size_angstrom: float, ctf: torch.Tensor) -> torch.Tensor:
+def ctf_image(D: int, pixel_size_angstrom: float, ctf: torch.Tensor | CTFTensors) -> torch.Tensor:
     """CTF on the centred ``D x D`` Fourier grid (DC at ``D // 2``).
 
     Parameters
@@ -184,8 +184,8 @@ def ctf_image(D: int, pixel_size_angstrom: float, ctf: torch.Tensor) -> torch.Te
     tensor ``L x (D, D)`` (device and float dtype of ``ctf``).
     """
     if not isinstance(ctf, CTFTensors):
-        ctf = torch.as_tensor(ctf)
-        ctf = CTFTensors.of(ctf[None] if ctf.ndim == 1 else ctf)
+        rows = torch.as_tensor(ctf)
+        ctf = CTFTensors.of(rows[None] if rows.ndim == 1 else rows)
     dtype = ctf.dtype if ctf.dtype.is_floating_point else torch.float32
     freqs = freq_grid_2d(D, device=ctf.device, dtype=dtype).reshape(-1, 2) / pixel_size_angstrom
     return compute_ctf(freqs, ctf.to(dtype)).reshape(*ctf.shape, D, D)

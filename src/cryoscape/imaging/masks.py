@@ -14,7 +14,10 @@ __all__ = ["soft_circular_window", "sphere_mask", "soft_edge_mask"]
 def _radius(D: int, ndim: int, device=None) -> torch.Tensor:
     i = torch.arange(D, device=device, dtype=torch.float32) - D // 2
     grids = torch.meshgrid(*([i] * ndim), indexing="ij")
-    return torch.sqrt(sum(g * g for g in grids))
+    r2 = grids[0] * grids[0]
+    for g in grids[1:]:
+        r2 = r2 + g * g
+    return torch.sqrt(r2)
 
 
 def soft_circular_window(

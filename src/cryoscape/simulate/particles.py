@@ -25,6 +25,7 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -316,7 +317,7 @@ def simulate_dataset(
     n = int(n_particles)
     D, apix = states.D, states.pixel_size_angstrom
     meta = draw_metadata(n, states, seed, max_shift_px, defocus_range_um, astigmatism_um, ctf=ctf)
-    written = {}
+    written: dict[str, Any] = {}
 
     def save_state(state: int, volume: np.ndarray) -> None:
         written.setdefault("gt", []).append(write_mrc(out / "gt" / f"state_{state:03d}.mrc", volume, apix))

@@ -144,9 +144,10 @@ class TiltMetadata:
 
 
 def draw_tilt_metadata(n: int, states: StateSet, seed: int, tilts_deg: np.ndarray, dose_per_tilt: float = 3.0,
-                       n_tomograms: int | None = None, defocus_range_um=(1.5, 3.5), defocus_jitter_um: float = 0.1,
-                       astigmatism_um: float = 0.0, max_shift_px: float = 2.0, drop_tilts: int = 0,
-                       voltage_kv: float = 300.0, cs_mm: float = 2.7, amplitude_contrast: float = 0.1) -> TiltMetadata:
+                       n_tomograms: int | None = None, defocus_range_um: tuple[float, float] = (1.5, 3.5),
+                       defocus_jitter_um: float = 0.1, astigmatism_um: float = 0.0, max_shift_px: float = 2.0,
+                       drop_tilts: int = 0, voltage_kv: float = 300.0, cs_mm: float = 2.7,
+                       amplitude_contrast: float = 0.1) -> TiltMetadata:
     """Draw states, poses, positions, tomograms and per-tilt CTFs, deterministically from ``seed``.
 
     ``drop_tilts``: each particle loses a uniform random number in ``[0, drop_tilts]`` of its tilts other than the

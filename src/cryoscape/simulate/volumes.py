@@ -366,7 +366,8 @@ def states_from_maps(paths, pixel_size_angstrom: float | None = None) -> StateSe
     paths = list(paths)
     if not paths:
         raise InputError("no volumes given")
-    D = apix = None
+    D: int | None = None
+    apix = 0.0  # set from the first map
     for p in paths:
         info = read_header(p)
         nz, ny, nx = info.shape
@@ -383,6 +384,7 @@ def states_from_maps(paths, pixel_size_angstrom: float | None = None) -> StateSe
         apix = float(pixel_size_angstrom)
     if not apix or apix <= 0:
         raise InputError("the map header has no voxel size", paths[0], "pass --apix")
+    assert D is not None  # paths is not empty
 
     def render(state: int) -> np.ndarray:
         return read_mrc(paths[state])[0].astype(np.float32)

@@ -27,6 +27,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 from cryoscape.errors import OutputError
 from cryoscape.utils.diskspace import check_writable_location
@@ -121,7 +122,7 @@ class OutputDir:
         self._before = {q.name for q in p.iterdir()}
         return self.path
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         p = self.path.absolute()
         if exc_type is None:
             if self._backup is not None:
