@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -180,6 +181,7 @@ def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 
     latents = load_latents(run_dir, epoch)
     requested = epoch
     z, epoch = latents.z, latents.epoch
+    assert epoch is not None  # the latents of a run folder name their epoch
     epoch_reason = epoch_choice(run_dir, requested, epoch)
     n, zdim = z.shape
     if n < 2:
@@ -233,7 +235,7 @@ def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 
     center_volumes = None
     traversals: dict[str, np.ndarray] = {}
     if generator is not None:
-        post = dict(flip=flip, invert=invert, downsample=downsample)
+        post: dict[str, Any] = dict(flip=flip, invert=invert, downsample=downsample)
         log.info(f"generating {k} k-means centre maps")
         center_volumes, voxel = _maps(generator, kdir, z[km.center_indices], progress, **post)
         for pc in range(1, (min(n_pcs, zdim) if zdim > 1 else 1) + 1):

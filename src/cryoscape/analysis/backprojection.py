@@ -105,6 +105,7 @@ def available_memory_bytes(device: str | torch.device = "cpu") -> int | None:
 
 
 def _check_memory(D: int, oversample, batch_size: int, max_memory_gb: float | None, device: torch.device) -> None:
+    limit: float | None
     if max_memory_gb is not None:
         # a budget for the whole process: compare the estimated peak
         limit, what, extra = float(max_memory_gb) * GB, "allowed by --max-memory-gb", 0
@@ -146,7 +147,7 @@ def _splat(accum_ft, accum_weight, sizes, strides, pos, values, weights, offset=
     frac = (pos - base_f).to(accum_weight.dtype)
     base = base_f.long()
     del base_f
-    axis_terms = []
+    axis_terms: list[tuple[tuple[torch.Tensor, torch.Tensor], ...]] = []
     for a in range(3):
         lo, hi = base[:, a], base[:, a] + 1
         w_lo = torch.where((lo >= 0) & (lo < sizes[a]), 1 - frac[:, a], 0.0)
@@ -437,6 +438,7 @@ def backproject(
         del batch
         bar.update(idx.size)
     bar.close()
+    assert grids is not None  # at least one particle (checked above)
 
     if wiener_epsilon is None:
         wiener_epsilon = grids.wiener_epsilon()

@@ -30,6 +30,7 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,7 +81,7 @@ def read_labels(path: str | Path, label_set: str = "state") -> dict[str, np.ndar
         raise InputError("file not found", path) from None
     except (ValueError, OSError) as exc:
         raise InputError(f"not a readable .npz file ({exc})", path) from None
-    out = {}
+    out: dict[str, np.ndarray] = {}
     if "state" in data:
         out["state"] = data["state"].astype(np.int64).ravel()
     if "coordinate" in data:
@@ -112,7 +113,9 @@ def read_gt_maps(sim_dir: str | Path) -> tuple[dict[int, np.ndarray], float]:
         vol, info = read_mrc(p)
         if vol.ndim != 3:
             raise InputError(f"expected a volume, got shape {vol.shape}", p)
-        maps[int(_STATE_FILE.match(p.name).group(1))] = vol
+        match = _STATE_FILE.match(p.name)
+        assert match is not None  # files are filtered by it
+        maps[int(match.group(1))] = vol
         sizes.add((vol.shape, round(info.voxel_size_angstrom, 4)))
     if len(sizes) != 1:
         raise InputError(f"ground-truth maps differ in box or voxel size: {sorted(sizes)}", gt_dir)
@@ -350,7 +353,7 @@ def map_scores(generator, z: np.ndarray, true_states: np.ndarray, gt_maps: Mappi
     gt = _prepare_gt(gt_maps, vols.shape[-1], pixel_size, gt_pixel_size_angstrom)
     map_states = sorted(gt)
     masks = {s: (auto_mask(gt[s], pixel_size) if mask == "auto" else None) for s in map_states}
-    result = {"pixel_size_angstrom": pixel_size, "map_states": map_states, "states": {}}
+    result: dict[str, Any] = {"pixel_size_angstrom": pixel_size, "map_states": map_states, "states": {}}
     for s, vol in zip(states, vols, strict=True):
         result["states"][s] = _fsc_summary(vol, gt[s], pixel_size, masks[s])
     result["correlation_matrix"] = [[map_correlation(v, gt[s]) for s in map_states] for v in vols]
@@ -361,8 +364,8 @@ def map_scores(generator, z: np.ndarray, true_states: np.ndarray, gt_maps: Mappi
         result["center_correlation_matrix"] = cmat.tolist()
         result["centers"] = {}
         for c, (v, row) in enumerate(zip(cvols, cmat, strict=True)):
-            s = (matching or {}).get(c)
-            s = int(map_states[int(np.nanargmax(row))]) if s is None or s not in gt else int(s)
+            matched = (matching or {}).get(c)
+            s = int(map_states[int(np.nanargmax(row))]) if matched is None or matched not in gt else int(matched)
             result["centers"][c] = {"state": s, **_fsc_summary(v, gt[s], pixel_size, masks[s])}
     return result
 
@@ -443,6 +446,7 @@ def per_image_au_fsc(generator, z: np.ndarray, true_states: np.ndarray, gt_maps:
         if gt is None:
             gt = _prepare_gt(gt_maps, vols.shape[-1], pixel_size, gt_pixel_size_angstrom)
             masks = _state_masks(gt, pixel_size, mask)
+        assert gt is not None and masks is not None  # set by the first batch
         for i, vol in zip(sel, vols, strict=True):
             s = int(true_states[i])
             values.append(au_fsc(vol, gt[s], masks[s]))
@@ -542,6 +546,7 @@ def cryobench_metrics(z: np.ndarray, truth: Mapping[str, np.ndarray], generator=
         for key in ("per_image_au_fsc", "per_conformation_au_fsc"):
             out["not_computed"][key] = "needs " + " and ".join(missing)
     else:
+        assert states is not None and gt_maps is not None  # none missing
         out["per_image_au_fsc"] = per_image_au_fsc(generator, z, states, gt_maps, n_images, seed, mask, batch_size,
                                                    gt_pixel_size_angstrom)
         out["per_conformation_au_fsc"] = per_conformation_au_fsc(generator, z, states, gt_maps, mask, batch_size,

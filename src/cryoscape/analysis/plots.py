@@ -213,7 +213,7 @@ def plot_volume_slices(vol: np.ndarray, title: str = "") -> Figure:
     return fig
 
 
-def plot_volume_gallery(vols: Sequence[np.ndarray], titles: Sequence[str] | None = None,
+def plot_volume_gallery(vols: Sequence[np.ndarray] | np.ndarray, titles: Sequence[str] | None = None,
                         view: str = "projection", ncols: int = 5) -> Figure:
     """Thumbnails of several volumes ``(n, D, D, D)`` in a grid: their z projection or central xy section.
 

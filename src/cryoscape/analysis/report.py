@@ -122,7 +122,7 @@ def config_section(config) -> Section:
             raise InputError("file not found", path) from None
         except yaml.YAMLError as exc:
             raise InputError(f"not valid YAML ({str(exc).splitlines()[0]})", path) from None
-    elif dataclasses.is_dataclass(config):
+    elif dataclasses.is_dataclass(config) and not isinstance(config, type):
         config = dataclasses.asdict(config)
     if not isinstance(config, Mapping):
         raise InputError(f"the configuration must be a mapping, got {type(config).__name__}")
@@ -287,7 +287,7 @@ def latent_section(z: np.ndarray, pca=None, umap: np.ndarray | None = None,
     return sec
 
 
-def kmeans_section(labels: np.ndarray, center_volumes: Sequence[np.ndarray] | None = None,
+def kmeans_section(labels: np.ndarray, center_volumes: Sequence[np.ndarray] | np.ndarray | None = None,
                    center_indices: np.ndarray | None = None, embedding: np.ndarray | None = None,
                    axis_labels: tuple[str, str] = ("PC1", "PC2")) -> Section:
     """k-means clusters: sizes, the clusters on an embedding ``(N, 2)``, thumbnails of the centre volumes."""
@@ -312,7 +312,7 @@ def kmeans_section(labels: np.ndarray, center_volumes: Sequence[np.ndarray] | No
     return sec
 
 
-def traversal_section(traversals: Mapping[str, Sequence[np.ndarray]]) -> Section:
+def traversal_section(traversals: Mapping[str, Sequence[np.ndarray] | np.ndarray]) -> Section:
     """Volumes along trajectories: ``{name (e.g. "PC1"): (n, D, D, D) volumes}``, one thumbnail row each."""
     sec = Section("Trajectories")
     for name, vols in traversals.items():
@@ -541,10 +541,11 @@ def render_html(sections: Sequence[Section], title: str = "cryoscape analysis", 
 
 def build_report(out_dir: str | Path, sections: Sequence[Section] = (), *, title: str = "cryoscape analysis",
                  config=None, metrics=None, z: np.ndarray | None = None, pca=None, umap: np.ndarray | None = None,
-                 kmeans=None, center_volumes: Sequence[np.ndarray] | None = None,
-                 traversals: Mapping[str, Sequence[np.ndarray]] | None = None, evaluation: Mapping | None = None,
-                 embed: bool = True, filename: str = "index.html", epoch: int | None = None,
-                 epoch_reason: str | None = None, selection_metric: str = "val_loss") -> Path:
+                 kmeans=None, center_volumes: Sequence[np.ndarray] | np.ndarray | None = None,
+                 traversals: Mapping[str, Sequence[np.ndarray] | np.ndarray] | None = None,
+                 evaluation: Mapping | None = None, embed: bool = True, filename: str = "index.html",
+                 epoch: int | None = None, epoch_reason: str | None = None,
+                 selection_metric: str = "val_loss") -> Path:
     """Write ``out_dir/index.html`` and return its path.
 
     Standard sections are built, in this order, from the arguments given: ``config`` (mapping, dataclass or

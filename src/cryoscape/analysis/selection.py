@@ -66,6 +66,7 @@ def select_particles(z: np.ndarray, run_indices: np.ndarray, n_input: int, *, cl
                 raise InputError("cluster labels do not match the run's particles")
             mask = np.isin(cluster_labels, np.asarray(clusters))
         else:
+            assert z_range is not None  # exactly one of the three is given
             dim, lo, hi = z_range
             if not 0 <= dim < z.shape[1]:
                 raise InputError(f"--z-range dimension {dim} is outside 0..{z.shape[1] - 1}")

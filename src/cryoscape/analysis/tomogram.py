@@ -75,6 +75,7 @@ def read_placements(path: str | Path, coordinate_pixel_size_angstrom: float | No
     tomo_col = next((c for c in ("rlnTomoName", "rlnMicrographName") if c in table.columns), None)
     id_col = next((c for c in ("rlnGroupName", "rlnTomoParticleName", "rlnGroupNumber") if c in table.columns), None)
     image_series = "rlnCtfBfactor" in table.columns and id_col is not None and table[id_col].duplicated().any()
+    names: np.ndarray | None
     if image_series:
         order, offsets, names = ts.group_images(table[id_col].to_numpy())
         table = table.iloc[order[offsets[:-1]]].reset_index(drop=True)
@@ -222,7 +223,7 @@ def chimerax_script(tomogram: str, coordinates_angstrom: np.ndarray, labels: np.
     if volumes is None:
         for c in np.unique(labels):
             sel = np.flatnonzero(labels == c)
-            for i in sel:
+            for i in sel.tolist():
                 x, y, z = coordinates_angstrom[i]
                 lines.append(f"marker #{100 + int(c)} position {x:.2f},{y:.2f},{z:.2f} color {_hex(colors[c])} "
                              f"radius {marker_radius:g}")

@@ -182,16 +182,16 @@ def bridge_components(z: np.ndarray, graph: scipy.sparse.csr_matrix, candidates=
         kruskal(src[between], dst[between], d[between])
     while uf.count > 1:  # Boruvka rounds: each group's nearest particle outside it
         groups = uf.groups()
-        src, dst, d = [], [], []
+        near_src, near_dst, near_d = [], [], []
         for g in np.unique(groups):
             inside = np.flatnonzero(groups == g)
             outside = np.flatnonzero(groups != g)
             dist, nbr = NearestNeighbors(n_neighbors=1).fit(z[outside]).kneighbors(z[inside])
             best = int(np.argmin(dist[:, 0]))
-            src.append(inside[best])
-            dst.append(outside[nbr[best, 0]])
-            d.append(dist[best, 0])
-        kruskal(np.array(src), np.array(dst), np.array(d))
+            near_src.append(inside[best])
+            near_dst.append(outside[nbr[best, 0]])
+            near_d.append(dist[best, 0])
+        kruskal(np.array(near_src), np.array(near_dst), np.array(near_d))
     i, j, d = (np.array(a) for a in zip(*added, strict=True))
     n = z.shape[0]
     extra = scipy.sparse.coo_matrix((_tiny(d), (i, j)), shape=(n, n)).tocsr()
