@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryoscape.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from cryoscape.config import CryoDRGNConfig, DataConfig, RunConfig, TrainConfig
 from cryoscape.utils.atomic import atomic_write_text
 
 log = logging.getLogger("cryoscape")
@@ -145,7 +145,7 @@ def _run_demo(out: Path, settings: DemoSettings, progress: bool) -> dict:
     log.info(f"[2/3] training a {s.zdim}-D cryoDRGN model for {s.epochs} epochs -> {run_dir}")
     config = RunConfig(
         data=DataConfig(particles=str(sim / "particles.star")),
-        model=ModelConfig(family="cryodrgn", zdim=s.zdim, enc_dim=s.width, dec_dim=s.width),
+        model=CryoDRGNConfig(family="cryodrgn", zdim=s.zdim, enc_dim=s.width, dec_dim=s.width),
         train=TrainConfig(epochs=s.epochs, seed=s.seed),
     )
     train(config, run_dir, progress=progress)

@@ -42,7 +42,7 @@ def cs_alignments_name(value: str) -> str:
     return value
 
 
-def add_cs_alignments_arg(parser: argparse.ArgumentParser) -> None:
+def add_cs_alignments_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """Add ``--cs-alignments``."""
     parser.add_argument("--cs-alignments", type=cs_alignments_name, metavar="SET",
                         help="cryoSPARC .cs input: the alignment set to read poses from, alignments3D (default) or "

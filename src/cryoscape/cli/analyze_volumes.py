@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 # everything `analyze-volumes` writes into OUT (--overwrite replaces these, stale ones included)
 OUTPUTS = ("vol_pcs.npy", "labels.npy", "sample_indices.npy", "mean.mrc", "pc_[0-9]*.mrc", "explained_variance.png",
@@ -89,7 +90,9 @@ def _write(args, generator, z, rows, mask, ref, out) -> None:
     result = analyze_volume_space(generator, z[rows], mask=mask, n_components=args.pcs,
                                   k=min(args.k, len(rows)), umap=not args.skip_umap, seed=args.seed,
                                   batch_size=args.batch_size)
-    for name, arr in (("sample_indices.npy", rows), ("vol_pcs.npy", result.pcs), ("labels.npy", result.labels)):
+    arrays: tuple[tuple[str, Any], ...] = (("sample_indices.npy", rows), ("vol_pcs.npy", result.pcs),
+                                         ("labels.npy", result.labels))
+    for name, arr in arrays:
         with atomic_path(out / name) as tmp:
             np.save(tmp, arr)
     apix = generator.pixel_size_angstrom

@@ -20,6 +20,7 @@ replaces vol_NNN.mrc and z_values.txt only, and with --reconstruct the half maps
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -61,7 +62,7 @@ def run(args) -> int:
         return _reconstruct(args, output)
     if output.suffix == ".mrc" and not output.is_dir():
         check_output_file(output, "eval-vol", args.overwrite)
-        folder = contextlib.nullcontext()
+        folder: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     else:
         folder = prepare_output_dir(output, "eval-vol", args.overwrite, own=("vol_[0-9]*.mrc", "z_values.txt"))
     with folder:
@@ -89,7 +90,7 @@ def _reconstruct(args, output) -> int:
         stem = output.with_suffix("")
         for path in (output, f"{stem}_half_a.mrc", f"{stem}_half_b.mrc", f"{stem}_fsc.txt"):
             check_output_file(path, "eval-vol", args.overwrite)
-        folder = contextlib.nullcontext()
+        folder: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     else:
         folder = prepare_output_dir(output, "eval-vol", args.overwrite,
                                     own=("vol_[0-9]*.mrc", "vol_[0-9]*_fsc.txt", "z_values.txt"))

@@ -67,6 +67,7 @@ def run(args) -> int:
         if len(particles) != n_input:
             raise InputError(f"has {len(particles)} particles but the run's input has {n_input}", args.particles,
                              "give the file the run's input was made from (same particles, same order)")
+    assert latents.epoch is not None and latents.indices is not None  # the latents of a run folder
     labels = None
     if args.clusters is not None:
         labels = np.load(find_kmeans_labels(run_dir, latents.epoch, args.k,

@@ -91,9 +91,9 @@ def run(args) -> int:
         mask, _ = read_mrc(args.mask)
         check_same_box(a, mask, args.map_a, args.mask)
     result = masked_fsc(a, b, apix, mask, _randomize_arg(args.phase_randomize))
-    cols = {"fsc_unmasked": result.unmasked, "fsc_masked": result.masked,
-            "fsc_phase_randomized": result.randomized, "fsc_corrected": result.corrected}
-    cols = {k: v for k, v in cols.items() if v is not None}
+    curves_or_none = {"fsc_unmasked": result.unmasked, "fsc_masked": result.masked,
+                      "fsc_phase_randomized": result.randomized, "fsc_corrected": result.corrected}
+    cols: dict[str, np.ndarray] = {k: v for k, v in curves_or_none.items() if v is not None}
     freq = result.freqs_per_angstrom
     with np.errstate(divide="ignore"):
         res = np.where(freq > 0, 1.0 / np.maximum(freq, 1e-30), np.inf)
@@ -101,6 +101,7 @@ def run(args) -> int:
     curves = {name.replace("fsc_", "").replace("_", " "): (result.freqs, c) for name, c in cols.items()}
     with out_dir as out:
         if args.mask == "auto":
+            assert mask is not None  # made above
             write_mrc(out / "mask.mrc", mask, voxel_size_angstrom=apix)
         with atomic_path(out / "fsc.txt") as tmp:
             np.savetxt(tmp, table, fmt="%.6g", header=" ".join(["freq_per_angstrom", "resolution_angstrom", *cols]))

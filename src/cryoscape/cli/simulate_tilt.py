@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from typing import Any
 
 from cryoscape.errors import InputError
 
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from cryoscape.utils.outputs import prepare_output_dir
 
     out_dir = prepare_output_dir(args.outdir, "simulate-tilt", args.overwrite, own=OUTPUTS)
-    base = dict(_DEFAULTS, **(SIZES[args.size] if args.size else {}))
+    base: dict[str, Any] = dict(_DEFAULTS, **(SIZES[args.size] if args.size else {}))
     n = args.n_particles or base["n_particles"]
     D = args.box or base["D"]
     apix = args.apix or base["apix"]

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cryoscape.errors import CryoscapeError, InputError
+
+if TYPE_CHECKING:
+    from cryoscape.io.particles import ParticleSet
+    from cryoscape.io.tilt_set import TiltSeriesSet
 
 log = logging.getLogger("cryoscape")
 
@@ -71,7 +77,7 @@ class ExplorerData:
     labels: np.ndarray
     label_source: str
     metadata: dict = field(default_factory=dict)
-    particles: object | None = None
+    particles: ParticleSet | TiltSeriesSet | None = None
     particles_problem: str | None = None
     family: object | None = None
 
@@ -129,7 +135,7 @@ def metadata_columns(particles, rows: np.ndarray, limit: int = MAX_METADATA_COLU
 
     source = particles.source
     out: dict[str, np.ndarray] = {}
-    candidates: list[tuple[str, object]] = []
+    candidates: list[tuple[str, Callable[..., Any]]] = []
     if isinstance(source, StarParticles):
         candidates += [(c, lambda c=c: source.table[c].to_numpy()) for c in source.table.columns]
         if source.optics is not None:
@@ -160,6 +166,7 @@ def _find_analysis(run_dir: Path, epoch: int, k: int | None) -> tuple[np.ndarray
 
     base = run_dir / "analysis" / f"epoch_{epoch:03d}"
     labels, source = None, "computed"
+    path: Path | None
     try:
         path = find_kmeans_labels(run_dir, epoch, k)
     except InputError:
@@ -209,6 +216,7 @@ def load_explorer_data(run_dir, epoch: int | None = None, k: int | None = None, 
         raise InputError("need at least two particles to explore", run_dir)
     input_indices = latents.indices if latents.indices is not None else np.arange(n, dtype=np.int64)
 
+    assert latents.epoch is not None  # the latents of a run folder
     labels, label_source, umap_xy = _find_analysis(run_dir, latents.epoch, k)
     if labels is not None and labels.shape != (n,):
         log.warning(f"{label_source}: {labels.shape[0]} labels for {n} particles; computing k-means")
@@ -256,4 +264,5 @@ def _attach_particles(data: ExplorerData) -> None:
         return
     data.particles, data.family = particles, family
     if isinstance(particles, ParticleSet):
+        assert particles.source_indices is not None  # filled in by ParticleSet.__post_init__
         data.metadata = metadata_columns(particles, particles.source_indices[data.input_indices])
