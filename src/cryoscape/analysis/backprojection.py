@@ -43,6 +43,19 @@ _OVERHEAD_BYTES = 700 * 10**6  # interpreter, torch and libraries (measured: ~0.
 GB = 10**9
 
 
+class NegatedImages:
+    """A (lazy) image stack whose images are negated on reading (``--invert-data`` for back-projection)."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, idx):
+        return -np.asarray(self.images[idx], dtype=np.float32)
+
+
 def _padded_size(D: int, oversample) -> int:
     Dp = int(oversample * D)
     return Dp + Dp % 2

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryoscape.analysis.backprojection import backproject
+from cryoscape.analysis.backprojection import NegatedImages, backproject
 from cryoscape.analysis.fsc import fsc, resolution_at
 from cryoscape.errors import InputError
 
@@ -55,16 +55,6 @@ class NeighbourMap:
     bandwidths: list[float] = field(default_factory=list)  # kernel width h of each candidate
     k_per_shell: list[int] = field(default_factory=list)  # the chosen k of each shell
 
-
-class _Negated:
-    def __init__(self, images):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, idx):
-        return -np.asarray(self.images[idx], dtype=np.float32)
 
 
 class NeighbourReconstructor:
@@ -203,7 +193,7 @@ def reconstructor_from_run(run_dir, epoch: int | None = None, **kwargs) -> Neigh
                          run_dir)
     particles = particles.subset(indices)
     rotations, shifts = particle_poses(run_dir, particles)
-    images = _Negated(particles.images) if config.data.invert_data else particles.images
+    images = NegatedImages(particles.images) if config.data.invert_data else particles.images
     ctf = None if particles.ctf is None else particles.ctf.to_array()
     return NeighbourReconstructor(latents.z, images, rotations, shifts, ctf, particles.pixel_size_angstrom,
                                   ctf_premultiplied=bool(getattr(particles, "ctf_premultiplied", False)), **kwargs)

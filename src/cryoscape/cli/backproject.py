@@ -67,18 +67,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     add_ctf_override_args(parser)
 
 
-class _Negated:
-    """A lazy image stack whose images are negated on reading."""
-
-    def __init__(self, images):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, idx):
-        return -np.asarray(self.images[idx], dtype=np.float32)
-
 
 def _plot_fsc(path: Path, curves: list[tuple[str, np.ndarray, np.ndarray]], thresholds) -> None:
     import matplotlib
@@ -140,7 +128,7 @@ def _run_particles(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Load the particles, back-project, write the maps and FSC."""
-    from cryoscape.analysis.backprojection import backproject
+    from cryoscape.analysis.backprojection import NegatedImages, backproject
     from cryoscape.analysis.fsc import fsc, resolution_at
     from cryoscape.io.mrc import read_mrc, write_mrc
     from cryoscape.io.particles import load_particles
@@ -174,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     ctf = None if particles.ctf is None else particles.ctf.to_array()
     if ctf is None and args.ctf_correction != "none":
         log.warning("no CTF parameters: back-projecting without CTF correction")
-    images = _Negated(particles.images) if args.invert_data else particles.images
+    images = NegatedImages(particles.images) if args.invert_data else particles.images
     premultiplied = bool(getattr(particles, "ctf_premultiplied", False))
     log.info("back-projecting %d particles (D=%d, %.4f A/px, CTF correction %s%s)", len(particles), particles.D, apix,
              args.ctf_correction if ctf is not None else "none",

@@ -23,6 +23,7 @@ from cryoscape.io.star import (
     resolve_relative,
     star_numbers,
     star_vectors,
+    tomo_optics_rows,
     write_star_blocks,
 )
 from cryoscape.io.tilt_set import TiltSeriesSet
@@ -184,15 +185,7 @@ def read_optimisation_set(path: str | Path, datadir=None, apix: float | None = N
                          ppath, "extract pseudo-subtomograms as 2-D stacks (RELION 5 / WarpTools)")
     parts, glob = tables.particles, tables.tomograms
     optics = tables.optics
-    if optics is not None and len(optics):
-        groups = star_numbers(optics, "rlnOpticsGroup", ppath, 1).astype(int)
-        pg = star_numbers(parts, "rlnOpticsGroup", ppath, groups[0]).astype(int)
-        lookup = {g: i for i, g in enumerate(groups)}
-        if set(pg) - set(lookup):
-            raise InputError(f"particles refer to unknown optics groups {sorted(set(pg) - set(lookup))}", ppath)
-        orow = np.array([lookup[g] for g in pg], dtype=np.int64)
-    else:
-        optics, orow = None, np.zeros(len(parts), np.int64)
+    optics, orow = tomo_optics_rows(parts, optics, ppath)
     names = parts["rlnTomoName"].astype(str).to_numpy() if "rlnTomoName" in parts.columns else None
     if names is None:
         raise InputError("missing column rlnTomoName", ppath)

@@ -530,6 +530,28 @@ def star_numbers(table: pd.DataFrame, name: str, path: Path, default: float | No
         raise InputError(f"column {name} has non-numeric values", path) from None
 
 
+def tomo_optics_rows(parts: pd.DataFrame, optics: pd.DataFrame | None, path: Path
+                     ) -> tuple[pd.DataFrame | None, np.ndarray]:
+    """For every particle of a tomography particle table, the row of its optics group in ``optics``.
+
+    A missing ``rlnOpticsGroup`` column in ``parts`` means the first group. Returns ``(optics, rows)``, with
+    ``optics`` ``None`` (and every row 0) when there is no optics table.
+
+    Raises
+    ------
+    InputError
+        A particle refers to an optics group that ``optics`` does not define.
+    """
+    if optics is None or not len(optics):
+        return None, np.zeros(len(parts), np.int64)
+    groups = star_numbers(optics, "rlnOpticsGroup", path, 1).astype(int)
+    pg = star_numbers(parts, "rlnOpticsGroup", path, groups[0]).astype(int)
+    lookup = {g: i for i, g in enumerate(groups)}
+    if set(pg) - set(lookup):
+        raise InputError(f"particles refer to unknown optics groups {sorted(set(pg) - set(lookup))}", path)
+    return optics, np.array([lookup[g] for g in pg], dtype=np.int64)
+
+
 def star_vectors(column: pd.Series, width: int | None, name: str, path: Path) -> list[np.ndarray]:
     """Parse ``"[a,b,c]"`` strings of a column into float arrays."""
     out = []

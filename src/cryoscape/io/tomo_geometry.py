@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from cryoscape.errors import InputError
-from cryoscape.io.star import star_numbers
+from cryoscape.io.star import star_numbers, tomo_optics_rows
 
 log = logging.getLogger("cryoscape.io.tilt_series")
 
@@ -140,15 +140,7 @@ def particle_positions(parts: pd.DataFrame, optics, glob: pd.DataFrame, ppath: P
     if missing:
         raise InputError(f"particles refer to tomograms {missing[:3]} that {tpath.name} does not define", ppath)
     tomo_row = np.array([gnames.index(t) for t in names], dtype=np.int64)
-    if optics is not None and len(optics):
-        groups = star_numbers(optics, "rlnOpticsGroup", ppath, 1).astype(int)
-        pg = star_numbers(parts, "rlnOpticsGroup", ppath, groups[0]).astype(int)
-        lookup = {g: i for i, g in enumerate(groups)}
-        if set(pg) - set(lookup):
-            raise InputError(f"particles refer to unknown optics groups {sorted(set(pg) - set(lookup))}", ppath)
-        orow = np.array([lookup[g] for g in pg], dtype=np.int64)
-    else:
-        optics, orow = None, np.zeros(n, np.int64)
+    optics, orow = tomo_optics_rows(parts, optics, ppath)
     ts_px = _per_particle("rlnTomoTiltSeriesPixelSize", parts, optics, orow, glob, tomo_row, ppath, tpath)
     tomo_px = star_numbers(glob, "rlnTomoTiltSeriesPixelSize", tpath)[tomo_row] \
         if "rlnTomoTiltSeriesPixelSize" in glob.columns else ts_px
