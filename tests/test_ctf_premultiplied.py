@@ -284,7 +284,6 @@ def _corr(a, b):
 
 
 @pytest.mark.slow  # two simulations and two short trainings (about 30-40 s on a loaded 2-core CPU)
-@pytest.mark.slow
 def test_premultiplied_tilt_series_give_the_same_map(tmp_path):
     """simulate-tilt --premultiply data (same particles, poses, CTFs and noise as the plain data, then CTF x image)
     trained as CTF^2 x slice give the same homogeneous map as the plain data: the same correlation with the truth
