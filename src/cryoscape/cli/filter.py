@@ -67,7 +67,9 @@ def run(args) -> int:
         if len(particles) != n_input:
             raise InputError(f"has {len(particles)} particles but the run's input has {n_input}", args.particles,
                              "give the file the run's input was made from (same particles, same order)")
-    assert latents.epoch is not None and latents.indices is not None  # the latents of a run folder
+    assert latents.epoch is not None  # the latents of a run folder name their epoch
+    # a run folder without indices.npy trained on the whole input, in order
+    run_indices = latents.indices if latents.indices is not None else np.arange(len(latents.z), dtype=np.int64)
     labels = None
     if args.clusters is not None:
         labels = np.load(find_kmeans_labels(run_dir, latents.epoch, args.k,
@@ -82,7 +84,7 @@ def run(args) -> int:
     if args.ind:  # a tilt-series run counts particles; a per-image (tilt) index file is named as such
         offsets = getattr(particles, "offsets", None)
         ind = read_particle_indices(args.ind, offsets) if offsets is not None else read_indices(args.ind, n=n_input)
-    chosen = select_particles(latents.z, latents.indices, n_input, cluster_labels=labels,
+    chosen = select_particles(latents.z, run_indices, n_input, cluster_labels=labels,
                               clusters=args.clusters, z_range=z_range, ind=ind, invert=args.invert)
     learned = None
     if config.train.refine_poses and not args.input_poses and not family.own_input_format:
