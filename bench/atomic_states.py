@@ -1,4 +1,4 @@
-"""Independent atomic-model data sets for the per-epoch study (bench/recipe.py, RESULTS.md section 8).
+"""Independent atomic-model data sets for the per-epoch study (bench/recipe.py, RESULTS.md section 9).
 
 Real deposited models, not the simulator's blobs: the atomic models come from the PyPI package
 ``MDAnalysisTests`` (its test data folder holds PDB entries; wwPDB data are CC0). The source archive is fetched

@@ -55,7 +55,7 @@ class CoordinateDecoder(nn.Module):
         Each part with its own fan-in gave the latent's weights ``b = 1/sqrt(zdim)``, 3.6x larger at D=32, zdim 8:
         the untrained decoder's output was then dominated by the random ``z`` of the first steps, the posterior
         carried twice cryoDRGN's KL and the states separated more slowly per epoch (issue 21, bench/RESULTS.md
-        section 8).
+        section 9).
         """
         assert self.input_latent is not None, "only a decoder with latents has the split first layer"
         bound = 1.0 / math.sqrt(self.input_coords.in_features + self.input_latent.in_features)
