@@ -71,18 +71,11 @@ __all__ = ["FORMATS", "TiltSeriesSet", "detect_format", "load_tilt_series", "rea
 
 def detect_format(path: str | Path) -> str:
     """``'optimisation_set'`` when the STAR file names a particles and a tomograms file, else ``'imageseries'``."""
-    import starfile
-
     path = Path(path)
     if not path.is_file():
         raise InputError("tilt-series STAR file not found", path)
-    try:
-        blocks = starfile.read(path, always_dict=True)
-    except Exception as exc:  # starfile raises assorted parser errors
-        raise InputError(f"not a readable STAR file ({type(exc).__name__}: {exc})", path) from None
-    for block in blocks.values():
-        keys = block.keys() if isinstance(block, dict) else block.columns
-        if "rlnTomoParticlesFile" in keys and "rlnTomoTomogramsFile" in keys:
+    for block in read_star_blocks(path).values():
+        if "rlnTomoParticlesFile" in block.columns and "rlnTomoTomogramsFile" in block.columns:
             return "optimisation_set"
     return "imageseries"
 
