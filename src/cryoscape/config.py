@@ -128,9 +128,15 @@ class CryoDRGNConfig(MLPModelConfig):
     # frequency marching (the training lattice's radius grows during training)
     freq_march: float = 0.0  # epochs over which the radius grows to Nyquist (0: full lattice from the start)
     march_start: float = 0.25  # starting radius as a fraction of Nyquist
+    # focused heterogeneity (data/focus.py): the soft mask MRC, and the consensus map subtracted outside it (the
+    # copy in RUN/focus/ that `cryoscape train` writes: back-projected, or the --focus-consensus map given)
+    focus_mask: str | None = None
+    focus_consensus: str | None = None
 
     def __post_init__(self):
         super().__post_init__()
+        if self.focus_consensus and not self.focus_mask:
+            raise InputError("--focus-consensus needs --focus-mask")
         if self.freq_march < 0:
             raise InputError(f"--freq-march must be >= 0, got {self.freq_march}")
         if not 0.0 < self.march_start <= 1.0:

@@ -118,6 +118,16 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "while the low resolutions are learnt; default 0 = full lattice throughout)")
     t.add_argument("--march-start", type=float, default=0.25,
                    help="starting radius of --freq-march as a fraction of Nyquist (default 0.25)")
+    t.add_argument("--focus-mask", metavar="MASK.mrc",
+                   help="cryodrgn family: focused heterogeneity on the region of this soft mask (values in [0, 1], "
+                        "the particles' box and pixel size). Each image x becomes f * (x - s CTF P[(1 - M) V]): the "
+                        "consensus V outside the mask M is subtracted, and the image is multiplied by the mask's "
+                        "footprint f = clip(P[M], 0, 1) (pixels whose ray misses the mask are zeroed; the rendered "
+                        "slices get the same weight). V is back-projected from the particles (FSC-weighted) and "
+                        "stored in RUN/focus/; decoder maps are of the subtracted signal (docs/choosing-a-model.md)")
+    t.add_argument("--focus-consensus", metavar="MAP.mrc",
+                   help="--focus-mask: the consensus map to subtract (default: back-projected from the particles); "
+                        "scaled to the images by least squares, copied to RUN/focus/consensus.mrc")
     t.add_argument("--refine-poses", action="store_true",
                    help="cryodrgn family (VAE and --zdim 0): refine the consensus poses during training, a rotation "
                         "(axis-angle) and an in-plane shift correction per particle with their own sparse Adam; the "
@@ -286,6 +296,9 @@ def run(args) -> int:
         config = config_from_args(args, base=load_config(Path(args.outdir) / "config.yaml"))
     else:
         config = config_from_args(args)
+    from cryoscape.cli._focus import prepare_focus
+
+    config = prepare_focus(config, args.outdir, bool(args.resume), progress=not args.no_progress)
     try:
         train(config, args.outdir, resume=bool(args.resume), progress=not args.no_progress)
     except TrainingInterrupted as exc:

@@ -80,7 +80,12 @@ class Batch:
 
 @dataclass
 class SliceBatch(Batch):
-    """cryodrgn family: ``y`` ``(B, P)`` normalised Hartley pixels, ``rot`` ``(B, 3, 3)``, ``ctf`` ``(B,)``."""
+    """cryodrgn family: ``y`` ``(B, P)`` normalised Hartley pixels, ``rot`` ``(B, 3, 3)``, ``ctf`` ``(B,)``, and with
+    ``train --focus-mask`` ``weight`` ``(B, D, D)``, the real-space footprints the rendered images are multiplied by
+    (:mod:`cryoscape.data.focus`).
+    """
+
+    weight: torch.Tensor | None = None
 
 
 @dataclass

@@ -34,10 +34,16 @@ class SliceParticleData(PreparedData):
     norm_std : scale the Hartley values are divided by; computed from up to 1000 images when ``None``.
 
     ``ctf_premultiplied`` is the particle set's flag (images hold ``CTF x image``; models render ``CTF^2 x slice``).
+
+    ``focus`` (``train --focus-mask``): a :class:`~cryoscape.data.focus.FocusSubtraction`; each image then has the
+    consensus outside the mask subtracted and is multiplied by the mask's footprint before its transform, and
+    batches carry the footprints (``weight``) for the model. Its scale is fitted on up to 1000 images here unless
+    ``focus_scale`` gives it (a resumed run's recorded value).
     """
 
     def __init__(self, particles, pixels: FourierPixels, *, invert=False, window=True, window_inner=0.85,
-                 lazy=False, norm_std: float | None = None, progress=True):
+                 lazy=False, norm_std: float | None = None, progress=True, focus=None,
+                 focus_scale: float | None = None):
         require_poses(particles)
         self.particles = particles
         self.pixels = pixels
@@ -47,7 +53,26 @@ class SliceParticleData(PreparedData):
         self._shifts_cpu = torch.as_tensor(particles.poses.shifts_px(self.pixel_size_angstrom), dtype=torch.float32)
         self.ctf = None if particles.ctf is None else CTFTensors.from_params(particles.ctf)
         self.ctf_premultiplied = ctf_premultiplied_flag(particles, self.ctf is not None, log)
+        self.focus = focus
+        if focus is not None:
+            self._rotations_cpu, self._ctf_cpu = self.rotations, self.ctf  # what _prepare needs, kept on the CPU
+            if focus_scale is not None:
+                focus.scale = float(focus_scale)
+            else:
+                self._fit_focus_scale()
         self._init_values(norm_std, progress)
+
+    def _fit_focus_scale(self) -> None:
+        """Fit the consensus scale (:meth:`FocusSubtraction.fit_scale`) on up to 1000 evenly spaced images."""
+        from cryoscape.data.focus import SCALE_SAMPLE
+
+        n = len(self.particles)
+        rows = np.unique(np.linspace(0, n - 1, min(n, SCALE_SAMPLE)).astype(np.int64))
+        raw = torch.from_numpy(np.asarray(self.particles.images[rows], dtype=np.float32))
+        ctf = None if self._ctf_cpu is None else self._ctf_cpu[torch.from_numpy(rows)]
+        scale = self.focus.fit_scale(raw, self._rotations_cpu[rows], self._shifts_cpu[rows], ctf, self.invert,
+                                     self.window)
+        log.info("--focus-mask: consensus scale %.4g (least squares over %d images)", scale, len(rows))
 
     def __len__(self) -> int:
         return len(self.particles)
@@ -56,10 +81,21 @@ class SliceParticleData(PreparedData):
         raw = np.asarray(self.particles.images[indices], dtype=np.float32)
         check_finite(raw, indices, self.source)
         images = torch.from_numpy(raw)
-        return hartley_pixels(images, self.pixels, self._shifts_cpu[indices], self.window, self.invert)
+        shifts, window = self._shifts_cpu[indices], self.window
+        if self.focus is not None:
+            ctf = None if self._ctf_cpu is None else self._ctf_cpu[torch.from_numpy(np.asarray(indices))]
+            images, footprint = self.focus.apply(images, self._rotations_cpu[indices], shifts, ctf, self.invert)
+            window = footprint if window is None else window * footprint
+        return hartley_pixels(images, self.pixels, shifts, window, self.invert)
 
     def batch(self, indices: np.ndarray) -> SliceBatch:
-        """The batch of particles at ``indices`` (positions in this data set)."""
+        """The batch of particles at ``indices`` (positions in this data set); with :attr:`focus`, ``weight`` holds
+        the centred footprints ``(B, D, D)`` of the focus mask.
+        """
         idx = torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(self.device)
+        weight = None
+        if self.focus is not None:
+            rows = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+            weight = self.focus.footprint(self._rotations_cpu[rows]).to(self.device)
         return SliceBatch(idx, self.prepared_rows(idx), self.rotations[idx],
-                          None if self.ctf is None else self.ctf[idx])
+                          None if self.ctf is None else self.ctf[idx], weight=weight)

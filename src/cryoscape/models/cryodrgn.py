@@ -22,17 +22,22 @@ sees the whole image, and evaluation (validation loss, latents, volumes) always 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 from cryoscape.data.fourier_pixels import FourierPixels
+from cryoscape.errors import InputError
 from cryoscape.imaging.ctf import compute_ctf
-from cryoscape.imaging.fft import ifft3_centered
+from cryoscape.imaging.fft import hartley2, ifft3_centered, ihartley2
 from cryoscape.imaging.lattice import central_slice_coords
 from cryoscape.models.decoders import CoordinateDecoder
 from cryoscape.models.family import FamilyModel, ModelFamily
 from cryoscape.models.mlp import ResidualMLP
 from cryoscape.models.vae import hartley_from_half_plane, kl_divergence, reparameterize, volumes_in_batches
+
+log = logging.getLogger(__name__)
 
 
 class CryoDRGN(FamilyModel):
@@ -161,6 +166,11 @@ class CryoDRGN(FamilyModel):
             target, ctf = y[:, subset], (None if ctf is None else ctf[:, subset])
         if ctf is not None:
             pred = pred * self.transfer(ctf)
+        weight = batch.get("weight")
+        if weight is not None:
+            if subset is not None:
+                raise RuntimeError("focus footprints (train --focus-mask) need the full lattice (no --freq-march)")
+            pred = self.weight_in_real_space(pred, weight)
         recon = torch.mean((pred - target) ** 2)
         terms["recon"] = recon
         loss = recon
@@ -168,6 +178,17 @@ class CryoDRGN(FamilyModel):
             loss = loss + self.beta * terms["kl"] / y.shape[1]
         terms["loss"] = loss
         return terms
+
+    def weight_in_real_space(self, values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Hartley pixels ``(B, P)`` of ``weight * image``, ``image`` the centred real-space image whose Hartley
+        pixels are ``values`` ``(B, P)`` (zero outside the model's pixels), ``weight`` ``(B, D, D)``: how
+        ``train --focus-mask`` weights the rendered slices as the images were (:mod:`cryoscape.data.focus`).
+        """
+        B, D = values.shape[0], self.D
+        index = self.pixels.index.to(values.device)
+        grid = values.new_zeros(B, D * D).index_copy(1, index, values)
+        image = ihartley2(grid.reshape(B, D, D)) * weight.to(values.dtype)
+        return hartley2(image).reshape(B, D * D)[:, index]
 
     @torch.no_grad()
     def latent_means(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -228,15 +249,55 @@ class CryoDRGNFamily(ModelFamily):
     data_state = ("pixel_size_angstrom", "norm_std")
     refines_poses = True  # train --refine-poses (models/poses.py)
 
+    def validate(self, config):
+        """The shared checks, and ``--focus-mask``'s: it needs a consensus map (``cryoscape train`` makes one) and
+        cannot be combined with ``--freq-march`` or ``--refine-poses``.
+        """
+        super().validate(config)
+        m = config.model
+        if getattr(m, "focus_mask", None):
+            if not m.focus_consensus:
+                raise InputError("--focus-mask needs a consensus map (focus_consensus): `cryoscape train` "
+                                 "back-projects one; from Python give one (cryoscape.cli._focus.focus_consensus_map)")
+            if m.freq_march > 0:
+                raise InputError("--focus-mask cannot be combined with --freq-march (the footprint weighting needs "
+                                 "the full lattice)")
+            if config.train.refine_poses:
+                raise InputError("--focus-mask cannot be combined with --refine-poses (the subtraction and the "
+                                 "footprints use the consensus poses)")
+
     def make_data(self, particles, config, norm_std=None, progress=True):
-        """The Hermitian-half Fourier pixels of ``particles`` (:class:`SliceParticleData`)."""
+        """The Hermitian-half Fourier pixels of ``particles`` (:class:`SliceParticleData`); with ``--focus-mask``
+        the consensus outside the mask subtracted and the mask's footprint applied (:mod:`cryoscape.data.focus`).
+        """
         from cryoscape.data.fourier_pixels import FourierPixels
         from cryoscape.data.particle_data import SliceParticleData
 
-        d = config.data
+        d, m = config.data, config.model
+        focus = None
+        if getattr(m, "focus_mask", None):
+            from cryoscape.data.focus import FocusSubtraction, load_focus_map
+
+            D, apix = particles.images.D, particles.pixel_size_angstrom
+            mask = load_focus_map(m.focus_mask, D, apix, "mask")
+            consensus = load_focus_map(m.focus_consensus, D, apix, "consensus")
+            focus = FocusSubtraction(mask, consensus, apix,
+                                     ctf_premultiplied=bool(getattr(particles, "ctf_premultiplied", False)))
+            log.info("--focus-mask %s: consensus %s subtracted outside the mask, images weighted by the mask's "
+                     "footprint", m.focus_mask, m.focus_consensus)
         return SliceParticleData(particles, FourierPixels.create(particles.images.D), invert=d.invert_data,
                                  window=d.window, window_inner=d.window_inner, lazy=d.lazy, norm_std=norm_std,
-                                 progress=progress)
+                                 progress=progress, focus=focus)
+
+    def build_info(self, data) -> dict:
+        """The shared build values, and with ``--focus-mask`` the fitted consensus scale (``focus_scale``, for the
+        record: a resumed run fits it again on the same images).
+        """
+        info = super().build_info(data)
+        focus = getattr(data, "focus", None)
+        if focus is not None:
+            info["focus_scale"] = float(focus.scale)
+        return info
 
     def build_model(self, config, build: dict) -> CryoDRGN:
         """A :class:`CryoDRGN` from the model and train options and the build values."""

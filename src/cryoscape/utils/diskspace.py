@@ -67,7 +67,7 @@ def check_writable_location(path: str | Path) -> Path:
 # what `cryoscape train` and the commands run on its output write into a run folder (docs/run-directory.md);
 # config.yaml is recognised by its content (another program's config.yaml does not make a folder a run)
 RUN_ENTRIES = frozenset({"log.txt", "train.log", "metrics.csv", "indices.npy", "split.npz",
-                         "best_epoch", "checkpoints", "latents", "analysis", "explore_selections"})
+                         "best_epoch", "checkpoints", "latents", "analysis", "explore_selections", "focus"})
 
 
 def check_run_folder(path: str | Path) -> None:
