@@ -97,7 +97,8 @@ def grid_spacing_deg(level: int) -> float:
 
 def covering_radius_deg(level: int) -> float:
     """Bound (degrees) on the geodesic distance from any rotation to its nearest grid point: the spacing
-    ``60 / 2^level`` (measured maxima are 0.79-0.93 x that; see the module doc)."""
+    ``60 / 2^level`` (measured maxima are 0.79-0.93 x that; see the module doc).
+    """
     return grid_spacing_deg(level)
 
 
