@@ -34,7 +34,7 @@ from cryoscape.errors import InputError
 from cryoscape.imaging.ctf import CTFTensors, ctf_image
 from cryoscape.imaging.fft import fft2_centered, fft3_centered, ifft2_centered
 from cryoscape.imaging.lattice import central_slice_coords, circle_mask
-from cryoscape.imaging.shift import phase_shift
+from cryoscape.imaging.shift import phase_shift, translate_images
 
 __all__ = ["FocusSubtraction", "load_focus_map"]
 
@@ -127,20 +127,19 @@ class FocusSubtraction:
         self.ctf_premultiplied = bool(ctf_premultiplied)
         self.scale = 1.0 if scale is None else float(scale)
         self.mask_is_full = bool((m == 1).all())
-        # channels: outside consensus (re, im), mask (re, im)
-        self._spectra = torch.cat([_padded_spectrum((1.0 - m) * v), _padded_spectrum(m)])[None]
+        self._outside_spectrum = _padded_spectrum((1.0 - m) * v)[None]  # (1, 2, Dp, Dp, Dp): re, im
+        self._mask_spectrum = _padded_spectrum(m)[None]
         self._consensus = v  # kept for fit_scale
 
     # -- projections -------------------------------------------------------------------------------------------
-    def _projections(self, rotations: torch.Tensor, spectra: torch.Tensor | None = None) -> torch.Tensor:
-        """Centred spectra ``(B, C, D, D)`` (complex, ``C = channels / 2``) of the projections at ``rotations``:
-        the padded spectra sliced on the padded grid (trilinear), inverse transformed, cropped to ``D`` and
-        transformed again, exactly as :func:`cryoscape.imaging.projection.project_fourier` followed by the
-        simulator's ``fft2_centered``.
+    def _projections(self, rotations: torch.Tensor, spectra: torch.Tensor) -> torch.Tensor:
+        """Centred spectra ``(B, D, D)`` (complex) of the projections at ``rotations`` of the volume whose padded
+        spectrum is ``spectra`` ``(1, 2, Dp, Dp, Dp)``: sliced on the padded grid (trilinear), inverse transformed,
+        cropped to ``D`` and transformed again, exactly as :func:`cryoscape.imaging.projection.project_fourier`
+        followed by the simulator's ``fft2_centered``.
         """
-        spectra = self._spectra if spectra is None else spectra
         D, Dp = self.D, spectra.shape[-1]
-        B, C = rotations.shape[0], spectra.shape[1] // 2
+        B = rotations.shape[0]
         step = max(1, _SLICE_POINTS // (Dp * Dp))
         if B > step:  # bounded memory: the sampled points of a few images at a time
             return torch.cat([self._projections(rotations[j : j + step], spectra) for j in range(0, B, step)])
@@ -150,8 +149,8 @@ class FocusSubtraction:
         coords = central_slice_coords(rotations.to(torch.float32).cpu(), freqs)  # (B, Dp*Dp, 3)
         grid = (coords + Dp // 2) * (2.0 / (Dp - 1)) - 1.0
         out = nnf.grid_sample(spectra, grid.reshape(1, 1, 1, -1, 3), mode="bilinear", padding_mode="zeros",
-                              align_corners=True).reshape(C, 2, B, Dp, Dp)
-        slices = torch.complex(out[:, 0], out[:, 1]).transpose(0, 1)  # (B, C, Dp, Dp)
+                              align_corners=True).reshape(2, B, Dp, Dp)
+        slices = torch.complex(out[0], out[1])  # (B, Dp, Dp)
         start = Dp // 2 - D // 2
         images = ifft2_centered(slices).real[..., start : start + D, start : start + D]
         return fft2_centered(images)
@@ -169,37 +168,45 @@ class FocusSubtraction:
     def consensus_images(self, rotations: torch.Tensor, shifts_px: torch.Tensor | None,
                          ctf: CTFTensors | None) -> torch.Tensor:
         """``s * C * P_A[(1 - M) V]`` ``(B, D, D)`` in the frame of the raw images (translated by ``-origin``)."""
-        F = self._projections(rotations)[:, 0] * self._transfer(ctf, rotations.shape[0])
+        F = self._projections(rotations, self._outside_spectrum) * self._transfer(ctf, rotations.shape[0])
         if shifts_px is not None:
             F = phase_shift(F, -torch.as_tensor(shifts_px, dtype=torch.float32))
         return self.scale * ifft2_centered(F).real
 
-    def footprint(self, rotations: torch.Tensor, shifts_px: torch.Tensor | None = None) -> torch.Tensor:
-        """``clip(P_A[M], 0, 1)`` ``(B, D, D)``: centred (``shifts_px`` ``None``), else in the raw images' frame."""
-        if self.mask_is_full:  # every ray inside the box crosses the mask: no pixel is damped
-            return torch.ones(rotations.shape[0], self.D, self.D)
-        F = self._projections(rotations)[:, 1]
-        if shifts_px is not None:
-            F = phase_shift(F, -torch.as_tensor(shifts_px, dtype=torch.float32))
-        return ifft2_centered(F).real.clamp(0.0, 1.0)
+    def footprint(self, rotations: torch.Tensor, shifts_px: torch.Tensor | None = None,
+                  centred: torch.Tensor | None = None) -> torch.Tensor:
+        """``clip(P_A[M], 0, 1)`` ``(B, D, D)`` in the centred frame, or translated by ``-shifts_px`` into the raw
+        images' frame when they are given; ``centred``: the centred footprints, if already computed.
+        """
+        B = rotations.shape[0]
+        if centred is None:
+            if self.mask_is_full:  # every ray inside the box crosses the mask: no pixel is damped
+                centred = torch.ones(B, self.D, self.D)
+            else:
+                centred = ifft2_centered(self._projections(rotations, self._mask_spectrum)).real.clamp(0.0, 1.0)
+        if shifts_px is None or self.mask_is_full:
+            return centred
+        return translate_images(centred, -torch.as_tensor(shifts_px, dtype=torch.float32))
 
     def apply(self, images: torch.Tensor, rotations: torch.Tensor, shifts_px: torch.Tensor | None,
-              ctf: CTFTensors | None, invert: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+              ctf: CTFTensors | None, invert: bool = False,
+              centred_footprint: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw images ``(B, D, D)`` -> (the images with the consensus outside the mask subtracted, the footprints
         in their frame ``(B, D, D)``), to be windowed by the footprint and transformed by the caller. ``invert``:
-        the raw images are of the opposite sign to the consensus (``--invert-data``).
+        the raw images are of the opposite sign to the consensus (``--invert-data``); ``centred_footprint``: the
+        centred footprints, if already computed (:meth:`footprint`).
         """
         sub = self.consensus_images(rotations, shifts_px, ctf)
         out = images + sub if invert else images - sub
-        return out, self.footprint(rotations, shifts_px)
+        return out, self.footprint(rotations, shifts_px, centred_footprint)
 
     def fit_scale(self, images: torch.Tensor, rotations: torch.Tensor, shifts_px: torch.Tensor | None,
                   ctf: CTFTensors | None, invert: bool = False, window: torch.Tensor | None = None) -> float:
         """Set :attr:`scale` to the least-squares factor ``s`` of ``x ~ s * C * P_A[V]`` over the raw images
         given (a sample of the data set) and return it.
         """
-        spectra = _padded_spectrum(self._consensus)[None]
-        F = self._projections(rotations, spectra)[:, 0] * self._transfer(ctf, rotations.shape[0])
+        F = self._projections(rotations, _padded_spectrum(self._consensus)[None]) * self._transfer(
+            ctf, rotations.shape[0])
         if shifts_px is not None:
             F = phase_shift(F, -torch.as_tensor(shifts_px, dtype=torch.float32))
         p = ifft2_centered(F).real.to(torch.float64)

@@ -41,6 +41,8 @@ class SliceParticleData(PreparedData):
     ``focus_scale`` gives it (a resumed run's recorded value).
     """
 
+    device_fields = ("rotations", "ctf", "_footprints")
+
     def __init__(self, particles, pixels: FourierPixels, *, invert=False, window=True, window_inner=0.85,
                  lazy=False, norm_std: float | None = None, progress=True, focus=None,
                  focus_scale: float | None = None):
@@ -54,12 +56,17 @@ class SliceParticleData(PreparedData):
         self.ctf = None if particles.ctf is None else CTFTensors.from_params(particles.ctf)
         self.ctf_premultiplied = ctf_premultiplied_flag(particles, self.ctf is not None, log)
         self.focus = focus
+        self._footprints: torch.Tensor | None = None
         if focus is not None:
             self._rotations_cpu, self._ctf_cpu = self.rotations, self.ctf  # what _prepare needs, kept on the CPU
             if focus_scale is not None:
                 focus.scale = float(focus_scale)
             else:
                 self._fit_focus_scale()
+            if not lazy:  # computed once: (N, D, D) float32 beside the prepared images
+                n, step = len(particles), 256
+                self._footprints = torch.cat([focus.footprint(self._rotations_cpu[j : j + step])
+                                              for j in range(0, n, step)])
         self._init_values(norm_std, progress)
 
     def _fit_focus_scale(self) -> None:
@@ -83,8 +90,11 @@ class SliceParticleData(PreparedData):
         images = torch.from_numpy(raw)
         shifts, window = self._shifts_cpu[indices], self.window
         if self.focus is not None:
-            ctf = None if self._ctf_cpu is None else self._ctf_cpu[torch.from_numpy(np.asarray(indices))]
-            images, footprint = self.focus.apply(images, self._rotations_cpu[indices], shifts, ctf, self.invert)
+            rows = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+            ctf = None if self._ctf_cpu is None else self._ctf_cpu[rows]
+            centred = None if self._footprints is None else self._footprints.cpu()[rows]
+            images, footprint = self.focus.apply(images, self._rotations_cpu[rows], shifts, ctf, self.invert,
+                                                 centred)
             window = footprint if window is None else window * footprint
         return hartley_pixels(images, self.pixels, shifts, window, self.invert)
 
@@ -94,7 +104,9 @@ class SliceParticleData(PreparedData):
         """
         idx = torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(self.device)
         weight = None
-        if self.focus is not None:
+        if self._footprints is not None:
+            weight = self._footprints[idx]
+        elif self.focus is not None:
             rows = torch.from_numpy(np.asarray(indices, dtype=np.int64))
             weight = self.focus.footprint(self._rotations_cpu[rows]).to(self.device)
         return SliceBatch(idx, self.prepared_rows(idx), self.rotations[idx],
