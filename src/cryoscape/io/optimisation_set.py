@@ -28,7 +28,7 @@ from cryoscape.io.star import (
 )
 from cryoscape.io.tilt_set import TiltSeriesSet
 from cryoscape.io.tomo_geometry import depth_defocus_sign, particle_positions
-from cryoscape.metadata import CTFParams
+from cryoscape.metadata import DEFAULT_AMPLITUDE_CONTRAST, CTFOverrides, CTFParams
 
 log = logging.getLogger("cryoscape.io.tilt_series")
 
@@ -157,7 +157,8 @@ def _tilt_table(tblocks: dict, glob_row: pd.Series, name: str, tomograms_path: P
 
 
 def read_optimisation_set(path: str | Path, datadir=None, apix: float | None = None, geometry: str = "auto",
-                          coordinate_pixel_size_angstrom: float | None = None) -> TiltSeriesSet:
+                          coordinate_pixel_size_angstrom: float | None = None,
+                          ctf_overrides: CTFOverrides | None = None) -> TiltSeriesSet:
     """Read a RELION 5 / WarpTools optimisation set with 2-D tilt-image stacks per particle.
 
     ``path`` names ``rlnTomoParticlesFile`` and ``rlnTomoTomogramsFile`` (relative paths are looked up next to it,
@@ -166,10 +167,16 @@ def read_optimisation_set(path: str | Path, datadir=None, apix: float | None = N
     docstring for the geometry; ``geometry`` (``'auto'``, ``'relion'``, ``'warptools'``) and
     ``coordinate_pixel_size_angstrom`` (unit of ``rlnCoordinateX/Y/Z``) are passed to :func:`particle_positions`.
 
+    Voltage, Cs, amplitude contrast and phase shift are read per particle from its own column, else its optics
+    group, else its tomogram's ``data_global`` row. ``ctf_overrides`` (``--kv``, ``--cs``, ``--amp-contrast``,
+    ``--ps``) replace them, and fill them in where the set has none; without them a missing amplitude contrast is
+    0.1 (with a warning naming the column) and a missing voltage or Cs is an error naming the column and the option.
+
     Raises
     ------
     InputError
         3-D subtomograms (``rlnTomoSubTomosAre2DStacks`` != 1), a mix of CTF-premultiplied and plain stacks,
+        missing voltage or Cs (without ``--kv`` / ``--cs``),
         unknown tomograms, missing projection matrices, visible-frame lists of the wrong length, stacks of the wrong
         size.
     """
@@ -205,9 +212,10 @@ def read_optimisation_set(path: str | Path, datadir=None, apix: float | None = N
     premultiplied = ctf_premultiplied_from_values(
         star_numbers(parts, PREMULTIPLIED_COLUMN, ppath) if PREMULTIPLIED_COLUMN in parts.columns else
         star_numbers(optics, PREMULTIPLIED_COLUMN, ppath, 0.0)[orow] if optics is not None else [], ppath)
-    pixel = float(apix) if apix is not None else float(optic("rlnImagePixelSize")[0])
-    ctf_values = [optic(n, d) for n, d in (("rlnVoltage", None), ("rlnSphericalAberration", None),
-                                           ("rlnAmplitudeContrast", None), ("rlnPhaseShift", 0.0))]
+    own_pixel = optic("rlnImagePixelSize") if apix is None or _has_column("rlnImagePixelSize", parts, optics, glob) \
+        else np.full(len(parts), float(apix))
+    ctf_values = _optics_values(optic, lambda name: _has_column(name, parts, optics, glob),
+                                ctf_overrides or CTFOverrides(), len(parts), ppath, tpath)
     positions = particle_positions(parts, optics, glob, ppath, tpath, geometry, coordinate_pixel_size_angstrom)
     log.info("%s: %s geometry (particle coordinates and the sign of the depth-dependent defocus; docs/tomography.md)",
              ppath, positions.convention)
@@ -274,7 +282,9 @@ def read_optimisation_set(path: str | Path, datadir=None, apix: float | None = N
     cat = {k: np.concatenate(v) for k, v in cols.items()}
     per_image_particle = np.repeat(np.arange(len(parts)), np.diff(offsets))
     ctf = CTFParams.create(cat["dfu"], cat["dfv"], cat["ang"], *[v[per_image_particle] for v in ctf_values])
-    images = ImageStack.from_paths_and_indices(cat["file"], cat["local"], pixel, lazy=True)
+    images, pixel = _common_pixel_size(
+        ImageStack.from_paths_and_indices(cat["file"], cat["local"], lazy=True), own_pixel, per_image_particle,
+        apix, ppath)
     pnames = parts["rlnTomoParticleName"].astype(str).to_numpy() if "rlnTomoParticleName" in parts.columns else \
         np.array([f"{names[i]}/{i + 1}" for i in range(len(parts))], dtype=object)
     source = tables
@@ -283,6 +293,74 @@ def read_optimisation_set(path: str | Path, datadir=None, apix: float | None = N
                          np.asarray(names, dtype=object), path, "optimisation_set", source,
                          particle_rows=np.arange(len(parts), dtype=np.int64), coordinates_angstrom=centres,
                          particle_rotations=A_p, ctf_premultiplied=premultiplied)
+
+
+def _has_column(name: str, parts: pd.DataFrame, optics: pd.DataFrame | None, glob: pd.DataFrame) -> bool:
+    """Whether ``name`` is a column of the particles, the optics or the ``data_global`` table."""
+    return name in parts.columns or name in glob.columns or (optics is not None and name in optics.columns)
+
+
+def _common_pixel_size(images: ImageStack, own: np.ndarray, image_particle: np.ndarray, apix: float | None,
+                       path: Path) -> tuple[ImageStack, float]:
+    """``(images, pixel size)``: the set's one pixel size, or, when the particles' optics groups have several
+    (``own``, per particle), each particle's stack resampled on reading to the finest (or to ``apix``), keeping
+    the box, as single-particle sets are (:mod:`cryoscape.io.rescale`).
+    """
+    if len(own) and np.allclose(own, own[0], rtol=1e-4):  # one pixel size: --apix replaces it
+        pixel = float(apix) if apix is not None else float(own[0])
+        if not (np.isfinite(pixel) and pixel > 0):
+            raise InputError(f"pixel size {pixel:g} A is not a positive number", path, "pass --apix")
+        images._pixel_size = pixel
+        return images, pixel
+    from cryoscape.io.rescale import RescaledImageStack
+
+    bad = own[~(np.isfinite(own) & (own > 0))]
+    if bad.size:
+        raise InputError(f"some particles have the pixel size {bad[0]:g} A, which is not a positive number", path,
+                         "correct rlnImagePixelSize of their optics group")
+    target = float(apix) if apix is not None else float(own.min())
+    sizes, counts = np.unique(own.round(6), return_counts=True)
+    log.info("%s: the particles have %d pixel sizes (%s); each tilt image is resampled on reading to %.4f A (%s), "
+             "keeping the %d px box", path, len(sizes),
+             ", ".join(f"{s:g} A: {c} particles" for s, c in zip(sizes, counts, strict=True)), target,
+             "--apix" if apix is not None else "the finest", images.D)
+    return RescaledImageStack.wrap(images, own[image_particle], target), target
+
+
+# optics columns of the CTF: column -> (CTFOverrides field, option, unit), the default when absent (None: required)
+_OPTICS = {"rlnVoltage": ("voltage_kv", "--kv", "kV, e.g. 300", None),
+           "rlnSphericalAberration": ("cs_mm", "--cs", "mm, e.g. 2.7", None),
+           "rlnAmplitudeContrast": ("amplitude_contrast", "--amp-contrast", "a fraction, e.g. 0.1",
+                                    DEFAULT_AMPLITUDE_CONTRAST),
+           "rlnPhaseShift": ("phase_shift_deg", "--ps", "degrees", 0.0)}
+
+
+def _optics_values(optic, present, overrides: CTFOverrides, n: int, ppath: Path, tpath: Path) -> list[np.ndarray]:
+    """Per particle ``(n,)``: voltage, Cs, amplitude contrast and phase shift (the order of ``_OPTICS``), from the
+    command line's ``overrides``, else the set (``optic(name)``, when ``present(name)``), else the default.
+    """
+    missing = [c for c, (f, _, _, default) in _OPTICS.items()
+               if default is None and getattr(overrides, f) is None and not present(c)]
+    if missing:
+        raise InputError(f"missing CTF column(s) {', '.join(missing)} (in neither the optics table of {ppath.name} "
+                         f"nor data_global of {tpath.name})", ppath,
+                         "pass " + " and ".join(f"{_OPTICS[c][1]} ({_OPTICS[c][2]})" for c in missing))
+    out = []
+    for column, (field_name, option, _, default) in _OPTICS.items():
+        given = getattr(overrides, field_name)
+        if given is not None:
+            if present(column) and not np.allclose(optic(column), given):
+                log.info("%s: using %s %g instead of the set's %s", ppath, option, given, column)
+            out.append(np.full(n, float(given)))
+        elif present(column):
+            out.append(optic(column))
+        else:
+            assert default is not None  # a missing required column raised above
+            if column == "rlnAmplitudeContrast":
+                log.warning("%s: no %s column (optics table or %s); using %g (RELION's import default; set it with "
+                            "--amp-contrast)", ppath, column, tpath.name, default)
+            out.append(np.full(n, float(default)))
+    return out
 
 
 def _resolve_many(names, base: Path, datadir) -> np.ndarray:

@@ -31,7 +31,6 @@ from here.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -85,14 +84,13 @@ def load_tilt_series(path: str | Path, fmt: str = "auto", datadir=None, apix: fl
     """Read a tilt-series particle set; ``fmt``: ``'auto'`` (by content), ``'imageseries'``, ``'optimisation_set'``.
 
     ``ctf_overrides`` (:class:`cryoscape.metadata.CTFOverrides`: ``--kv/--cs/--amp-contrast/--ps``) replace the
-    file's optics values (and fill in those an image-series STAR lacks).
+    file's optics values and fill in those it lacks (a missing amplitude contrast is otherwise 0.1, with a warning).
     """
     if fmt not in FORMATS:
         raise InputError(f"unknown tilt-series format {fmt!r}; choose one of {', '.join(FORMATS)}")
     kind = detect_format(path) if fmt == "auto" else fmt
     if kind == "optimisation_set":
-        tilts = read_optimisation_set(path, datadir=datadir, apix=apix)
-        return replace(tilts, ctf=ctf_overrides.apply(tilts.ctf)) if ctf_overrides else tilts
+        return read_optimisation_set(path, datadir=datadir, apix=apix, ctf_overrides=ctf_overrides)
     return read_image_series_star(path, datadir=datadir, apix=apix,
                                   coordinate_pixel_size_angstrom=coordinate_pixel_size_angstrom,
                                   ctf_overrides=ctf_overrides)

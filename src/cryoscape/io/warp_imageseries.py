@@ -35,7 +35,9 @@ def read_image_series_star(path: str | Path, datadir=None, apix: float | None = 
     ``rlnGroupNumber``. Tomogram: ``rlnTomoName`` or ``rlnMicrographName`` when present, else the part of the
     particle id before its last ``_``. Exposure ``-rlnCtfBfactor / 4``; tilt ``arccos(rlnCtfScalefactor)`` (or
     ``rlnTomoNominalStageTiltAngle``). Coordinates ``rlnCoordinateX/Y/Z`` (pixels, optional) are scaled by
-    ``coordinate_pixel_size_angstrom`` (default: the image pixel size).
+    ``coordinate_pixel_size_angstrom`` (default: each row's image pixel size). Rows of several pixel sizes (optics
+    groups) are resampled on reading to the finest, or to ``apix``, keeping the box, as single particles are
+    (:func:`cryoscape.io.particles.load_particles`).
 
     Raises
     ------
@@ -43,10 +45,15 @@ def read_image_series_star(path: str | Path, datadir=None, apix: float | None = 
         Everything :func:`cryoscape.io.star.read_star_particles` reports, a missing particle-id column, missing
         poses or CTF.
     """
+    from cryoscape.io.particles import _common_pixel_size
     from cryoscape.io.star import read_star_particles
 
-    sp = read_star_particles(path, datadir=datadir, apix=apix)
+    sp = read_star_particles(path, datadir=datadir, apix=apix, allow_mixed_pixel_sizes=True, one_size_per_stack=True)
     path = sp.path
+    # several pixel sizes (optics groups): every image resampled on reading to the finest, or --apix, as for
+    # single particles; this sets each row's own pixel size for pixel-unit origins first
+    file_images, pixel = _common_pixel_size(sp, ImageStack.from_paths_and_indices(sp.stack_paths, sp.stack_indices,
+                                                                                  lazy=True), apix, path)
     table = sp.table
     id_col = _first_column(table, ("rlnGroupName", "rlnTomoParticleName", "rlnGroupNumber"))
     if id_col is None:
@@ -83,10 +90,10 @@ def read_image_series_star(path: str | Path, datadir=None, apix: float | None = 
         tomograms = np.array([str(n).rsplit("_", 1)[0] for n in names], dtype=object)
     coords = None
     if all(sp.has(f"rlnCoordinate{a}") for a in "XYZ"):
-        scale = coordinate_pixel_size_angstrom or float(sp.pixel_size_angstrom[0])
+        scale = coordinate_pixel_size_angstrom or np.asarray(sp.pixel_size_angstrom, np.float64)[first, None]
         coords = np.stack([sp.values(f"rlnCoordinate{a}") for a in "XYZ"], axis=1)[first] * scale
-    pixel = float(sp.pixel_size_angstrom[0])
-    images = ImageStack.from_paths_and_indices(sp.stack_paths[order], sp.stack_indices[order], pixel, lazy=True)
+    images = file_images.subset(order)
+    images._pixel_size = pixel
     return TiltSeriesSet(images, pixel, poses.rotations[order], poses.shifts_angstrom[order], ctf.subset(order),
                          exposure[order], tilt[order], offsets, names, np.asarray(tomograms, dtype=object), path,
                          "imageseries", sp, order.astype(np.int64), coordinates_angstrom=coords,
