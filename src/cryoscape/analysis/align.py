@@ -116,8 +116,8 @@ class MapAlignment:
             "translation_angstrom": [round(float(v), 3) for v in self.translation_angstrom],
             "hand_flipped": bool(self.hand_flipped),
             "mirror_axis": "z (the first array axis), before the rotation" if self.hand_flipped else None,
-            "correlation": float(self.correlation),
-            "correlation_other_hand": float(self.correlation_other_hand),
+            "correlation": _finite_or_none(self.correlation),
+            "correlation_other_hand": _finite_or_none(self.correlation_other_hand),
             "pixel_size_angstrom": float(self.pixel_size_angstrom),
             "n_rotations_searched": int(self.n_rotations),
             "seconds": round(float(self.seconds), 2),
@@ -128,11 +128,17 @@ class MapAlignment:
         rot, tilt, psi = self.euler_deg
         t = self.translation_angstrom
         hand = "flipped (mirrored along z, then rotated)" if self.hand_flipped else "kept"
+        other = (f" (best with the other hand {self.correlation_other_hand:.4f})"
+                 if math.isfinite(self.correlation_other_hand) else " (hand not searched)")
         return (f"aligned: rotation (RELION rot, tilt, psi) = ({rot:.1f}, {tilt:.1f}, {psi:.1f}) deg "
                 f"[{self.rotation_angle_deg:.1f} deg about its axis], translation ({t[0]:.2f}, {t[1]:.2f}, "
                 f"{t[2]:.2f}) A, hand {hand}\n"
-                f"  correlation after alignment {self.correlation:.4f} (best with the other hand "
-                f"{self.correlation_other_hand:.4f}); {self.n_rotations} rotations in {self.seconds:.1f} s")
+                f"  correlation after alignment {self.correlation:.4f}{other}; {self.n_rotations} rotations "
+                f"in {self.seconds:.1f} s")
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
 
 
 def _index_affine(L: np.ndarray, t_px: np.ndarray, D: int) -> tuple[np.ndarray, np.ndarray]:

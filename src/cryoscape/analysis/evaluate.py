@@ -22,6 +22,9 @@ Metrics (each from an independent, standard definition):
   both as the area under the masked FSC on a frequency axis ending at Nyquist = 0.5 (so at most 0.5, see
   :func:`au_fsc`), and neighbourhood similarity (fraction of each particle's k nearest latent neighbours sharing
   its true state, or within a stated distance on the true coordinate). See docs/metrics.md.
+* with ``align``: before any map is compared, the run's maps are brought into the truth's frame and hand by one
+  transform (:mod:`cryoscape.analysis.align`) found for the map of the most populous state (an ab initio map has
+  an arbitrary orientation and hand); the transform is reported under ``alignment``.
 """
 
 from __future__ import annotations
@@ -617,13 +620,38 @@ def evaluate_latents(z: np.ndarray, truth: Mapping[str, np.ndarray], label_set: 
     return out
 
 
+def align_generator(generator, z: np.ndarray, true_states: np.ndarray, gt_maps: Mapping[int, np.ndarray],
+                    batch_size: int = 8, gt_pixel_size_angstrom: float | None = None, flip: bool = True):
+    """One transform (rotation, translation, hand) bringing all of ``generator``'s maps onto the truth.
+
+    It is found (:func:`cryoscape.analysis.align.align_maps`) for the map at the mean latent of the most populous
+    state that has a ground-truth map, against that map; all maps of one model share one frame. Returns
+    ``(AlignedGenerator, dict)``: the generator whose maps come out aligned, and the transform's summary plus
+    the ``state`` it was found on.
+    """
+    from cryoscape.analysis.align import AlignedGenerator, align_maps
+
+    z = _as_latents(z)
+    true_states = np.asarray(true_states).ravel()
+    counts = {int(s): int(np.sum(true_states == s)) for s in np.unique(true_states) if int(s) in gt_maps}
+    if not counts:
+        raise InputError("no ground-truth map matches any state label: nothing to align to")
+    state = max(counts, key=lambda s: (counts[s], -s))
+    vol = np.asarray(generator.generate_volumes(z[true_states == state].mean(axis=0, keepdims=True)
+                                                .astype(np.float32), batch_size=batch_size), dtype=np.float32)[0]
+    pixel_size = float(generator.pixel_size_angstrom)
+    gt = _prepare_gt({state: gt_maps[state]}, vol.shape[-1], pixel_size, gt_pixel_size_angstrom)[state]
+    alignment = align_maps(vol, gt, pixel_size, flip=flip)
+    return AlignedGenerator(generator, alignment), {"state": state, **alignment.to_dict()}
+
+
 def evaluate_run(run_dir: str | Path, labels_npz: str | Path | Mapping[str, np.ndarray],
                  gt_maps: Mapping[int, np.ndarray] | None = None, generator=None, epoch: int | None = None,
                  k: int | None = None, seed: int = 0, mask: str | None = None, batch_size: int = 8,
                  entropy_base: float = 10.0, gt_pixel_size_angstrom: float | None = None,
                  label_set: str = "state", kmeans=None, cryobench: bool = True,
                  n_images: int | None = DEFAULT_N_IMAGES, neighbor_ks=DEFAULT_NEIGHBOR_KS,
-                 neighbor_distance: float | None = None) -> dict:
+                 neighbor_distance: float | None = None, align: bool = False, align_flip: bool = True) -> dict:
     """Evaluate the latents (and, with ``generator`` and ``gt_maps``, the maps) of a run against ground truth.
 
     Parameters
@@ -642,6 +670,8 @@ def evaluate_run(run_dir: str | Path, labels_npz: str | Path | Mapping[str, np.n
     cryobench : also compute :func:`cryobench_metrics` (``n_images`` sampled images, seeded with ``seed``;
         neighbourhood similarity at ``neighbor_ks`` with ``neighbor_distance``), always with the true-map soft
         mask whatever ``mask``; stored under ``cryobench`` with ``not_computed`` reasons.
+    align : first bring the generator's maps onto the truth (:func:`align_generator`; with ``align_flip`` the hand
+        may flip); the transform is stored under ``alignment`` and every map score is that of aligned maps.
 
     Returns
     -------
@@ -673,6 +703,9 @@ def evaluate_run(run_dir: str | Path, labels_npz: str | Path | Mapping[str, np.n
     km = scores.pop("_kmeans")
     out.update(scores)
     states = truth.get("state")
+    if align and generator is not None and gt_maps and states is not None:
+        generator, out["alignment"] = align_generator(generator, z, states, gt_maps, batch_size,
+                                                      gt_pixel_size_angstrom, flip=align_flip)
     if generator is not None and gt_maps and states is not None:
         same = label_set == "state" and km is not None
         out["maps"] = map_scores(generator, z, states, gt_maps,
@@ -720,6 +753,13 @@ def format_evaluation(result: dict) -> str:
         w = c.get("within_groups")
         if w and w.get("mean") is not None:
             lines += [f"|Spearman rho| within each majority-label group  {_fmt(w['mean'])}"]
+    if "alignment" in result:
+        a = result["alignment"]
+        e, t = a["euler_relion_deg"], a["translation_angstrom"]
+        lines += [f"maps aligned to the truth (found on state {a['state']}): rotation (RELION rot, tilt, psi) = "
+                  f"({e['rot']:.1f}, {e['tilt']:.1f}, {e['psi']:.1f}) deg, translation ({t[0]:.2f}, {t[1]:.2f}, "
+                  f"{t[2]:.2f}) A, hand {'flipped' if a['hand_flipped'] else 'kept'}, correlation "
+                  f"{_fmt(a['correlation'])} (other hand {_fmt(a['correlation_other_hand'])})"]
     lines += format_cryobench(result.get("cryobench"))
     if "maps" in result:
         lines += ["state  FSC-AUC  res@0.5(A)  res@0.143(A)  CC"]

@@ -11,11 +11,15 @@ metrics (docs/metrics.md): the per-image AU-FSC (maps at the latents of --n-imag
 0.5), the per-conformation AU-FSC (one map per true state at its mean latent) and the neighbourhood similarity
 (fraction of each particle's k nearest latent neighbours, for each --neighbor-k, that share its true state or lie
 within --neighbor-distance on the true coordinate); the metrics the truth (or --no-maps) leaves out are named
-with the reason. Prints a table and writes everything to OUT.json (an existing one only with --overwrite).
+with the reason. With --align (for maps of an arbitrary orientation and hand, e.g. ab initio), the run's maps are
+first brought onto the truth by one rotation, translation and, if it fits better, hand flip, found for the map of
+the most populous state (`cryoscape fsc --align`'s search); the transform is printed and stored under
+"alignment". Prints a table and writes everything to OUT.json (an existing one only with --overwrite).
 
 Example:
   cryoscape evaluate runs/vae8 --truth sim/ -o runs/vae8/evaluation.json
   cryoscape evaluate runs/vae8 --truth sim/ --epoch 20 -k 5 --no-maps -o eval_epoch20.json
+  cryoscape evaluate runs/abinit --truth sim/ --align -o runs/abinit/evaluation.json
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="which labels of labels.npz the clusters are scored against (default state; e.g. subunit)")
     p.add_argument("--mask", choices=["auto"], help="soft-mask maps (from each ground-truth map) before FSC")
     p.add_argument("--no-maps", action="store_true", help="skip generating and comparing maps")
+    p.add_argument("--align", action="store_true",
+                   help="align the run's maps onto the truth (rotation, translation, hand flip) before comparing "
+                        "them; report the transform")
+    p.add_argument("--no-flip", action="store_true", help="with --align: keep the hand (search rotations only)")
     p.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
     p.add_argument("-b", "--batch-size", type=int, default=4, help="maps generated per batch (default 4)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (for generating maps)")
@@ -61,6 +69,10 @@ def run(args) -> int:
     check_output_file(args.output, "evaluate", args.overwrite)
     if args.n_images < 0 or any(k < 1 for k in args.neighbor_k):
         raise InputError("--n-images must be >= 0 and every --neighbor-k >= 1")
+    if args.align and args.no_maps:
+        raise InputError("--align aligns maps: it cannot go with --no-maps")
+    if args.no_flip and not args.align:
+        raise InputError("--no-flip only applies with --align")
     truth = Path(args.truth)
     labels = truth / "labels.npz"
     if not labels.is_file():
@@ -74,7 +86,8 @@ def run(args) -> int:
     result = evaluate_run(args.run, labels, gt_maps, generator, epoch=epoch, k=args.k, seed=args.seed,
                           mask=args.mask, batch_size=args.batch_size, gt_pixel_size_angstrom=gt_apix,
                           label_set=args.labels, n_images=None if args.n_images == 0 else args.n_images,
-                          neighbor_ks=args.neighbor_k, neighbor_distance=args.neighbor_distance)
+                          neighbor_ks=args.neighbor_k, neighbor_distance=args.neighbor_distance,
+                          align=args.align, align_flip=not args.no_flip)
     result["truth"] = str(truth)
     atomic_write_text(args.output, json.dumps(result, indent=1, allow_nan=False) + "\n")
     print(format_evaluation(result))
