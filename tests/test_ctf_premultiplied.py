@@ -314,6 +314,43 @@ def test_premultiplied_tilt_series_give_the_same_map(tmp_path):
     assert 0.85 < amplitude["pre"] / amplitude["plain"] < 1.15, amplitude
 
 
+@pytest.mark.slow  # two simulations and two trainings of 25 epochs (about 45 s on a loaded 2-core CPU)
+def test_premultiplied_tilt_series_give_the_same_states(tmp_path):
+    """Two compositionally very different states (tilt4's core alone and core + three subunits), the same 100
+    particles simulated plain and with --premultiply (same states, poses, CTFs and noise): tomodrgn separates the
+    states on both, and the two runs put the particles in the same clusters. Checked beforehand with simulation
+    seeds 2 and 5: ARI 1.0 on both variants from epoch 11-12 (plain) and 12-16 (premultiplied) of 25; the
+    premultiplied runs learn a few epochs later (bench/RESULTS.md, section 12)."""
+    from cryoscape.analysis.evaluate import clustering_scores
+    from cryoscape.analysis.latent import kmeans_on_data, load_latents
+    from cryoscape.cli.main import main
+    from cryoscape.simulate.tilt import tilt4_states
+
+    D, apix = 16, 16.0
+    states = tilt4_states(D, apix)
+    for s in (0, 3):
+        write_mrc(tmp_path / f"state{s}.mrc", states.render(s).astype(np.float32), apix)
+    sim = ["simulate-tilt", "--volumes", str(tmp_path / "state0.mrc"), str(tmp_path / "state3.mrc"), "-N", "100",
+           "-D", str(D), "--tilt-max", "15", "--snr", "3", "--seed", "2", "--device", "cpu"]
+    train = ["--model", "tomodrgn", "--zdim", "4", "--enc-dim", "64", "--enc-layers", "2", "--dec-dim", "64",
+             "--dec-layers", "2", "--tilt-embed-dim", "16", "-b", "4", "--lr", "2e-3", "-n", "25", "--val-frac", "0",
+             "--no-progress", "--device", "cpu", "--seed", "0", "--checkpoint-every", "25"]
+    labels, truth = {}, {}
+    for name, extra in (("plain", []), ("pre", ["--premultiply"])):
+        assert main(sim + extra + ["-o", str(tmp_path / name)]) == 0
+        truth[name] = np.load(tmp_path / name / "labels.npz")["state"]
+        assert main(["train", str(tmp_path / name / "particles.star"), "-o", str(tmp_path / f"run_{name}"),
+                     *train]) == 0
+        lat = load_latents(tmp_path / f"run_{name}", 25)
+        assert lat.indices is None or np.array_equal(lat.indices, np.arange(100))
+        labels[name] = kmeans_on_data(lat.z, 2, seed=0).labels
+    np.testing.assert_array_equal(truth["plain"], truth["pre"])  # the same particles
+    assert 20 < np.bincount(truth["plain"]).min()  # both states well populated
+    ari = {name: clustering_scores(labels[name], truth[name])["ari"] for name in labels}
+    assert ari["plain"] >= 0.8 and ari["pre"] >= 0.8, ari
+    assert clustering_scores(labels["pre"], labels["plain"])["ari"] >= 0.8, ari
+
+
 def test_single_particle_premultiplied_end_to_end(tmp_path, capsys):
     """simulate --premultiply writes flagged, CTF-premultiplied images; cryodrgn trains on them with CTF^2 (recorded
     in the run), and encoding plain images with that run is refused in one line."""
