@@ -17,7 +17,7 @@ import yaml
 
 from _synthetic import ArrayImages, ArrayParticles, blob_volume
 from cryoscape.cli.main import main
-from cryoscape.config import ModelConfig, RunConfig
+from cryoscape.config import ModelConfig, RunConfig, TrainConfig
 from cryoscape.data.focus import FocusSubtraction, load_focus_map
 from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.data.particle_data import SliceParticleData
@@ -30,6 +30,7 @@ from cryoscape.imaging.rotations import random_rotations
 from cryoscape.io.mrc import read_mrc, write_mrc
 from cryoscape.metadata import CTFParams, Poses
 from cryoscape.models.cryodrgn import CryoDRGN
+from cryoscape.models.registry import get_family
 from cryoscape.simulate.particles import draw_ctf, form_images
 
 D, APIX = 16, 4.0
@@ -195,6 +196,12 @@ def test_focus_options_round_trip_in_the_config():
         ModelConfig(family="cryodrgn", focus_consensus="/c.mrc")
     with pytest.raises(InputError, match="not an option of --model tomodrgn"):
         ModelConfig(family="tomodrgn", focus_mask="/m.mrc")
+    family = get_family("cryodrgn")
+    family.validate(config)
+    with pytest.raises(InputError, match="cannot be combined with --refine-poses"):
+        family.validate(RunConfig(model=model, train=TrainConfig(refine_poses=True)))
+    with pytest.raises(InputError, match="needs a consensus map"):
+        family.validate(RunConfig(model=ModelConfig(family="cryodrgn", focus_mask="/m.mrc")))
 
 
 # -- the command -----------------------------------------------------------------------------------------------------
@@ -268,6 +275,7 @@ def test_bad_focus_inputs_are_refused_in_one_line(sim, tmp_path, capsys, extra, 
     line = _one_line_error(capsys)
     assert message in line
     assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run" / "focus").exists()  # refused before the consensus is made
 
 
 def test_the_footprint_matches_the_projection_size():

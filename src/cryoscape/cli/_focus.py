@@ -88,7 +88,9 @@ def prepare_focus(config: RunConfig, outdir, resume: bool, progress: bool = True
     from cryoscape.io.mrc import write_mrc
     from cryoscape.models.registry import get_family
 
-    particles, _ = get_family(m.family).load_particles(config)
+    family = get_family(m.family)
+    family.validate(_with(config, mask, stored))  # the options it cannot be combined with, before any work
+    particles, _ = family.load_particles(config)
     D, apix = particles.images.D, particles.pixel_size_angstrom
     load_focus_map(mask, D, apix, "mask")  # refused before any work
     if given is not None:
