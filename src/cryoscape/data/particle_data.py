@@ -41,8 +41,6 @@ class SliceParticleData(PreparedData):
     ``focus_scale`` gives it (a resumed run's recorded value).
     """
 
-    device_fields = ("rotations", "ctf", "_footprints")
-
     def __init__(self, particles, pixels: FourierPixels, *, invert=False, window=True, window_inner=0.85,
                  lazy=False, norm_std: float | None = None, progress=True, focus=None,
                  focus_scale: float | None = None):
@@ -67,6 +65,7 @@ class SliceParticleData(PreparedData):
                 n, step = len(particles), 256
                 self._footprints = torch.cat([focus.footprint(self._rotations_cpu[j : j + step])
                                               for j in range(0, n, step)])
+                self.device_fields = (*self.device_fields, "_footprints")  # kept on the training device
         self._init_values(norm_std, progress)
 
     def _fit_focus_scale(self) -> None:
