@@ -54,8 +54,8 @@ def test_apply_follows_the_stated_convention():
 
 def _check(result: MapAlignment, R, t_px, flipped: bool):
     assert result.hand_flipped is flipped
-    assert float(geodesic_distance_deg(result.rotation, R)) < 2.0
-    np.testing.assert_allclose(result.translation_angstrom / APIX, t_px, atol=0.5)
+    assert float(geodesic_distance_deg(result.rotation, R)) < 1.0
+    np.testing.assert_allclose(result.translation_angstrom / APIX, t_px, atol=0.2)
     assert np.linalg.det(result.rotation) == pytest.approx(1.0)
 
 
