@@ -169,3 +169,29 @@ def test_evaluate_run_aligns_the_maps_to_the_truth(tmp_path):
     assert res["cryobench"]["per_conformation_au_fsc"]["mean"] > plain["cryobench"]["per_conformation_au_fsc"]["mean"]
     text = format_evaluation(res)
     assert "maps aligned to the truth" in text and "hand flipped" in text
+
+
+def test_cli_evaluate_align_reports_the_transform(tmp_path, monkeypatch, capsys):
+    from cryoscape.cli.main import main
+    from cryoscape.io.mrc import write_mrc
+
+    state = np.repeat([0, 1], [30, 20])
+    run = tmp_path / "run"
+    (run / "latents").mkdir(parents=True)
+    np.save(run / "latents" / "epoch_001.npy", np.where(state == 0, -1.0, 1.0)[:, None].astype(np.float32))
+    sim = tmp_path / "sim"
+    (sim / "gt").mkdir(parents=True)
+    np.savez(sim / "labels.npz", state=state)
+    write_mrc(sim / "gt" / "state_000.mrc", blobs(24), APIX)
+    write_mrc(sim / "gt" / "state_001.mrc", blobs(24, np.diag([1.0, -1.0, 1.0])), APIX)
+    monkeypatch.setattr("cryoscape.analysis.volume_space.load_generator", lambda *a, **k: _RotatedGenerator())
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(run), "--truth", str(sim), "--align", "--n-images", "4", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "maps aligned to the truth" in text and "hand flipped" in text
+    res = json.loads(out.read_text())
+    assert res["alignment"]["hand_flipped"] is True and res["alignment"]["correlation"] > 0.99
+    assert res["maps"]["states"]["1"]["correlation"] > 0.99
+    assert main(["evaluate", str(run), "--truth", str(sim), "--align", "--no-maps", "-o", str(out),
+                 "--overwrite"]) == 2
+    assert "--no-maps" in capsys.readouterr().err
