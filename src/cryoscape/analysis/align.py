@@ -36,7 +36,7 @@ reported (:class:`MapAlignment`). Cost: per hand, 576 + 4 x (3 to 12) x 27 rotat
 resampling of the ~7000 voxels of the sphere and a 24^3 FFT) and about 100-200 rotations at the fine size (each
 a resampling of the sphere, ~0.5 D^3 voxels, and a D^3 FFT), then two cubic-spline resamplings at full size:
 measured 15-26 s for D = 64 (about 2600 rotations), 25 s for D = 128 and 8 s for D = 24-32 on the 2-core
-machine shared with other jobs (load 10), i.e. a few seconds of CPU; ``tests/test_map_align.py`` runs
+machine shared with other jobs (load 10; about 8 s of CPU for D = 64); ``tests/test_map_align.py`` runs
 D = 24-32. For a rotated, shifted (and mirrored) copy of a map the transform is recovered to within a degree and
 a tenth of a voxel (blob maps and a simulator ground-truth map at D = 64, also with added noise of the map's own
 standard deviation).

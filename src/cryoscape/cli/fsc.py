@@ -7,7 +7,7 @@ two maps (threshold at half its 99th-percentile voxel, 3 px dilation, 10 px cosi
 With a mask, phases beyond --phase-randomize (default: where the unmasked FSC drops below 0.8) are randomised
 to remove the mask's own correlation (Chen et al. 2013). With --align, MAP1 is first brought onto MAP2 by a rotation,
 a translation and, if it fits better, a hand flip (mirror), found by a search over SO(3) with FFT translations
-(`cryoscape.analysis.align`; a few seconds at 64^3); the rotation (matrix and RELION Euler angles), translation (A)
+(`cryoscape.analysis.align`; ~8 s of CPU at 64^3); the rotation (matrix and RELION Euler angles), translation (A)
 and hand are printed and written to OUT/align.json, the aligned map to OUT/aligned.mrc, and the FSC is that of the
 aligned map (the plot's legend names the transform). OUT must be new or empty unless --overwrite is given (which
 replaces fsc.txt, fsc.png, mask.mrc, align.json and aligned.mrc there, nothing else).
