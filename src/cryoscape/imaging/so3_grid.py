@@ -210,17 +210,18 @@ def geodesic_distance_deg(A, B) -> np.ndarray:
     return np.rad2deg(np.arctan2(sin, cos))
 
 
-def nearest_grid_point(rotations, level: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def nearest_grid_point(rotations, level: int, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Nearest grid point of ``level`` to each of ``rotations`` ``(N, 3, 3)``, by brute force over the grid.
 
     Returns ``(indices (N,) int64, distances (N,) degrees)``. Cost ``N * 72 * 8^level`` quaternion dot products
-    (levels up to 3 or 4 are practical).
+    (levels up to 3 or 4 are practical), in blocks of ``chunk`` rotations (default: ~16 million products each).
     """
     A = np.asarray(rotations, dtype=np.float64)
     if A.ndim == 2:
         A = A[None]
     q = matrix_to_quaternion(A)
     g = matrix_to_quaternion(grid_rotations(level))
+    chunk = int(chunk or max(1, 2 ** 24 // len(g)))  # rotations per block: ~128 MB of dot products
     idx = np.empty(q.shape[0], dtype=np.int64)
     for s in range(0, q.shape[0], chunk):
         dots = np.abs(q[s:s + chunk] @ g.T)  # |cos(angle / 2)|
