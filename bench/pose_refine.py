@@ -5,6 +5,8 @@ One command::
 
     .venv/bin/python -m bench.pose_refine                 # discrete3, N=3000, D=32, 20 epochs, 128x3, zdim 8
     .venv/bin/python -m bench.pose_refine -D 64 --n 5000  # the issue's size (a quiet machine)
+    # an atomic model (power to Nyquist), homogeneous, with cryoDRGN 4.3.1's pose SGD side by side:
+    .venv/bin/python -m bench.pose_refine --pdb model.pdb --apix 2 -D 64 --n 1000 --zdim 0 --epochs 12 --cryodrgn
 
 Data: ``cryoscape simulate --preset discrete3 -N N -D D --snr 0.1 --seed 0``; the true poses are perturbed
 (seed 1) by a rotation about a uniformly random axis by an angle ~ |N(0, 8 deg)| composed in the image frame and
@@ -29,6 +31,13 @@ Measured:
 ``--add-run NAME`` evaluates another refining run trained by hand into ``WORK/run_NAME`` (other pose options, same
 data) and adds it to the JSON; ``--gradient-check`` measures how well one image's pose gradient points at its true
 correction with the model of the ``true`` run (:func:`gradient_alignment`).
+
+``--pdb MODEL`` simulates one state from an atomic model (``simulate --pdb``) instead of a preset; ``--pose-method``
+chooses cryoscape's refinement (``local`` Gauss-Newton steps, the default of ``train``, or ``sgd``);
+``--cryodrgn`` adds cryoDRGN 4.3.1's ``train_nn`` / ``train_vae --do-pose-sgd`` on the same perturbed poses
+(converted to its pose.pkl), same architecture, batch, learning rate and epochs, ``--pretrain`` = the refinement
+start - 1, its default pose step and quaternion embedding; its refined poses (``pose.N.pkl``) are scored the same
+way.
 
 Writes ``bench/results/pose_refine.json`` and prints a Markdown summary.
 """
@@ -153,8 +162,66 @@ def gradient_alignment(run: Path, sim: Path, perturbed: Path, n: int = 256) -> d
             "shift_cos_positive": float((c_shift > 0).mean())}
 
 
+def train_cryodrgn_pose_sgd(args, sim: Path, perturbed: Path, out: Path):
+    """cryoDRGN 4.3.1 ``train_nn`` (zdim 0) or ``train_vae`` with ``--do-pose-sgd`` on the perturbed poses; returns
+    ``(result, rows)`` as :func:`bench.common.timed_train` (rows: per-epoch seconds from its log)."""
+    import os
+
+    from bench.common import CRYODRGN, cryodrgn_epoch_seconds, need_cryodrgn
+    from cryoscape.io.particles import load_particles
+    from cryoscape.io.pkl import write_pose_pkl
+
+    if not need_cryodrgn():
+        raise SystemExit("--cryodrgn needs bench/cryodrgn-venv (bash bench/setup_cryodrgn.sh)")
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    out.mkdir(parents=True)
+    pert = load_particles(perturbed)
+    pose_pkl = write_pose_pkl(out / "perturbed_pose.pkl", pert.poses, args.D, pert.pixel_size_angstrom)
+    arch = ["--layers", "3", "--dim", str(args.width)] if args.zdim == 0 else [
+        "--zdim", str(args.zdim), "--enc-dim", str(args.width), "--enc-layers", "3", "--dec-dim", str(args.width),
+        "--dec-layers", "3"]
+    cmd = [str(CRYODRGN), "train_nn" if args.zdim == 0 else "train_vae", str(sim / "particles.mrcs"), "--poses",
+           str(pose_pkl), "--ctf", str(sim / "ctf.pkl"), "-o", str(out / "out"), "-n", str(args.epochs), "-b", "32",
+           "--lr", "1e-3", "--seed", "0", "--pe-type", "gaussian", "--do-pose-sgd", "--pretrain",
+           str(max(1, args.refine_start - 1)), *arch]
+    if args.zdim:
+        cmd += ["--feat-sigma", "0.5"]
+    res = run_timed(cmd, out / "train.log", env={**os.environ, "OMP_NUM_THREADS": "1"})
+    seconds = cryodrgn_epoch_seconds((out / "train.log").read_text()) if (out / "train.log").is_file() else {}
+    return res, [{"epoch": e, "seconds": t} for e, t in sorted(seconds.items())]
+
+
+def cryodrgn_refined_poses(run: Path, epochs: int, particles, work: Path):
+    """cryoDRGN's refined poses after ``epochs`` (its ``pose.N.pkl``, 0-based or 1-based name) as
+    :class:`cryoscape.metadata.Poses`, and a STAR with them for the back-projection."""
+    from cryoscape.io.pkl import read_pose_pkl
+    from cryoscape.io.pose_output import write_particles_with_poses
+
+    found = [run / "out" / f"pose.{e}.pkl" for e in (epochs, epochs - 1)]
+    path = next((f for f in found if f.is_file()), None)
+    if path is None:
+        raise SystemExit(f"no refined pose file of cryoDRGN in {run / 'out'}")
+    poses = read_pose_pkl(path, particles.images.D, particles.pixel_size_angstrom)
+    star = work / "cryodrgn_pose_sgd.star"
+    write_particles_with_poses(particles, np.arange(len(particles)), poses, star)
+    return poses, star
+
+
+def cryodrgn_latents(run: Path, epochs: int) -> np.ndarray:
+    """cryoDRGN's posterior means after ``epochs`` (``z.N.pkl``) through cryoscape's restricted reader."""
+    from cryoscape.io.pkl import load_pickle
+
+    for e in (epochs, epochs - 1):
+        f = run / "out" / f"z.{e}.pkl"
+        if f.is_file():
+            return np.asarray(load_pickle(f))
+    raise SystemExit(f"no z.N.pkl in {run / 'out'}")
+
+
 def _work_name(args) -> str:
     """The work folder of a data set: discrete3 at SNR 0.1 keeps its first name."""
+    if getattr(args, "pdb", None) is not None:
+        return f"pose_refine_D{args.D}_N{args.n}_{args.pdb.stem}_apix{args.apix:g}_snr{args.snr:g}"
     extra = "" if (args.preset, args.snr) == ("discrete3", 0.1) else f"_{args.preset}_snr{args.snr:g}"
     return f"pose_refine_D{args.D}_N{args.n}{extra}"
 
@@ -174,6 +241,12 @@ def main(argv=None) -> int:
     p.add_argument("--sigma-deg", type=float, default=8.0)
     p.add_argument("--sigma-px", type=float, default=1.5)
     p.add_argument("--serial", action="store_true", help="run the three trainings one after another")
+    p.add_argument("--pdb", type=Path, help="simulate one state of this atomic model instead of --preset")
+    p.add_argument("--apix", type=float, default=2.0, help="--pdb: pixel size (default 2)")
+    p.add_argument("--pose-method", default="local", choices=("local", "sgd"))
+    p.add_argument("--pose-search-radius", type=float, default=0.5)
+    p.add_argument("--cryodrgn", action="store_true",
+                   help="also train cryoDRGN 4.3.1 with --do-pose-sgd on the perturbed poses (bench/cryodrgn-venv)")
     p.add_argument("--add-run", metavar="NAME",
                    help="only: evaluate the finished refining run WORK/run_NAME (trained by hand with other pose "
                         "options on the same data) and add it to the JSON")
@@ -231,14 +304,16 @@ def main(argv=None) -> int:
     from cryoscape.models.poses import load_learned_poses
 
     work = WORK / _work_name(args)
-    sim = ensure_simulation(args.preset, args.n, args.D, args.snr, work / "sim")
+    source = None if args.pdb is None else ["--pdb", str(args.pdb), "--apix", str(args.apix)]
+    sim = ensure_simulation(args.preset, args.n, args.D, args.snr, work / "sim", source=source)
     perturbed = sim / "perturbed.star"  # beside the stack its image names point to
     perturbation = perturb(sim, perturbed, args.sigma_deg, args.sigma_px)
     print("perturbation:", perturbation, flush=True)
     common = dict(zdim=args.zdim, enc_dim=args.width, enc_layers=3, dec_dim=args.width, dec_layers=3,
                   pe_type="gaussian", feat_sigma=0.5, batch=32, epochs=args.epochs, lr=1e-3, val_frac=0.0, seed=0)
-    refine = ("--refine-poses", "--pose-lr", str(args.pose_lr), "--shift-lr", str(args.shift_lr), "--refine-start",
-              str(args.refine_start))
+    refine = ("--refine-poses", "--pose-method", args.pose_method, "--pose-search-radius",
+              str(args.pose_search_radius), "--pose-lr", str(args.pose_lr), "--shift-lr", str(args.shift_lr),
+              "--refine-start", str(args.refine_start))
     specs = {
         "true": TrainSpec(particles=sim / "particles.star", out=work / "run_true", extra=("--threads", "1"), **common),
         "perturbed": TrainSpec(particles=perturbed, out=work / "run_perturbed", extra=("--threads", "1"), **common),
@@ -250,6 +325,9 @@ def main(argv=None) -> int:
     info = machine_info()
     with concurrent.futures.ThreadPoolExecutor(1 if args.serial else 3) as pool:
         futures = {name: pool.submit(timed_train, spec) for name, spec in specs.items()}
+        if args.cryodrgn:
+            futures["cryodrgn_pose_sgd"] = pool.submit(train_cryodrgn_pose_sgd, args, sim, perturbed,
+                                                       work / "run_cryodrgn_pose_sgd")
         runs = {name: f.result() for name, f in futures.items()}
     for name, (res, _) in runs.items():
         if res["returncode"] != 0:
@@ -271,10 +349,18 @@ def main(argv=None) -> int:
     poses = {"true": (truth.poses.rotations, true_px), "perturbed": (pert.poses.rotations,
              pert.poses.shifts_angstrom / apix), "refined": (learned["rotations"], learned["shifts_angstrom"] / apix)}
     stars = {"true": sim / "particles.star", "perturbed": perturbed, "refined": refined_star}
+    if args.cryodrgn:
+        cd_poses, cd_star = cryodrgn_refined_poses(work / "run_cryodrgn_pose_sgd", args.epochs, pert, work)
+        poses["cryodrgn_pose_sgd"] = (cd_poses.rotations, cd_poses.shifts_angstrom / apix)
+        stars["cryodrgn_pose_sgd"] = cd_star
+        specs["cryodrgn_pose_sgd"] = None
     shells = args.D // 2
     for name, spec in specs.items():
         res, rows = runs[name]
-        z = np.load(spec.out / "latents" / f"epoch_{args.epochs:03d}.npy") if args.zdim else None
+        if spec is None:  # cryoDRGN: its z.N.pkl
+            z = cryodrgn_latents(work / "run_cryodrgn_pose_sgd", args.epochs) if args.zdim else None
+        else:
+            z = np.load(spec.out / "latents" / f"epoch_{args.epochs:03d}.npy") if args.zdim else None
         fsc = backproject_fsc(stars[name], sim, ind, work / f"bp_{name}")
         secs = [r["seconds"] for r in rows if r["epoch"] >= 2]
         record["runs"][name] = {"train": res, "poses": pose_errors(*poses[name], truth.poses.rotations, true_px),

@@ -14,7 +14,8 @@ from cryoscape.models.poses import load_learned_poses, rotation_angle_deg
 
 SMALL = ["--zdim", "2", "--enc-dim", "16", "--enc-layers", "1", "--dec-dim", "16", "--dec-layers", "1",
          "-b", "8", "--no-progress", "--lr", "1e-3", "--threads", "1"]
-REFINE = ["--refine-poses", "--refine-start", "2", "--pose-lr", "0.01"]
+REFINE = ["--refine-poses", "--refine-start", "2", "--pose-method", "sgd", "--pose-lr", "0.01"]
+LOCAL = ["--refine-poses", "--refine-start", "2"]  # the default method: local Gauss-Newton steps
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +93,15 @@ def test_other_families_refuse_in_one_line(sim, tmp_path, capsys, family):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_learn_the_poses_of_one(sim, tmp_path):
+@pytest.mark.parametrize("refine", [REFINE, LOCAL], ids=["sgd", "local"])
+def test_ddp_two_processes_learn_the_poses_of_one(sim, tmp_path, refine):
     """torchrun with 2 gloo processes (batch 8 each) against 1 process with batch 16: the same pose steps.
 
     Homogeneous (--zdim 0), so that no latent sampling (seeded per process) makes the two runs differ; what is
     left is the order of floating-point sums."""
     star = str(sim / "particles.star")
     common = ["--zdim", "0", *SMALL[2:-7], "--no-progress", "--lr", "1e-3", "-n", "3", "--val-frac", "0.2",
-              "--threads", "1", *REFINE]
+              "--threads", "1", *refine]
     assert main(["train", star, "-o", str(tmp_path / "one"), "-b", "16", *common]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -109,7 +111,7 @@ def test_ddp_two_processes_learn_the_poses_of_one(sim, tmp_path):
     _, one = load_learned_poses(tmp_path / "one", 3)
     _, two = load_learned_poses(tmp_path / "two", 3)
     np.testing.assert_array_equal(one["refined"], two["refined"])
-    # every particle was stepped as often in both runs; Adam's steps (~lr each) agree to rounding
+    # every particle was stepped as often in both runs; the steps agree to rounding
     np.testing.assert_allclose(two["rotvec"], one["rotvec"], atol=2e-3)
     np.testing.assert_allclose(two["shift_px"], one["shift_px"], atol=2e-2)
 
@@ -199,9 +201,42 @@ def test_pose_options_reach_the_refiner():
     refiner = get_family("cryodrgn").make_pose_refiner(_Sized(data, 12), config)
     assert (refiner.table.n, refiner.table.lr, refiner.table.shift_lr, refiner.start_epoch) == (12, 0.003, 0.2, 4)
     assert not refiner.active(3) and refiner.active(4)
+    assert refiner.method == "local"  # the default
     default = config_from_args(parser.parse_args(["p.star", "-o", "run", "--refine-poses"]))
     refiner = get_family("cryodrgn").make_pose_refiner(_Sized(data, 5), default)
     assert (refiner.table.lr, refiner.table.shift_lr, refiner.start_epoch) == (2e-3, 0.1, 2)
+    args = parser.parse_args(["p.star", "-o", "run", "--refine-poses", "--pose-search-radius", "0.75"])
+    refiner = get_family("cryodrgn").make_pose_refiner(_Sized(data, 12), config_from_args(args))
+    assert (refiner.method, refiner.search_radius) == ("local", 0.75)
+    args = parser.parse_args(["p.star", "-o", "run", "--refine-poses", "--pose-method", "sgd"])
+    assert get_family("cryodrgn").make_pose_refiner(_Sized(data, 12), config_from_args(args)).method == "sgd"
+
+
+def test_a_config_recorded_before_pose_methods_keeps_adam():
+    from cryoscape.config import RunConfig
+
+    old = RunConfig.from_dict({"train": {"refine_poses": True, "pose_lr": 0.01}})
+    assert old.train.pose_method == "sgd"
+    assert RunConfig.from_dict({"train": {"refine_poses": True}}).train.pose_method == "sgd"
+    assert RunConfig().train.pose_method == "local"
+
+
+def test_local_refinement_moves_training_poses_by_bounded_steps_and_resumes_exactly(sim, tmp_path):
+    star = str(sim / "particles.star")
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["train", star, "-o", str(a), "-n", "3", *SMALL, *LOCAL]) == 0
+    assert main(["train", star, "-o", str(b), "-n", "2", *SMALL, *LOCAL]) == 0
+    assert main(["train", star, "-o", str(b), "-n", "3", "--resume", *SMALL, *LOCAL]) == 0
+    train_pos = np.load(a / "split.npz")["train"]
+    _, last = load_learned_poses(a, 3)
+    np.testing.assert_array_equal(np.flatnonzero(last["refined"]), train_pos)
+    angle = np.rad2deg(np.linalg.norm(last["rotvec"], axis=1))
+    assert np.all(angle[train_pos] > 0) and np.all(angle[~last["refined"]] == 0)
+    assert angle.max() <= 2 * 5.0 + 1e-3  # two refining epochs, each step at most 5 degrees
+    assert np.linalg.norm(last["shift_px"], axis=1).max() <= 2 * 1.5 + 1e-3
+    _, resumed = load_learned_poses(b, 3)
+    for key in ("rotvec", "shift_px", "rotations"):
+        np.testing.assert_array_equal(last[key], resumed[key])
 
 
 class _Sized:

@@ -252,6 +252,8 @@ class TrainConfig:
     pose_lr: float = 2e-3  # Adam step of the rotation corrections (radians); bench/RESULTS.md "Pose refinement"
     shift_lr: float | None = 0.1  # Adam step of the shift corrections (pixels); None -> 10 x pose_lr
     refine_start: int = 2  # first epoch whose steps refine the poses (earlier epochs: fixed poses)
+    pose_method: str = "local"  # local: a Gauss-Newton step per particle per visit; sgd: per-particle Adam
+    pose_search_radius: float = 0.5  # local: compared pixels within this fraction of Nyquist
     load: str | None = None  # start from the model weights of this run folder or checkpoint file (train --load)
 
     def __post_init__(self):
@@ -267,6 +269,11 @@ class TrainConfig:
             raise InputError(f"--shift-lr must be >= 0, got {self.shift_lr}")
         if self.refine_start < 1:
             raise InputError(f"--refine-start must be >= 1 (an epoch number), got {self.refine_start}")
+        if self.pose_method not in ("local", "sgd"):
+            raise InputError(f"--pose-method must be local or sgd, got {self.pose_method!r}")
+        if not 0.0 < self.pose_search_radius <= 1.0:
+            raise InputError(f"--pose-search-radius must be in (0, 1] (a fraction of Nyquist), got "
+                             f"{self.pose_search_radius}")
 
 
 @dataclass
@@ -302,6 +309,8 @@ class RunConfig:
                         value = sections[section].pop(name)
                         if name in known:
                             model.setdefault(name, value)
+        if sections["train"].get("refine_poses") and "pose_method" not in sections["train"]:
+            sections["train"]["pose_method"] = "sgd"  # recorded before --pose-method existed: Adam was the only one
         try:
             return cls(
                 data=DataConfig(**sections["data"]),

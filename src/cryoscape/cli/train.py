@@ -120,24 +120,32 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="starting radius of --freq-march as a fraction of Nyquist (default 0.25)")
     t.add_argument("--focus-mask", metavar="MASK.mrc",
                    help="cryodrgn family: focused heterogeneity on the region of this soft mask (values in [0, 1], "
-                        "the particles' box and pixel size). Each image x becomes f * (x - s CTF P[(1 - M) V]): the "
-                        "consensus V outside the mask M is subtracted, and the image is multiplied by the mask's "
-                        "footprint f = clip(P[M], 0, 1) (pixels whose ray misses the mask are zeroed; the rendered "
-                        "slices get the same weight). V is back-projected from the particles (FSC-weighted) and "
-                        "stored in RUN/focus/; decoder maps are of the subtracted signal (docs/choosing-a-model.md)")
+                        "the particles' box and pixel size). Each image x becomes w * (x - s CTF P[(1 - M) V]): the "
+                        "consensus V outside the mask M is subtracted, and each pixel is weighted by the share w of "
+                        "the consensus density along its ray that lies inside the mask (0 where the ray misses the "
+                        "mask; the rendered slices get the same weight). V is back-projected from the particles "
+                        "(FSC-weighted) and stored in RUN/focus/; decoder maps are of the subtracted, weighted "
+                        "signal (docs/choosing-a-model.md)")
     t.add_argument("--focus-consensus", metavar="MAP.mrc",
                    help="--focus-mask: the consensus map to subtract (default: back-projected from the particles); "
                         "scaled to the images by least squares, copied to RUN/focus/consensus.mrc")
     t.add_argument("--refine-poses", action="store_true",
                    help="cryodrgn family (VAE and --zdim 0): refine the consensus poses during training, a rotation "
-                        "(axis-angle) and an in-plane shift correction per particle with their own sparse Adam; the "
-                        "validation particles keep their poses; learned poses in RUN/poses/, written out by "
-                        "`cryoscape write-poses`")
+                        "(axis-angle) and an in-plane shift correction per particle; the validation particles keep "
+                        "their poses; learned poses in RUN/poses/, written out by `cryoscape write-poses`")
+    t.add_argument("--pose-method", choices=("local", "sgd"), default="local",
+                   help="--refine-poses: local = one damped Gauss-Newton step of each particle's rotation and shift "
+                        "every time it is visited, against the current decoder (3 more decoder passes on the "
+                        "compared pixels; default); sgd = one per-particle Adam step on the loss gradient, as "
+                        "cryoDRGN's --do-pose-sgd (see bench/RESULTS.md)")
+    t.add_argument("--pose-search-radius", type=float, default=0.5, metavar="FRACTION",
+                   help="--pose-method local: compare pixels up to this fraction of Nyquist (default 0.5; 1.0 uses "
+                        "every pixel: more accurate poses, about 4x the extra cost)")
     t.add_argument("--pose-lr", type=float, default=2e-3,
-                   help="--refine-poses: Adam step of the rotation corrections in radians (default 2e-3; larger "
+                   help="--pose-method sgd: Adam step of the rotation corrections in radians (default 2e-3; larger "
                         "steps random-walk where one image says little about its orientation, see bench/RESULTS.md)")
     t.add_argument("--shift-lr", type=float, default=0.1,
-                   help="--refine-poses: Adam step of the shift corrections in pixels (default 0.1)")
+                   help="--pose-method sgd: Adam step of the shift corrections in pixels (default 0.1)")
     t.add_argument("--refine-start", type=int, default=2, metavar="EPOCH",
                    help="--refine-poses: first epoch whose steps refine the poses; earlier epochs train with the "
                         "consensus poses (default 2)")

@@ -169,7 +169,7 @@ class CryoDRGN(FamilyModel):
         weight = batch.get("weight")
         if weight is not None:
             if subset is not None:
-                raise RuntimeError("focus footprints (train --focus-mask) need the full lattice (no --freq-march)")
+                raise RuntimeError("focus weights (train --focus-mask) need the full lattice (no --freq-march)")
             pred = self.weight_in_real_space(pred, weight)
         recon = torch.mean((pred - target) ** 2)
         terms["recon"] = recon
@@ -189,6 +189,26 @@ class CryoDRGN(FamilyModel):
         grid = values.new_zeros(B, D * D).index_copy(1, index, values)
         image = ihartley2(grid.reshape(B, D, D)) * weight.to(values.dtype)
         return hartley2(image).reshape(B, D * D)[:, index]
+
+    @torch.no_grad()
+    def pose_predictor(self, batch: dict[str, torch.Tensor], half: torch.Tensor):
+        """For local pose refinement (``models.poses.PoseRefiner.local_update``): a function ``rotations (B, 3, 3)
+        -> (B, 2 M' + 1)`` giving the model's prediction of the batch's images (CTF-modulated slices, latents at
+        the posterior means of ``batch["y"]``) at the half-plane positions ``half`` ``(M',)``
+        (``[half, their mates, DC]`` order, as :meth:`render`).
+        """
+        y = batch["y"]
+        ctf = self.ctf_values(batch.get("ctf"))
+        z = self.encode(y, ctf)[0] if self.zdim > 0 else None
+        m = self.pixels.n_half
+        positions = torch.cat([half, half + m, torch.tensor([2 * m], device=half.device)])
+        transfer = None if ctf is None else self.transfer(ctf[:, positions])
+
+        def predict(rotations: torch.Tensor) -> torch.Tensor:
+            pred = self.render(rotations, z, half)
+            return pred if transfer is None else pred * transfer
+
+        return predict
 
     @torch.no_grad()
     def latent_means(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -260,15 +280,15 @@ class CryoDRGNFamily(ModelFamily):
                 raise InputError("--focus-mask needs a consensus map (focus_consensus): `cryoscape train` "
                                  "back-projects one; from Python give one (cryoscape.cli._focus.focus_consensus_map)")
             if m.freq_march > 0:
-                raise InputError("--focus-mask cannot be combined with --freq-march (the footprint weighting needs "
+                raise InputError("--focus-mask cannot be combined with --freq-march (the per-pixel weighting needs "
                                  "the full lattice)")
             if config.train.refine_poses:
                 raise InputError("--focus-mask cannot be combined with --refine-poses (the subtraction and the "
-                                 "footprints use the consensus poses)")
+                                 "weights use the consensus poses)")
 
     def make_data(self, particles, config, norm_std=None, progress=True):
         """The Hermitian-half Fourier pixels of ``particles`` (:class:`SliceParticleData`); with ``--focus-mask``
-        the consensus outside the mask subtracted and the mask's footprint applied (:mod:`cryoscape.data.focus`).
+        the consensus outside the mask subtracted and the focus weights applied (:mod:`cryoscape.data.focus`).
         """
         from cryoscape.data.fourier_pixels import FourierPixels
         from cryoscape.data.particle_data import SliceParticleData
@@ -283,8 +303,8 @@ class CryoDRGNFamily(ModelFamily):
             consensus = load_focus_map(m.focus_consensus, D, apix, "consensus")
             focus = FocusSubtraction(mask, consensus, apix,
                                      ctf_premultiplied=bool(getattr(particles, "ctf_premultiplied", False)))
-            log.info("--focus-mask %s: consensus %s subtracted outside the mask, images weighted by the mask's "
-                     "footprint", m.focus_mask, m.focus_consensus)
+            log.info("--focus-mask %s: consensus %s subtracted outside the mask, images weighted by the share of "
+                     "their rays' density inside it", m.focus_mask, m.focus_consensus)
         return SliceParticleData(particles, FourierPixels.create(particles.images.D), invert=d.invert_data,
                                  window=d.window, window_inner=d.window_inner, lazy=d.lazy, norm_std=norm_std,
                                  progress=progress, focus=focus)

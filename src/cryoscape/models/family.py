@@ -43,6 +43,13 @@ class FamilyModel(torch.nn.Module):
         """Volumes ``(n, D, D, D)`` float32 at latents ``z`` ``(n, zdim)`` (``None``: the homogeneous map)."""
         raise NotImplementedError(f"{type(self).__name__} does not generate volumes")
 
+    def pose_predictor(self, batch, half):
+        """``rotations (B, 3, 3) -> (B, 2 M' + 1)``: the model's prediction of the batch's images at the half-plane
+        pixels ``half`` (local pose refinement, :class:`~cryoscape.models.poses.PoseRefiner`); families that refine
+        poses implement it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not predict images for pose refinement")
+
 
 class ModelFamily:
     """Base class of the model families; see the module docstring.
@@ -166,7 +173,7 @@ class ModelFamily:
         from cryoscape.models.poses import PoseRefiner
 
         return PoseRefiner(len(data), data.pixels.half_freqs(), lr=t.pose_lr, shift_lr=t.shift_lr,
-                           start_epoch=t.refine_start)
+                           start_epoch=t.refine_start, method=t.pose_method, search_radius=t.pose_search_radius)
 
     # -- the engine's hooks ----------------------------------------------------------------------------------
     def epoch_batches(self, data, train_positions: np.ndarray, seed: int, epoch: int, batch_size: int,

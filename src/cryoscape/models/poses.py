@@ -27,8 +27,11 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["so3_exp", "compose", "hartley_translate", "PoseTable", "rotation_angle_deg", "PoseRefiner",
-           "LearnedPoseData", "save_learned_poses", "load_learned_poses"]
+__all__ = ["so3_exp", "so3_log", "compose", "hartley_translate", "hartley_translate_jacobian", "PoseTable",
+           "rotation_angle_deg", "PoseRefiner", "LearnedPoseData", "save_learned_poses", "load_learned_poses",
+           "gauss_newton_pose_step", "POSE_METHODS"]
+
+POSE_METHODS = ("local", "sgd")
 
 
 def so3_exp(w: torch.Tensor) -> torch.Tensor:
@@ -50,6 +53,17 @@ def so3_exp(w: torch.Tensor) -> torch.Tensor:
                      torch.stack([-w[..., 1], w[..., 0], zero], -1)], -2)
     eye = torch.eye(3, dtype=w.dtype, device=w.device).expand(K.shape)
     return eye + a * K + b * (K @ K)
+
+
+def so3_log(R: torch.Tensor) -> torch.Tensor:
+    """Axis-angle vectors ``(..., 3)`` (radians, angle in ``[0, pi]``) of rotation matrices ``R`` ``(..., 3, 3)``:
+    the inverse of :func:`so3_exp` (through scipy's quaternion conversion, float64; not differentiable).
+    """
+    from scipy.spatial.transform import Rotation
+
+    flat = R.detach().cpu().double().reshape(-1, 3, 3).numpy()
+    out = Rotation.from_matrix(flat).as_rotvec() if len(flat) else np.zeros((0, 3))
+    return torch.from_numpy(out).to(dtype=R.dtype, device=R.device).reshape(*R.shape[:-2], 3)
 
 
 def compose(rotations: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -84,6 +98,127 @@ def hartley_translate(h: torch.Tensor, half_freqs: torch.Tensor, shifts_px: torc
     c, s = torch.cos(phase), torch.sin(phase)
     a2, b2 = a * c + b * s, b * c - a * s  # (a + i b)(c - i s)
     return torch.cat([a2 - b2, a2 + b2, dc], dim=1)
+
+
+def hartley_translate_jacobian(h: torch.Tensor, half_freqs: torch.Tensor) -> torch.Tensor:
+    """Derivatives ``(B, 2M + 1, 2)`` of :func:`hartley_translate` with respect to the shift ``(tx, ty)``, taken at
+    the already translated images ``h`` ``(B, 2M + 1)`` (``[half, mates, DC]`` order; ``half_freqs`` ``(M, 2)``
+    in cycles/pixel).
+
+    With ``F(k) = a + i b`` the translated spectrum, ``dF/dt_j = -2 pi i k_j F``: ``d H(k) / dt_j = 2 pi k_j (a + b)``
+    and ``d H(-k) / dt_j = 2 pi k_j (b - a)``; the DC term does not move.
+    """
+    m = half_freqs.shape[0]
+    hk, hm = h[:, :m], h[:, m : 2 * m]
+    a, b = (hk + hm) / 2, (hm - hk) / 2
+    k = 2.0 * math.pi * half_freqs.to(h.dtype)  # (M, 2)
+    d_half = (a + b)[:, :, None] * k[None]
+    d_mate = (b - a)[:, :, None] * k[None]
+    dc = torch.zeros(h.shape[0], h.shape[1] - 2 * m, 2, dtype=h.dtype, device=h.device)
+    return torch.cat([d_half, d_mate, dc], dim=1)
+
+
+def best_shift_on_grid(y: torch.Tensor, target: torch.Tensor, half_freqs: torch.Tensor, max_shift_px: float,
+                       step_px: float) -> torch.Tensor:
+    """The shift ``(B, 2)`` (pixels) on a square grid of spacing ``step_px`` within the disc ``|t| <= max_shift_px``
+    that brings each image ``y`` ``(B, 2M + 1)`` closest to ``target`` (same layout, ``[half, mates, DC]``):
+    translations preserve ``|y|``, so the best shift maximises ``<T_t y, target>``. One translation per grid point,
+    evaluated for all images at once (no model evaluation).
+    """
+    n = int(math.floor(max_shift_px / step_px))
+    g = torch.arange(-n, n + 1, dtype=y.dtype, device=y.device) * step_px
+    grid = torch.stack(torch.meshgrid(g, g, indexing="ij"), dim=-1).reshape(-1, 2)
+    grid = grid[grid.norm(dim=1) <= max_shift_px + 1e-9]  # (K, 2), includes 0
+    m = half_freqs.shape[0]
+    hk, hm = y[:, :m], y[:, m : 2 * m]
+    a, b = (hk + hm) / 2, (hm - hk) / 2  # (B, M)
+    ta, tb = target[:, :m], target[:, m : 2 * m]
+    ca, cb = (ta + tb) / 2, (tb - ta) / 2  # target's Re and Im (at k): H(k) = a - b, H(-k) = a + b
+    phase = 2.0 * math.pi * (grid @ half_freqs.to(y.dtype).T)  # (K, M)
+    c, s = torch.cos(phase), torch.sin(phase)
+    # translated: a' = a c + b s, b' = b c - a s; <H', T> over both halves = 2 (a' ca + b' cb)
+    score = (a * ca + b * cb) @ c.T + (b * ca - a * cb) @ s.T  # (B, K)
+    return grid[score.argmax(dim=1)]
+
+
+def gauss_newton_pose_step(predict, rotations: torch.Tensor, y: torch.Tensor, half_freqs: torch.Tensor,
+                           eps: float = 0.01, damping: float = 1e-3, max_angle: float = 0.1,
+                           max_shift_px: float = 2.0, prior_angle: float | None = None,
+                           prior_shift_px: float | None = None, verify: bool = False,
+                           shift_grid: tuple[float, float] | None = None,
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One damped Gauss-Newton (Levenberg-Marquardt) step of every image's pose, from its current pose.
+
+    Each image ``y_i`` (Hartley values, already translated by its current shift) is compared with the model's
+    prediction ``P(R)`` at its current rotation ``R_i``; the residual ``r = y - P(R)`` is linearised in a rotation
+    correction ``d`` (image frame, ``R -> exp([d]x) R``) and a shift correction ``t`` (pixels, ``y -> T_t y``):
+    ``r(d, t) ~ r + J [d; t]``. The rotation columns of ``J`` are forward differences of the prediction (three more
+    evaluations of ``predict``, at ``exp([eps e_j]x) R``), the shift columns are exact
+    (:func:`hartley_translate_jacobian`). The step solves ``(J^T J + damping diag(J^T J)) [d; t] = -J^T r`` per image
+    (a 5 x 5 system) and is shortened to at most ``max_angle`` radians and ``max_shift_px`` pixels.
+
+    With ``prior_angle`` / ``prior_shift_px`` the step is the posterior mode under a Gaussian prior of that standard
+    deviation on the step itself and white noise of the image's own residual variance ``sigma^2 = |r|^2 / P``:
+    ``(J^T J + sigma^2 diag(1/prior^2)) [d; t] = -J^T r``. Where one image says little about its pose (a noisy
+    image, a blurred map) the step shrinks towards zero instead of following the noise; where it says much, the
+    step is the full Gauss-Newton step. With ``verify`` the prediction is evaluated once more at the new pose and
+    steps that do not lower the image's squared residual are dropped (``d = t = 0``). With ``shift_grid`` ``(max,
+    step)`` (pixels) the shift is first searched on a grid (:func:`best_shift_on_grid`; shift errors of a pixel or
+    more are far outside the range where the linearisation holds at mid frequencies) and the Gauss-Newton step
+    starts from the best grid shift.
+
+    Parameters
+    ----------
+    predict : callable ``rotations (B, 3, 3) -> (B, 2M + 1)`` predicted values of the compared pixels (the model's
+        CTF-modulated slice for each image of the batch).
+    rotations : ``(B, 3, 3)`` current rotations (RELION ``A``).
+    y : ``(B, 2M + 1)`` images at the compared pixels (``[half, mates, DC]`` order), translated by the current shift.
+    half_freqs : ``(M, 2)`` cycles/pixel of the compared half-plane pixels.
+
+    Returns
+    -------
+    ``(d (B, 3) radians, t (B, 2) pixels, loss (B,))``: the corrections to compose with the current pose and each
+    image's squared residual before the step.
+    """
+    B = rotations.shape[0]
+    p0 = predict(rotations)
+    y_start = y
+    t0 = torch.zeros(B, 2, dtype=y.dtype, device=y.device)
+    if shift_grid is not None:
+        t0 = best_shift_on_grid(y, p0, half_freqs, *shift_grid)
+        y = hartley_translate(y, half_freqs, t0)
+    r = (y - p0).double()
+    J = torch.empty(B, r.shape[1], 5, dtype=torch.float64, device=r.device)
+    eye = torch.eye(3, dtype=rotations.dtype, device=rotations.device)
+    for j in range(3):
+        turned = so3_exp(eps * eye[j]).expand(B, 3, 3) @ rotations
+        J[..., j] = -(predict(turned) - p0).double() / eps
+    J[..., 3:] = hartley_translate_jacobian(y, half_freqs).double()
+    H = J.transpose(1, 2) @ J  # (B, 5, 5)
+    g = (J.transpose(1, 2) @ r[..., None])[..., 0]  # (B, 5)
+    diag = torch.diagonal(H, dim1=1, dim2=2)
+    floor = 1e-12 * diag.mean(dim=1, keepdim=True).clamp_min(1e-30)
+    Hd = H + torch.diag_embed(damping * diag + floor)
+    loss0 = (r * r).sum(dim=1)
+    if prior_angle is not None or prior_shift_px is not None:
+        sigma2 = loss0 / r.shape[1]  # (B,) the image's residual variance per pixel
+        inv = torch.zeros(5, dtype=torch.float64, device=r.device)
+        if prior_angle is not None:
+            inv[:3] = 1.0 / float(prior_angle) ** 2
+        if prior_shift_px is not None:
+            inv[3:] = 1.0 / float(prior_shift_px) ** 2
+        Hd = Hd + torch.diag_embed(sigma2[:, None] * inv[None])
+    step = -torch.linalg.solve(Hd, g[..., None])[..., 0]
+    d, t = step[:, :3], step[:, 3:]
+    d = d * (max_angle / d.norm(dim=1, keepdim=True).clamp_min(max_angle))
+    t = t * (max_shift_px / t.norm(dim=1, keepdim=True).clamp_min(max_shift_px))
+    d, t = d.to(rotations.dtype), t.to(y.dtype) + t0
+    if verify:
+        before = ((y_start - p0).double() ** 2).sum(dim=1)
+        moved = hartley_translate(y_start, half_freqs, t) - predict(so3_exp(d) @ rotations)
+        worse = (moved.double() ** 2).sum(dim=1) >= before
+        d, t = d.masked_fill(worse[:, None], 0.0), t.masked_fill(worse[:, None], 0.0)
+    return d, t, loss0
 
 
 class PoseTable:
@@ -261,15 +396,42 @@ class PoseRefiner:
     """
 
     def __init__(self, n: int, half_freqs: torch.Tensor, lr: float, shift_lr: float | None = None,
-                 start_epoch: int = 1):
+                 start_epoch: int = 1, method: str = "sgd", search_radius: float = 0.5,
+                 max_step_deg: float = 5.0, max_shift_px: float = 1.5):
+        if method not in POSE_METHODS:
+            raise ValueError(f"pose method {method!r} (one of {', '.join(POSE_METHODS)})")
         self.table = PoseTable(n, lr=lr, shift_lr=shift_lr)
         self.half_freqs = torch.as_tensor(half_freqs, dtype=torch.float32).cpu()
         self.start_epoch = int(start_epoch)
+        self.method = method
+        self.search_radius = float(search_radius)
+        self.max_step = math.radians(float(max_step_deg))
+        self.max_shift_px = float(max_shift_px)
+        self.prior_angle = math.radians(2.0)  # local: prior std of one visit's rotation step
+        self.prior_shift_px = 0.5  # and of its Gauss-Newton shift step (after the grid search)
+        self._radius_cycles = self.half_freqs.norm(dim=1)  # (M,) cycles/pixel
+        nonzero = self.half_freqs.abs()[self.half_freqs.abs() > 0]
+        D = int(round(1.0 / float(nonzero.min()))) if nonzero.numel() else 2  # the box (frequency step 1/D)
+        shift_max = max(2.0, 0.05 * D)
+        self.shift_grid = (shift_max, max(0.5, shift_max / 6.0))  # local: (range, spacing) of the shift search
+        self._epoch = self.start_epoch
         self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._freqs_on: dict[torch.device, torch.Tensor] = {}
+        self._local_on: dict[tuple[torch.device, float], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def radius(self, epoch: int) -> float:
+        """Compared pixels of the local method in ``epoch`` (a fraction of Nyquist): from 0.25 in the first refining
+        epoch up by 0.125 an epoch to ``search_radius`` (coarse to fine: a map learnt from poses a few degrees
+        off is only right at low frequency, and the linearisation only holds there while the errors are large).
+        """
+        grown = 0.25 + 0.125 * max(0, int(epoch) - self.start_epoch)
+        return min(self.search_radius, grown)
 
     def active(self, epoch: int) -> bool:
-        """Whether the steps of ``epoch`` (1-based) refine the poses."""
+        """Whether the steps of ``epoch`` (1-based) refine the poses; the engine asks before every training step,
+        which also tells the refiner the epoch in progress (the local method's radius follows it).
+        """
+        self._epoch = int(epoch)
         return int(epoch) >= self.start_epoch
 
     def _freqs(self, device) -> torch.Tensor:
@@ -283,13 +445,63 @@ class PoseRefiner:
         return _replace(batch, rot=compose(rot, w).to(rot.dtype),
                         y=hartley_translate(y, self._freqs(y.device), s).to(y.dtype))
 
-    def prepare(self, batch):
-        """The batch with its particles' current corrections applied (differentiable in the corrections)."""
+    def prepare(self, batch, model=None, gather_rows=None):
+        """The batch with its particles' current corrections applied.
+
+        Method ``sgd``: differentiable in the corrections (after ``backward``, :meth:`step` takes one Adam step).
+        Method ``local``: first one Gauss-Newton step of every particle of the batch against ``model``'s current
+        prediction (:meth:`local_update`), then the batch with the new corrections (no gradient).
+        """
+        if self.method == "local":
+            if model is None:
+                raise ValueError("PoseRefiner(method='local').prepare needs the model")
+            self.local_update(model, batch, gather_rows)
+            self._pending = None
+            return self.corrected(batch)
         index = _get(batch, "index")
         device = _get(batch, "y").device
         w, s = self.table.take(index, device)
         self._pending = (index.detach().to(device).long(), w, s)
         return self._apply(batch, w, s)
+
+    def _local_pixels(self, device, radius: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(half (M',), positions (2 M' + 1,), half_freqs (M', 2))`` of the pixels within ``radius`` x Nyquist."""
+        key = (torch.device(device), float(radius))
+        if key not in self._local_on:
+            m = self.half_freqs.shape[0]
+            half = torch.nonzero(self._radius_cycles < 0.5 * radius).squeeze(1)
+            positions = torch.cat([half, half + m, torch.tensor([2 * m])])
+            self._local_on[key] = (half.to(key[0]), positions.to(key[0]), self.half_freqs[half].to(key[0]))
+        return self._local_on[key]
+
+    @torch.no_grad()
+    def local_update(self, model, batch, gather_rows=None) -> None:
+        """One Gauss-Newton step (:func:`gauss_newton_pose_step`) of the poses of the batch's particles against
+        ``model.pose_predictor``, on the pixels within ``search_radius`` x Nyquist; the table rows are replaced by
+        the composed corrections (gathered over the processes with ``gather_rows``, so every process's table stays
+        the same).
+        """
+        index = _get(batch, "index")
+        y_full = _get(batch, "y")
+        device = y_full.device
+        w0, s0 = self.table.take(index, device)
+        w0, s0 = w0.detach(), s0.detach()
+        corrected = self._apply(batch, w0, s0)
+        rot = _get(corrected, "rot").float()
+        half, positions, freqs = self._local_pixels(device, self.radius(self._epoch))
+        predict = model.pose_predictor(corrected, half)
+        d, t, _ = gauss_newton_pose_step(predict, rot, _get(corrected, "y")[:, positions].float(), freqs,
+                                         max_angle=self.max_step, max_shift_px=self.max_shift_px,
+                                         prior_angle=self.prior_angle, prior_shift_px=self.prior_shift_px,
+                                         verify=True, shift_grid=self.shift_grid)
+        w_new = so3_log(so3_exp(d.double()) @ so3_exp(w0.double())).float()
+        rows = torch.cat([w_new, (s0 + t).float()], dim=1)
+        idx = index.detach().to(device).long()
+        if gather_rows is not None:
+            idx, rows = gather_rows(idx, rows)
+        idx = idx.cpu()
+        self.table.values[idx] = rows.cpu()
+        self.table.steps[idx] += 1
 
     @torch.no_grad()
     def corrected(self, batch):
@@ -317,7 +529,7 @@ class PoseRefiner:
     # -- state -----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """What a checkpoint keeps (the table and its optimiser state)."""
-        return {"start_epoch": self.start_epoch, "table": self.table.state_dict()}
+        return {"start_epoch": self.start_epoch, "method": self.method, "table": self.table.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`."""

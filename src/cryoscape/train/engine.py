@@ -231,7 +231,8 @@ class Engine:
         self.net.train()
         refine = self.pose_refiner is not None and self.pose_refiner.active(self.state.epoch + 1)
         if refine:
-            batch = self.pose_refiner.prepare(batch)  # the batch's pose corrections, differentiable
+            # the batch's pose corrections: differentiable (sgd), or first one local step each (local)
+            batch = self.pose_refiner.prepare(batch, self.model, self.gather_rows)
         with self._autocast():
             terms = self.net(batch)
         loss = terms["loss"]

@@ -213,9 +213,12 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
         else:
             log.info(f"resuming from {resume_from} after epoch {done}; training to epoch {t.epochs}")
     if engine.pose_refiner is not None:
-        pt = engine.pose_refiner.table
+        pr = engine.pose_refiner
+        how = (f"one Gauss-Newton step per particle per epoch on the pixels within {t.pose_search_radius:g} x "
+               f"Nyquist" if pr.method == "local" else
+               f"per-particle Adam, rotation step {pr.table.lr:g} rad, shift step {pr.table.shift_lr:g} px")
         log.info(f"refining the poses of the {len(train_pos)} training particles from epoch {t.refine_start} "
-                 f"(rotation step {pt.lr:g} rad, shift step {pt.shift_lr:g} px; validation particles keep theirs)")
+                 f"({how}; validation particles keep theirs)")
     n_params = sum(p.numel() for p in model.parameters())
     log.info(f"{family.name}: {len(train_pos)} training and {len(val_pos)} validation particles, "
              f"D={build.get('D')}, {n_params:,} parameters, device {device}"
