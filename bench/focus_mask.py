@@ -20,8 +20,10 @@ Runs (same data, architecture, epochs, seed; ``nice -n 10``, ``--threads 1``):
 
 * ``unfocused``: ``cryoscape train ... --zdim 1``;
 * ``focused``: the same with ``--focus-mask mask.mrc`` (consensus back-projected by the command);
-* ``subtraction_only`` (``--ablation``): focused, but with the footprint weighting switched off (the footprint
-  replaced by ones in a process of this script, ``--ablation-run``), i.e. RELION-style consensus subtraction alone.
+* ``subtraction_only`` (``--ablation``): focused, but without the per-pixel weighting (weights 1, set in a process
+  of this script, ``--ablation-run``), i.e. RELION-style consensus subtraction alone;
+* ``footprint_only`` (``--ablation``): focused, weighted by the mask's footprint ``clip(P[M], 0, 1)`` alone instead
+  of the share of the ray's consensus density inside the mask.
 
 The runs train side by side (one process each).
 
@@ -123,24 +125,20 @@ def spearman(latent: np.ndarray, labels: np.ndarray) -> float:
     return float(abs(spearmanr(latent[:, 0], labels).statistic))
 
 
-def ablation_subtraction_only(argv: list[str], mask: Path) -> None:
-    """Train ``cryoscape train ARGV --focus-mask MASK`` in this process with the footprints replaced by ones
-    (subtraction alone).
+def ablation_run(argv: list[str], mask: Path, weighting: str) -> None:
+    """Train ``cryoscape train ARGV --focus-mask MASK`` in this process with another per-pixel weighting of the
+    focused images (``cryoscape.data.focus.WEIGHTING``: ``none`` = subtraction alone, ``footprint`` = the mask's
+    footprint alone).
     """
-    import torch
-
     from cryoscape.cli._focus import prepare_focus
     from cryoscape.cli.main import build_parser
     from cryoscape.cli.train import config_from_args
     from cryoscape.data import focus as focus_module
     from cryoscape.train.run import train
 
-    def ones(self, rotations, shifts_px=None, centred=None):
-        return torch.ones(rotations.shape[0], self.D, self.D)
-
     args = build_parser().parse_args([*argv, "--focus-mask", str(mask)])
     config = prepare_focus(config_from_args(args), args.outdir, False, progress=False)
-    focus_module.FocusSubtraction.footprint = ones  # type: ignore[method-assign]
+    focus_module.WEIGHTING = weighting
     train(config, args.outdir, progress=False)
 
 
@@ -152,13 +150,16 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--dim", type=int, default=128, help="encoder and decoder width (3 layers each)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ablation", action="store_true", help="also the subtraction-only run (in-process)")
+    p.add_argument("--ablation", action="store_true",
+                   help="also the subtraction-only and footprint-only runs (the weighting switched in a process of "
+                        "this script)")
     p.add_argument("-o", "--output", type=Path, default=Path("bench/results/focus_mask.json"))
     p.add_argument("--ablation-run", metavar="MASK", help=argparse.SUPPRESS)
+    p.add_argument("--weighting", default="none", help=argparse.SUPPRESS)
     p.add_argument("train_args", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.ablation_run:
-        ablation_subtraction_only(args.train_args, Path(args.ablation_run))
+        ablation_run(args.train_args, Path(args.ablation_run), args.weighting)
         return
 
     work = WORK / f"focus_D{args.D}_n{args.n}_snr{args.snr:g}"
@@ -170,19 +171,21 @@ def main() -> None:
     runs = {"unfocused": TrainSpec(out=work / "unfocused", **base),
             "focused": TrainSpec(out=work / "focused", **{**base, "extra": (*base["extra"], "--focus-mask",
                                                                                str(sim / "mask.mrc"))})}
+    ablations = {"subtraction_only": "none", "footprint_only": "footprint"}
     if args.ablation:
-        runs["subtraction_only"] = TrainSpec(out=work / "subtraction_only", **base)
+        for name in ablations:
+            runs[name] = TrainSpec(out=work / name, **base)
     results: dict = {"machine": machine_info(), "data": {"D": args.D, "n": args.n, "snr": args.snr,
                                                         "apix": APIX, "states": "9 x 9 (angle_big x angle_small)"},
                      "runs": {}}
 
     def launch(name: str) -> tuple[str, dict]:
         spec = runs[name]
-        if name != "subtraction_only":
+        if name not in ablations:
             res, _ = timed_train(spec)
         else:
-            cmd = [sys.executable, "-m", "bench.focus_mask", "--ablation-run", str(sim / "mask.mrc"), "--",
-                   *spec.args()]
+            cmd = [sys.executable, "-m", "bench.focus_mask", "--ablation-run", str(sim / "mask.mrc"), "--weighting",
+                   ablations[name], "--", *spec.args()]
             res = run_timed(cmd, spec.out.parent / f"{spec.out.name}.log")
         return name, {"cmd": res["cmd"], "wall_s": res["wall_s"], "returncode": res["returncode"]}
 

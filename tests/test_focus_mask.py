@@ -115,6 +115,24 @@ def test_the_footprint_is_one_where_the_mask_projects_and_zero_elsewhere():
     assert shifted[c + A_CENTRE[1], c + A_CENTRE[0] + 3] == pytest.approx(1.0, abs=1e-3)
 
 
+def test_the_share_weight_is_the_fraction_of_the_rays_density_inside_the_mask():
+    a = blob_volume(D, [(-4, 0, 0)], sigma_px=1.0)
+    b = blob_volume(D, [(4, 0, 0)], sigma_px=1.0)
+    mask = _sphere(D, (-4, 0, 0), 2.5)
+    c = D // 2
+    share = FocusSubtraction(mask, (a + b).numpy(), APIX)  # the default weighting
+    footprint = FocusSubtraction(mask, (a + b).numpy(), APIX, weighting="footprint")
+    along_z = torch.eye(3)[None]  # A and B side by side
+    w = share.footprint(along_z)[0]
+    assert float(w[c, c - 4]) > 0.95 and float(w[c, c + 4]) < 0.02
+    along_x = torch.tensor([[[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]])  # A behind B: every ray crosses both
+    w, f = share.footprint(along_x)[0], footprint.footprint(along_x)[0]
+    assert float(f[c, c]) == pytest.approx(1.0)  # the mask alone keeps the pixel ...
+    assert float(w[c, c]) == pytest.approx(0.5, abs=0.05)  # ... whose density is half inside the mask
+    assert torch.equal(FocusSubtraction(mask, (a + b).numpy(), APIX, weighting="none").footprint(along_x),
+                       torch.ones(1, D, D))
+
+
 def test_a_mask_of_ones_leaves_the_prepared_images_unchanged():
     a, b = _blobs()
     rot, shifts, ctf = _metadata(10, seed=2)

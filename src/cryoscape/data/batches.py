@@ -81,7 +81,7 @@ class Batch:
 @dataclass
 class SliceBatch(Batch):
     """cryodrgn family: ``y`` ``(B, P)`` normalised Hartley pixels, ``rot`` ``(B, 3, 3)``, ``ctf`` ``(B,)``, and with
-    ``train --focus-mask`` ``weight`` ``(B, D, D)``, the real-space footprints the rendered images are multiplied by
+    ``train --focus-mask`` ``weight`` ``(B, D, D)``, the real-space weights the rendered images are multiplied by
     (:mod:`cryoscape.data.focus`).
     """
 

@@ -1,23 +1,31 @@
-"""Focused heterogeneity (``train --focus-mask``): signal subtraction and the mask's projected footprint.
+"""Focused heterogeneity (``train --focus-mask``): signal subtraction and a per-pixel weight from the mask.
 
 With a soft mask ``M`` (values in ``[0, 1]``) around the region of interest and a consensus map ``V`` of the
 particles, every image ``x`` (centred frame, CTF ``C``, pose ``A``) is replaced by
 
-    y = f_A * (x - s * C * P_A[(1 - M) V]),        f_A = clip(P_A[M], 0, 1)
+    y = w_A * (x - s * C * P_A[(1 - M) V])
+
+    w_A = clip((P_A[M V+] + eps * f_A) / (P_A[V+] + eps), 0, 1),      f_A = clip(P_A[M], 0, 1)
 
 ``P_A`` the oversampled Fourier projector of the simulator (same gridding correction), ``s`` one scale factor for
 the whole data set (the least-squares fit of ``x`` by ``C * P_A[V]`` over up to 1000 images, so that a map in
-other units can be used), and ``f_A`` the mask's *footprint*: its projected thickness in voxels, clipped to 1
-(pixels whose ray crosses at least one voxel of the mask keep their value, pixels whose ray misses the mask are
-zeroed). Subtraction (as RELION's focused classification) takes the consensus of everything outside the mask out
-of the images; the footprint removes what is left outside the mask's projection, including that region's
-*variability*, which subtraction of a fixed map cannot remove. The model multiplies its rendered, CTF-modulated
-slices by the same footprint before comparing (``CryoDRGN.forward``), so image and prediction are weighted alike.
-What remains of the rest's variability is what projects onto the mask's footprint.
+other units can be used), ``V+`` the consensus clipped at 0 (its density), ``f_A`` the mask's *footprint* (its
+projected thickness in voxels, clipped to 1) and ``eps`` 5 % of the densest projected ray of ``V+`` (at the
+identity pose).
 
+* Subtraction (as RELION's focused classification) takes the consensus of everything outside the mask out of the
+  images. It removes the rest's *average*, not its *variability*: a fixed map is taken from every image alike.
+* The weight ``w_A`` is the share of the consensus density along each pixel's ray that lies inside the mask:
+  1 where the ray crosses only the masked region, 0 where it misses the mask, ``m / (m + o)`` where it crosses
+  both (``m``, ``o``: the projected densities inside and outside). Pixels that carry the rest's variability are
+  damped in proportion to how much of the rest they see; ``eps`` keeps rays through the mask but through little
+  density (solvent inside the mask) at ``f_A``. With ``M = 1`` the weight is 1, with ``M = 0`` it is 0.
+
+The model multiplies its rendered, CTF-modulated slices by the same ``w_A`` in real space before comparing
+(``CryoDRGN.forward``), so image and prediction are weighted alike; the encoder sees the weighted images.
 The images are prepared once (in memory) or per batch (``--lazy``) by
 :class:`~cryoscape.data.particle_data.SliceParticleData`, which calls :meth:`FocusSubtraction.apply` before its
-Hartley transform; :meth:`FocusSubtraction.footprint` gives the batch's footprints for the model.
+Hartley transform; :meth:`FocusSubtraction.footprint` gives the weights (centred) for the model's batches.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ OVERSAMPLE = 2  # padding of the Fourier projector (as the simulator's)
 SCALE_SAMPLE = 1000  # images the consensus scale is fitted on
 _SLICE_POINTS = 1 << 22  # padded slice points sampled at once
 _MASK_TOLERANCE = 0.01  # mask values may overshoot [0, 1] by this much (interpolated masks); clipped
+WEIGHTING = "share"  # the per-pixel weight of the images and rendered slices (FocusSubtraction's weighting)
+SHARE_EPSILON = 0.05  # the share's regulariser, as a fraction of the densest projected ray of the consensus
 
 
 def load_focus_map(path, D: int, pixel_size_angstrom: float, what: str = "mask") -> np.ndarray:
@@ -111,12 +121,15 @@ class FocusSubtraction:
     pixel_size_angstrom : of the images.
     ctf_premultiplied : the images hold ``CTF x image`` (the subtracted projection is then multiplied by ``CTF^2``).
     scale : the factor ``s`` of the consensus (``None``: 1 until :meth:`fit_scale` is called).
+    weighting : the per-pixel weight ``w_A`` (``None``: :data:`WEIGHTING`): ``"share"`` (the module docstring),
+        ``"footprint"`` (``clip(P_A[M], 0, 1)`` alone) or ``"none"`` (1: subtraction only); the last two are the
+        ablations of ``bench/focus_mask.py``.
 
     Everything is computed on the CPU (the data providers prepare images there).
     """
 
     def __init__(self, mask: np.ndarray, consensus: np.ndarray, pixel_size_angstrom: float,
-                 ctf_premultiplied: bool = False, scale: float | None = None):
+                 ctf_premultiplied: bool = False, scale: float | None = None, weighting: str | None = None):
         m = torch.as_tensor(np.asarray(mask, dtype=np.float32))
         v = torch.as_tensor(np.asarray(consensus, dtype=np.float32))
         if m.ndim != 3 or m.shape != v.shape:
@@ -126,9 +139,18 @@ class FocusSubtraction:
         self.pixel_size_angstrom = float(pixel_size_angstrom)
         self.ctf_premultiplied = bool(ctf_premultiplied)
         self.scale = 1.0 if scale is None else float(scale)
+        self.weighting = WEIGHTING if weighting is None else weighting
+        if self.weighting not in ("share", "footprint", "none"):
+            raise ValueError(f"unknown weighting {self.weighting!r}")
         self.mask_is_full = bool((m == 1).all())
         self._outside_spectrum = _padded_spectrum((1.0 - m) * v)[None]  # (1, 2, Dp, Dp, Dp): re, im
         self._mask_spectrum = _padded_spectrum(m)[None]
+        if self.weighting == "share":
+            density = v.clamp(min=0.0)
+            self._density_spectra = (_padded_spectrum(m * density)[None], _padded_spectrum(density)[None])
+            # epsilon: a few percent of the densest ray (at the identity pose), in the projections' units
+            # (a consensus without positive density: epsilon 1e-20 makes the share the footprint)
+            self.epsilon = max(SHARE_EPSILON * float(density.sum(dim=0).max()), 1e-20)
         self._consensus = v  # kept for fit_scale
 
     # -- projections -------------------------------------------------------------------------------------------
@@ -155,6 +177,10 @@ class FocusSubtraction:
         images = ifft2_centered(slices).real[..., start : start + D, start : start + D]
         return fft2_centered(images)
 
+    def _project(self, rotations: torch.Tensor, spectra: torch.Tensor) -> torch.Tensor:
+        """Real-space projections ``(B, D, D)`` (centred frame) of a volume given by its padded spectrum."""
+        return ifft2_centered(self._projections(rotations, spectra)).real
+
     def _transfer(self, ctf: CTFTensors | None, B: int) -> torch.Tensor:
         """What multiplies a centred projection spectrum: the band ``|k| < D/2`` times the CTF (``CTF^2`` for
         CTF-premultiplied images), ``(B, D, D)`` or ``(1, D, D)``.
@@ -175,16 +201,21 @@ class FocusSubtraction:
 
     def footprint(self, rotations: torch.Tensor, shifts_px: torch.Tensor | None = None,
                   centred: torch.Tensor | None = None) -> torch.Tensor:
-        """``clip(P_A[M], 0, 1)`` ``(B, D, D)`` in the centred frame, or translated by ``-shifts_px`` into the raw
-        images' frame when they are given; ``centred``: the centred footprints, if already computed.
+        """The weights ``w_A`` ``(B, D, D)`` (module docstring; :attr:`weighting`) in the centred frame, or
+        translated by ``-shifts_px`` into the raw images' frame when they are given; ``centred``: the centred
+        weights, if already computed.
         """
         B = rotations.shape[0]
         if centred is None:
-            if self.mask_is_full:  # every ray inside the box crosses the mask: no pixel is damped
+            if self.mask_is_full or self.weighting == "none":  # (a full mask: every share is 1)
                 centred = torch.ones(B, self.D, self.D)
             else:
-                centred = ifft2_centered(self._projections(rotations, self._mask_spectrum)).real.clamp(0.0, 1.0)
-        if shifts_px is None or self.mask_is_full:
+                centred = self._project(rotations, self._mask_spectrum).clamp(0.0, 1.0)
+                if self.weighting == "share":
+                    inside = self._project(rotations, self._density_spectra[0]).clamp(min=0.0)
+                    total = self._project(rotations, self._density_spectra[1]).clamp(min=0.0)
+                    centred = ((inside + self.epsilon * centred) / (total + self.epsilon)).clamp(0.0, 1.0)
+        if shifts_px is None or self.mask_is_full or self.weighting == "none":
             return centred
         return translate_images(centred, -torch.as_tensor(shifts_px, dtype=torch.float32))
 

@@ -36,8 +36,8 @@ class SliceParticleData(PreparedData):
     ``ctf_premultiplied`` is the particle set's flag (images hold ``CTF x image``; models render ``CTF^2 x slice``).
 
     ``focus`` (``train --focus-mask``): a :class:`~cryoscape.data.focus.FocusSubtraction`; each image then has the
-    consensus outside the mask subtracted and is multiplied by the mask's footprint before its transform, and
-    batches carry the footprints (``weight``) for the model. Its scale is fitted on up to 1000 images here unless
+    consensus outside the mask subtracted and is multiplied by its focus weight before its transform, and
+    batches carry the weights (``weight``) for the model. Its scale is fitted on up to 1000 images here unless
     ``focus_scale`` gives it (a resumed run's recorded value).
     """
 
@@ -99,7 +99,7 @@ class SliceParticleData(PreparedData):
 
     def batch(self, indices: np.ndarray) -> SliceBatch:
         """The batch of particles at ``indices`` (positions in this data set); with :attr:`focus`, ``weight`` holds
-        the centred footprints ``(B, D, D)`` of the focus mask.
+        the centred focus weights ``(B, D, D)`` (:meth:`~cryoscape.data.focus.FocusSubtraction.footprint`).
         """
         idx = torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(self.device)
         weight = None
