@@ -319,7 +319,7 @@ def test_premultiplied_tilt_series_give_the_same_states(tmp_path):
     """Two compositionally very different states (tilt4's core alone and core + three subunits), the same 100
     particles simulated plain and with --premultiply (same states, poses, CTFs and noise): tomodrgn separates the
     states on both, and the two runs put the particles in the same clusters. Checked beforehand with simulation
-    seeds 2 and 5: ARI 1.0 on both variants from epoch 11-12 (plain) and 12-16 (premultiplied) of 25; the
+    seeds 2 and 5: ARI 1.0 on both variants from epoch 10-11 (plain) and 12-16 (premultiplied) of 25; the
     premultiplied runs learn a few epochs later (bench/RESULTS.md, section 12)."""
     from cryoscape.analysis.evaluate import clustering_scores
     from cryoscape.analysis.latent import kmeans_on_data, load_latents
