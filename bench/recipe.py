@@ -4,13 +4,20 @@ Data: ``bench/atomic_states.py`` (a real atomic model with compositional states,
 programs train on the same .mrcs/STAR + pose.pkl/ctf.pkl with the same architecture, batch, learning rate and
 epochs; the latents after every ``--every`` epochs are scored against the ground truth by the same code: k-means(k)
 ARI (k = number of states; ``--metric ari``) or |Spearman| of a 1-D latent against the hinge coordinate
-(``--metric spearman``).
+(``--metric spearman``; the labels, ``labels.npz`` of ``cryoscape simulate``, are read from the data folder).
+
+Settings: by default both programs get the same architecture, positional encoding, batch, learning rate and (for
+cryoscape) ``--val-frac 0``; ``--defaults`` passes only the data, ``--zdim``, ``--epochs``, ``--seed``, the
+checkpoint interval and one thread, so that each program trains with its own defaults (any of ``--width``,
+``--layers``, ``--batch``, ``--lr``, ``--val-frac`` given explicitly is still passed).
 
 One run per call (so that at most two trainings run at once on a shared machine, each with one torch thread):
 
     .venv/bin/python bench/recipe.py run --data bench/_work/i21/a3 --program cryodrgn --tag cd_s0
     .venv/bin/python bench/recipe.py run --data bench/_work/i21/a3 --program cryoscape --variant norm --tag cs_norm
     .venv/bin/python bench/recipe.py table bench/results/recipe_a3.json
+    .venv/bin/python bench/recipe.py run --data bench/_work/i21/adk --program cryodrgn --tag cd_adk_def \
+        --metric spearman --zdim 1 --defaults --width 128 --layers 3
 
 Variants of cryoscape (each switches ONE of cryoscape's choices to cryoDRGN 4.3.1's, read in its installed
 source; applied to this process only, by patching before the CLI runs):
@@ -48,6 +55,8 @@ ROOT = HERE.parent
 CRYOSCAPE = ROOT / ".venv" / "bin" / "cryoscape"
 CRYODRGN = HERE / "cryodrgn-venv" / "bin" / "cryodrgn"
 VARIANTS = ("base", "split_init", "norm", "init", "pe_seed", "edge")
+# the equal settings of both programs (used unless --defaults)
+EQUAL = {"width": 128, "layers": 3, "batch": 32, "lr": 1e-3, "val_frac": 0.0}
 _CRYODRGN_EPOCH = re.compile(r"=====> Epoch: \d+ .*Finished in (\d+):(\d\d):(\d\d(?:\.\d+)?)")
 
 
@@ -61,6 +70,9 @@ def score(z: np.ndarray, labels: dict, metric: str) -> float:
     from sklearn.metrics import adjusted_rand_score
 
     z = np.asarray(z, dtype=np.float64).reshape(len(z), -1)
+    key = "state" if metric == "ari" else "coordinate"
+    if key not in labels:
+        raise SystemExit(f"--metric {metric}: labels.npz has no '{key}' array")
     if metric == "ari":
         k = int(len(np.unique(labels["state"])))
         pred = KMeans(k, n_init=10, random_state=0).fit_predict(z)
@@ -171,30 +183,48 @@ def _apply_one(variant: str) -> None:
 # runs
 
 
+def resolve_settings(a) -> None:
+    """Fill the settings not given with the equal settings (``EQUAL``), unless ``--defaults``."""
+    for k, v in EQUAL.items():
+        if getattr(a, k) is None and not a.defaults:
+            setattr(a, k, v)
+
+
 def common_settings(a) -> dict:
+    """The settings passed (None: the program's default)."""
     return {"zdim": a.zdim, "width": a.width, "layers": a.layers, "batch": a.batch, "lr": a.lr, "epochs": a.epochs,
-            "every": a.every, "seed": a.seed}
+            "every": a.every, "seed": a.seed, "defaults": a.defaults}
+
+
+def _given(pairs) -> list[str]:
+    """The options whose value is not None."""
+    return [x for opt, v in pairs if v is not None for x in (opt, str(v))]
+
+
+def _arch(a) -> list:
+    return [("--enc-dim", a.width), ("--enc-layers", a.layers), ("--dec-dim", a.width), ("--dec-layers", a.layers)]
 
 
 def train_cryoscape_args(data: Path, out: Path, a) -> list[str]:
-    w, n = str(a.width), str(a.layers)
-    args = ["train", str(data / "particles.star"), "-o", str(out), "--zdim", str(a.zdim), "--enc-dim", w,
-            "--enc-layers", n, "--dec-dim", w, "--dec-layers", n, "--pe-type", "gaussian", "--feat-sigma", "0.5",
-            "-b", str(a.batch), "-n", str(a.epochs), "--lr", str(a.lr), "--val-frac", str(a.val_frac),
-            "--checkpoint-every", str(a.every), "--seed", str(a.seed), "--threads", "1", "--no-progress"]
+    pe = [] if a.defaults else ["--pe-type", "gaussian", "--feat-sigma", "0.5"]
+    args = (["train", str(data / "particles.star"), "-o", str(out), "--zdim", str(a.zdim)] + _given(_arch(a)) + pe
+            + _given([("-b", a.batch)]) + ["-n", str(a.epochs)]
+            + _given([("--lr", a.lr), ("--val-frac", a.val_frac)])
+            + ["--checkpoint-every", str(a.every), "--seed", str(a.seed), "--threads", "1", "--no-progress"])
     return args + list(a.extra or [])
 
 
 def train_cryodrgn_cmd(data: Path, out: Path, a) -> list[str]:
-    w, n = str(a.width), str(a.layers)
-    return [str(CRYODRGN), "train_vae", str(data / "particles.mrcs"), "--poses", str(data / "pose.pkl"), "--ctf",
-            str(data / "ctf.pkl"), "-o", str(out), "--zdim", str(a.zdim), "--enc-dim", w, "--enc-layers", n,
-            "--dec-dim", w, "--dec-layers", n, "--pe-type", "gaussian", "--feat-sigma", "0.5", "--domain",
-            "fourier", "-b", str(a.batch), "-n", str(a.epochs), "--lr", str(a.lr), "--checkpoint", str(a.every),
-            "--seed", str(a.seed), "--no-analysis", "--log-interval", "100000000"] + list(a.extra or [])
+    pe = [] if a.defaults else ["--pe-type", "gaussian", "--feat-sigma", "0.5", "--domain", "fourier"]
+    return ([str(CRYODRGN), "train_vae", str(data / "particles.mrcs"), "--poses", str(data / "pose.pkl"), "--ctf",
+             str(data / "ctf.pkl"), "-o", str(out), "--zdim", str(a.zdim)] + _given(_arch(a)) + pe
+            + _given([("-b", a.batch)]) + ["-n", str(a.epochs)] + _given([("--lr", a.lr)])
+            + ["--checkpoint", str(a.every), "--seed", str(a.seed), "--no-analysis", "--log-interval", "100000000"]
+            + list(a.extra or []))
 
 
 def cmd_run(a) -> int:
+    resolve_settings(a)
     data = Path(a.data)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -225,8 +255,9 @@ def cmd_run(a) -> int:
     elif a.program == "cryodrgn":
         epoch_s = [round(int(h) * 3600 + int(m) * 60 + float(s), 1)
                    for h, m, s in _CRYODRGN_EPOCH.findall(log.read_text(errors="replace"))]
+    val_frac = ("default" if a.val_frac is None else a.val_frac) if a.program == "cryoscape" else 0.0
     rec = {"tag": a.tag, "program": a.program, "variant": a.variant if a.program == "cryoscape" else "-",
-           "val_frac": a.val_frac if a.program == "cryoscape" else 0.0, "data": str(data), "metric": a.metric,
+           "val_frac": val_frac, "data": str(data), "metric": a.metric,
            "settings": common_settings(a), "extra": a.extra or [], "scores": scores, "returncode": rc,
            "wall_s": round(wall, 1), "epoch_seconds": epoch_s, "load_before": load0, "load_after": os.getloadavg(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t0)), "cmd": " ".join(cmd)}
@@ -275,14 +306,16 @@ def main(argv=None) -> int:
     r.add_argument("--results", default=str(HERE / "results" / "recipe.json"))
     r.add_argument("--metric", choices=["ari", "spearman"], default="ari")
     r.add_argument("--zdim", type=int, default=8)
-    r.add_argument("--width", type=int, default=128)
-    r.add_argument("--layers", type=int, default=3)
-    r.add_argument("--batch", type=int, default=32)
-    r.add_argument("--lr", type=float, default=1e-3)
+    r.add_argument("--defaults", action="store_true",
+                   help="each program's own default settings (only the options given here are passed)")
+    r.add_argument("--width", type=int, default=None, help="default 128 (with --defaults: the program's)")
+    r.add_argument("--layers", type=int, default=None, help="default 3 (with --defaults: the program's)")
+    r.add_argument("--batch", type=int, default=None, help="default 32 (with --defaults: the program's)")
+    r.add_argument("--lr", type=float, default=None, help="default 1e-3 (with --defaults: the program's)")
     r.add_argument("--epochs", type=int, default=20)
     r.add_argument("--every", type=int, default=5)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--val-frac", type=float, default=0.0)
+    r.add_argument("--val-frac", type=float, default=None, help="cryoscape: default 0 (with --defaults: its own)")
     r.add_argument("--extra", nargs=argparse.REMAINDER, help="more options for the program's train command")
     c = sub.add_parser("_cryoscape")
     c.add_argument("--variant", default="base")
