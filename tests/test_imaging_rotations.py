@@ -82,8 +82,9 @@ def test_cryosparc_round_trip(r):
         k = r[0] / theta
         K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
         R = np.eye(3) + np.sin(theta) * K + (1 - np.cos(theta)) * K @ K
-    else:
-        R = np.eye(3)
+    else:  # first order: exp([r]x) = I + [r]x + O(theta^2)
+        x, y, z = r[0]
+        R = np.eye(3) + np.array([[0, -z, y], [z, 0, -x], [-y, x, 0]])
     np.testing.assert_allclose(A[0], R.T, atol=1e-10)
     np.testing.assert_allclose(cryosparc_pose_to_matrix(matrix_to_cryosparc_pose(A)), A, atol=1e-10)
 
