@@ -138,7 +138,8 @@ def ablation_run(argv: list[str], mask: Path, weighting: str) -> None:
 
     args = build_parser().parse_args([*argv, "--focus-mask", str(mask)])
     config = prepare_focus(config_from_args(args), args.outdir, False, progress=False)
-    focus_module.WEIGHTING = weighting
+    focus_module.WEIGHTING, _, power = weighting.partition(":")  # share:2 = the share squared
+    focus_module.SHARE_POWER = float(power or 1.0)
     train(config, args.outdir, progress=False)
 
 
@@ -201,17 +202,22 @@ def main() -> None:
         z = np.load(latent_files[-1])
         entry = results["runs"].setdefault(name, {})
         entry.update({"epoch": int(latent_files[-1].stem.split("_")[1]), "spearman_small": spearman(z, small),
-                      "spearman_big": spearman(z, big)})
+                      "spearman_big": spearman(z, big),
+                      "per_epoch_small": [round(spearman(np.load(f), small), 3) for f in latent_files],
+                      "per_epoch_big": [round(spearman(np.load(f), big), 3) for f in latent_files]})
         metrics = (spec.out / "metrics.csv").read_text().splitlines()
         header = metrics[0].split(",")
         secs = [float(line.split(",")[header.index("seconds")]) for line in metrics[1:]]
         entry["seconds_per_epoch"] = round(float(np.mean(secs[1:] if len(secs) > 1 else secs)), 1)
         rows.append((name, entry))
     write_json(args.output, results)
-    print("| run | \\|Spearman\\| latent vs small-domain angle | vs arm angle | s/epoch |")
-    print("|---|---|---|---|")
+    print("| run | \\|Spearman\\| latent vs small-domain angle | vs arm angle | best epoch for the small domain "
+          "(small / arm) | s/epoch |")
+    print("|---|---|---|---|---|")
     for name, e in rows:
-        print(f"| {name} | {e['spearman_small']:.3f} | {e['spearman_big']:.3f} | {e['seconds_per_epoch']} |")
+        best = int(np.argmax(e["per_epoch_small"]))
+        print(f"| {name} | {e['spearman_small']:.3f} | {e['spearman_big']:.3f} | {best + 1}: "
+              f"{e['per_epoch_small'][best]:.3f} / {e['per_epoch_big'][best]:.3f} | {e['seconds_per_epoch']} |")
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def test_the_share_weight_is_the_fraction_of_the_rays_density_inside_the_mask():
     along_x = torch.tensor([[[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]])  # A behind B: every ray crosses both
     w, f = share.footprint(along_x)[0], footprint.footprint(along_x)[0]
     assert float(f[c, c]) == pytest.approx(1.0)  # the mask alone keeps the pixel ...
-    assert float(w[c, c]) == pytest.approx(0.5, abs=0.05)  # ... whose density is half inside the mask
+    assert float(w[c, c]) == pytest.approx(0.25, abs=0.05)  # ... whose density is half inside the mask (0.5^2)
     assert torch.equal(FocusSubtraction(mask, (a + b).numpy(), APIX, weighting="none").footprint(along_x),
                        torch.ones(1, D, D))
 

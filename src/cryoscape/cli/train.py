@@ -121,11 +121,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--focus-mask", metavar="MASK.mrc",
                    help="cryodrgn family: focused heterogeneity on the region of this soft mask (values in [0, 1], "
                         "the particles' box and pixel size). Each image x becomes w * (x - s CTF P[(1 - M) V]): the "
-                        "consensus V outside the mask M is subtracted, and each pixel is weighted by the share w of "
-                        "the consensus density along its ray that lies inside the mask (0 where the ray misses the "
-                        "mask; the rendered slices get the same weight). V is back-projected from the particles "
-                        "(FSC-weighted) and stored in RUN/focus/; decoder maps are of the subtracted, weighted "
-                        "signal (docs/choosing-a-model.md)")
+                        "consensus V outside the mask M is subtracted, and each pixel is weighted by w, the square "
+                        "of the share of the consensus density along its ray that lies inside the mask (0 where the "
+                        "ray misses the mask; the rendered slices get the same weight). V is back-projected from the "
+                        "particles (FSC-weighted) and stored in RUN/focus/; decoder maps are of the subtracted, "
+                        "weighted signal (docs/choosing-a-model.md)")
     t.add_argument("--focus-consensus", metavar="MAP.mrc",
                    help="--focus-mask: the consensus map to subtract (default: back-projected from the particles); "
                         "scaled to the images by least squares, copied to RUN/focus/consensus.mrc")

@@ -5,7 +5,7 @@ particles, every image ``x`` (centred frame, CTF ``C``, pose ``A``) is replaced 
 
     y = w_A * (x - s * C * P_A[(1 - M) V])
 
-    w_A = clip((P_A[M V+] + eps * f_A) / (P_A[V+] + eps), 0, 1),      f_A = clip(P_A[M], 0, 1)
+    w_A = clip((P_A[M V+] + eps * f_A) / (P_A[V+] + eps), 0, 1) ** 2,      f_A = clip(P_A[M], 0, 1)
 
 ``P_A`` the oversampled Fourier projector of the simulator (same gridding correction), ``s`` one scale factor for
 the whole data set (the least-squares fit of ``x`` by ``C * P_A[V]`` over up to 1000 images, so that a map in
@@ -15,11 +15,12 @@ identity pose).
 
 * Subtraction (as RELION's focused classification) takes the consensus of everything outside the mask out of the
   images. It removes the rest's *average*, not its *variability*: a fixed map is taken from every image alike.
-* The weight ``w_A`` is the share of the consensus density along each pixel's ray that lies inside the mask:
-  1 where the ray crosses only the masked region, 0 where it misses the mask, ``m / (m + o)`` where it crosses
-  both (``m``, ``o``: the projected densities inside and outside). Pixels that carry the rest's variability are
-  damped in proportion to how much of the rest they see; ``eps`` keeps rays through the mask but through little
-  density (solvent inside the mask) at ``f_A``. With ``M = 1`` the weight is 1, with ``M = 0`` it is 0.
+* The weight ``w_A`` is the square of the share of the consensus density along each pixel's ray that lies inside
+  the mask: 1 where the ray crosses only the masked region, 0 where it misses the mask, ``(m / (m + o))^2`` where
+  it crosses both (``m``, ``o``: the projected densities inside and outside). Pixels that carry the rest's
+  variability are damped by how much of the rest they see (squared: the share itself damped too little in the
+  benchmark); ``eps`` keeps rays through the mask but through little density (solvent inside the mask) at
+  ``f_A``. With ``M = 1`` the weight is 1, with ``M = 0`` it is 0.
 
 The model multiplies its rendered, CTF-modulated slices by the same ``w_A`` in real space before comparing
 (``CryoDRGN.forward``), so image and prediction are weighted alike; the encoder sees the weighted images.
@@ -53,6 +54,7 @@ SCALE_SAMPLE = 1000  # images the consensus scale is fitted on
 _SLICE_POINTS = 1 << 22  # padded slice points sampled at once
 _MASK_TOLERANCE = 0.01  # mask values may overshoot [0, 1] by this much (interpolated masks); clipped
 WEIGHTING = "share"  # the per-pixel weight of the images and rendered slices (FocusSubtraction's weighting)
+SHARE_POWER = 2.0  # the weight is the share squared (bench/RESULTS.md section 13: 1, 2 and 4 compared)
 SHARE_EPSILON = 0.05  # the share's regulariser, as a fraction of the densest projected ray of the consensus
 
 
@@ -215,6 +217,8 @@ class FocusSubtraction:
                     inside = self._project(rotations, self._density_spectra[0]).clamp(min=0.0)
                     total = self._project(rotations, self._density_spectra[1]).clamp(min=0.0)
                     centred = ((inside + self.epsilon * centred) / (total + self.epsilon)).clamp(0.0, 1.0)
+                    if SHARE_POWER != 1.0:
+                        centred = centred**SHARE_POWER
         if shifts_px is None or self.mask_is_full or self.weighting == "none":
             return centred
         return translate_images(centred, -torch.as_tensor(shifts_px, dtype=torch.float32))
