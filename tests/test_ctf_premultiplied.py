@@ -10,6 +10,7 @@ import pytest
 import starfile
 
 from cryoscape.errors import InputError
+from cryoscape.imaging.ctf import PREMULTIPLIED_EPS, premultiplied_weights
 from cryoscape.imaging.rotations import euler_relion_to_matrix
 from cryoscape.io.mrc import write_mrc
 from cryoscape.io.particles import load_particles
@@ -186,12 +187,14 @@ def test_cryodrgn_forward_uses_ctf_squared():
     assert np.mean(c < 0) > 0.2  # the CTF changes sign here, so CTF and CTF^2 differ
     batch = {"rot": rot, "ctf": torch.from_numpy(_ctf_params(defocus))}
     noise = np.random.default_rng(2).normal(size=slices.shape) * 0.1 * slices.std()
-    for model, transfer in ((pre, c**2), (plain, c)):
-        y = slices * transfer + noise
+    weights = 1.0 / (c**2 + PREMULTIPLIED_EPS)  # the premultiplied data's likelihood weights
+    for model, transfer, y in ((pre, c**2, (slices * c + noise) * c), (plain, c, slices * c + noise)):
         with torch.no_grad():
             recon = float(model({**batch, "y": torch.from_numpy(y).float()})["recon"])
-        expected = np.mean((slices * transfer - y) ** 2)  # = mean(noise^2)
+        w = weights if model is pre else 1.0
+        expected = np.mean(w * (slices * transfer - y) ** 2)  # = mean(noise^2), times c^2 / (c^2 + eps) if pre
         assert recon == pytest.approx(expected, rel=1e-3)
+        assert recon <= np.mean(noise**2) * (1 + 1e-3)
     with torch.no_grad():  # the premultiplied model does not fit plain data
         wrong = float(pre({**batch, "y": torch.from_numpy(slices * c).float()})["recon"])
     assert wrong > 10 * np.mean(noise**2)
@@ -244,15 +247,174 @@ def test_tomodrgn_forward_uses_ctf_squared_with_dose_and_tilt_weights():
              "exposure": torch.from_numpy(exposure).float(), "tilt_deg": torch.from_numpy(tilt).float(),
              "tilt_mask": torch.ones(B, T, dtype=torch.bool), "tilt_key": torch.rand(B, T)}
     noise = np.random.default_rng(5).normal(size=slices.shape) * 0.1 * slices.std()
-    for model, transfer in ((pre, c**2), (plain, c)):
-        y = slices * transfer + noise
+    weights = 1.0 / (c**2 + PREMULTIPLIED_EPS)  # the premultiplied data's likelihood weights, times w
+    for model, transfer, y in ((pre, c**2, (slices * c + noise) * c), (plain, c, slices * c + noise)):
         with torch.no_grad():
             recon = float(model({**batch, "y": torch.from_numpy(y).float()})["recon"])
-        expected = (w * (slices * transfer - y) ** 2).sum() / w.sum()
+        wl = w * weights if model is pre else w
+        expected = (wl * (slices * transfer - y) ** 2).sum() / w.sum()  # normalised by the dose/tilt weights
         assert recon == pytest.approx(expected, rel=1e-3)
+        assert recon <= (w * noise**2).sum() / w.sum() * (1 + 1e-3)
     with torch.no_grad():
         wrong = float(pre({**batch, "y": torch.from_numpy(slices * c).float()})["recon"])
     assert wrong > 10 * (w * noise**2).sum() / w.sum()
+
+
+def test_premultiplied_weights_bounded_by_the_floor():
+    import torch
+
+    c = torch.tensor([[0.0, 0.05, -0.3, 1.0], [-1.0, 0.7, 0.0, 0.1]], dtype=torch.float64)
+    w = premultiplied_weights(c, eps=0.01)
+    assert w.shape == c.shape and w.dtype == c.dtype
+    torch.testing.assert_close(w, 1.0 / (c * c + 0.01))
+    assert float(w.max()) == pytest.approx(100.0)  # 1 / eps at the CTF zeros
+    assert bool((w <= 1.0 / 0.01).all()) and bool((w > 0).all())
+    assert float(premultiplied_weights(torch.tensor([0.0])).max()) == pytest.approx(1.0 / PREMULTIPLIED_EPS)
+    for bad in (0.0, -1e-3):
+        with pytest.raises(ValueError, match="must be positive"):
+            premultiplied_weights(c, eps=bad)
+
+
+def test_weighted_premultiplied_loss_of_noise_free_data_is_the_plain_loss():
+    """Hand computation, three pixels: CTF c = (0.5, -1, 0), prediction P and truth P0 differing by (2, 1, 3).
+
+    Plain data c P0: residuals c (P - P0) = (1, -1, 0), loss (1 + 1 + 0) / 3 = 2/3. Premultiplied data c^2 P0:
+    residuals c^2 (P - P0) = (0.5, 1, 0), unweighted loss (0.25 + 1) / 3 = 0.4167 (the first pixel, small |c|,
+    counts a quarter); weighted by 1 / (c^2 + eps): (0.25 / (0.25 + eps) + 1 / (1 + eps) + 0) / 3, 2/3 as eps -> 0,
+    0.6585 for eps = 0.005.
+    """
+    import torch
+
+    c = torch.tensor([0.5, -1.0, 0.0], dtype=torch.float64)
+    truth = torch.tensor([1.0, -2.0, 4.0], dtype=torch.float64)
+    pred = truth + torch.tensor([2.0, 1.0, 3.0], dtype=torch.float64)
+    plain = torch.mean((c * pred - c * truth) ** 2)
+    assert float(plain) == pytest.approx(2 / 3, rel=1e-12)
+    assert float(torch.mean((c * c * pred - c * c * truth) ** 2)) == pytest.approx(1.25 / 3, rel=1e-12)
+    for eps, expected in ((1e-12, 2 / 3), (0.005, (0.25 / 0.255 + 1 / 1.005) / 3)):
+        weighted = torch.mean(premultiplied_weights(c, eps) * (c * c * pred - c * c * truth) ** 2)
+        assert float(weighted) == pytest.approx(expected, rel=1e-9)
+        assert float(weighted) <= float(plain)  # each pixel: the plain term times c^2 / (c^2 + eps) <= 1
+    assert (0.25 / 0.255 + 1 / 1.005) / 3 == pytest.approx(0.6585, abs=1e-4)
+
+
+def test_cryodrgn_weighted_premultiplied_loss_matches_plain_loss_without_noise():
+    """The same model prediction scored against noise-free data: premultiplied (weighted) and plain losses agree up
+    to the floor (each pixel's plain term times CTF^2 / (CTF^2 + eps)); plain data's loss is the unweighted mean,
+    bit for bit."""
+    import torch
+
+    from cryoscape.models.cryodrgn import CryoDRGN
+
+    torch.manual_seed(0)
+    D8, apix = 8, 4.0
+    defocus = np.array([8000.0, 15000.0, 22000.0])
+    pre = CryoDRGN(D8, apix, zdim=0, dec_dim=16, dec_layers=1, ctf_premultiplied=True).eval()
+    plain = CryoDRGN(D8, apix, zdim=0, dec_dim=16, dec_layers=1).eval()
+    plain.load_state_dict(pre.state_dict())
+    rot = torch.from_numpy(_rotations(3, 1))
+    batch = {"rot": rot, "ctf": torch.from_numpy(_ctf_params(defocus))}
+    with torch.no_grad():
+        slices = pre.render(rot, None).double()
+    truth = slices + 0.5 * slices.std() * torch.randn(slices.shape, generator=torch.Generator().manual_seed(3),
+                                                      dtype=torch.float64)
+    c = torch.from_numpy(_ctf_numpy(pre.freqs.numpy() / apix, defocus))
+    with torch.no_grad():
+        loss_pre = float(pre({**batch, "y": (c * c * truth).float()})["recon"])
+        y_plain = (c * truth).float()
+        loss_plain = plain({**batch, "y": y_plain})["recon"]
+        ctf = plain.ctf_values(batch["ctf"])
+        assert torch.equal(loss_plain, torch.mean((plain.render(rot, None) * ctf - y_plain) ** 2))  # unchanged
+    per_pixel = (c * (slices - truth)) ** 2
+    expected = float(torch.mean(per_pixel * c**2 / (c**2 + PREMULTIPLIED_EPS)))
+    assert loss_pre == pytest.approx(expected, rel=1e-3)
+    assert loss_pre == pytest.approx(float(loss_plain), rel=0.1)  # the floor's effect is small here
+    assert loss_pre <= float(loss_plain) * (1 + 1e-4)
+    unweighted = float(torch.mean((c * c * (slices - truth)) ** 2))
+    # without the weights the premultiplied loss is much further from the plain data's
+    assert abs(loss_pre - float(loss_plain)) < 0.25 * abs(unweighted - float(loss_plain)), (loss_pre, unweighted)
+
+
+def test_tomodrgn_weighted_premultiplied_loss_matches_plain_loss_without_noise():
+    import torch
+
+    from cryoscape.models.tomodrgn import TomoDRGN
+
+    torch.manual_seed(0)
+    D8, apix, B, T = 8, 5.0, 2, 3
+    kw = dict(ntilts=None, zdim=0, dec_dim=16, dec_layers=1)
+    pre = TomoDRGN(D8, apix, ctf_premultiplied=True, **kw).eval()
+    plain = TomoDRGN(D8, apix, **kw).eval()
+    plain.load_state_dict(pre.state_dict())
+    defocus = np.array([[9000.0, 12000.0, 15000.0], [20000.0, 21000.0, 22000.0]])
+    batch = {"rot": torch.from_numpy(_rotations(B * T, 4).reshape(B, T, 3, 3)),
+             "ctf": torch.from_numpy(_ctf_params(defocus)).float(),
+             "exposure": torch.tensor([[2.0, 30.0, 60.0], [5.0, 45.0, 20.0]]),
+             "tilt_deg": torch.tensor([[0.0, 20.0, -40.0], [0.0, -10.0, 50.0]]),
+             "tilt_mask": torch.ones(B, T, dtype=torch.bool), "tilt_key": torch.rand(B, T)}
+    keep_all = torch.ones(B, T, pre.points.shape[0], dtype=torch.bool)
+    with torch.no_grad():
+        slices = pre.render(batch["rot"], None, keep_all).double()
+    truth = slices + 0.5 * slices.std() * torch.randn(slices.shape, generator=torch.Generator().manual_seed(4),
+                                                      dtype=torch.float64)
+    c = torch.from_numpy(_ctf_numpy(pre.freqs.numpy() / apix, defocus))
+    with torch.no_grad():
+        loss_pre = float(pre({**batch, "y": (c * c * truth).float()})["recon"])
+        loss_plain = float(plain({**batch, "y": (c * truth).float()})["recon"])
+        keep = pre.decode_mask(batch["exposure"], batch["ctf"], batch["tilt_mask"])
+    m = keep.shape[-1] - 1
+    scored = torch.cat([keep[..., :m], keep[..., :m], keep[..., m:]], dim=-1).double()
+    w = pre.loss_weights(batch["exposure"], batch["tilt_deg"], batch["ctf"]).double() * scored  # dose x tilt x mask
+    assert 0 < float((w == 0).double().mean()) < 0.5
+    per_pixel = w * (c * (slices - truth)) ** 2  # the plain data's weighted squared errors
+    expected = float((per_pixel * c**2 / (c**2 + PREMULTIPLIED_EPS)).sum() / w.sum())
+    assert loss_pre == pytest.approx(expected, rel=1e-3)
+    assert loss_plain == pytest.approx(float(per_pixel.sum() / w.sum()), rel=1e-3)
+    assert loss_pre == pytest.approx(loss_plain, rel=0.1)  # the floor's effect is small here
+    assert loss_pre <= loss_plain * (1 + 1e-4)
+    unweighted = float((w * (c * c * (slices - truth)) ** 2).sum() / w.sum())
+    # without the weights the premultiplied loss is much further from the plain data's
+    assert abs(loss_pre - loss_plain) < 0.25 * abs(unweighted - loss_plain), (loss_pre, unweighted, loss_plain)
+
+
+def test_opus_premultiplied_residual_whitened():
+    """OPUS-DSD (real-space loss): the premultiplied residual's spectrum is multiplied by (CTF^2 + eps)^(-1/2)
+    before the masked squared error; plain data's loss is the masked squared error as before, bit for bit."""
+    import torch
+
+    from cryoscape.models.opus_dsd import OpusDSD, render_images
+
+    torch.manual_seed(0)
+    D16, apix = 16, 4.0
+    kw = dict(n_particles=4, zdim=2, channel_scale=0.0625)
+    pre = OpusDSD(D16, apix, ctf_premultiplied=True, **kw).eval()
+    plain = OpusDSD(D16, apix, **kw).eval()
+    plain.load_state_dict(pre.state_dict())
+    defocus = np.array([9000.0, 18000.0])
+    rot = torch.from_numpy(_rotations(2, 6))
+    ctf = torch.from_numpy(_ctf_params(defocus)).float()
+    y = torch.randn(2, D16, D16)
+    batch = {"y": y, "rot": rot, "ctf": ctf}
+    k1 = (np.arange(D16) - D16 // 2) / (D16 * apix)
+    freqs = np.stack(np.meshgrid(k1, k1, indexing="ij"), -1)
+    c = _ctf_numpy(freqs[None], defocus[:, None])  # (2, D, D), DC at D // 2
+    with torch.no_grad():
+        mask = plain.loss_mask(rot).double().numpy()
+        vol = pre.volumes(pre.encode(y, rot)[0])
+        for model, premultiplied in ((pre, True), (plain, False)):
+            recon = model(batch)["recon"]
+            pred = render_images(vol, rot, ctf, apix, premultiplied)
+            if premultiplied:
+                r = (pred - y).double().numpy()
+                spectrum = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(r, axes=(-2, -1))), axes=(-2, -1))
+                spectrum /= np.sqrt(c**2 + PREMULTIPLIED_EPS)
+                white = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(spectrum, axes=(-2, -1))), axes=(-2, -1)).real
+                expected = np.mean((white**2 * mask).sum(axis=(1, 2)) / mask.sum(axis=(1, 2)))
+                assert float(recon) == pytest.approx(expected, rel=1e-3)
+            else:
+                m = torch.from_numpy(mask).float()
+                expected_plain = (((pred - y) ** 2 * m).sum(dim=(1, 2)) / m.sum(dim=(1, 2)).clamp(min=1.0)).mean()
+                assert torch.equal(recon, expected_plain)
 
 
 def test_opus_render_uses_ctf_squared():

@@ -22,10 +22,14 @@ import torch
 
 from cryoscape.imaging.fft import freq_grid_2d
 
-__all__ = ["CTFTensors", "CTF_FIELDS", "electron_wavelength_angstrom", "compute_ctf", "ctf_image", "phase_flip"]
+__all__ = ["CTFTensors", "CTF_FIELDS", "PREMULTIPLIED_EPS", "electron_wavelength_angstrom", "compute_ctf", "ctf_image",
+           "phase_flip", "premultiplied_weights"]
 
 # the parameters in cryoscape.metadata.CTF_COLUMNS order, by their CTFTensors names
 CTF_FIELDS = ("defocus_u", "defocus_v", "angle", "voltage", "cs", "w", "phase_shift", "bfactor", "scale")
+
+# floor of CTF^2 in premultiplied_weights: CTF^2 at zero frequency for amplitude contrast 0.07 (half of it for 0.1)
+PREMULTIPLIED_EPS = 0.005
 
 
 def _field(i: int, doc: str):
@@ -205,3 +209,26 @@ def phase_flip(images_ft: torch.Tensor, ctf: torch.Tensor) -> torch.Tensor:
     """
     sign = torch.where(ctf < 0, -1.0, 1.0).to(ctf.dtype)
     return images_ft * sign
+
+
+def premultiplied_weights(ctf_values: torch.Tensor, eps: float = PREMULTIPLIED_EPS) -> torch.Tensor:
+    """Per-pixel likelihood weights ``1 / (CTF^2 + eps)`` of the squared error of CTF-premultiplied images.
+
+    A premultiplied image is ``y = CTF^2 x slice + CTF x noise`` (noise variance ``CTF^2 sigma^2`` per pixel), so
+    ``(y - CTF^2 x slice)^2 / CTF^2 = (y / CTF - CTF x slice)^2`` is the plain data's squared error: weighted thus,
+    the premultiplied loss is the plain-data loss times ``CTF^2 / (CTF^2 + eps) <= 1`` per pixel, on the same
+    scale (the weights are not normalised). ``eps`` bounds the weight by ``1 / eps`` where the CTF is near zero.
+
+    Parameters
+    ----------
+    ctf_values : tensor ``(..., P)`` of CTF values (dimensionless; e.g. ``(B, P)`` or ``(B, T, P)``, or a centred
+        ``(B, D, D)`` grid).
+    eps : float > 0, the floor added to ``CTF^2`` (dimensionless; default :data:`PREMULTIPLIED_EPS`).
+
+    Returns
+    -------
+    tensor of ``ctf_values``' shape, dtype and device, in ``(0, 1 / eps]``.
+    """
+    if not eps > 0:
+        raise ValueError(f"the CTF^2 floor eps must be positive, got {eps}")
+    return 1.0 / (ctf_values * ctf_values + eps)

@@ -9,7 +9,9 @@ Loss = MSE + beta * KL / P (KL to N(0, I), ``P`` = number of pixels, beta = 1/zd
 ``zdim = 0`` is the homogeneous coordinate network (cryoDRGN's ``train_nn``).
 
 CTF-premultiplied images (``rlnCtfDataAreCtfPremultiplied 1``) hold ``CTF x image``: the rendered slice is then
-multiplied by ``CTF^2`` (sign-free), and the encoder sees the images as they are (no phase flip).
+multiplied by ``CTF^2`` (sign-free), the encoder sees the images as they are (no phase flip), and each pixel's
+squared error is weighted by ``1 / (CTF^2 + eps)`` (:func:`cryoscape.imaging.ctf.premultiplied_weights`: the
+likelihood of ``CTF x`` noise), which puts the loss on the plain data's scale.
 
 Only half of the Hermitian-symmetric slice is evaluated; the other half follows from ``F(-k) = conj F(k)``.
 
@@ -29,7 +31,7 @@ import torch
 
 from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.errors import InputError
-from cryoscape.imaging.ctf import compute_ctf
+from cryoscape.imaging.ctf import compute_ctf, premultiplied_weights
 from cryoscape.imaging.fft import hartley2, ifft3_centered, ihartley2
 from cryoscape.imaging.lattice import central_slice_coords
 from cryoscape.models.decoders import CoordinateDecoder
@@ -51,7 +53,8 @@ class CryoDRGN(FamilyModel):
     beta : KL weight; ``None`` gives ``1 / zdim``.
     norm_std : the data normalisation (volumes are rescaled by it).
     freq_march_epochs, march_start : frequency marching (see the module docstring; ``0`` epochs = off).
-    ctf_premultiplied : the images are CTF-premultiplied (the slice is multiplied by ``CTF^2``; no phase flip).
+    ctf_premultiplied : the images are CTF-premultiplied (the slice is multiplied by ``CTF^2``; no phase flip;
+        squared errors weighted by ``1 / (CTF^2 + eps)``).
     """
 
     # registered buffers (declared for type checkers: nn.Module attribute access is untyped)
@@ -171,7 +174,10 @@ class CryoDRGN(FamilyModel):
             if subset is not None:
                 raise RuntimeError("focus weights (train --focus-mask) need the full lattice (no --freq-march)")
             pred = self.weight_in_real_space(pred, weight)
-        recon = torch.mean((pred - target) ** 2)
+        if ctf is not None and self.ctf_premultiplied:
+            recon = torch.mean(premultiplied_weights(ctf) * (pred - target) ** 2)
+        else:
+            recon = torch.mean((pred - target) ** 2)
         terms["recon"] = recon
         loss = recon
         if "kl" in terms:

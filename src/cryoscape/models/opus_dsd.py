@@ -9,7 +9,9 @@ and ``docs/references.md``):
 * decoder: ``z`` -> ``templateres^3`` volume (transposed 3-D convolutions), Fourier-resampled to the image box
   ``D^3`` and multiplied by the solvent mask;
 * rendering: ``project_real`` (spatial transformer, sum along z) at the particle's pose, CTF in Fourier space
-  (``CTF^2`` for CTF-premultiplied images, ``rlnCtfDataAreCtfPremultiplied 1``, which the encoder sees as they are);
+  (``CTF^2`` for CTF-premultiplied images, ``rlnCtfDataAreCtfPremultiplied 1``, which the encoder sees as they are
+  and whose residual is whitened, its spectrum multiplied by ``(CTF^2 + eps)^(-1/2)``,
+  :func:`cryoscape.imaging.ctf.premultiplied_weights`, before the masked squared error);
   the observed image is centred by its origin in the data provider (``docs/conventions.md``);
 * loss, summed-likelihood form divided by the number ``M`` of pixels inside the projected mask:
   ``recon + (beta_c * kl_weight * KL + tv_weight * TV + l1_weight * L1 + beta_c * lamb * J) / M`` with ``recon`` the
@@ -22,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cryoscape.imaging.ctf import ctf_image
+from cryoscape.imaging.ctf import ctf_image, premultiplied_weights
 from cryoscape.imaging.fft import fft2_centered, ifft2_centered, resample_volume
 from cryoscape.imaging.masks import sphere_mask
 from cryoscape.imaging.projection import project_real
@@ -90,7 +92,7 @@ class OpusDSD(FamilyModel):
     momentum : memory-bank momentum.
     anneal_images : images per ramp of the cyclical annealing of ``kl_weight`` and ``lamb`` (0: no annealing).
     norm_std : data normalisation (generated volumes are multiplied by it).
-    ctf_premultiplied : the images are CTF-premultiplied (projections multiplied by ``CTF^2``).
+    ctf_premultiplied : the images are CTF-premultiplied (projections multiplied by ``CTF^2``, residual whitened).
     """
 
     # registered buffers (declared for type checkers: nn.Module attribute access is untyped)
@@ -191,7 +193,12 @@ class OpusDSD(FamilyModel):
         mask2d = self.loss_mask(rot)
         n_pix = mask2d.sum(dim=(1, 2)).clamp(min=1.0)
         err = (pred - y) ** 2 * mask2d
-        recon = (err.sum(dim=(1, 2)) / n_pix).mean()
+        if ctf is not None and self.ctf_premultiplied:  # the likelihood of CTF x noise (recon only; SNR: err)
+            weights = premultiplied_weights(ctf_image(self.D, float(self.pixel_size_angstrom), ctf.to(y.dtype)))
+            white = ifft2_centered(fft2_centered(pred - y) * torch.sqrt(weights)).real
+            recon = ((white**2 * mask2d).sum(dim=(1, 2)) / n_pix).mean()
+        else:
+            recon = (err.sum(dim=(1, 2)) / n_pix).mean()
         M = n_pix.mean()
         kl = kl_divergence_logstd(mu, logstd).mean()
         inside = self.volume_mask > 0

@@ -11,7 +11,10 @@ sections; Methods "General architecture", "Training system", "Lattice masking an
 * **Decoder**: the Hermitian coordinate network of cryoDRGN (:class:`CoordinateDecoder`), evaluated on the central
   slice of each tilt image (``A_img = R_tilt @ A_particle``); the slice is multiplied by the tilt's CTF, or by
   ``CTF^2`` for CTF-premultiplied stacks (``rlnCtfDataAreCtfPremultiplied 1``, WarpTools / RELION 5), whose images
-  the encoder then sees as they are (no phase flip).
+  the encoder then sees as they are (no phase flip) and whose squared errors are also weighted by
+  ``1 / (CTF^2 + eps)`` (:func:`cryoscape.imaging.ctf.premultiplied_weights`, the likelihood of ``CTF x`` noise;
+  the normalisations below stay the dose and tilt weights' sums, so the loss and the KL balance keep the plain
+  data's scale).
 * **Tilt sampling**: while training, each time a particle is drawn a fresh random subset of ``n`` of its tilts
   (without replacement, random order) is used; for evaluation (validation loss, latents) a fixed subset chosen by
   the data set's per-image random key, so latents are reproducible (the paper re-samples here too). With ``max``,
@@ -37,7 +40,7 @@ import torch
 from cryoscape.data.batches import TiltBatch
 from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.errors import InputError
-from cryoscape.imaging.ctf import CTFTensors, compute_ctf
+from cryoscape.imaging.ctf import CTFTensors, compute_ctf, premultiplied_weights
 from cryoscape.imaging.dose import dose_weights, optimal_exposure_mask, tilt_weights
 from cryoscape.imaging.lattice import central_slice_coords
 from cryoscape.models.cryodrgn import CryoDRGN
@@ -129,7 +132,8 @@ class TomoDRGN(FamilyModel):
     recon_dose_weight, recon_tilt_weight, dose_mask : the paper's weighting and lattice masking.
     images_dose_weighted : the stacks were exposure-filtered when extracted; the model applies the same filter.
     norm_std : the data normalisation (volumes are rescaled by it).
-    ctf_premultiplied : the stacks are CTF-premultiplied (slices multiplied by ``CTF^2``, no phase flip).
+    ctf_premultiplied : the stacks are CTF-premultiplied (slices multiplied by ``CTF^2``, no phase flip, squared
+        errors also weighted by ``1 / (CTF^2 + eps)``).
     """
 
     # registered buffers (declared for type checkers: nn.Module attribute access is untyped)
@@ -272,7 +276,10 @@ class TomoDRGN(FamilyModel):
         scored = torch.cat([keep[..., :m], keep[..., :m], keep[..., m:]], dim=-1).float()
         w = self.loss_weights(b["exposure"], b["tilt_deg"], b["ctf"]) * scored
         w_particle = w.sum(dim=(1, 2)).clamp(min=1e-8)
-        recon = (w * (pred - y.float()) ** 2).sum() / w_particle.sum()
+        err = (pred - y.float()) ** 2
+        if self.ctf_premultiplied:  # likelihood weights; w_particle (the normaliser) stays the dose/tilt weights'
+            err = err * premultiplied_weights(ctf.float())
+        recon = (w * err).sum() / w_particle.sum()
         terms["recon"] = recon
         loss = recon
         if z is not None:
