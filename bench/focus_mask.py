@@ -22,8 +22,11 @@ Runs (same data, architecture, epochs, seed; ``nice -n 10``, ``--threads 1``):
 * ``focused``: the same with ``--focus-mask mask.mrc`` (consensus back-projected by the command);
 * ``subtraction_only`` (``--ablation``): focused, but without the per-pixel weighting (weights 1, set in a process
   of this script, ``--ablation-run``), i.e. RELION-style consensus subtraction alone;
-* ``footprint_only`` (``--ablation``): focused, weighted by the mask's footprint ``clip(P[M], 0, 1)`` alone instead
-  of the share of the ray's consensus density inside the mask.
+* ``footprint_only``, ``share_linear``, ``share_power4`` (``--ablation``): focused, weighted by the mask's footprint
+  ``clip(P[M], 0, 1)`` alone, by the share of the ray's consensus density inside the mask (unsquared), or by its
+  fourth power, instead of the share squared (the default);
+* ``oracle_arm_at_rest`` (``--oracle``): unfocused, on data simulated the same way with the arm at rest (9 states
+  of the small domain): how well a one-dimensional latent recovers the small domain when nothing else moves.
 
 The runs train side by side (one process each).
 
@@ -84,7 +87,7 @@ def render(points: np.ndarray, D: int) -> np.ndarray:
 def make_states(D: int, n_big: int, n_small: int):
     from cryoscape.simulate.volumes import StateSet
 
-    big = np.linspace(-25.0, 25.0, n_big)
+    big = np.linspace(-25.0, 25.0, n_big) if n_big > 1 else np.zeros(1)  # one state: the arm at rest
     small = np.linspace(-30.0, 30.0, n_small)
     grid_big, grid_small = np.meshgrid(big, small, indexing="ij")
     angle_big, angle_small = grid_big.ravel(), grid_small.ravel()
@@ -107,12 +110,12 @@ def make_mask(D: int) -> np.ndarray:
     return soft_edge_mask(union > 0.05 * union.max(), 1.0, 2.0)
 
 
-def simulate(out: Path, D: int, n: int, snr: float, seed: int) -> Path:
+def simulate(out: Path, D: int, n: int, snr: float, seed: int, n_big: int = 9) -> Path:
     from cryoscape.io.mrc import write_mrc
     from cryoscape.simulate.particles import simulate_dataset
 
     if not (out / "particles.star").is_file():
-        simulate_dataset(make_states(D, 9, 9), n, out, snr=snr, seed=seed, max_shift_px=2.0, progress=False)
+        simulate_dataset(make_states(D, n_big, 9), n, out, snr=snr, seed=seed, max_shift_px=2.0, progress=False)
     mask = out / "mask.mrc"
     if not mask.is_file():
         write_mrc(mask, make_mask(D), APIX)
@@ -154,6 +157,8 @@ def main() -> None:
     p.add_argument("--ablation", action="store_true",
                    help="also the subtraction-only and footprint-only runs (the weighting switched in a process of "
                         "this script)")
+    p.add_argument("--oracle", action="store_true",
+                   help="also a run on data with the arm at rest (same particles otherwise): the reachable score")
     p.add_argument("-o", "--output", type=Path, default=Path("bench/results/focus_mask.json"))
     p.add_argument("--ablation-run", metavar="MASK", help=argparse.SUPPRESS)
     p.add_argument("--weighting", default="none", help=argparse.SUPPRESS)
@@ -166,16 +171,22 @@ def main() -> None:
     work = WORK / f"focus_D{args.D}_n{args.n}_snr{args.snr:g}"
     sim = simulate(work / "sim", args.D, args.n, args.snr, args.seed)
     labels = np.load(sim / "labels.npz")
-    small, big = labels["angle_small"], labels["angle_big"]
     base = dict(particles=sim / "particles.star", zdim=1, enc_dim=args.dim, enc_layers=3, dec_dim=args.dim,
                 dec_layers=3, epochs=args.epochs, seed=args.seed, extra=("--threads", "1", "--device", "cpu"))
     runs = {"unfocused": TrainSpec(out=work / "unfocused", **base),
             "focused": TrainSpec(out=work / "focused", **{**base, "extra": (*base["extra"], "--focus-mask",
                                                                                str(sim / "mask.mrc"))})}
-    ablations = {"subtraction_only": "none", "footprint_only": "footprint"}
+    ablations = {"subtraction_only": "none", "footprint_only": "footprint", "share_linear": "share:1",
+                 "share_power4": "share:4"}
     if args.ablation:
         for name in ablations:
             runs[name] = TrainSpec(out=work / name, **base)
+    oracle_labels = None
+    if args.oracle:  # the same particles' small-domain motion with the arm at rest: what a latent can reach
+        oracle_sim = simulate(work / "sim_oracle", args.D, args.n, args.snr, args.seed, n_big=1)
+        oracle_labels = np.load(oracle_sim / "labels.npz")
+        runs["oracle_arm_at_rest"] = TrainSpec(out=work / "oracle_arm_at_rest",
+                                               **{**base, "particles": oracle_sim / "particles.star"})
     results: dict = {"machine": machine_info(), "data": {"D": args.D, "n": args.n, "snr": args.snr,
                                                         "apix": APIX, "states": "9 x 9 (angle_big x angle_small)"},
                      "runs": {}}
@@ -200,11 +211,14 @@ def main() -> None:
         if not latent_files:
             continue
         z = np.load(latent_files[-1])
+        oracle = name == "oracle_arm_at_rest"  # (its arm does not move: no Spearman against it)
+        small, big = (oracle_labels if oracle else labels)["angle_small"], labels["angle_big"]
         entry = results["runs"].setdefault(name, {})
         entry.update({"epoch": int(latent_files[-1].stem.split("_")[1]), "spearman_small": spearman(z, small),
-                      "spearman_big": spearman(z, big),
+                      "spearman_big": float("nan") if oracle else spearman(z, big),
                       "per_epoch_small": [round(spearman(np.load(f), small), 3) for f in latent_files],
-                      "per_epoch_big": [round(spearman(np.load(f), big), 3) for f in latent_files]})
+                      "per_epoch_big": [float("nan") if oracle else round(spearman(np.load(f), big), 3)
+                                        for f in latent_files]})
         metrics = (spec.out / "metrics.csv").read_text().splitlines()
         header = metrics[0].split(",")
         secs = [float(line.split(",")[header.index("seconds")]) for line in metrics[1:]]
