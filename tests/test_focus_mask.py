@@ -31,7 +31,7 @@ from cryoscape.io.mrc import read_mrc, write_mrc
 from cryoscape.metadata import CTFParams, Poses
 from cryoscape.models.cryodrgn import CryoDRGN
 from cryoscape.models.registry import get_family
-from cryoscape.simulate.particles import draw_ctf, form_images
+from cryoscape.simulate.particles import draw_ctf, form_images, premultiply_by_ctf
 
 D, APIX = 16, 4.0
 A_CENTRE, B_CENTRE = (-4, 0, 0), (4, 1, 0)
@@ -80,6 +80,15 @@ def test_a_mask_of_zeros_and_the_exact_map_subtract_noise_free_images_to_zero():
     # the fitted scale of the exact map is 1
     assert focus.fit_scale(images, rot, shifts, CTFTensors.from_params(CTFParams.from_array(ctf))) == \
         pytest.approx(1.0, abs=1e-5)
+
+
+def test_ctf_premultiplied_images_have_the_consensus_times_ctf_squared_subtracted():
+    a, b = _blobs()
+    rot, shifts, ctf = _metadata(8, seed=4)
+    images = premultiply_by_ctf(_images(a + b, rot, shifts, ctf).numpy(), ctf, APIX)
+    focus = FocusSubtraction(np.zeros((D, D, D), np.float32), (a + b).numpy(), APIX, ctf_premultiplied=True)
+    out, _ = focus.apply(torch.as_tensor(images), rot, shifts, CTFTensors.from_params(CTFParams.from_array(ctf)))
+    assert float(out.norm()) < 1e-4 * float(np.linalg.norm(images))
 
 
 def test_a_mask_on_one_blob_leaves_the_projections_of_that_blob():
@@ -274,6 +283,9 @@ def test_a_given_consensus_is_copied_and_used(sim, tmp_path):
     assert main(["train", str(sim / "particles.star"), "-o", str(run), "-n", "1", "--focus-mask",
                  str(sim / "mask.mrc"), "--focus-consensus", str(consensus), *SMALL]) == 0
     assert np.array_equal(read_mrc(run / "focus" / "consensus.mrc")[0], read_mrc(consensus)[0])
+    # the same map given again on --resume is the recorded one
+    assert main(["train", str(sim / "particles.star"), "-o", str(run), "--resume", "-n", "2", "--focus-mask",
+                 str(sim / "mask.mrc"), "--focus-consensus", str(consensus), "--no-progress"]) == 0
 
 
 @pytest.mark.parametrize("extra, message", [
