@@ -83,7 +83,7 @@ def test_resume_with_learned_poses_equals_uninterrupted(sim, refined_run, tmp_pa
                                   np.load(b / "latents" / "epoch_003.npy"))
 
 
-@pytest.mark.parametrize("family", ["opus-dsd", "tomodrgn"])
+@pytest.mark.parametrize("family", ["opus-dsd"])
 def test_other_families_refuse_in_one_line(sim, tmp_path, capsys, family):
     assert main(["train", str(sim / "particles.star"), "-o", str(tmp_path / "o"), "--model", family,
                  "--refine-poses", "-n", "1", "--no-progress"]) == 2

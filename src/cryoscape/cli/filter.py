@@ -87,6 +87,9 @@ def run(args) -> int:
     chosen = select_particles(latents.z, run_indices, n_input, cluster_labels=labels,
                               clusters=args.clusters, z_range=z_range, ind=ind, invert=args.invert)
     learned = None
+    if config.train.refine_poses and not args.input_poses and family.own_input_format:
+        raise InputError("cannot write the poses a tilt-series run learned back to a STAR file yet (they are per "
+                         "tilt image in RUN/poses/)", run_dir, hint="give --input-poses to write the input's poses")
     if config.train.refine_poses and not args.input_poses and not family.own_input_format:
         from cryoscape.metadata import Poses
         from cryoscape.models.poses import load_learned_poses

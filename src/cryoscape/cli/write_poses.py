@@ -47,6 +47,9 @@ def run(args) -> int:
     run_dir = RunDir(args.run)
     config = load_config(run_dir.config_path)
     family = get_family(config.model.family)
+    if family.own_input_format and config.train.refine_poses:
+        raise InputError("cannot write the poses a tilt-series run learned back to a STAR file yet; they are per "
+                         "tilt image in RUN/poses/epoch_NNN.npz (rotations, shifts_angstrom)", run_dir.path)
     if family.own_input_format:
         raise InputError(f"write-poses writes single-particle files; this run is a {family.name} run", run_dir.path)
     epoch, learned = load_learned_poses(run_dir.path, args.epoch)

@@ -95,7 +95,8 @@ class ModelFamily:
         (``RunConfig.model``), and the command line refuses them (``cli.train.config_from_args``).
         """
         if config.train.refine_poses and not self.refines_poses:
-            raise InputError(f"--refine-poses is not supported by --model {self.name} (only by the cryodrgn family)")
+            raise InputError(f"--refine-poses is not supported by --model {self.name} (only by the cryodrgn and "
+                             "tomodrgn families)")
 
     def resolve_defaults(self, config: RunConfig, device: torch.device) -> RunConfig:
         """``config`` with device-dependent defaults filled in (recorded in ``config.yaml``); default: as is."""

@@ -29,7 +29,7 @@ import torch
 
 __all__ = ["so3_exp", "so3_log", "compose", "hartley_translate", "hartley_translate_jacobian", "PoseTable",
            "rotation_angle_deg", "PoseRefiner", "LearnedPoseData", "save_learned_poses", "load_learned_poses",
-           "gauss_newton_pose_step", "POSE_METHODS"]
+           "gauss_newton_pose_step", "POSE_METHODS", "reference_tilts", "tilt_compose", "TiltPoseRefiner"]
 
 POSE_METHODS = ("local", "sgd")
 
@@ -231,18 +231,22 @@ class PoseTable:
     lr : Adam step size of the rotation corrections (radians).
     shift_lr : Adam step size of the shift corrections (pixels); default ``lr * 10``.
     betas, eps : Adam's.
+    shift_dims : shift components per particle (2: an in-plane shift; 3: the 3-D shift of a tilt-series particle,
+        :class:`TiltPoseRefiner`).
     """
 
     def __init__(self, n: int, lr: float = 3e-3, shift_lr: float | None = None, betas=(0.9, 0.999),
-                 eps: float = 1e-8):
+                 eps: float = 1e-8, shift_dims: int = 2):
         self.n = int(n)
+        self.shift_dims = int(shift_dims)
         self.lr = float(lr)
         self.shift_lr = float(shift_lr) if shift_lr is not None else 10.0 * self.lr
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = float(eps)
-        self.values = torch.zeros(self.n, 5, dtype=torch.float32)  # [w (3), shift (2)]
-        self.exp_avg = torch.zeros(self.n, 5, dtype=torch.float32)
-        self.exp_avg_sq = torch.zeros(self.n, 5, dtype=torch.float32)
+        width = 3 + self.shift_dims
+        self.values = torch.zeros(self.n, width, dtype=torch.float32)  # [w (3), shift (2 or 3)]
+        self.exp_avg = torch.zeros(self.n, width, dtype=torch.float32)
+        self.exp_avg_sq = torch.zeros(self.n, width, dtype=torch.float32)
         self.steps = torch.zeros(self.n, dtype=torch.int32)
 
     @property
@@ -277,7 +281,7 @@ class PoseTable:
             return
         if idx.unique().numel() != idx.numel():
             raise ValueError("PoseTable.step: an index appears twice in one step")
-        g = torch.zeros(idx.numel(), 5, dtype=torch.float32)
+        g = torch.zeros(idx.numel(), 3 + self.shift_dims, dtype=torch.float32)
         if grad_w is not None:
             g[:, :3] = grad_w.detach().float().cpu()
         if grad_s is not None:
@@ -292,7 +296,7 @@ class PoseTable:
         c1 = (1 - b1 ** t).float()[:, None]
         c2 = (1 - b2 ** t).float()[:, None]
         update = (m / c1) / ((v / c2).sqrt() + self.eps)
-        lr = torch.tensor([self.lr] * 3 + [self.shift_lr] * 2, dtype=torch.float32)
+        lr = torch.tensor([self.lr] * 3 + [self.shift_lr] * self.shift_dims, dtype=torch.float32)
         self.values[idx] -= update * lr
 
     def state_dict(self) -> dict:
@@ -535,6 +539,14 @@ class PoseRefiner:
         """Restore :meth:`state_dict`."""
         self.table.load_state_dict(state["table"])
 
+    def save_epoch_poses(self, path, data, refined_positions) -> None:
+        """Write the learned poses of the particles of ``data`` (the engine's data provider; its consensus poses
+        ``data.particles.poses``) to ``path`` (``RUN/poses/epoch_NNN.npz``); :meth:`save`.
+        """
+        poses = data.particles.poses  # float64, as read
+        self.save(path, poses.rotations, poses.shifts_px(data.pixel_size_angstrom), data.pixel_size_angstrom,
+                  refined_positions)
+
     def save(self, path, rotations, shifts_px, pixel_size_angstrom: float, refined_positions) -> None:
         """Write the learned poses (``RUN/poses/epoch_NNN.npz``) of consensus ``rotations`` ``(N, 3, 3)`` and
         origins ``shifts_px`` ``(N, 2)``; ``refined_positions`` are the particles whose poses were optimised.
@@ -567,11 +579,148 @@ class LearnedPoseData:
 
     @classmethod
     def from_file(cls, data, arrays: dict) -> LearnedPoseData:
-        """From the arrays of a learned-pose file (:func:`cryoscape.models.poses.load_learned_poses`)."""
-        refiner = PoseRefiner(len(data), data.pixels.half_freqs(), lr=0.0)
+        """From the arrays of a learned-pose file (:func:`cryoscape.models.poses.load_learned_poses`); a tilt-series
+        provider (``data.tilts``) gets a :class:`TiltPoseRefiner`.
+        """
+        refiner: PoseRefiner
+        if hasattr(data, "tilts"):
+            refiner = TiltPoseRefiner.for_data(data)
+        else:
+            refiner = PoseRefiner(len(data), data.pixels.half_freqs(), lr=0.0)
         rotvec, shift = np.asarray(arrays["rotvec"]), np.asarray(arrays["shift_px"])
-        if len(rotvec) != len(data):
-            raise ValueError(f"learned poses of {len(rotvec)} particles for {len(data)}")
+        if len(rotvec) != len(data) or shift.shape[1:] != (refiner.table.shift_dims,):
+            raise ValueError(f"learned poses of {len(rotvec)} particles x {shift.shape[1:]} shifts for {len(data)}")
         refiner.table.values[:, :3] = torch.from_numpy(rotvec.astype(np.float32))
         refiner.table.values[:, 3:] = torch.from_numpy(shift.astype(np.float32))
         return cls(data, refiner)
+
+
+# -- tilt series (the tomodrgn family) ----------------------------------------------------------------------
+# One rigid correction per particle, shared by all its tilt images. With the per-image rotations ``A_t`` (RELION
+# ``A``, volume -> image frame of tilt ``t``) and the particle's reference tilt ``ref`` (:func:`reference_tilts`:
+# the tilt nearest zero, ties broken by the lowest exposure), the correction ``(w, d)`` lives in the reference
+# tilt's image frame: ``A_ref' = exp([w]x) A_ref`` and, through the fixed tilt geometry ``R_t = A_t A_ref^T``,
+# ``A_t' = R_t A_ref' = exp([R_t w]x) A_t``; the 3-D shift ``d`` (pixels, reference frame) moves the origin of tilt
+# ``t`` by the first two components of ``R_t d``.
+
+
+def reference_tilts(offsets, tilt_deg, exposure) -> np.ndarray:
+    """The reference tilt of every particle ``(N,)`` (its image's position within the particle, ``0 ..
+    count - 1``): the image with the smallest ``|stage tilt|``, ties broken by the lowest exposure, then the first.
+
+    ``offsets`` ``(N + 1,)``: the images of particle ``p`` are ``offsets[p]:offsets[p + 1]``; ``tilt_deg``,
+    ``exposure`` ``(M,)`` per image.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    counts = np.diff(offsets)
+    particle = np.repeat(np.arange(len(counts)), counts)
+    tilt = np.abs(np.asarray(tilt_deg, dtype=np.float64))
+    exposure = np.asarray(exposure, dtype=np.float64)
+    order = np.lexsort((np.arange(len(tilt)), exposure, tilt, particle))  # last key sorts first
+    first = order[offsets[:-1][counts > 0]]  # the first image of each particle in that order
+    ref = np.zeros(len(counts), dtype=np.int64)
+    ref[counts > 0] = first - offsets[:-1][counts > 0]
+    return ref
+
+
+def tilt_compose(rotations: torch.Tensor, ref: torch.Tensor, w: torch.Tensor, d: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every tilt's corrected rotation and origin shift of per-particle corrections (differentiable in ``w``, ``d``).
+
+    Parameters
+    ----------
+    rotations : ``(B, T, 3, 3)`` per-tilt rotations ``A_t`` (RELION ``A``).
+    ref : ``(B,)`` the reference tilt of each particle (a position ``0 .. T-1``).
+    w : ``(B, 3)`` rotation corrections (axis-angle, radians) in the reference tilt's image frame.
+    d : ``(B, 3)`` shift corrections (pixels) in the reference tilt's image frame.
+
+    Returns
+    -------
+    ``(A' (B, T, 3, 3), s (B, T, 2))``: ``A_t' = exp([R_t w]x) A_t`` and ``s_t = (R_t d)[:2]`` (pixels, added to
+    the tilt's origin) with ``R_t = A_t A_ref^T``.
+    """
+    B = rotations.shape[0]
+    ref = ref.to(rotations.device).long()
+    A_ref = rotations[torch.arange(B, device=rotations.device), ref]  # (B, 3, 3)
+    R = rotations @ A_ref.transpose(-1, -2)[:, None]  # (B, T, 3, 3)
+    w_t = (R @ w.to(R.dtype)[:, None, :, None])[..., 0]  # (B, T, 3)
+    d_t = (R @ d.to(R.dtype)[:, None, :, None])[..., 0]
+    return so3_exp(w_t) @ rotations, d_t[..., :2]
+
+
+class TiltPoseRefiner(PoseRefiner):
+    """Per-particle pose corrections of a tilt-series data provider (:class:`~cryoscape.data.tilt_data.
+    TiltSeriesData`), learned during training: a rotation ``w`` (3, radians) and a 3-D shift ``d`` (3, pixels) per
+    particle, in its reference tilt's image frame, applied to all its tilts through the tilt geometry
+    (:func:`tilt_compose`). Method ``sgd`` (per-particle Adam on the loss gradient) and ``local`` (one damped
+    Gauss-Newton step of the 6 parameters from the residuals of all the particle's tilts, :meth:`local_update`).
+
+    Parameters
+    ----------
+    ref : ``(N,)`` every particle's reference tilt (:func:`reference_tilts`).
+    Others as :class:`PoseRefiner`.
+    """
+
+    def __init__(self, n: int, half_freqs: torch.Tensor, ref, lr: float, shift_lr: float | None = None,
+                 start_epoch: int = 1, method: str = "sgd", search_radius: float = 0.5,
+                 max_step_deg: float = 5.0, max_shift_px: float = 1.5):
+        super().__init__(n, half_freqs, lr, shift_lr=shift_lr, start_epoch=start_epoch, method=method,
+                         search_radius=search_radius, max_step_deg=max_step_deg, max_shift_px=max_shift_px)
+        self.table = PoseTable(n, lr=lr, shift_lr=shift_lr, shift_dims=3)
+        self.ref = torch.as_tensor(np.asarray(ref), dtype=torch.long).cpu()
+        if self.ref.shape != (self.table.n,):
+            raise ValueError(f"reference tilts of {tuple(self.ref.shape)} for {self.table.n} particles")
+
+    @classmethod
+    def for_data(cls, data, lr: float = 0.0, **kwargs) -> TiltPoseRefiner:
+        """The refiner of a :class:`~cryoscape.data.tilt_data.TiltSeriesData` (reference tilts from its metadata)."""
+        tilts = data.tilts
+        ref = reference_tilts(tilts.offsets, tilts.tilt_deg, tilts.exposure_e_per_angstrom2)
+        return cls(len(data), data.pixels.half_freqs(), ref, lr=lr, **kwargs)
+
+    def _apply(self, batch, w: torch.Tensor, s: torch.Tensor):
+        rot, y = _get(batch, "rot"), _get(batch, "y")
+        ref = self.ref[_get(batch, "index").detach().cpu().long()].to(rot.device)
+        rot2, shifts = tilt_compose(rot, ref, w, s)
+        B, T, P = y.shape
+        moved = hartley_translate(y.reshape(B * T, P), self._freqs(y.device), shifts.reshape(B * T, 2))
+        return _replace(batch, rot=rot2.to(rot.dtype), y=moved.reshape(B, T, P).to(y.dtype))
+
+    def local_update(self, model, batch, gather_rows=None) -> None:
+        """Not available for tilt series (``TomoDRGNFamily.validate`` refuses ``--pose-method local``)."""
+        raise NotImplementedError("TiltPoseRefiner: --pose-method local")
+
+    def learned(self, rotations: np.ndarray, shifts_px: np.ndarray, offsets) -> tuple[np.ndarray, np.ndarray]:
+        """The learned per-image ``(rotations (M, 3, 3), origins in pixels (M, 2))`` (float64) of the consensus
+        per-image ``rotations`` and origins ``shifts_px`` of particles whose images are ``offsets[p]:offsets[p+1]``.
+        """
+        offsets = np.asarray(offsets, dtype=np.int64)
+        counts = np.diff(offsets)
+        rotations = np.asarray(rotations, np.float64)
+        A = rotations.copy()
+        origin = np.asarray(shifts_px, np.float64).copy()
+        values = self.table.values.double()
+        for T in np.unique(counts[counts > 0]):  # particles of equal tilt count together
+            p = np.flatnonzero(counts == T)
+            rows = offsets[p][:, None] + np.arange(T)[None]  # (b, T)
+            rot2, s = tilt_compose(torch.from_numpy(rotations[rows]), self.ref[p], values[p, :3], values[p, 3:])
+            A[rows] = rot2.numpy()
+            origin[rows] += s.numpy()
+        return A, origin
+
+    def save_epoch_poses(self, path, data, refined_positions) -> None:
+        """Write ``RUN/poses/epoch_NNN.npz`` of a tilt-series run: per image (rows of the particles' tilts, in data
+        order) the learned ``rotations`` ``(M, 3, 3)`` and ``shifts_angstrom`` ``(M, 2)``; per particle ``rotvec``
+        ``(N, 3)`` (radians), ``shift_px`` ``(N, 3)`` (pixels, the reference tilt's frame), ``refined`` and
+        ``reference_tilt`` ``(N,)``.
+        """
+        from cryoscape.utils.atomic import atomic_path
+
+        tilts = data.tilts
+        apix = float(data.pixel_size_angstrom)
+        A, origin_px = self.learned(tilts.rotations, np.asarray(tilts.shifts_angstrom) / apix, tilts.offsets)
+        refined = np.zeros(self.table.n, dtype=bool)
+        refined[np.asarray(refined_positions, dtype=np.int64)] = True
+        with atomic_path(path) as tmp:
+            np.savez(tmp, rotations=A, shifts_angstrom=origin_px * apix, rotvec=self.table.rotvec.numpy(),
+                     shift_px=self.table.shift_px.numpy(), refined=refined, reference_tilt=self.ref.numpy())

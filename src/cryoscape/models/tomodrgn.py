@@ -310,6 +310,27 @@ class TomoDRGNFamily(ModelFamily):
     default_lr = 2e-4  # the tomoDRGN paper's
     data_state = ("pixel_size_angstrom", "norm_std")
     own_input_format = True
+    refines_poses = True  # one rigid correction per particle for all its tilts (models.poses.TiltPoseRefiner)
+
+    def validate(self, config) -> None:
+        """As the base; ``--refine-poses`` takes ``--pose-method sgd`` only (no local steps for tilt series yet)."""
+        super().validate(config)
+        t = config.train
+        if t.refine_poses and t.pose_method != "sgd":
+            raise InputError(f"--pose-method {t.pose_method} is not available for --model tomodrgn; "
+                             "give --pose-method sgd with --refine-poses")
+
+    def make_pose_refiner(self, data, config):
+        """A :class:`~cryoscape.models.poses.TiltPoseRefiner` (a rotation and a 3-D shift per particle, in its
+        reference tilt's frame) with ``--refine-poses``, else ``None``.
+        """
+        t = config.train
+        if not t.refine_poses:
+            return None
+        from cryoscape.models.poses import TiltPoseRefiner
+
+        return TiltPoseRefiner.for_data(data, lr=t.pose_lr, shift_lr=t.shift_lr, start_epoch=t.refine_start,
+                                        method=t.pose_method, search_radius=t.pose_search_radius)
 
     def load_particles(self, config, path=None, datadir=None, apply_ind: bool = True, poses=None, ctf=None,
                        reader_options=None):

@@ -390,11 +390,8 @@ class Engine:
         if self.info.is_main:
             self.run.save_checkpoint(epoch, self.state_dict())
             if self.pose_refiner is not None:
-                d = self.data
-                poses = d.particles.poses  # float64, as read
-                self.pose_refiner.save(self.run.learned_poses_path(epoch), poses.rotations,
-                                       poses.shifts_px(d.pixel_size_angstrom), d.pixel_size_angstrom,
-                                       self.train_positions)
+                self.pose_refiner.save_epoch_poses(self.run.learned_poses_path(epoch), self.data,
+                                                   self.train_positions)
             if self.model.zdim > 0:
                 z = self.encode_all()
                 with atomic_path(self.run.latents_path(epoch)) as tmp:
