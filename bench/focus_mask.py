@@ -168,7 +168,7 @@ def main() -> None:
         ablation_run(args.train_args, Path(args.ablation_run), args.weighting)
         return
 
-    work = WORK / f"focus_D{args.D}_n{args.n}_snr{args.snr:g}"
+    work = WORK / (f"focus_D{args.D}_n{args.n}_snr{args.snr:g}" + (f"_seed{args.seed}" if args.seed else ""))
     sim = simulate(work / "sim", args.D, args.n, args.snr, args.seed)
     labels = np.load(sim / "labels.npz")
     base = dict(particles=sim / "particles.star", zdim=1, enc_dim=args.dim, enc_layers=3, dec_dim=args.dim,

@@ -146,13 +146,16 @@ class FocusSubtraction:
             raise ValueError(f"unknown weighting {self.weighting!r}")
         self.mask_is_full = bool((m == 1).all())
         self._outside_spectrum = _padded_spectrum((1.0 - m) * v)[None]  # (1, 2, Dp, Dp, Dp): re, im
-        self._mask_spectrum = _padded_spectrum(m)[None]
+        # the weights are smooth: their volumes are projected without padding, in one call (channels: the mask,
+        # and for the share the density inside the mask and all of it)
+        weight_volumes = [m]
         if self.weighting == "share":
             density = v.clamp(min=0.0)
-            self._density_spectra = (_padded_spectrum(m * density)[None], _padded_spectrum(density)[None])
+            weight_volumes += [m * density, density]
             # epsilon: a few percent of the densest ray (at the identity pose), in the projections' units
             # (a consensus without positive density: epsilon 1e-20 makes the share the footprint)
             self.epsilon = max(SHARE_EPSILON * float(density.sum(dim=0).max()), 1e-20)
+        self._weight_spectra = torch.cat([_padded_spectrum(w, oversample=1) for w in weight_volumes])[None]
         self._consensus = v  # kept for fit_scale
 
     # -- projections -------------------------------------------------------------------------------------------
@@ -160,10 +163,10 @@ class FocusSubtraction:
         """Centred spectra ``(B, D, D)`` (complex) of the projections at ``rotations`` of the volume whose padded
         spectrum is ``spectra`` ``(1, 2, Dp, Dp, Dp)``: sliced on the padded grid (trilinear), inverse transformed,
         cropped to ``D`` and transformed again, exactly as :func:`cryoscape.imaging.projection.project_fourier`
-        followed by the simulator's ``fft2_centered``.
+        followed by the simulator's ``fft2_centered``; ``(B, C, D, D)`` for ``C`` volumes (``2 C`` channels).
         """
         D, Dp = self.D, spectra.shape[-1]
-        B = rotations.shape[0]
+        B, C = rotations.shape[0], spectra.shape[1] // 2
         step = max(1, _SLICE_POINTS // (Dp * Dp))
         if B > step:  # bounded memory: the sampled points of a few images at a time
             return torch.cat([self._projections(rotations[j : j + step], spectra) for j in range(0, B, step)])
@@ -173,15 +176,12 @@ class FocusSubtraction:
         coords = central_slice_coords(rotations.to(torch.float32).cpu(), freqs)  # (B, Dp*Dp, 3)
         grid = (coords + Dp // 2) * (2.0 / (Dp - 1)) - 1.0
         out = nnf.grid_sample(spectra, grid.reshape(1, 1, 1, -1, 3), mode="bilinear", padding_mode="zeros",
-                              align_corners=True).reshape(2, B, Dp, Dp)
-        slices = torch.complex(out[0], out[1])  # (B, Dp, Dp)
-        start = Dp // 2 - D // 2
-        images = ifft2_centered(slices).real[..., start : start + D, start : start + D]
-        return fft2_centered(images)
-
-    def _project(self, rotations: torch.Tensor, spectra: torch.Tensor) -> torch.Tensor:
-        """Real-space projections ``(B, D, D)`` (centred frame) of a volume given by its padded spectrum."""
-        return ifft2_centered(self._projections(rotations, spectra)).real
+                              align_corners=True).reshape(C, 2, B, Dp, Dp)
+        slices = torch.complex(out[:, 0], out[:, 1]).transpose(0, 1)  # (B, C, Dp, Dp)
+        if Dp != D:
+            start = Dp // 2 - D // 2
+            slices = fft2_centered(ifft2_centered(slices).real[..., start : start + D, start : start + D])
+        return slices[:, 0] if C == 1 else slices
 
     def _transfer(self, ctf: CTFTensors | None, B: int) -> torch.Tensor:
         """What multiplies a centred projection spectrum: the band ``|k| < D/2`` times the CTF (``CTF^2`` for
@@ -212,10 +212,12 @@ class FocusSubtraction:
             if self.mask_is_full or self.weighting == "none":  # (a full mask: every share is 1)
                 centred = torch.ones(B, self.D, self.D)
             else:
-                centred = self._project(rotations, self._mask_spectrum).clamp(0.0, 1.0)
+                projected = ifft2_centered(self._projections(rotations, self._weight_spectra)).real
+                if projected.ndim == 3:
+                    projected = projected[:, None]
+                centred = projected[:, 0].clamp(0.0, 1.0)
                 if self.weighting == "share":
-                    inside = self._project(rotations, self._density_spectra[0]).clamp(min=0.0)
-                    total = self._project(rotations, self._density_spectra[1]).clamp(min=0.0)
+                    inside, total = projected[:, 1].clamp(min=0.0), projected[:, 2].clamp(min=0.0)
                     centred = ((inside + self.epsilon * centred) / (total + self.epsilon)).clamp(0.0, 1.0)
                     if SHARE_POWER != 1.0:
                         centred = centred**SHARE_POWER
