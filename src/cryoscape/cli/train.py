@@ -132,8 +132,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--refine-poses", action="store_true",
                    help="cryodrgn family (VAE and --zdim 0): refine the consensus poses during training, a rotation "
                         "(axis-angle) and an in-plane shift correction per particle; the validation particles keep "
-                        "their poses; learned poses in RUN/poses/, written out by `cryoscape write-poses`. tomodrgn "
-                        "(with --pose-method sgd): one rotation and 3-D shift per particle for all its tilts")
+                        "their poses; learned poses in RUN/poses/, written out by `cryoscape write-poses`. tomodrgn: "
+                        "one rotation and 3-D shift per particle for all its tilts")
     t.add_argument("--pose-method", choices=("local", "sgd"), default="local",
                    help="--refine-poses: local = one damped Gauss-Newton step of each particle's rotation and shift "
                         "every time it is visited, against the current decoder (3 more decoder passes on the "

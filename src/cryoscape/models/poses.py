@@ -29,7 +29,8 @@ import torch
 
 __all__ = ["so3_exp", "so3_log", "compose", "hartley_translate", "hartley_translate_jacobian", "PoseTable",
            "rotation_angle_deg", "PoseRefiner", "LearnedPoseData", "save_learned_poses", "load_learned_poses",
-           "gauss_newton_pose_step", "POSE_METHODS", "reference_tilts", "tilt_compose", "TiltPoseRefiner"]
+           "gauss_newton_pose_step", "POSE_METHODS", "reference_tilts", "tilt_compose", "TiltPoseRefiner",
+           "gauss_newton_tilt_step"]
 
 POSE_METHODS = ("local", "sgd")
 
@@ -648,6 +649,78 @@ def tilt_compose(rotations: torch.Tensor, ref: torch.Tensor, w: torch.Tensor, d:
     return so3_exp(w_t) @ rotations, d_t[..., :2]
 
 
+def gauss_newton_tilt_step(predict, rotations: torch.Tensor, ref: torch.Tensor, y: torch.Tensor,
+                           weights: torch.Tensor, half_freqs: torch.Tensor, eps: float = 0.01,
+                           damping: float = 1e-3, max_angle: float = 0.1, max_shift_px: float = 2.0,
+                           prior_angle: float | None = None, prior_shift_px: float | None = None,
+                           verify: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One damped Gauss-Newton step of every particle's rigid correction from the residuals of all its tilts.
+
+    The tilt-series form of :func:`gauss_newton_pose_step`: the weighted residuals ``r_t = y_t - P(A_t)`` of the
+    particle's tilts are linearised together in one rotation correction ``d`` and one 3-D shift correction ``t``
+    (pixels) in the reference tilt's frame (:func:`tilt_compose`: tilt ``t`` turns by ``R_t d`` and moves by
+    ``(R_t t)[:2]``, ``R_t = A_t A_ref^T``). The rotation columns of the Jacobian are forward differences of the
+    prediction (three more evaluations of ``predict``, every tilt turned by ``exp([R_t eps e_j]x)``), the shift
+    columns exact (:func:`hartley_translate_jacobian` times ``R_t[:2]``). One 6 x 6 system per particle
+    ``(J^T W J + damping diag(J^T W J) + sigma^2 diag(1/prior^2)) [d; t] = -J^T W r`` with ``sigma^2`` the
+    particle's weighted residual per scored pixel; the step is shortened to ``max_angle`` radians and
+    ``max_shift_px`` pixels, and with ``verify`` dropped where it does not lower the weighted squared residual.
+
+    Parameters
+    ----------
+    predict : callable ``rotations (B, T, 3, 3) -> (B, T, Q)`` the prediction of the compared pixels.
+    rotations : ``(B, T, 3, 3)`` current per-tilt rotations; ``ref`` ``(B,)`` each particle's reference tilt.
+    y : ``(B, T, Q)`` images at the compared pixels (``[half, mates, DC]`` order), translated by the current shift.
+    weights : ``(B, T, Q)`` per-pixel weights of the squared residual (0: not compared, e.g. padding tilts).
+    half_freqs : ``(M', 2)`` cycles/pixel of the compared half-plane pixels (``Q = 2 M' + 1``).
+
+    Returns
+    -------
+    ``(d (B, 3) radians, t (B, 3) pixels, loss (B,))``: the corrections to compose with the current ones
+    (``w <- log(exp([d]x) exp([w]x))``, ``shift <- shift + t``) and each particle's weighted squared residual before
+    the step.
+    """
+    B, T, Q = y.shape
+    p0 = predict(rotations)
+    r = (y - p0).double()
+    W = weights.double()
+    idx = torch.arange(B, device=rotations.device)
+    R = (rotations @ rotations[idx, ref.long()].transpose(-1, -2)[:, None]).double()  # (B, T, 3, 3)
+    J = torch.empty(B, T, Q, 6, dtype=torch.float64, device=r.device)
+    for j in range(3):
+        turned = so3_exp(eps * R[..., j]).to(rotations.dtype) @ rotations  # R_t (eps e_j) = eps R_t[:, j]
+        J[..., j] = -(predict(turned) - p0).double() / eps
+    Js = hartley_translate_jacobian(y.reshape(B * T, Q), half_freqs).double().reshape(B, T, Q, 2)
+    J[..., 3:] = Js @ R[..., :2, :]
+    JW = J * W[..., None]
+    H = torch.einsum("btqi,btqj->bij", JW, J)
+    g = torch.einsum("btqi,btq->bi", JW, r)
+    diag = torch.diagonal(H, dim1=1, dim2=2)
+    floor = 1e-12 * diag.mean(dim=1, keepdim=True).clamp_min(1e-30)
+    Hd = H + torch.diag_embed(damping * diag + floor)
+    loss0 = (W * r * r).sum(dim=(1, 2))
+    if prior_angle is not None or prior_shift_px is not None:
+        n_scored = (W > 0).sum(dim=(1, 2)).clamp_min(1)
+        sigma2 = loss0 / n_scored
+        inv = torch.zeros(6, dtype=torch.float64, device=r.device)
+        if prior_angle is not None:
+            inv[:3] = 1.0 / float(prior_angle) ** 2
+        if prior_shift_px is not None:
+            inv[3:] = 1.0 / float(prior_shift_px) ** 2
+        Hd = Hd + torch.diag_embed(sigma2[:, None] * inv[None])
+    step = -torch.linalg.solve(Hd, g[..., None])[..., 0]
+    d, t = step[:, :3], step[:, 3:]
+    d = d * (max_angle / d.norm(dim=1, keepdim=True).clamp_min(max_angle))
+    t = t * (max_shift_px / t.norm(dim=1, keepdim=True).clamp_min(max_shift_px))
+    if verify:
+        moved_rot, shifts = tilt_compose(rotations, ref, d, t)
+        y_moved = hartley_translate(y.reshape(B * T, Q), half_freqs, shifts.reshape(B * T, 2).to(y.dtype))
+        res = y_moved.reshape(B, T, Q).double() - predict(moved_rot.to(rotations.dtype)).double()
+        worse = (W * res * res).sum(dim=(1, 2)) >= loss0
+        d, t = d.masked_fill(worse[:, None], 0.0), t.masked_fill(worse[:, None], 0.0)
+    return d.to(rotations.dtype), t.to(y.dtype), loss0
+
+
 class TiltPoseRefiner(PoseRefiner):
     """Per-particle pose corrections of a tilt-series data provider (:class:`~cryoscape.data.tilt_data.
     TiltSeriesData`), learned during training: a rotation ``w`` (3, radians) and a 3-D shift ``d`` (3, pixels) per
@@ -686,9 +759,34 @@ class TiltPoseRefiner(PoseRefiner):
         moved = hartley_translate(y.reshape(B * T, P), self._freqs(y.device), shifts.reshape(B * T, 2))
         return _replace(batch, rot=rot2.to(rot.dtype), y=moved.reshape(B, T, P).to(y.dtype))
 
+    @torch.no_grad()
     def local_update(self, model, batch, gather_rows=None) -> None:
-        """Not available for tilt series (``TomoDRGNFamily.validate`` refuses ``--pose-method local``)."""
-        raise NotImplementedError("TiltPoseRefiner: --pose-method local")
+        """One Gauss-Newton step (:func:`gauss_newton_tilt_step`) of the corrections of the batch's particles from
+        all their tilts, against ``model.tilt_pose_predictor`` on the pixels within the current radius (as
+        :meth:`PoseRefiner.local_update`, without the shift grid search); the table rows are replaced by the
+        composed corrections (gathered over the processes with ``gather_rows``).
+        """
+        index = _get(batch, "index")
+        device = _get(batch, "y").device
+        w0, s0 = self.table.take(index, device)
+        w0, s0 = w0.detach(), s0.detach()
+        corrected = self._apply(batch, w0, s0)
+        half, positions, freqs = self._local_pixels(device, self.radius(self._epoch))
+        predict, weights = model.tilt_pose_predictor(corrected, half)
+        ref = self.ref[index.detach().cpu().long()].to(device)
+        d, t, _ = gauss_newton_tilt_step(predict, _get(corrected, "rot").float(), ref,
+                                         _get(corrected, "y")[..., positions].float(), weights, freqs,
+                                         max_angle=self.max_step, max_shift_px=self.max_shift_px,
+                                         prior_angle=self.prior_angle, prior_shift_px=self.prior_shift_px,
+                                         verify=True)
+        w_new = so3_log(so3_exp(d.double()) @ so3_exp(w0.double())).float()
+        rows = torch.cat([w_new, (s0 + t).float()], dim=1)
+        idx = index.detach().to(device).long()
+        if gather_rows is not None:
+            idx, rows = gather_rows(idx, rows)
+        idx = idx.cpu()
+        self.table.values[idx] = rows.cpu()
+        self.table.steps[idx] += 1
 
     def learned(self, rotations: np.ndarray, shifts_px: np.ndarray, offsets) -> tuple[np.ndarray, np.ndarray]:
         """The learned per-image ``(rotations (M, 3, 3), origins in pixels (M, 2))`` (float64) of the consensus

@@ -296,6 +296,42 @@ class TomoDRGN(FamilyModel):
         b = self.select(batch)
         return self.encode(b["y"], self.ctf_values(b["ctf"]), b["tilt_mask"])[0]
 
+    @torch.no_grad()
+    def tilt_pose_predictor(self, batch: TiltBatch, half: torch.Tensor):
+        """``(predict, weights)`` for local pose refinement of tilt series (:class:`~cryoscape.models.poses.
+        TiltPoseRefiner`) on the half-plane pixels ``half`` (positions into the ``M`` half-plane pixels):
+        ``predict(rot (B, T, 3, 3)) -> (B, T, 2 M' + 1)`` the model's prediction of every tilt image at the
+        pixels ``[half, mates, DC]`` (at the posterior mean of the particle's fixed evaluation subset of tilts, as
+        the forward model: transfer, exposure filter, lattice mask), and ``weights`` ``(B, T, 2 M' + 1)`` the
+        loss's per-pixel weights there (exposure and tilt weights, lattice mask, premultiplied likelihood weights;
+        0 for padding tilts).
+        """
+        m = self.pixels.n_half
+        dc = torch.tensor([2 * m], device=half.device)
+        positions = torch.cat([half, half + m, dc])
+        z = None
+        if self.zdim > 0:
+            b = select_tilts(batch, self.tilts_used, random=False)
+            z = self.encode(b["y"], self.ctf_values(b["ctf"]), b["tilt_mask"])[0]
+        ctf = self.ctf_values(batch["ctf"]).float()
+        keep = self.decode_mask(batch["exposure"], batch["ctf"], batch["tilt_mask"])
+        compared = torch.zeros(m + 1, dtype=torch.bool, device=keep.device)
+        compared[half] = True
+        compared[m] = True
+        keep = keep & compared
+        transfer = self.transfer(ctf)[..., positions]
+        if self.images_dose_weighted:
+            transfer = transfer * self.attenuation(batch["exposure"], batch["ctf"])[..., positions]
+        scored = torch.cat([keep[..., :m], keep[..., :m], keep[..., m:]], dim=-1)[..., positions].float()
+        weights = self.loss_weights(batch["exposure"], batch["tilt_deg"], batch["ctf"])[..., positions] * scored
+        if self.ctf_premultiplied:
+            weights = weights * premultiplied_weights(ctf[..., positions])
+
+        def predict(rot: torch.Tensor) -> torch.Tensor:
+            return self.render(rot, z, keep)[..., positions] * transfer
+
+        return predict, weights
+
 
 
 class TomoDRGNFamily(ModelFamily):
@@ -312,17 +348,10 @@ class TomoDRGNFamily(ModelFamily):
     own_input_format = True
     refines_poses = True  # one rigid correction per particle for all its tilts (models.poses.TiltPoseRefiner)
 
-    def validate(self, config) -> None:
-        """As the base; ``--refine-poses`` takes ``--pose-method sgd`` only (no local steps for tilt series yet)."""
-        super().validate(config)
-        t = config.train
-        if t.refine_poses and t.pose_method != "sgd":
-            raise InputError(f"--pose-method {t.pose_method} is not available for --model tomodrgn; "
-                             "give --pose-method sgd with --refine-poses")
-
     def make_pose_refiner(self, data, config):
         """A :class:`~cryoscape.models.poses.TiltPoseRefiner` (a rotation and a 3-D shift per particle, in its
-        reference tilt's frame) with ``--refine-poses``, else ``None``.
+        reference tilt's frame; ``--pose-method local`` through :meth:`TomoDRGN.tilt_pose_predictor`) with
+        ``--refine-poses``, else ``None``.
         """
         t = config.train
         if not t.refine_poses:
