@@ -498,7 +498,7 @@ class PoseRefiner:
         d, t, _ = gauss_newton_pose_step(predict, rot, _get(corrected, "y")[:, positions].float(), freqs,
                                          max_angle=self.max_step, max_shift_px=self.max_shift_px,
                                          prior_angle=self.prior_angle, prior_shift_px=self.prior_shift_px,
-                                         verify=True, shift_grid=self.shift_grid)
+                                         verify=False, shift_grid=self.shift_grid)
         w_new = so3_log(so3_exp(d.double()) @ so3_exp(w0.double())).float()
         rows = torch.cat([w_new, (s0 + t).float()], dim=1)
         idx = index.detach().to(device).long()
