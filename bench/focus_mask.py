@@ -128,6 +128,39 @@ def spearman(latent: np.ndarray, labels: np.ndarray) -> float:
     return float(abs(spearmanr(latent[:, 0], labels).statistic))
 
 
+def map_check(run: Path, sim: Path, labels, epoch: int) -> list[dict]:
+    """Decoder maps (``cryoscape eval-vol``) at the 5th, 50th and 95th percentiles of the run's latent: for each, the
+    ground-truth small-domain angle whose map (arm at 0 deg) correlates best with it inside the mask, and the mean
+    true small-domain angle of the 200 particles nearest that latent value.
+    """
+    import subprocess
+    import tempfile
+
+    from bench.common import CRYOSCAPE_CMD
+    from cryoscape.io.mrc import read_mrc
+
+    mask = read_mrc(sim / "mask.mrc")[0]
+    states = make_states(mask.shape[0], 9, 9)
+    angles = np.unique(labels["angle_small"])
+    truth = [states.render(int(np.nonzero((states.extra["angle_small"] == a) & (states.extra["angle_big"] == 0))[0][0]))
+             for a in angles]
+    z = np.load(run / "latents" / f"epoch_{epoch:03d}.npy")[:, 0]
+    points = np.percentile(z, [5, 50, 95])
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savetxt(Path(tmp) / "z.txt", points[:, None])
+        subprocess.run([*CRYOSCAPE_CMD, "eval-vol", str(run), "--zfile", str(Path(tmp) / "z.txt"), "--epoch",
+                        str(epoch), "-o", str(Path(tmp) / "maps"), "--device", "cpu"], check=True, capture_output=True)
+        for path, q in zip(sorted((Path(tmp) / "maps").glob("*.mrc")), points, strict=True):
+            v = read_mrc(path)[0]
+            cc = [float(np.corrcoef((v * mask).ravel(), (t * mask).ravel())[0, 1]) for t in truth]
+            near = np.argsort(np.abs(z - q))[:200]
+            out.append({"z": round(float(q), 3), "best_truth_angle": float(angles[int(np.argmax(cc))]),
+                        "cc": round(max(cc), 3),
+                        "mean_true_angle_near": round(float(labels["angle_small"][near].mean()), 1)})
+    return out
+
+
 def ablation_run(argv: list[str], mask: Path, weighting: str) -> None:
     """Train ``cryoscape train ARGV --focus-mask MASK`` in this process with another per-pixel weighting of the
     focused images (``cryoscape.data.focus.WEIGHTING``: ``none`` = subtraction alone, ``footprint`` = the mask's
@@ -159,6 +192,8 @@ def main() -> None:
                         "this script)")
     p.add_argument("--oracle", action="store_true",
                    help="also a run on data with the arm at rest (same particles otherwise): the reachable score")
+    p.add_argument("--maps", action="store_true",
+                   help="decoder maps of unfocused and focused at latent percentiles 5/50/95, matched to the truth")
     p.add_argument("-o", "--output", type=Path, default=Path("bench/results/focus_mask.json"))
     p.add_argument("--ablation-run", metavar="MASK", help=argparse.SUPPRESS)
     p.add_argument("--weighting", default="none", help=argparse.SUPPRESS)
@@ -206,6 +241,7 @@ def main() -> None:
         for name, entry in pool.map(launch, todo):
             results["runs"][name] = entry
     rows = []
+    maps = {}
     for name, spec in runs.items():
         latent_files = sorted((spec.out / "latents").glob("epoch_*.npy")) if spec.out.is_dir() else []
         if not latent_files:
@@ -224,6 +260,8 @@ def main() -> None:
         secs = [float(line.split(",")[header.index("seconds")]) for line in metrics[1:]]
         entry["seconds_per_epoch"] = round(float(np.mean(secs[1:] if len(secs) > 1 else secs)), 1)
         rows.append((name, entry))
+        if args.maps and name in ("unfocused", "focused"):
+            entry["maps"] = maps[name] = map_check(spec.out, sim, labels, entry["epoch"])
     write_json(args.output, results)
     print("| run | \\|Spearman\\| latent vs small-domain angle | vs arm angle | best epoch for the small domain "
           "(small / arm) | s/epoch |")
@@ -232,6 +270,10 @@ def main() -> None:
         best = int(np.argmax(e["per_epoch_small"]))
         print(f"| {name} | {e['spearman_small']:.3f} | {e['spearman_big']:.3f} | {best + 1}: "
               f"{e['per_epoch_small'][best]:.3f} / {e['per_epoch_big'][best]:.3f} | {e['seconds_per_epoch']} |")
+    for name, checks in maps.items():
+        print(f"{name}: decoder maps at latent percentiles 5/50/95 match small-domain angles "
+              + ", ".join(f"{c['best_truth_angle']:g} (cc {c['cc']:.2f}; particles there {c['mean_true_angle_near']:g})"
+                          for c in checks))
 
 
 if __name__ == "__main__":
