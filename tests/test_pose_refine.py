@@ -239,3 +239,24 @@ def test_so3_log_inverts_so3_exp():
     w = axes / np.linalg.norm(axes, axis=1, keepdims=True) * rng.uniform(0, 3.1, (30, 1))  # angles below pi
     back = so3_log(so3_exp(torch.from_numpy(w))).numpy()
     np.testing.assert_allclose(back, w, atol=1e-9)
+
+
+def test_the_anchor_prior_pulls_an_uninformed_rotation_back_towards_the_consensus():
+    """A prediction that does not depend on the rotation (no information): the rotation step is set by the two
+    priors alone, -(1/anchor^2) / (1/prior^2 + 1/anchor^2) x the correction so far."""
+    D = 12
+    pixels = FourierPixels.create(D)
+    freqs = pixels.half_freqs().double()
+    rng = np.random.default_rng(0)
+    p = torch.from_numpy(rng.normal(size=(1, 2 * freqs.shape[0] + 1)))
+    y = p + 0.3 * torch.from_numpy(rng.normal(size=p.shape))
+    anchor = torch.tensor([[0.1, -0.05, 0.02, 0.0, 0.0]], dtype=torch.float64)
+    A = torch.from_numpy(random_rotations(1, seed=1))
+    prior, anchor_std = np.deg2rad(2.0), np.deg2rad(10.0)
+    d, _, _ = gauss_newton_pose_step(lambda R: p.expand(R.shape[0], -1), A, y, freqs, prior_angle=prior,
+                                     prior_shift_px=0.5, anchor=anchor, anchor_angle=anchor_std)
+    expected = -anchor[0, :3].numpy() * (1 / anchor_std**2) / (1 / prior**2 + 1 / anchor_std**2)
+    np.testing.assert_allclose(d[0].numpy(), expected, rtol=1e-6)
+    d0, _, _ = gauss_newton_pose_step(lambda R: p.expand(R.shape[0], -1), A, y, freqs, prior_angle=prior,
+                                      prior_shift_px=0.5)
+    np.testing.assert_allclose(d0.numpy(), 0.0, atol=1e-12)  # without the anchor: no reason to move

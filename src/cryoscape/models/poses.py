@@ -146,7 +146,8 @@ def gauss_newton_pose_step(predict, rotations: torch.Tensor, y: torch.Tensor, ha
                            eps: float = 0.01, damping: float = 1e-3, max_angle: float = 0.1,
                            max_shift_px: float = 2.0, prior_angle: float | None = None,
                            prior_shift_px: float | None = None, verify: bool = False,
-                           shift_grid: tuple[float, float] | None = None,
+                           shift_grid: tuple[float, float] | None = None, anchor: torch.Tensor | None = None,
+                           anchor_angle: float = math.radians(10.0), anchor_shift_px: float = 3.0,
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One damped Gauss-Newton (Levenberg-Marquardt) step of every image's pose, from its current pose.
 
@@ -166,7 +167,11 @@ def gauss_newton_pose_step(predict, rotations: torch.Tensor, y: torch.Tensor, ha
     steps that do not lower the image's squared residual are dropped (``d = t = 0``). With ``shift_grid`` ``(max,
     step)`` (pixels) the shift is first searched on a grid (:func:`best_shift_on_grid`; shift errors of a pixel or
     more are far outside the range where the linearisation holds at mid frequencies) and the Gauss-Newton step
-    starts from the best grid shift.
+    starts from the best grid shift. With ``anchor`` ``(B, 5)`` (each image's total correction so far: rotation
+    vector, radians, and shift, pixels) a second Gaussian prior, of standard deviations ``anchor_angle`` and
+    ``anchor_shift_px``, holds the total correction near the consensus pose: ``sigma^2 (anchor + step) / std^2`` is
+    added to the gradient and ``sigma^2 / std^2`` to the diagonal (the rotation vectors added to first order), so
+    that a particle whose images say little drifts no further than the consensus error it is expected to have.
 
     Parameters
     ----------
@@ -209,6 +214,14 @@ def gauss_newton_pose_step(predict, rotations: torch.Tensor, y: torch.Tensor, ha
         if prior_shift_px is not None:
             inv[3:] = 1.0 / float(prior_shift_px) ** 2
         Hd = Hd + torch.diag_embed(sigma2[:, None] * inv[None])
+    if anchor is not None:
+        sigma2 = loss0 / r.shape[1]
+        inv_a = torch.tensor([1.0 / anchor_angle**2] * 3 + [1.0 / anchor_shift_px**2] * 2, dtype=torch.float64,
+                             device=r.device)
+        a = anchor.to(device=r.device, dtype=torch.float64).clone()
+        a[:, 3:] = a[:, 3:] + t0.double()  # the grid shift is already taken
+        Hd = Hd + torch.diag_embed(sigma2[:, None] * inv_a[None])
+        g = g + sigma2[:, None] * inv_a[None] * a
     step = -torch.linalg.solve(Hd, g[..., None])[..., 0]
     d, t = step[:, :3], step[:, 3:]
     d = d * (max_angle / d.norm(dim=1, keepdim=True).clamp_min(max_angle))
@@ -498,7 +511,8 @@ class PoseRefiner:
         d, t, _ = gauss_newton_pose_step(predict, rot, _get(corrected, "y")[:, positions].float(), freqs,
                                          max_angle=self.max_step, max_shift_px=self.max_shift_px,
                                          prior_angle=self.prior_angle, prior_shift_px=self.prior_shift_px,
-                                         verify=False, shift_grid=self.shift_grid)
+                                         verify=False, shift_grid=self.shift_grid,
+                                         anchor=torch.cat([w0, s0], dim=1).float())
         w_new = so3_log(so3_exp(d.double()) @ so3_exp(w0.double())).float()
         rows = torch.cat([w_new, (s0 + t).float()], dim=1)
         idx = index.detach().to(device).long()
