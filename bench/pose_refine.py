@@ -184,6 +184,8 @@ def train_cryodrgn_pose_sgd(args, sim: Path, perturbed: Path, out: Path):
            str(pose_pkl), "--ctf", str(sim / "ctf.pkl"), "-o", str(out / "out"), "-n", str(args.epochs), "-b", "32",
            "--lr", "1e-3", "--seed", "0", "--pe-type", "gaussian", "--do-pose-sgd", "--pretrain",
            str(max(1, args.refine_start - 1)), *arch]
+    if args.zdim == 0:
+        cmd += ["--domain", "hartley"]  # train_nn: pose SGD needs the Hartley domain (train_vae always uses it)
     if args.zdim:
         cmd += ["--feat-sigma", "0.5"]
     res = run_timed(cmd, out / "train.log", env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -216,6 +218,53 @@ def cryodrgn_latents(run: Path, epochs: int) -> np.ndarray:
         if f.is_file():
             return np.asarray(load_pickle(f))
     raise SystemExit(f"no z.N.pkl in {run / 'out'}")
+
+
+def step_cost(run: Path, sim: Path, perturbed: Path, radii=(0.25, 0.5, 1.0), repeats: int = 5,
+              batches: int = 8) -> dict:
+    """Seconds of one training step (forward, backward, Adam) and of one local pose update of the same batch
+    (``PoseRefiner.local_update``) at each compared radius, interleaved in one process (so that the machine's load
+    affects both alike); medians over ``repeats`` passes over ``batches`` batches of 32."""
+    import time
+
+    import torch
+
+    from cryoscape.io.particles import load_particles
+    from cryoscape.models.loading import load_run
+    from cryoscape.models.poses import PoseRefiner
+    from cryoscape.models.registry import get_family
+
+    torch.set_num_threads(1)
+    trained = load_run(run)
+    family = get_family(trained.config.model.family)
+    ps = load_particles(perturbed)
+    n = 32 * batches
+    data = family.make_data(ps.subset(np.arange(n)), trained.config, norm_std=trained.build["norm_std"],
+                            progress=False)
+    model = trained.model
+    opt = torch.optim.Adam(model.parameters(), lr=0.0)  # lr 0: the model stays as loaded
+    refiners = {r: PoseRefiner(n, data.pixels.half_freqs(), lr=0.0, method="local", search_radius=r,
+                               start_epoch=1) for r in radii}
+    for ref in refiners.values():
+        ref._epoch = 100  # the radius schedule at its end: search_radius
+    times: dict[str, list[float]] = {"train_step": [], **{f"local_update_r{r:g}": [] for r in radii}}
+    all_batches = [data.batch(np.arange(i * 32, (i + 1) * 32)) for i in range(batches)]
+    for _ in range(repeats):
+        for b in all_batches:
+            model.train()
+            t0 = time.perf_counter()
+            loss = model(b)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            times["train_step"].append(time.perf_counter() - t0)
+            for r, ref in refiners.items():
+                t0 = time.perf_counter()
+                ref.local_update(model, b)
+                times[f"local_update_r{r:g}"].append(time.perf_counter() - t0)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {"seconds_median": med, "overhead": {k: med[k] / med["train_step"] for k in med if k != "train_step"},
+            "batch": 32, "model_epoch": trained.epoch}
 
 
 def _work_name(args) -> str:
@@ -253,8 +302,21 @@ def main(argv=None) -> int:
     p.add_argument("--gradient-check", action="store_true",
                    help="only: how well one image's pose gradient points at its true correction, with the model of "
                         "the finished 'true' run (adds 'gradient_alignment' to the JSON)")
+    p.add_argument("--cost", action="store_true",
+                   help="only: seconds of a training step and of a local pose update of the same batch, with the "
+                        "model of the finished 'true' run (adds 'step_cost' to the JSON)")
     p.add_argument("-o", "--output", type=Path, default=Path("bench/results/pose_refine.json"))
     args = p.parse_args(argv)
+    if args.cost:
+        import json
+
+        work = WORK / _work_name(args)
+        result = step_cost(work / "run_true", work / "sim", work / "sim" / "perturbed.star")
+        record = json.loads(args.output.read_text()) if args.output.is_file() else {}
+        record["step_cost"] = result
+        write_json(args.output, record)
+        print(result)
+        return 0
     if args.add_run:
         import json
 
