@@ -286,14 +286,47 @@ def test_the_model_pose_hook_predicts_what_the_loss_compares(tilt_sim):
         assert float(recon) == pytest.approx(float(model(batch)["recon"]), rel=1e-5)
 
 
-def test_pose_writers_of_a_tilt_run_say_in_one_line_what_they_cannot_write(tilt_run, tmp_path, capsys):
-    # the refined per-tilt poses are not written back to a STAR file: said in one line, never the input's silently
-    assert main(["write-poses", str(tilt_run), "-o", str(tmp_path / "p.star")]) == 2
+def test_write_poses_of_a_tilt_run_round_trips_through_the_image_series_star(tilt_sim, tilt_run, tmp_path, capsys):
+    from cryoscape.io.tilt_series import load_tilt_series
+
+    out = tmp_path / "refined.star"
+    assert main(["write-poses", str(tilt_run), "--epoch", "3", "-o", str(out)]) == 0
+    _, learned = load_learned_poses(tilt_run, 3)
+    back = load_tilt_series(out, datadir=tilt_sim)
+    tilts = load_tilt_series(tilt_sim / "particles.star")
+    assert len(back) == len(tilts) and back.n_images == tilts.n_images
+    assert rotation_angle_deg(back.rotations, learned["rotations"]).max() < 1e-3
+    np.testing.assert_allclose(back.shifts_angstrom, learned["shifts_angstrom"], atol=1e-3)
+    np.testing.assert_allclose(back.tilt_deg, tilts.tilt_deg)  # every other column kept
+    assert rotation_angle_deg(back.rotations, tilts.rotations).max() > 0.1  # the refined poses, not the input's
+    assert main(["write-poses", str(tilt_run), "--epoch", "3", "-o", str(tmp_path / "refined.cs")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "tilt-series run learned" in err[0]
-    sel = ["filter", str(tilt_run), "--epoch", "3", "--z-range", "0", "-100", "100"]
-    assert main([*sel, "-o", str(tmp_path / "sel")]) == 2
-    err = capsys.readouterr().err
-    assert "--input-poses" in err and "Traceback" not in err and not (tmp_path / "sel").exists()
+    assert len(err) == 1 and ".star" in err[0]
+
+
+def test_filter_of_a_tilt_run_writes_the_learned_per_tilt_poses(tilt_sim, tilt_run, tmp_path, capsys):
+    import dataclasses
+
+    from cryoscape.errors import InputError
+    from cryoscape.io.tilt_series import load_tilt_series, write_tilt_poses
+
+    tilts = load_tilt_series(tilt_sim / "particles.star")
+    _, learned = load_learned_poses(tilt_run, 3)
+    chosen = np.array([4, 1, 7])
+    sel = ["filter", str(tilt_run), "--epoch", "3", "--ind", str(tmp_path / "ind.txt")]
+    np.savetxt(tmp_path / "ind.txt", chosen, fmt="%d")
+    assert main([*sel, "-o", str(tmp_path / "sel")]) == 0
+    back = load_tilt_series(tmp_path / "sel" / "particles.star", datadir=tilt_sim)
+    ids = np.load(tilt_run / "indices.npy") if (tilt_run / "indices.npy").exists() else np.arange(len(tilts))
+    run_img = tilts.subset(ids).image_indices  # learned arrays: the run's particles' images
+    expect = np.concatenate([run_img(np.flatnonzero(ids == c)) for c in np.sort(chosen)])
+    assert back.n_images == len(expect)
+    assert rotation_angle_deg(back.rotations, learned["rotations"][expect]).max() < 1e-3
+    np.testing.assert_allclose(back.shifts_angstrom, learned["shifts_angstrom"][expect], atol=1e-3)
     assert main([*sel, "--input-poses", "-o", str(tmp_path / "sel2")]) == 0
-    assert (tmp_path / "sel2" / "particles.star").is_file()
+    kept = load_tilt_series(tmp_path / "sel2" / "particles.star", datadir=tilt_sim)
+    np.testing.assert_allclose(kept.rotations, tilts.subset(np.sort(chosen)).rotations, atol=1e-6)
+    # optimisation sets keep their poses per particle in the tomogram frame: refused in one line
+    other = dataclasses.replace(tilts, source_format="optimisation_set")
+    with pytest.raises(InputError, match="image-series STAR files only"):
+        write_tilt_poses(other, [0], learned["rotations"][:1], learned["shifts_angstrom"][:1], tmp_path / "x.star")

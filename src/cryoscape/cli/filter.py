@@ -4,7 +4,8 @@ Select by k-means cluster from `cryoscape analyze`, by a range of one latent dim
 Writes OUT/indices.npy and OUT/indices.txt (indices into the original input) and OUT/particles.star (or .cs,
 the input's format), ready for RELION or cryoSPARC, or to retrain cryoscape with --ind. OUT must be new or empty;
 --overwrite replaces an earlier selection's files there (other files are kept). For a run that refined poses
-(train --refine-poses) the subset carries the poses learned by the epoch of the latents (--input-poses: the input's).
+(train --refine-poses) the subset carries the poses learned by the epoch of the latents (--input-poses: the input's);
+for tilt-series runs the learned per-tilt poses, written to Warp/M image-series STAR files only.
 
 Example:
   cryoscape filter runs/vae8 --clusters 3 7 -o runs/vae8/selected
@@ -87,29 +88,39 @@ def run(args) -> int:
     chosen = select_particles(latents.z, run_indices, n_input, cluster_labels=labels,
                               clusters=args.clusters, z_range=z_range, ind=ind, invert=args.invert)
     learned = None
-    if config.train.refine_poses and not args.input_poses and family.own_input_format:
-        raise InputError("cannot write the poses a tilt-series run learned back to a STAR file yet (they are per "
-                         "tilt image in RUN/poses/)", run_dir, hint="give --input-poses to write the input's poses")
-    if config.train.refine_poses and not args.input_poses and not family.own_input_format:
+    if config.train.refine_poses and not args.input_poses:
         from cryoscape.metadata import Poses
         from cryoscape.models.poses import load_learned_poses
         from cryoscape.rundir import RunDir
 
+        if family.own_input_format and getattr(particles, "source_format", None) != "imageseries":
+            raise InputError("the poses a tilt-series run learned can be written to Warp/M image-series STAR files "
+                             "only", run_dir, hint="give --input-poses to write the input's poses")
         _, arrays = load_learned_poses(run_dir, latents.epoch)
         trained = RunDir(run_dir).read_indices()
-        where = {int(v): i for i, v in enumerate(trained if trained is not None else range(n_input))}
+        run_ids = np.asarray(trained if trained is not None else np.arange(n_input), dtype=np.int64)
+        where = {int(v): i for i, v in enumerate(run_ids)}
         missing = [int(c) for c in chosen if int(c) not in where]
         if missing:
             raise InputError(f"particle {missing[0]} was not trained in this run, so it has no learned pose", run_dir,
                              hint="give --input-poses to write the input's poses")
         rows = np.array([where[int(c)] for c in chosen], dtype=np.int64)
+        if family.own_input_format:  # per tilt image: the images of each chosen particle, in the run's order
+            run_offsets = np.concatenate([[0], np.cumsum(particles.tilt_counts[run_ids])])
+            rows = np.concatenate([np.arange(run_offsets[r], run_offsets[r + 1]) for r in rows] or
+                                  [np.zeros(0, np.int64)])
         learned = Poses(arrays["rotations"][rows], arrays["shifts_angstrom"][rows])
     with out_dir as out:
         written = write_selection(particles, family, chosen, out, args.format)
         if learned is not None:  # the same file, its poses replaced by the learned ones
-            from cryoscape.io.pose_output import write_particles_with_poses
+            if family.own_input_format:
+                from cryoscape.io.tilt_series import write_tilt_poses
 
-            write_particles_with_poses(particles, chosen, learned, written[-1])
+                write_tilt_poses(particles, chosen, learned.rotations, learned.shifts_angstrom, written[-1])
+            else:
+                from cryoscape.io.pose_output import write_particles_with_poses
+
+                write_particles_with_poses(particles, chosen, learned, written[-1])
             print(f"poses: those learned by epoch {latents.epoch} (--input-poses keeps the input's)")
     print(f"selected {len(chosen)} of {n_input} particles -> {', '.join(str(p) for p in written)}")
     return 0

@@ -7,6 +7,11 @@ rlnOriginX/Y in pixels), cryoSPARC alignments3D/pose (rotation vector) and align
 particles keep their consensus poses (their poses are not refined). A .star from a .cs input (or the other way round)
 is written as new metadata, as `filter --format` does.
 
+Tilt-series runs (--model tomodrgn) with a Warp/M image-series input: a .star with every tilt image of the run's
+particles (the input's rows, particle by particle), each image's rlnAngleRot/Tilt/Psi and origin the learned
+per-tilt pose (one rigid correction per particle through the tilt geometry). Optimisation sets (RELION 5 /
+WarpTools) are refused in one line: their poses are per particle in the tomogram frame.
+
 Example:
   cryoscape write-poses runs/refined -o refined_poses.star
   cryoscape write-poses runs/refined --epoch 20 -o refined_poses.cs
@@ -48,8 +53,7 @@ def run(args) -> int:
     config = load_config(run_dir.config_path)
     family = get_family(config.model.family)
     if family.own_input_format and config.train.refine_poses:
-        raise InputError("cannot write the poses a tilt-series run learned back to a STAR file yet; they are per "
-                         "tilt image in RUN/poses/epoch_NNN.npz (rotations, shifts_angstrom)", run_dir.path)
+        return _write_tilt_poses(args, run_dir, family, config, out)
     if family.own_input_format:
         raise InputError(f"write-poses writes single-particle files; this run is a {family.name} run", run_dir.path)
     epoch, learned = load_learned_poses(run_dir.path, args.epoch)
@@ -64,4 +68,28 @@ def run(args) -> int:
     written = write_particles_with_poses(particles, indices, poses, out)
     print(f"wrote the poses of epoch {epoch} ({int(learned['refined'].sum())} of {len(indices)} particles refined) "
           f"-> {written}")
+    return 0
+
+
+def _write_tilt_poses(args, run_dir, family, config, out) -> int:
+    """write-poses of a tilt-series run (image-series input): every image of the run's particles, its pose the
+    learned one (``RUN/poses/epoch_NNN.npz`` holds them per image).
+    """
+    import numpy as np
+
+    from cryoscape.errors import InputError
+    from cryoscape.io.tilt_series import write_tilt_poses
+    from cryoscape.models.poses import load_learned_poses
+
+    epoch, learned = load_learned_poses(run_dir.path, args.epoch)
+    tilts, _ = family.load_particles(config, apply_ind=False)
+    indices = run_dir.read_indices()
+    if indices is None:
+        indices = np.arange(len(tilts), dtype=np.int64)
+    if len(indices) != len(learned["rotvec"]):
+        raise InputError(f"the learned poses hold {len(learned['rotvec'])} particles but RUN/indices.npy "
+                         f"{len(indices)}", run_dir.path)
+    written = write_tilt_poses(tilts, indices, learned["rotations"], learned["shifts_angstrom"], out)
+    print(f"wrote the per-tilt poses of epoch {epoch} ({int(learned['refined'].sum())} of {len(indices)} particles "
+          f"refined, {len(learned['rotations'])} tilt images) -> {written}")
     return 0

@@ -65,7 +65,7 @@ __all__ = ["FORMATS", "TiltSeriesSet", "detect_format", "load_tilt_series", "rea
            "group_images", "TomogramGeometry", "read_star_blocks", "resolve_relative", "star_numbers",
            "euler_columns", "particle_centre_angstrom", "GEOMETRY_CONVENTIONS", "geometry_convention",
            "depth_defocus_sign", "ParticlePositions", "particle_positions", "OptimisationSetSource",
-           "OptimisationSetTables", "parse_optimisation_set", "write_optimisation_subset"]
+           "OptimisationSetTables", "parse_optimisation_set", "write_optimisation_subset", "write_tilt_poses"]
 
 
 def detect_format(path: str | Path) -> str:
@@ -117,3 +117,32 @@ def write_tilt_subset(tilts: TiltSeriesSet, particles, out_dir: str | Path) -> P
         return write_star_subset(cast(StarParticles, tilts.source), rows, out_dir / "particles.star")
     assert tilts.particle_rows is not None  # filled in by TiltSeriesSet.__post_init__
     return write_optimisation_subset(cast(OptimisationSetTables, tilts.source), tilts.particle_rows[p], out_dir)
+
+
+def write_tilt_poses(tilts: TiltSeriesSet, particles, rotations: np.ndarray, shifts_angstrom: np.ndarray,
+                     out_path: str | Path) -> Path:
+    """Write the images of the particles at ``particles`` (positions in ``tilts``) with new per-image poses: the
+    input's image-series rows (every column and block kept, particle by particle) with ``rlnAngleRot/Tilt/Psi`` of
+    ``rotations`` ``(K, 3, 3)`` and the origins ``shifts_angstrom`` ``(K, 2)`` (one row per image of those
+    particles, in :meth:`TiltSeriesSet.image_indices` order). Image series only: an optimisation set keeps its poses
+    per particle in the tomogram frame and is refused in one line.
+    """
+    from cryoscape.io.pose_output import _star_with_poses
+    from cryoscape.metadata import Poses
+
+    out_path = Path(out_path)
+    if tilts.source_format != "imageseries":
+        raise InputError("per-tilt poses can be written to Warp/M image-series STAR files only, not to "
+                         f"{tilts.source_format} input", tilts.source_path)
+    if out_path.suffix.lower() != ".star":
+        raise InputError("tilt-series poses are written to a .star file", out_path)
+    img = tilts.image_indices(np.atleast_1d(np.arange(len(tilts))[particles]))
+    if len(img) != len(rotations) or len(img) != len(shifts_angstrom):
+        raise InputError(f"{len(rotations)} poses for the {len(img)} images of these particles", tilts.source_path)
+    assert tilts.image_rows is not None  # filled in by TiltSeriesSet.__post_init__
+    rows = tilts.image_rows[img]
+    if rows.size and rows.min() < 0:
+        raise InputError("these tilt images were not read from a STAR file; cannot write their poses",
+                         tilts.source_path)
+    return _star_with_poses(cast(StarParticles, tilts.source), rows, Poses(np.asarray(rotations, np.float64),
+                            np.asarray(shifts_angstrom, np.float64)), out_path)
