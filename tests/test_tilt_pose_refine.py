@@ -189,6 +189,25 @@ def test_local_gauss_newton_steps_correct_a_ten_degree_error_from_all_tilts():
     np.testing.assert_allclose(refiner.table.shift_px.numpy(), x_true, atol=0.01)
 
 
+def test_the_anchor_prior_pulls_an_uninformed_particle_back_to_its_consensus_pose():
+    """Images that say nothing about the rotation (a prediction that does not depend on it): with the anchor the
+    rotation step undoes the total correction so far; without it the step is zero."""
+    torch.manual_seed(0)
+    y = torch.randn(1, 3, 2 * 5 + 1, dtype=torch.float64)
+    freqs = FourierPixels.create(D).half_freqs()[:5].double()
+    A = torch.from_numpy(tilt_series(1, seed=2, tilts=[0.0, 20.0, -20.0])[0])
+
+    def flat(rot):
+        return torch.zeros(rot.shape[:2] + (11,), dtype=torch.float64)
+
+    ref = torch.zeros(1, dtype=torch.long)
+    total = torch.tensor([[0.05, -0.02, 0.01, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    d, _, _ = gauss_newton_tilt_step(flat, A, ref, y, torch.ones_like(y), freqs, anchor=total)
+    np.testing.assert_allclose(d.numpy(), -total[:, :3].numpy(), atol=1e-6)
+    d, _, _ = gauss_newton_tilt_step(flat, A, ref, y, torch.ones_like(y), freqs)
+    assert d.abs().max() < 1e-9
+
+
 # -- end to end -------------------------------------------------------------------------------------------------
 SMALL = ["--model", "tomodrgn", "--zdim", "2", "--enc-dim", "16", "--enc-layers", "1", "--dec-dim", "16",
          "--dec-layers", "1", "--tilt-embed-dim", "8", "-b", "4", "--no-progress", "--lr", "1e-3", "--threads", "1"]

@@ -667,7 +667,9 @@ def gauss_newton_tilt_step(predict, rotations: torch.Tensor, ref: torch.Tensor, 
                            weights: torch.Tensor, half_freqs: torch.Tensor, eps: float = 0.01,
                            damping: float = 1e-3, max_angle: float = 0.1, max_shift_px: float = 2.0,
                            prior_angle: float | None = None, prior_shift_px: float | None = None,
-                           verify: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                           verify: bool = False, anchor: torch.Tensor | None = None,
+                           anchor_angle: float = math.radians(10.0), anchor_shift_px: float = 3.0,
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One damped Gauss-Newton step of every particle's rigid correction from the residuals of all its tilts.
 
     The tilt-series form of :func:`gauss_newton_pose_step`: the weighted residuals ``r_t = y_t - P(A_t)`` of the
@@ -679,6 +681,9 @@ def gauss_newton_tilt_step(predict, rotations: torch.Tensor, ref: torch.Tensor, 
     ``(J^T W J + damping diag(J^T W J) + sigma^2 diag(1/prior^2)) [d; t] = -J^T W r`` with ``sigma^2`` the
     particle's weighted residual per scored pixel; the step is shortened to ``max_angle`` radians and
     ``max_shift_px`` pixels, and with ``verify`` dropped where it does not lower the weighted squared residual.
+    With ``anchor`` ``(B, 6)`` (each particle's total correction so far, ``[w, d]``) the second Gaussian prior of
+    :func:`gauss_newton_pose_step` (standard deviations ``anchor_angle``, ``anchor_shift_px``) holds the total
+    correction near the consensus pose.
 
     Parameters
     ----------
@@ -722,6 +727,12 @@ def gauss_newton_tilt_step(predict, rotations: torch.Tensor, ref: torch.Tensor, 
         if prior_shift_px is not None:
             inv[3:] = 1.0 / float(prior_shift_px) ** 2
         Hd = Hd + torch.diag_embed(sigma2[:, None] * inv[None])
+    if anchor is not None:
+        sigma2 = loss0 / (W > 0).sum(dim=(1, 2)).clamp_min(1)
+        inv_a = torch.tensor([1.0 / anchor_angle**2] * 3 + [1.0 / anchor_shift_px**2] * 3, dtype=torch.float64,
+                             device=r.device)
+        Hd = Hd + torch.diag_embed(sigma2[:, None] * inv_a[None])
+        g = g + sigma2[:, None] * inv_a[None] * anchor.to(device=r.device, dtype=torch.float64)
     step = -torch.linalg.solve(Hd, g[..., None])[..., 0]
     d, t = step[:, :3], step[:, 3:]
     d = d * (max_angle / d.norm(dim=1, keepdim=True).clamp_min(max_angle))
@@ -792,7 +803,7 @@ class TiltPoseRefiner(PoseRefiner):
                                          _get(corrected, "y")[..., positions].float(), weights, freqs,
                                          max_angle=self.max_step, max_shift_px=self.max_shift_px,
                                          prior_angle=self.prior_angle, prior_shift_px=self.prior_shift_px,
-                                         verify=True)
+                                         verify=True, anchor=torch.cat([w0, s0], dim=1))
         w_new = so3_log(so3_exp(d.double()) @ so3_exp(w0.double())).float()
         rows = torch.cat([w_new, (s0 + t).float()], dim=1)
         idx = index.detach().to(device).long()
