@@ -245,3 +245,18 @@ class _Sized:
 
     def __len__(self):
         return self._n
+
+
+def test_explorer_selection_carries_the_learned_poses(sim, refined_run):
+    from cryoscape.explore.data import load_explorer_data
+    from cryoscape.explore.export import export_selection
+
+    data = load_explorer_data(refined_run, epoch=3, k=2, umap=False)
+    assert data.refine_poses
+    chosen = np.sort(data.input_indices[:5])
+    result = export_selection(data, chosen.tolist(), name="refined_sel")
+    _, learned = load_learned_poses(refined_run, 3)
+    back = load_particles(refined_run / "explore_selections" / "refined_sel" / "particles.star", datadir=sim)
+    assert len(back) == 5 and result["n_selected"] == 5
+    assert rotation_angle_deg(back.poses.rotations, learned["rotations"][chosen]).max() < 1e-3
+    np.testing.assert_allclose(back.poses.shifts_angstrom, learned["shifts_angstrom"][chosen], atol=1e-3)

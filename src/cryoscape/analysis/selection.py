@@ -99,11 +99,53 @@ def load_run_input(config, particles_path=None, datadir=None):
     return particles, family
 
 
-def write_selection(particles, family, chosen: np.ndarray, out_dir: Path, fmt: str = "auto") -> list[Path]:
-    """Write ``indices.npy``, ``indices.txt`` and the particle subset (STAR/.cs, all metadata kept) into ``out_dir``."""
+def write_selection(particles, family, chosen: np.ndarray, out_dir: Path, fmt: str = "auto",
+                    learned=None) -> list[Path]:
+    """Write ``indices.npy``, ``indices.txt`` and the particle subset (STAR/.cs, all metadata kept) into ``out_dir``;
+    with ``learned`` (:class:`~cryoscape.metadata.Poses` of the chosen particles, :func:`learned_poses_of`) the
+    subset's poses are replaced by those.
+    """
     from cryoscape.io.indices import write_indices
 
     out_dir = Path(out_dir)
     written = [write_indices(out_dir / "indices.npy", chosen), write_indices(out_dir / "indices.txt", chosen)]
     written.append(Path(family.write_subset(particles, chosen, out_dir, fmt)))
+    if learned is not None:  # the same file, its poses replaced by the learned ones
+        if family.own_input_format:
+            from cryoscape.io.tilt_series import write_tilt_poses
+
+            write_tilt_poses(particles, chosen, learned.rotations, learned.shifts_angstrom, written[-1])
+        else:
+            from cryoscape.io.pose_output import write_particles_with_poses
+
+            write_particles_with_poses(particles, chosen, learned, written[-1])
     return written
+
+
+def learned_poses_of(run_dir: Path, family, particles, chosen: np.ndarray, epoch: int):
+    """The poses a ``train --refine-poses`` run learned by ``epoch`` for the chosen input particles ``chosen``
+    (:class:`~cryoscape.metadata.Poses`; per tilt image, in the input's order of each particle's images, for a
+    tilt-series family); an :class:`~cryoscape.errors.InputError` when a chosen particle was not trained (it has no
+    learned pose) or a tilt-series input cannot hold them.
+    """
+    from cryoscape.metadata import Poses
+    from cryoscape.models.poses import load_learned_poses
+    from cryoscape.rundir import RunDir
+
+    if family.own_input_format and getattr(particles, "source_format", None) != "imageseries":
+        raise InputError("the poses a tilt-series run learned can be written to Warp/M image-series STAR files "
+                         "only", run_dir, hint="give --input-poses to write the input's poses")
+    _, arrays = load_learned_poses(run_dir, epoch)
+    trained = RunDir(run_dir).read_indices()
+    run_ids = np.asarray(trained if trained is not None else np.arange(len(particles)), dtype=np.int64)
+    where = {int(v): i for i, v in enumerate(run_ids)}
+    missing = [int(c) for c in chosen if int(c) not in where]
+    if missing:
+        raise InputError(f"particle {missing[0]} was not trained in this run, so it has no learned pose", run_dir,
+                         hint="give --input-poses to write the input's poses")
+    rows = np.array([where[int(c)] for c in chosen], dtype=np.int64)
+    if family.own_input_format:  # per tilt image: the images of each chosen particle, in the run's order
+        run_offsets = np.concatenate([[0], np.cumsum(particles.tilt_counts[run_ids])])
+        rows = np.concatenate([np.arange(run_offsets[r], run_offsets[r + 1]) for r in rows] or
+                              [np.zeros(0, np.int64)])
+    return Poses(arrays["rotations"][rows], arrays["shifts_angstrom"][rows])

@@ -51,7 +51,13 @@ def run(args) -> int:
     import numpy as np
 
     from cryoscape.analysis.latent import load_latents
-    from cryoscape.analysis.selection import find_kmeans_labels, load_run_input, select_particles, write_selection
+    from cryoscape.analysis.selection import (
+        find_kmeans_labels,
+        learned_poses_of,
+        load_run_input,
+        select_particles,
+        write_selection,
+    )
     from cryoscape.config import load_config
     from cryoscape.errors import InputError
     from cryoscape.io.indices import read_indices, read_particle_indices
@@ -89,38 +95,10 @@ def run(args) -> int:
                               clusters=args.clusters, z_range=z_range, ind=ind, invert=args.invert)
     learned = None
     if config.train.refine_poses and not args.input_poses:
-        from cryoscape.metadata import Poses
-        from cryoscape.models.poses import load_learned_poses
-        from cryoscape.rundir import RunDir
-
-        if family.own_input_format and getattr(particles, "source_format", None) != "imageseries":
-            raise InputError("the poses a tilt-series run learned can be written to Warp/M image-series STAR files "
-                             "only", run_dir, hint="give --input-poses to write the input's poses")
-        _, arrays = load_learned_poses(run_dir, latents.epoch)
-        trained = RunDir(run_dir).read_indices()
-        run_ids = np.asarray(trained if trained is not None else np.arange(n_input), dtype=np.int64)
-        where = {int(v): i for i, v in enumerate(run_ids)}
-        missing = [int(c) for c in chosen if int(c) not in where]
-        if missing:
-            raise InputError(f"particle {missing[0]} was not trained in this run, so it has no learned pose", run_dir,
-                             hint="give --input-poses to write the input's poses")
-        rows = np.array([where[int(c)] for c in chosen], dtype=np.int64)
-        if family.own_input_format:  # per tilt image: the images of each chosen particle, in the run's order
-            run_offsets = np.concatenate([[0], np.cumsum(particles.tilt_counts[run_ids])])
-            rows = np.concatenate([np.arange(run_offsets[r], run_offsets[r + 1]) for r in rows] or
-                                  [np.zeros(0, np.int64)])
-        learned = Poses(arrays["rotations"][rows], arrays["shifts_angstrom"][rows])
+        learned = learned_poses_of(run_dir, family, particles, chosen, latents.epoch)
     with out_dir as out:
-        written = write_selection(particles, family, chosen, out, args.format)
-        if learned is not None:  # the same file, its poses replaced by the learned ones
-            if family.own_input_format:
-                from cryoscape.io.tilt_series import write_tilt_poses
-
-                write_tilt_poses(particles, chosen, learned.rotations, learned.shifts_angstrom, written[-1])
-            else:
-                from cryoscape.io.pose_output import write_particles_with_poses
-
-                write_particles_with_poses(particles, chosen, learned, written[-1])
+        written = write_selection(particles, family, chosen, out, args.format, learned=learned)
+        if learned is not None:
             print(f"poses: those learned by epoch {latents.epoch} (--input-poses keeps the input's)")
     print(f"selected {len(chosen)} of {n_input} particles -> {', '.join(str(p) for p in written)}")
     return 0

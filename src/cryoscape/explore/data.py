@@ -67,6 +67,9 @@ class ExplorerData:
         (tomoDRGN) loads and writes its particles itself, as in ``cryoscape filter``.
     particles_problem : str or None
         Why ``particles`` is None.
+    refine_poses : bool
+        The run learned its poses (``train --refine-poses``): exported selections carry the poses learned by
+        ``epoch``, as ``cryoscape filter`` writes them.
     """
 
     run_dir: Path
@@ -80,6 +83,7 @@ class ExplorerData:
     particles: ParticleSet | TiltSeriesSet | None = None
     particles_problem: str | None = None
     family: object | None = None
+    refine_poses: bool = False
 
     @property
     def n(self) -> int:
@@ -263,6 +267,7 @@ def _attach_particles(data: ExplorerData) -> None:
         log.warning(f"particle metadata unavailable ({exc}): no metadata colours, selections export indices only")
         return
     data.particles, data.family = particles, family
+    data.refine_poses = bool(config.train.refine_poses)
     if isinstance(particles, ParticleSet):
         assert particles.source_indices is not None  # filled in by ParticleSet.__post_init__
         data.metadata = metadata_columns(particles, particles.source_indices[data.input_indices])

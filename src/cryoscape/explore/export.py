@@ -3,7 +3,9 @@
 The particles are chosen with :func:`cryoscape.analysis.selection.select_particles` (``ind=``) and written with
 :func:`cryoscape.io.indices.write_indices` and :func:`cryoscape.io.particles.write_particle_subset`, exactly as
 ``cryoscape filter RUN --ind FILE -o DIR`` writes them: ``indices.npy``, ``indices.txt`` (0-based indices into the
-original input) and ``particles.star`` (``particles.cs`` for a cryoSPARC input) with every original column.
+original input) and ``particles.star`` (``particles.cs`` for a cryoSPARC input) with every original column; for a run
+that learned its poses (``train --refine-poses``) with the poses learned by the epoch shown, as ``filter`` writes
+them by default.
 """
 
 from __future__ import annotations
@@ -105,12 +107,15 @@ def export_selection(data, input_indices, name: str | None = None) -> dict:
     InputError
         Bad name or indices (nothing is written).
     """
-    from cryoscape.analysis.selection import select_particles, write_selection
+    from cryoscape.analysis.selection import learned_poses_of, select_particles, write_selection
     from cryoscape.io.indices import write_indices
 
     name = check_selection_name(name) if name else next_selection_name(data.run_dir)
     n_input = data.n_input
     chosen = select_particles(data.z, data.input_indices, n_input, ind=np.asarray(input_indices, dtype=np.int64))
+    learned = None
+    if data.refine_poses and data.particles is not None:
+        learned = learned_poses_of(data.run_dir, data.family, data.particles, chosen, data.epoch)
     root = data.run_dir / SELECTION_DIR
     root.mkdir(exist_ok=True)
     out = root / name
@@ -119,7 +124,7 @@ def export_selection(data, input_indices, name: str | None = None) -> dict:
     except FileExistsError:
         raise SelectionExists(f"a selection named {name!r} exists already", out, "choose another name") from None
     try:
-        files = [p.name for p in write_selection(data.particles, data.family, chosen, out)] \
+        files = [p.name for p in write_selection(data.particles, data.family, chosen, out, learned=learned)] \
             if data.particles is not None else \
             [write_indices(out / "indices.npy", chosen).name, write_indices(out / "indices.txt", chosen).name]
     except BaseException:
