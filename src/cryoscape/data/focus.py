@@ -146,8 +146,9 @@ class FocusSubtraction:
             raise ValueError(f"unknown weighting {self.weighting!r}")
         self.mask_is_full = bool((m == 1).all())
         self._outside_spectrum = _padded_spectrum((1.0 - m) * v)[None]  # (1, 2, Dp, Dp, Dp): re, im
-        # the weights are smooth: their volumes are projected without padding, in one call (channels: the mask,
-        # and for the share the density inside the mask and all of it)
+        # the volumes of the weights, projected in one call (channels: the mask, and for the share the density
+        # inside the mask and all of it); 2x-padded as the consensus (unpadded spectra, half the time, focused the
+        # bench case less well: bench/RESULTS.md section 13)
         weight_volumes = [m]
         if self.weighting == "share":
             density = v.clamp(min=0.0)
@@ -155,7 +156,7 @@ class FocusSubtraction:
             # epsilon: a few percent of the densest ray (at the identity pose), in the projections' units
             # (a consensus without positive density: epsilon 1e-20 makes the share the footprint)
             self.epsilon = max(SHARE_EPSILON * float(density.sum(dim=0).max()), 1e-20)
-        self._weight_spectra = torch.cat([_padded_spectrum(w, oversample=1) for w in weight_volumes])[None]
+        self._weight_spectra = torch.cat([_padded_spectrum(w) for w in weight_volumes])[None]
         self._consensus = v  # kept for fit_scale
 
     # -- projections -------------------------------------------------------------------------------------------
