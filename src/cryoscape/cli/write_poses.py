@@ -34,13 +34,10 @@ def run(args) -> int:
     """Write the learned poses of ``args.run`` to ``args.out``."""
     from pathlib import Path
 
-    import numpy as np
-
     from cryoscape.config import load_config
     from cryoscape.errors import InputError
     from cryoscape.io.pose_output import write_particles_with_poses
     from cryoscape.metadata import Poses
-    from cryoscape.models.poses import load_learned_poses
     from cryoscape.models.registry import get_family
     from cryoscape.rundir import RunDir
 
@@ -56,14 +53,7 @@ def run(args) -> int:
         return _write_tilt_poses(args, run_dir, family, config, out)
     if family.own_input_format:
         raise InputError(f"write-poses writes single-particle files; this run is a {family.name} run", run_dir.path)
-    epoch, learned = load_learned_poses(run_dir.path, args.epoch)
-    particles, _ = family.load_particles(config, apply_ind=False)
-    indices = run_dir.read_indices()
-    if indices is None:
-        indices = np.arange(len(particles), dtype=np.int64)
-    if len(indices) != len(learned["rotations"]):
-        raise InputError(f"the learned poses hold {len(learned['rotations'])} particles but RUN/indices.npy "
-                         f"{len(indices)}", run_dir.path)
+    epoch, learned, particles, indices = _learned_and_input(args, run_dir, family, config)
     poses = Poses(learned["rotations"], learned["shifts_angstrom"])
     written = write_particles_with_poses(particles, indices, poses, out)
     print(f"wrote the poses of epoch {epoch} ({int(learned['refined'].sum())} of {len(indices)} particles refined) "
@@ -71,24 +61,33 @@ def run(args) -> int:
     return 0
 
 
-def _write_tilt_poses(args, run_dir, family, config, out) -> int:
-    """write-poses of a tilt-series run (image-series input): every image of the run's particles, its pose the
-    learned one (``RUN/poses/epoch_NNN.npz`` holds them per image).
+def _learned_and_input(args, run_dir, family, config):
+    """``(epoch, learned pose arrays, the run's whole input, RUN/indices.npy)``, checked to hold one learned pose
+    per trained particle.
     """
     import numpy as np
 
     from cryoscape.errors import InputError
-    from cryoscape.io.tilt_series import write_tilt_poses
     from cryoscape.models.poses import load_learned_poses
 
     epoch, learned = load_learned_poses(run_dir.path, args.epoch)
-    tilts, _ = family.load_particles(config, apply_ind=False)
+    particles, _ = family.load_particles(config, apply_ind=False)
     indices = run_dir.read_indices()
     if indices is None:
-        indices = np.arange(len(tilts), dtype=np.int64)
+        indices = np.arange(len(particles), dtype=np.int64)
     if len(indices) != len(learned["rotvec"]):
         raise InputError(f"the learned poses hold {len(learned['rotvec'])} particles but RUN/indices.npy "
                          f"{len(indices)}", run_dir.path)
+    return epoch, learned, particles, indices
+
+
+def _write_tilt_poses(args, run_dir, family, config, out) -> int:
+    """write-poses of a tilt-series run (image-series input): every image of the run's particles, its pose the
+    learned one (``RUN/poses/epoch_NNN.npz`` holds them per image).
+    """
+    from cryoscape.io.tilt_series import write_tilt_poses
+
+    epoch, learned, tilts, indices = _learned_and_input(args, run_dir, family, config)
     written = write_tilt_poses(tilts, indices, learned["rotations"], learned["shifts_angstrom"], out)
     print(f"wrote the per-tilt poses of epoch {epoch} ({int(learned['refined'].sum())} of {len(indices)} particles "
           f"refined, {len(learned['rotations'])} tilt images) -> {written}")

@@ -513,9 +513,16 @@ class PoseRefiner:
                                          prior_angle=self.prior_angle, prior_shift_px=self.prior_shift_px,
                                          verify=False, shift_grid=self.shift_grid,
                                          anchor=torch.cat([w0, s0], dim=1).float())
+        self._commit_local_step(index, w0, s0, d, t, gather_rows)
+
+    def _commit_local_step(self, index, w0: torch.Tensor, s0: torch.Tensor, d: torch.Tensor, t: torch.Tensor,
+                           gather_rows=None) -> None:
+        """Compose a local step ``(d, t)`` with the rows' corrections ``(w0, s0)`` (``exp([d]x) exp([w0]x)``,
+        ``s0 + t``) and write them into the table (gathered over the processes with ``gather_rows``).
+        """
         w_new = so3_log(so3_exp(d.double()) @ so3_exp(w0.double())).float()
         rows = torch.cat([w_new, (s0 + t).float()], dim=1)
-        idx = index.detach().to(device).long()
+        idx = index.detach().to(w0.device).long()
         if gather_rows is not None:
             idx, rows = gather_rows(idx, rows)
         idx = idx.cpu()
@@ -804,14 +811,7 @@ class TiltPoseRefiner(PoseRefiner):
                                          max_angle=self.max_step, max_shift_px=self.max_shift_px,
                                          prior_angle=self.prior_angle, prior_shift_px=self.prior_shift_px,
                                          verify=True, anchor=torch.cat([w0, s0], dim=1))
-        w_new = so3_log(so3_exp(d.double()) @ so3_exp(w0.double())).float()
-        rows = torch.cat([w_new, (s0 + t).float()], dim=1)
-        idx = index.detach().to(device).long()
-        if gather_rows is not None:
-            idx, rows = gather_rows(idx, rows)
-        idx = idx.cpu()
-        self.table.values[idx] = rows.cpu()
-        self.table.steps[idx] += 1
+        self._commit_local_step(index, w0, s0, d, t, gather_rows)
 
     def learned(self, rotations: np.ndarray, shifts_px: np.ndarray, offsets) -> tuple[np.ndarray, np.ndarray]:
         """The learned per-image ``(rotations (M, 3, 3), origins in pixels (M, 2))`` (float64) of the consensus
