@@ -275,6 +275,19 @@ def _work_name(args) -> str:
     return f"pose_refine_D{args.D}_N{args.n}{extra}"
 
 
+def _with_true_run(args, key: str, measure) -> int:
+    """``measure(true run, sim, perturbed STAR)`` on the data set of ``args``; its result is added to the JSON."""
+    import json
+
+    work = WORK / _work_name(args)
+    result = measure(work / "run_true", work / "sim", work / "sim" / "perturbed.star")
+    record = json.loads(args.output.read_text()) if args.output.is_file() else {}
+    record[key] = result
+    write_json(args.output, record)
+    print(result)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="discrete3", help="simulate preset (default discrete3)")
@@ -308,15 +321,7 @@ def main(argv=None) -> int:
     p.add_argument("-o", "--output", type=Path, default=Path("bench/results/pose_refine.json"))
     args = p.parse_args(argv)
     if args.cost:
-        import json
-
-        work = WORK / _work_name(args)
-        result = step_cost(work / "run_true", work / "sim", work / "sim" / "perturbed.star")
-        record = json.loads(args.output.read_text()) if args.output.is_file() else {}
-        record["step_cost"] = result
-        write_json(args.output, record)
-        print(result)
-        return 0
+        return _with_true_run(args, "step_cost", step_cost)
     if args.add_run:
         import json
 
@@ -352,15 +357,7 @@ def main(argv=None) -> int:
               record["runs"][args.add_run]["fsc_min_to_2/3_nyquist"])
         return 0
     if args.gradient_check:
-        import json
-
-        work = WORK / _work_name(args)
-        result = gradient_alignment(work / "run_true", work / "sim", work / "sim" / "perturbed.star")
-        record = json.loads(args.output.read_text()) if args.output.is_file() else {}
-        record["gradient_alignment"] = result
-        write_json(args.output, record)
-        print(result)
-        return 0
+        return _with_true_run(args, "gradient_alignment", gradient_alignment)
 
     from cryoscape.io.particles import load_particles
     from cryoscape.models.poses import load_learned_poses
