@@ -172,6 +172,9 @@ def test_report_section_of_pose_changes():
     assert float(rows["rotation (degrees)"][3]) == pytest.approx(np.rad2deg(0.3), abs=0.01)
     assert float(rows["shift (pixels)"][3]) == pytest.approx(4.0, abs=0.01)
     assert "Refined poses" in render_html([sec])
+    assert "in-plane shift" in text
+    tilt = pose_section({"rotvec": rotvec, "shift_px": np.zeros((50, 3)), "refined": refined}, ids, epoch=4)
+    assert "3-D shift" in " ".join(tilt.paragraphs)
 
 
 def test_analyze_reports_the_pose_changes(refined_run, tmp_path):

@@ -350,9 +350,11 @@ def pose_section(arrays: Mapping, particle_ids: np.ndarray | None = None, epoch:
     a, s = angle[refined], shift[refined]
     far = refined & ((angle > far_deg) | (shift > far_px))
     when = f" by epoch {epoch}" if epoch is not None else ""
+    tilts = np.asarray(arrays["shift_px"]).shape[-1] == 3  # tilt series: one 3-D shift per particle
+    shift_kind = "3-D shift (one rigid correction for all of a particle's tilts)" if tilts else "in-plane shift"
     sec = Section("Refined poses", paragraphs=[
         f"{int(refined.sum())} of {len(angle)} particles had their poses refined{when} (validation particles keep "
-        "their consensus poses). Change from the consensus: rotation (geodesic angle) and in-plane shift."])
+        f"their consensus poses). Change from the consensus: rotation (geodesic angle) and {shift_kind}."])
     if not refined.any():
         return sec
     rows = [[name, _num(np.median(v), ".2f"), _num(np.percentile(v, 90), ".2f"), _num(v.max(), ".2f")]
