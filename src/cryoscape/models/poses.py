@@ -142,6 +142,32 @@ def best_shift_on_grid(y: torch.Tensor, target: torch.Tensor, half_freqs: torch.
     return grid[score.argmax(dim=1)]
 
 
+def _regularised_step(H: torch.Tensor, g: torch.Tensor, sigma2: torch.Tensor, damping: float,
+                      prior_angle: float | None, prior_shift_px: float | None, total: torch.Tensor | None,
+                      anchor_angle: float, anchor_shift_px: float) -> torch.Tensor:
+    """The step ``-(H + damping diag(H) + sigma^2 P) ^-1 (g + sigma^2 P_a total)`` ``(B, K)`` of a Gauss-Newton
+    system ``H`` ``(B, K, K)``, ``g`` ``(B, K)`` (3 rotation then ``K - 3`` shift parameters) with the step prior
+    ``P = diag(1/prior^2)`` and the anchor prior ``P_a = diag(1/anchor^2)`` on the total correction ``total``
+    (``None``: no anchor); ``sigma2`` ``(B,)`` is each row's residual variance per pixel.
+    """
+    K = H.shape[-1]
+    diag = torch.diagonal(H, dim1=1, dim2=2)
+    floor = 1e-12 * diag.mean(dim=1, keepdim=True).clamp_min(1e-30)
+    Hd = H + torch.diag_embed(damping * diag + floor)
+    inv = torch.zeros(K, dtype=torch.float64, device=H.device)
+    if prior_angle is not None:
+        inv[:3] = 1.0 / float(prior_angle) ** 2
+    if prior_shift_px is not None:
+        inv[3:] = 1.0 / float(prior_shift_px) ** 2
+    if total is not None:
+        inv_a = torch.tensor([1.0 / anchor_angle**2] * 3 + [1.0 / anchor_shift_px**2] * (K - 3),
+                             dtype=torch.float64, device=H.device)
+        inv = inv + inv_a
+        g = g + sigma2[:, None] * inv_a[None] * total
+    Hd = Hd + torch.diag_embed(sigma2[:, None] * inv[None])
+    return -torch.linalg.solve(Hd, g[..., None])[..., 0]
+
+
 def gauss_newton_pose_step(predict, rotations: torch.Tensor, y: torch.Tensor, half_freqs: torch.Tensor,
                            eps: float = 0.01, damping: float = 1e-3, max_angle: float = 0.1,
                            max_shift_px: float = 2.0, prior_angle: float | None = None,
@@ -202,27 +228,14 @@ def gauss_newton_pose_step(predict, rotations: torch.Tensor, y: torch.Tensor, ha
     J[..., 3:] = hartley_translate_jacobian(y, half_freqs).double()
     H = J.transpose(1, 2) @ J  # (B, 5, 5)
     g = (J.transpose(1, 2) @ r[..., None])[..., 0]  # (B, 5)
-    diag = torch.diagonal(H, dim1=1, dim2=2)
-    floor = 1e-12 * diag.mean(dim=1, keepdim=True).clamp_min(1e-30)
-    Hd = H + torch.diag_embed(damping * diag + floor)
     loss0 = (r * r).sum(dim=1)
-    if prior_angle is not None or prior_shift_px is not None:
-        sigma2 = loss0 / r.shape[1]  # (B,) the image's residual variance per pixel
-        inv = torch.zeros(5, dtype=torch.float64, device=r.device)
-        if prior_angle is not None:
-            inv[:3] = 1.0 / float(prior_angle) ** 2
-        if prior_shift_px is not None:
-            inv[3:] = 1.0 / float(prior_shift_px) ** 2
-        Hd = Hd + torch.diag_embed(sigma2[:, None] * inv[None])
+    sigma2 = loss0 / r.shape[1]  # (B,) the image's residual variance per pixel
+    total = None
     if anchor is not None:
-        sigma2 = loss0 / r.shape[1]
-        inv_a = torch.tensor([1.0 / anchor_angle**2] * 3 + [1.0 / anchor_shift_px**2] * 2, dtype=torch.float64,
-                             device=r.device)
-        a = anchor.to(device=r.device, dtype=torch.float64).clone()
-        a[:, 3:] = a[:, 3:] + t0.double()  # the grid shift is already taken
-        Hd = Hd + torch.diag_embed(sigma2[:, None] * inv_a[None])
-        g = g + sigma2[:, None] * inv_a[None] * a
-    step = -torch.linalg.solve(Hd, g[..., None])[..., 0]
+        total = anchor.to(device=r.device, dtype=torch.float64).clone()
+        total[:, 3:] = total[:, 3:] + t0.double()  # the grid shift is already taken
+    step = _regularised_step(H, g, sigma2, damping, prior_angle, prior_shift_px, total, anchor_angle,
+                             anchor_shift_px)
     d, t = step[:, :3], step[:, 3:]
     d = d * (max_angle / d.norm(dim=1, keepdim=True).clamp_min(max_angle))
     t = t * (max_shift_px / t.norm(dim=1, keepdim=True).clamp_min(max_shift_px))
@@ -721,26 +734,11 @@ def gauss_newton_tilt_step(predict, rotations: torch.Tensor, ref: torch.Tensor, 
     JW = J * W[..., None]
     H = torch.einsum("btqi,btqj->bij", JW, J)
     g = torch.einsum("btqi,btq->bi", JW, r)
-    diag = torch.diagonal(H, dim1=1, dim2=2)
-    floor = 1e-12 * diag.mean(dim=1, keepdim=True).clamp_min(1e-30)
-    Hd = H + torch.diag_embed(damping * diag + floor)
     loss0 = (W * r * r).sum(dim=(1, 2))
-    if prior_angle is not None or prior_shift_px is not None:
-        n_scored = (W > 0).sum(dim=(1, 2)).clamp_min(1)
-        sigma2 = loss0 / n_scored
-        inv = torch.zeros(6, dtype=torch.float64, device=r.device)
-        if prior_angle is not None:
-            inv[:3] = 1.0 / float(prior_angle) ** 2
-        if prior_shift_px is not None:
-            inv[3:] = 1.0 / float(prior_shift_px) ** 2
-        Hd = Hd + torch.diag_embed(sigma2[:, None] * inv[None])
-    if anchor is not None:
-        sigma2 = loss0 / (W > 0).sum(dim=(1, 2)).clamp_min(1)
-        inv_a = torch.tensor([1.0 / anchor_angle**2] * 3 + [1.0 / anchor_shift_px**2] * 3, dtype=torch.float64,
-                             device=r.device)
-        Hd = Hd + torch.diag_embed(sigma2[:, None] * inv_a[None])
-        g = g + sigma2[:, None] * inv_a[None] * anchor.to(device=r.device, dtype=torch.float64)
-    step = -torch.linalg.solve(Hd, g[..., None])[..., 0]
+    sigma2 = loss0 / (W > 0).sum(dim=(1, 2)).clamp_min(1)  # (B,) residual variance per scored pixel
+    total = None if anchor is None else anchor.to(device=r.device, dtype=torch.float64)
+    step = _regularised_step(H, g, sigma2, damping, prior_angle, prior_shift_px, total, anchor_angle,
+                             anchor_shift_px)
     d, t = step[:, :3], step[:, 3:]
     d = d * (max_angle / d.norm(dim=1, keepdim=True).clamp_min(max_angle))
     t = t * (max_shift_px / t.norm(dim=1, keepdim=True).clamp_min(max_shift_px))
