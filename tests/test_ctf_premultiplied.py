@@ -218,7 +218,9 @@ def test_cryodrgn_encoder_sees_premultiplied_images_unflipped():
         torch.testing.assert_close(plain.latent_means(batch), plain.encoder(y * sign)[:, :2])
 
 
-def test_tomodrgn_forward_uses_ctf_squared_with_dose_and_tilt_weights():
+def _tomodrgn_pair():
+    """A premultiplied and a plain tomodrgn model with the same weights (D=8, 5 A/px, zdim 0), the batch shape
+    ``(B, T) = (2, 3)`` and per-tilt defoci (A)."""
     import torch
 
     from cryoscape.models.tomodrgn import TomoDRGN
@@ -230,6 +232,13 @@ def test_tomodrgn_forward_uses_ctf_squared_with_dose_and_tilt_weights():
     plain = TomoDRGN(D8, apix, **kw).eval()
     plain.load_state_dict(pre.state_dict())
     defocus = np.array([[9000.0, 12000.0, 15000.0], [20000.0, 21000.0, 22000.0]])
+    return pre, plain, apix, B, T, defocus
+
+
+def test_tomodrgn_forward_uses_ctf_squared_with_dose_and_tilt_weights():
+    import torch
+
+    pre, plain, apix, B, T, defocus = _tomodrgn_pair()
     exposure = np.array([[2.0, 30.0, 60.0], [5.0, 45.0, 20.0]])
     tilt = np.array([[0.0, 20.0, -40.0], [0.0, -10.0, 50.0]])
     rot = torch.from_numpy(_rotations(B * T, 4).reshape(B, T, 3, 3))
@@ -338,15 +347,7 @@ def test_cryodrgn_weighted_premultiplied_loss_matches_plain_loss_without_noise()
 def test_tomodrgn_weighted_premultiplied_loss_matches_plain_loss_without_noise():
     import torch
 
-    from cryoscape.models.tomodrgn import TomoDRGN
-
-    torch.manual_seed(0)
-    D8, apix, B, T = 8, 5.0, 2, 3
-    kw = dict(ntilts=None, zdim=0, dec_dim=16, dec_layers=1)
-    pre = TomoDRGN(D8, apix, ctf_premultiplied=True, **kw).eval()
-    plain = TomoDRGN(D8, apix, **kw).eval()
-    plain.load_state_dict(pre.state_dict())
-    defocus = np.array([[9000.0, 12000.0, 15000.0], [20000.0, 21000.0, 22000.0]])
+    pre, plain, apix, B, T, defocus = _tomodrgn_pair()
     batch = {"rot": torch.from_numpy(_rotations(B * T, 4).reshape(B, T, 3, 3)),
              "ctf": torch.from_numpy(_ctf_params(defocus)).float(),
              "exposure": torch.tensor([[2.0, 30.0, 60.0], [5.0, 45.0, 20.0]]),
