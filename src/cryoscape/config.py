@@ -255,6 +255,10 @@ class TrainConfig:
     pose_method: str = "local"  # local: a Gauss-Newton step per particle per visit; sgd: per-particle Adam
     pose_search_radius: float = 0.5  # local: compared pixels within this fraction of Nyquist
     load: str | None = None  # start from the model weights of this run folder or checkpoint file (train --load)
+    # ab initio (cryoscape abinit; models/pose_search.py): poses searched from scratch, the file's ignored
+    abinit: bool = False
+    search_epochs: int = 10  # at most this many search epochs, then local refinement (earlier once poses are stable)
+    pretrain_images: int = 1000  # training images on the initial random poses before the first search
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -271,6 +275,10 @@ class TrainConfig:
             raise InputError(f"--refine-start must be >= 1 (an epoch number), got {self.refine_start}")
         if self.pose_method not in ("local", "sgd"):
             raise InputError(f"--pose-method must be local or sgd, got {self.pose_method!r}")
+        if self.search_epochs < 1:
+            raise InputError(f"--search-epochs must be >= 1, got {self.search_epochs}")
+        if self.pretrain_images < 0:
+            raise InputError(f"--pretrain must be >= 0 (images), got {self.pretrain_images}")
         if not 0.0 < self.pose_search_radius <= 1.0:
             raise InputError(f"--pose-search-radius must be in (0, 1] (a fraction of Nyquist), got "
                              f"{self.pose_search_radius}")

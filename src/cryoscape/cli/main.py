@@ -20,6 +20,7 @@ from cryoscape.utils.malloc import keep_freed_memory
 COMMANDS: dict[str, str] = {
     "demo": "demo",
     "train": "train",
+    "abinit": "abinit",
     "eval-images": "eval_images",
     "eval-vol": "eval_vol",
     "analyze": "analyze",

@@ -217,6 +217,46 @@ class CryoDRGN(FamilyModel):
         return predict
 
     @torch.no_grad()
+    def pose_search_predictor(self, batch: dict[str, torch.Tensor], half: torch.Tensor, radius_cycles: float,
+                              oversample: float | None = None):
+        """For ab initio pose search (:mod:`cryoscape.models.pose_search`): a
+        :class:`~cryoscape.models.pose_search.SearchPredictor` of the batch's images at the half-plane positions
+        ``half`` ``(M',)`` (``[half, mates, DC]`` order), all within ``radius_cycles`` (cycles/pixel).
+
+        The decoder is evaluated once on a Cartesian grid of the ball of that radius (spacing ``1 / (oversample
+        D)``; default oversampling 2 for the homogeneous model, whose one grid serves every image, and 1 for a
+        heterogeneous one, one grid per image at its posterior-mean latent) and the slices of any rotation are its
+        trilinear samples.
+        """
+        from cryoscape.models.pose_search import SearchPredictor, decoder_grid, sample_slices
+
+        y = batch["y"]
+        ctf = self.ctf_values(batch.get("ctf"))
+        z = self.encode(y, ctf)[0] if self.zdim > 0 else None
+        m = self.pixels.n_half
+        positions = torch.cat([half, half + m, torch.tensor([2 * m], device=half.device)])
+        transfer = None if ctf is None else self.transfer(ctf[:, positions])
+        weight = None if ctf is None or not self.ctf_premultiplied else premultiplied_weights(ctf[:, positions])
+        os_ = float(oversample if oversample is not None else (2.0 if z is None else 1.0))
+        spacing = 1.0 / (os_ * self.D)
+        b = 1 if z is None else z.shape[0]
+        grid = decoder_grid(lambda q: self.decoder(q, z), float(radius_cycles), spacing, b, y.device)
+        freqs = torch.cat([self.freqs[half], self.freqs[:1] * 0.0])  # the half-plane points and DC
+
+        def slices(rotations: torch.Tensor) -> torch.Tensor:
+            single = rotations.dim() == 3
+            rots = rotations[None] if single else rotations
+            if z is None and rots.shape[0] > 1:  # one grid, several rotation sets: sample them as one
+                B, R = rots.shape[:2]
+                out = sample_slices(grid, spacing, rots.reshape(1, B * R, 3, 3), freqs).reshape(B, R, -1, 2)
+            else:
+                out = sample_slices(grid, spacing, rots, freqs)
+            values = hartley_from_half_plane(out, half.numel())
+            return values[0] if single else values
+
+        return SearchPredictor(slices=slices, transfer=transfer, weight=weight, shared=z is None)
+
+    @torch.no_grad()
     def latent_means(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Posterior means ``(B, zdim)`` of a batch."""
         return self.encode(batch["y"], self.ctf_values(batch.get("ctf")))[0]
@@ -274,6 +314,7 @@ class CryoDRGNFamily(ModelFamily):
     default_lr = 1e-3
     data_state = ("pixel_size_angstrom", "norm_std")
     refines_poses = True  # train --refine-poses (models/poses.py)
+    searches_poses = True  # cryoscape abinit (models/pose_search.py, CryoDRGN.pose_search_predictor)
 
     def validate(self, config):
         """The shared checks, and ``--focus-mask``'s: it needs a consensus map (``cryoscape train`` makes one) and

@@ -75,6 +75,7 @@ class ModelFamily:
     # whether ``train --refine-poses`` is supported (slice-based data providers: ``batch`` gives ``index``, ``rot``
     # and Hartley pixels ``y`` in ``data.pixels`` order; see :meth:`make_pose_refiner`)
     refines_poses: bool = False
+    searches_poses: bool = False  # cryoscape abinit (the model has pose_search_predictor; models/pose_search.py)
 
     # -- configuration -------------------------------------------------------------------------------------
     def with_defaults(self, config: RunConfig) -> RunConfig:
@@ -94,6 +95,15 @@ class ModelFamily:
         ``--refine-poses``). Another family's own options cannot be set: they are fields of that family's section
         (``RunConfig.model``), and the command line refuses them (``cli.train.config_from_args``).
         """
+        t = config.train
+        if t.abinit:
+            if not self.searches_poses:
+                raise InputError(f"cryoscape abinit does not support --model {self.name} yet (only cryodrgn)")
+            if t.refine_poses:
+                raise InputError("cryoscape abinit refines the poses it finds itself; leave out --refine-poses")
+            if config.data.val_frac > 0:
+                raise InputError(f"cryoscape abinit searches the pose of every particle: --val-frac must be 0, got "
+                                 f"{config.data.val_frac}")
         if config.train.refine_poses and not self.refines_poses:
             raise InputError(f"--refine-poses is not supported by --model {self.name} (only by the cryodrgn and "
                              "tomodrgn families)")
@@ -169,6 +179,13 @@ class ModelFamily:
         without); default: per-particle corrections of a slice-based provider (``data.pixels``).
         """
         t = config.train
+        if t.abinit:
+            from cryoscape.models.pose_search import PoseSearcher
+
+            return PoseSearcher(len(data), data.pixels.half_freqs(), D=int(data.D),
+                                pixel_size_angstrom=float(data.pixel_size_angstrom), seed=t.seed,
+                                pretrain_images=t.pretrain_images, max_search_epochs=t.search_epochs,
+                                min_search_epochs=min(3, t.search_epochs), search_radius=t.pose_search_radius)
         if not t.refine_poses:
             return None
         from cryoscape.models.poses import PoseRefiner

@@ -542,6 +542,9 @@ class PoseRefiner:
         self.table.values[idx] = rows.cpu()
         self.table.steps[idx] += 1
 
+    def observe(self, terms: dict) -> None:
+        """The loss terms of the training step just taken (the engine reports them; a no-op here)."""
+
     @torch.no_grad()
     def corrected(self, batch):
         """The batch with the learned corrections applied (no gradient; latents, evaluation)."""

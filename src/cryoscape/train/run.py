@@ -50,7 +50,17 @@ def load_training_particles(config: RunConfig):
     """The particle set named by ``config.data`` (with ``--ind`` applied) and the original indices: the family's
     :meth:`~cryoscape.models.family.ModelFamily.load_particles` (tomoDRGN reads its tilt series).
     """
-    return get_family(config.model.family).load_particles(config)
+    particles, indices = get_family(config.model.family).load_particles(config)
+    if config.train.abinit:  # cryoscape abinit: the search starts from nothing
+        from cryoscape.metadata import Poses
+
+        if particles.poses is not None:
+            log.info(f"abinit: the poses in {config.data.poses or config.data.particles} are ignored (poses are "
+                     "searched from scratch)")
+        n = len(particles)
+        particles = dataclasses.replace(particles, poses=Poses(np.broadcast_to(np.eye(3), (n, 3, 3)).copy(),
+                                                               np.zeros((n, 2))))
+    return particles, indices
 
 
 def with_absolute_paths(config: RunConfig) -> RunConfig:
@@ -212,7 +222,14 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
                      f"{t.epochs}")
         else:
             log.info(f"resuming from {resume_from} after epoch {done}; training to epoch {t.epochs}")
-    if engine.pose_refiner is not None:
+    if t.abinit:
+        ps = engine.pose_refiner
+        log.info(f"abinit: searching the poses of all {len(train_pos)} particles from random ones: global grid of "
+                 f"{ps.base_level_size} rotations x {len(ps.global_shifts)} shifts (+-{ps.shift_extent_px:g} px), "
+                 f"refined to {ps.final_spacing_deg:g} deg; lattice radius {ps.radius_start_px:g} -> "
+                 f"{ps.radius_end_px:g} px over up to {t.search_epochs} search epochs, then local refinement; "
+                 f"the first {t.pretrain_images} images train on the random poses")
+    elif engine.pose_refiner is not None:
         pr = engine.pose_refiner
         how = (f"one Gauss-Newton step per particle per epoch on the pixels within {t.pose_search_radius:g} x "
                f"Nyquist" if pr.method == "local" else

@@ -1,0 +1,446 @@
+"""Ab initio pose estimation: hierarchical search over SO(3) x in-plane shifts (``cryoscape abinit``).
+
+Each particle's pose is found by comparing its image with the model's CTF-modulated central slices at every
+rotation of a uniform HEALPix grid (:mod:`cryoscape.imaging.so3_grid`, level ``base_level``: 576 rotations 30
+degrees apart at level 1) and every shift of a square grid, on the Fourier pixels within the current *lattice
+radius* only (low resolution first), then refining the ``top_k`` best rotations on the finer grids below them (the
+8 children of each, ``n_levels`` times: 3.75 degrees after three levels from level 1) while halving the shift step.
+The score is the training loss itself, the (weighted) squared error::
+
+    E(b, r, t) = sum_p w_bp (T_t y_bp - c_bp P_r[p])^2
+               = sum_p w y_t^2 - 2 sum_p (w c y_t) P_r + sum_p (w c^2) P_r^2
+
+so that for the homogeneous model, whose slices ``P_r`` are the same for every image, the global level is one
+matrix product ``(B S, P) @ (P, R)`` for all images ``b``, shifts ``t`` (applied to the images as phase factors,
+:func:`~cryoscape.models.poses.hartley_translate`) and rotations ``r`` at once.
+
+The slices come from the decoder evaluated once per batch on a Cartesian 3-D grid of the low-resolution Fourier
+ball (spacing ``1 / (oversample D)`` cycles/pixel; for a heterogeneous model one grid per image, at the image's
+posterior-mean latent) and sampled at the rotated lattice points by trilinear interpolation: one decoder pass for
+any number of rotations. :class:`SearchPredictor` is what a model returns for this (``pose_search_predictor``).
+
+:class:`PoseSearcher` runs the search inside training (the engine's pose-refiner hook): the poses start as uniform
+random rotations; the first ``pretrain_images`` images of training use them as they are (the decoder learns a first
+blob), then every training batch of a *search epoch* is searched against the current decoder before its training
+step, the lattice radius growing from ``radius_start_px`` to ``radius_end_px`` over the search epochs. Once few
+poses still move (fewer than ``stable_fraction`` of the particles moved by more than twice the finest grid spacing
+in the last search epoch, after at least ``min_search_epochs``; at the latest after ``max_search_epochs``) the
+searcher switches to the local Gauss-Newton steps of :class:`~cryoscape.models.poses.PoseRefiner` (``--pose-method
+local`` of ``train --refine-poses``) for the remaining epochs. The poses are stored as the pose table's corrections
+of identity rotations and zero origins, so the run folder's learned poses (``RUN/poses/``) are the estimated poses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cryoscape.imaging import so3_grid
+from cryoscape.models.poses import PoseRefiner, _get, hartley_translate, so3_log
+
+log = logging.getLogger("cryoscape")
+
+__all__ = ["SearchPredictor", "decoder_grid", "sample_slices", "shift_grid", "hierarchical_search", "PoseSearcher",
+           "random_rotations", "search_radii"]
+
+
+@dataclasses.dataclass
+class SearchPredictor:
+    """The model's predicted images for a pose search of one batch.
+
+    ``slices(rotations)``: rotations ``(R, 3, 3)`` (``shared``: the same slices for every image, the homogeneous
+    model) or ``(B, R, 3, 3)`` (one set per image; also accepted when ``shared``) -> Hartley values ``(R, P')`` or
+    ``(B, R, P')`` at the searched positions (``[half, mates, DC]`` order), *without* the CTF.
+    ``transfer``: ``(B, P')`` what multiplies a slice (the CTF, or its square for premultiplied images; ``None``:
+    no CTF). ``weight``: ``(B, P')`` per-pixel weights of the squared error (``None``: 1).
+    """
+
+    slices: Callable[[torch.Tensor], torch.Tensor]
+    transfer: torch.Tensor | None
+    weight: torch.Tensor | None
+    shared: bool
+
+
+def decoder_grid(decode: Callable[[torch.Tensor], torch.Tensor], radius_cycles: float, spacing_cycles: float,
+                 batch: int, device, chunk: int = 65536) -> torch.Tensor:
+    """The decoder's raw output on a Cartesian grid of the Fourier ball, for trilinear sampling.
+
+    ``decode(coords (b, n, 3)) -> (b, n, C)``, coordinates ``(kx, ky, kz)`` in cycles/pixel; evaluated on the grid
+    points ``k = (i - G) * spacing_cycles`` (``i = 0 .. 2G``, ``G = ceil(radius / spacing) + 1``) within the ball of
+    radius ``radius_cycles + 2 spacing`` (zero outside), ``chunk // batch`` points per call. Returns ``(batch, C,
+    2G+1, 2G+1, 2G+1)`` in ``[z, y, x]`` order (``torch.nn.functional.grid_sample``'s layout).
+    """
+    G = int(math.ceil(radius_cycles / spacing_cycles)) + 1
+    k = (torch.arange(2 * G + 1, device=device, dtype=torch.float32) - G) * spacing_cycles
+    coords = torch.stack(torch.meshgrid(k, k, k, indexing="ij"), dim=-1).flip(-1).reshape(-1, 3)  # (x, y, z)
+    inside = torch.nonzero(coords.norm(dim=1) <= radius_cycles + 2.0 * spacing_cycles).squeeze(1)
+    out = None
+    step = max(1, chunk // max(1, batch))
+    for start in range(0, inside.numel(), step):
+        idx = inside[start : start + step]
+        values = decode(coords[idx][None].expand(batch, -1, -1)).float()  # (batch, n, C)
+        if out is None:
+            out = torch.zeros(batch, values.shape[-1], coords.shape[0], device=device)
+        out[:, :, idx] = values.transpose(1, 2)
+    assert out is not None
+    return out.reshape(batch, -1, 2 * G + 1, 2 * G + 1, 2 * G + 1)
+
+
+def sample_slices(grid: torch.Tensor, spacing_cycles: float, rotations: torch.Tensor, freqs: torch.Tensor
+                  ) -> torch.Tensor:
+    """Trilinear samples of ``grid`` (:func:`decoder_grid`, ``(b, C, n, n, n)``) at the central-slice points
+    ``[kx, ky, 0] @ A`` of ``freqs`` ``(P, 2)`` (cycles/pixel) for ``rotations`` ``(b, R, 3, 3)`` (``b`` = the
+    grid's batch; ``b = 1`` grids serve any number of rotation sets given as ``(1, R, 3, 3)``). Returns
+    ``(b, R, P, C)``.
+    """
+    b, R = rotations.shape[:2]
+    n = grid.shape[-1]
+    half_extent = (n - 1) / 2 * spacing_cycles
+    q = freqs.to(rotations.dtype) @ rotations[..., :2, :]  # (b, R, P, 3): kx A[0] + ky A[1]
+    q = (q / half_extent).reshape(b, R, -1, 1, 3)  # grid_sample's (x, y, z) in [-1, 1]
+    out = F.grid_sample(grid, q.to(grid.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.reshape(b, grid.shape[1], R, -1).permute(0, 2, 3, 1)  # (b, R, P, C)
+
+
+def shift_grid(extent_px: float, step_px: float, device=None) -> torch.Tensor:
+    """Shifts ``(S, 2)`` in pixels on a square grid of spacing ``step_px`` within ``|t_x|, |t_y| <= extent_px``
+    (the origin included).
+    """
+    n = int(math.floor(extent_px / step_px + 1e-9))
+    g = torch.arange(-n, n + 1, dtype=torch.float32, device=device) * step_px
+    return torch.stack(torch.meshgrid(g, g, indexing="ij"), dim=-1).reshape(-1, 2)
+
+
+def _translated(y: torch.Tensor, freqs: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """``y`` ``(B, P)`` translated by every shift of ``shifts`` ``(S, 2)`` or ``(B, S, 2)`` -> ``(B, S, P)``."""
+    B, P = y.shape
+    if shifts.dim() == 2:
+        shifts = shifts[None].expand(B, -1, -1)
+    S = shifts.shape[1]
+    out = hartley_translate(y[:, None].expand(B, S, P).reshape(B * S, P), freqs, shifts.reshape(B * S, 2))
+    return out.reshape(B, S, P)
+
+
+def _errors_shared(y_t: torch.Tensor, slices: torch.Tensor, transfer, weight) -> torch.Tensor:
+    """Squared errors ``(B, S, R)`` of translated images ``y_t`` ``(B, S, P)`` against shared slices ``(R, P)``."""
+    w = torch.ones_like(y_t[:, 0]) if weight is None else weight  # (B, P)
+    c = torch.ones_like(w) if transfer is None else transfer
+    a = (w[:, None] * y_t * y_t).sum(-1)  # (B, S)
+    cross = (y_t * (w * c)[:, None]) @ slices.T  # (B, S, R)
+    norm = (w * c * c) @ (slices * slices).T  # (B, R)
+    return a[:, :, None] - 2.0 * cross + norm[:, None, :]
+
+
+def _errors_per_image(y_t: torch.Tensor, slices: torch.Tensor, transfer, weight) -> torch.Tensor:
+    """Squared errors ``(B, S, R)`` of translated images ``y_t`` ``(B, S, P)`` against per-image slices
+    ``(B, R, P)``.
+    """
+    w = torch.ones_like(y_t[:, 0]) if weight is None else weight  # (B, P)
+    c = torch.ones_like(w) if transfer is None else transfer
+    a = (w[:, None] * y_t * y_t).sum(-1)  # (B, S)
+    cross = torch.bmm(y_t * (w * c)[:, None], slices.transpose(1, 2))  # (B, S, R)
+    norm = ((w * c * c)[:, None] * slices * slices).sum(-1)  # (B, R)
+    return a[:, :, None] - 2.0 * cross + norm[:, None, :]
+
+
+def _errors_own(y_t: torch.Tensor, slices: torch.Tensor, transfer, weight) -> torch.Tensor:
+    """Squared errors ``(B, K, S)`` of per-candidate translated images ``y_t`` ``(B, K, S, P)`` against the
+    candidates' slices ``(B, K, P)``.
+    """
+    pred = slices if transfer is None else slices * transfer[:, None]
+    diff = y_t - pred[:, :, None]
+    sq = diff * diff
+    if weight is not None:
+        sq = sq * weight[:, None, None]
+    return sq.sum(-1)
+
+
+@torch.no_grad()
+def hierarchical_search(predictor: SearchPredictor, y: torch.Tensor, freqs: torch.Tensor, base_level: int = 1,
+                        n_levels: int = 3, top_k: int = 8, shift_extent_px: float = 4.0, shift_step_px: float = 2.0,
+                        chunk: int = 1152) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The best pose of each image of a batch by a coarse-to-fine search over rotations and in-plane shifts.
+
+    Parameters
+    ----------
+    predictor : the model's :class:`SearchPredictor` for the batch.
+    y : ``(B, P')`` the images' Hartley values at the searched positions (``[half (M'), mates (M'), DC]``).
+    freqs : ``(M', 2)`` the half-plane frequencies (cycles/pixel) of those positions.
+    base_level : level of the global :mod:`~cryoscape.imaging.so3_grid` (every rotation scored).
+    n_levels : finer levels searched below the ``top_k`` best rotations of the level above (8 children each).
+    shift_extent_px, shift_step_px : square grid of shifts of the global level; each finer level searches the 3 x 3
+        shifts around its parent's best one at half the previous step.
+    chunk : rotations per block of the global level (memory ``B x S x chunk`` scores and ``B x chunk x P'`` slices).
+
+    Returns
+    -------
+    ``(rotations (B, 3, 3) float64, shifts (B, 2) pixels, error (B,))``: the RELION matrices ``A`` and the shifts
+    ``t`` that best bring ``T_t y`` onto the prediction (apply them as the pose and the image translation), and
+    the squared error there.
+    """
+    device = y.device
+    B = y.shape[0]
+    freqs = freqs.to(device=device, dtype=torch.float32)
+    y = y.float()
+    shifts0 = shift_grid(shift_extent_px, shift_step_px, device)  # (S, 2)
+    y_t = _translated(y, freqs, shifts0)  # (B, S, P)
+    rot0 = torch.as_tensor(so3_grid.grid_rotations(base_level), dtype=torch.float32, device=device)
+    R = rot0.shape[0]
+    best_err = torch.empty(B, R, device=device)
+    best_shift = torch.empty(B, R, dtype=torch.long, device=device)
+    for start in range(0, R, chunk):
+        rots = rot0[start : start + chunk]
+        if predictor.shared:
+            err = _errors_shared(y_t, predictor.slices(rots), predictor.transfer, predictor.weight)  # (B, S, r)
+        else:
+            sl = predictor.slices(rots[None].expand(B, -1, -1, -1))  # (B, r, P)
+            err = _errors_per_image(y_t, sl, predictor.transfer, predictor.weight)  # (B, S, r)
+        e, s = err.min(dim=1)
+        best_err[:, start : start + chunk] = e
+        best_shift[:, start : start + chunk] = s
+    k = min(top_k, R)
+    err_k, idx_k = best_err.topk(k, dim=1, largest=False)  # (B, k)
+    shift_k = shifts0[best_shift.gather(1, idx_k)]  # (B, k, 2)
+    idx_k_np = idx_k.cpu().numpy()
+    level = base_level
+    step = shift_step_px
+    offsets = shift_grid(1.0, 1.0, device)  # (9, 2) unit offsets
+    for _ in range(n_levels):
+        level += 1
+        step = step / 2.0
+        children = so3_grid.child_indices(level - 1, idx_k_np).reshape(B, -1)  # (B, 8k)
+        rots = torch.as_tensor(so3_grid.grid_rotations(level, children), dtype=torch.float32, device=device)
+        K = children.shape[1]
+        parent_shift = shift_k.repeat_interleave(8, dim=1)  # (B, 8k, 2): the children of candidate j follow it
+        cand_shifts = parent_shift[:, :, None, :] + step * offsets[None, None]  # (B, K, 9, 2)
+        y_c = _translated(y, freqs, cand_shifts.reshape(B, K * 9, 2)).reshape(B, K, 9, -1)
+        sl = predictor.slices(rots)  # (B, K, P)
+        err = _errors_own(y_c, sl, predictor.transfer, predictor.weight)  # (B, K, 9)
+        e, s = err.min(dim=2)  # (B, K)
+        k = min(top_k, K)
+        err_k, pick = e.topk(k, dim=1, largest=False)
+        idx_k_np = np.take_along_axis(children, pick.cpu().numpy(), axis=1)
+        chosen_shift = cand_shifts.gather(2, s[:, :, None, None].expand(-1, -1, 1, 2)).squeeze(2)  # (B, K, 2)
+        shift_k = chosen_shift.gather(1, pick[:, :, None].expand(-1, -1, 2))
+    best = so3_grid.grid_rotations(level, idx_k_np[:, 0])
+    return torch.as_tensor(best, dtype=torch.float64), shift_k[:, 0].cpu(), err_k[:, 0].cpu()
+
+
+def random_rotations(n: int, seed: int) -> np.ndarray:
+    """``n`` uniformly distributed rotation matrices ``(n, 3, 3)`` (float64), reproducibly from ``seed``."""
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.random(n, random_state=np.random.default_rng(seed)).as_matrix()
+
+
+def search_radii(D: int) -> tuple[float, float]:
+    """Default lattice radii (pixels) of the search at the first and the last search epoch for box ``D``:
+    ``D/8`` and ``D/4``, at least 5 and 8 and at most 16 and 32 pixels (beyond 32 the grid of the decoder's
+    values costs more than the training step; at D=128 and 1.5 A/px the search reaches 6 A).
+    """
+    return float(min(16, max(5, D // 8))), float(min(32, max(8, D // 4)))
+
+
+class PoseSearcher(PoseRefiner):
+    """Ab initio poses inside training: search epochs, then local refinement (module docstring).
+
+    Parameters
+    ----------
+    n : particles of the data provider; ``half_freqs`` ``(M, 2)``: its half-plane frequencies (cycles/pixel).
+    D : box; ``pixel_size_angstrom``: for the log's resolutions; ``seed``: of the random initial rotations.
+    train_positions : the particles searched (the others, e.g. validation, keep their random rotations).
+    pretrain_images : training images, from the start, that use the initial random poses before searching.
+    min_search_epochs, max_search_epochs, stable_fraction : when to switch to local refinement (module docstring).
+    base_level, n_levels, top_k, shift_extent_px, shift_step_px : :func:`hierarchical_search`.
+    radius_start_px, radius_end_px : lattice radius of the first and the last search epoch.
+    search_radius : fraction of Nyquist compared by the local steps afterwards.
+    """
+
+    def __init__(self, n: int, half_freqs: torch.Tensor, D: int, pixel_size_angstrom: float, seed: int = 0,
+                 train_positions=None, pretrain_images: int = 1000, min_search_epochs: int = 3,
+                 max_search_epochs: int = 10, stable_fraction: float = 0.1, base_level: int = 1, n_levels: int = 3,
+                 top_k: int = 8, shift_extent_px: float | None = None, shift_step_px: float | None = None,
+                 radius_start_px: float | None = None, radius_end_px: float | None = None,
+                 search_radius: float = 0.5):
+        super().__init__(n, half_freqs, lr=0.0, start_epoch=1, method="local", search_radius=search_radius)
+        self.D = int(D)
+        self.apix = float(pixel_size_angstrom)
+        r0, r1 = search_radii(self.D)
+        self.radius_start_px = float(radius_start_px if radius_start_px is not None else r0)
+        self.radius_end_px = float(radius_end_px if radius_end_px is not None else r1)
+        self.pretrain_images = int(pretrain_images)
+        self.min_search_epochs = int(min_search_epochs)
+        self.max_search_epochs = max(1, int(max_search_epochs))
+        self.stable_fraction = float(stable_fraction)
+        self.base_level, self.n_levels, self.top_k = int(base_level), int(n_levels), int(top_k)
+        # shifts: the global grid covers +-10 % of the box (real particles are centred to a few percent)
+        self.shift_extent_px = float(shift_extent_px if shift_extent_px is not None else max(2.0, round(0.1 * D)))
+        self.shift_step_px = float(shift_step_px if shift_step_px is not None
+                                   else max(1.0, self.shift_extent_px / 3.0))
+        self.final_spacing_deg = so3_grid.grid_spacing_deg(self.base_level + self.n_levels)
+        self.base_level_size = so3_grid.grid_size(self.base_level)
+        self.global_shifts = shift_grid(self.shift_extent_px, self.shift_step_px)
+        rng_rot = random_rotations(n, seed)
+        self.table.values[:, :3] = so3_log(torch.as_tensor(rng_rot)).float()
+        self.n_searched_particles = n if train_positions is None else len(train_positions)
+        # state (checkpointed): images trained on, the epoch the local phase starts (0: not yet), per-epoch counts
+        self.images_seen = 0
+        self.local_from = 0
+        self.epoch_counts = {"searched": 0, "moved": 0, "error": 0.0}
+        self.history: list[dict] = []
+        self._last_log = time.monotonic()
+        self._last_loss = float("nan")
+        self._counted_epoch = 1
+
+    # -- the schedule -------------------------------------------------------------------------------------------
+    def phase(self, epoch: int) -> str:
+        """``search`` or ``local`` in ``epoch``."""
+        return "local" if self.local_from and epoch >= self.local_from else "search"
+
+    def lattice_radius_px(self, epoch: int) -> float:
+        """Lattice radius (pixels) of the search in ``epoch``: linear from the start to the end radius over
+        ``max_search_epochs``.
+        """
+        if self.max_search_epochs <= 1:
+            return self.radius_end_px
+        t = min(1.0, (int(epoch) - 1) / (self.max_search_epochs - 1))
+        return self.radius_start_px + t * (self.radius_end_px - self.radius_start_px)
+
+    def radius(self, epoch: int) -> float:
+        """Compared pixels of the local steps (a fraction of Nyquist): ``search_radius`` throughout."""
+        return self.search_radius
+
+    def active(self, epoch: int) -> bool:
+        """Always (every epoch searches or refines); closes the previous epoch's counts when a new one starts."""
+        if int(epoch) != self._counted_epoch:
+            self._end_epoch(self._counted_epoch)
+            self._counted_epoch = int(epoch)
+        self._epoch = int(epoch)
+        return True
+
+    def _end_epoch(self, epoch: int) -> None:
+        """Close ``epoch``'s counts; decide whether the next epoch refines locally."""
+        c = self.epoch_counts
+        if c["searched"] == 0:
+            return
+        frac = c["moved"] / c["searched"]
+        self.history.append({"epoch": epoch, "searched": c["searched"], "moved_fraction": frac,
+                             "radius_px": self.lattice_radius_px(epoch), "error": c["error"] / c["searched"]})
+        log.info(f"abinit epoch {epoch}: searched {c['searched']} particles at lattice radius "
+                 f"{self.lattice_radius_px(epoch):.1f} px; {100 * frac:.1f} % moved by more than "
+                 f"{2 * self.final_spacing_deg:g} deg; mean search error {c['error'] / c['searched']:.4g}")
+        stable = epoch >= self.min_search_epochs and frac < self.stable_fraction
+        if not self.local_from and (stable or epoch >= self.max_search_epochs):
+            self.local_from = epoch + 1
+            why = (f"{100 * frac:.1f} % of the poses moved by more than {2 * self.final_spacing_deg:g} deg"
+                   if stable else f"the last of {self.max_search_epochs} search epochs")
+            log.info(f"abinit: poses stable after epoch {epoch} ({why}); local refinement from epoch {epoch + 1}")
+        self.epoch_counts = {"searched": 0, "moved": 0, "error": 0.0}
+
+    # -- one batch ----------------------------------------------------------------------------------------------
+    def prepare(self, batch, model=None, gather_rows=None):
+        """The batch with its particles' poses: the random initial ones while pretraining, freshly searched ones
+        in a search epoch (:meth:`search_update`), one local step each afterwards (``PoseRefiner``).
+        """
+        index = _get(batch, "index")
+        if self.phase(self._epoch) == "local":
+            out = super().prepare(batch, model, gather_rows)
+        elif self.images_seen < self.pretrain_images:
+            out = self.corrected(batch)
+        else:
+            if model is None:
+                raise ValueError("PoseSearcher.prepare needs the model")
+            self.search_update(model, batch, gather_rows)
+            out = self.corrected(batch)
+        self.images_seen += int(index.numel())
+        self._maybe_log()
+        return out
+
+    @torch.no_grad()
+    def search_update(self, model, batch, gather_rows=None) -> None:
+        """Search the poses of the batch's particles against ``model.pose_search_predictor`` and write them into
+        the table (gathered over the processes with ``gather_rows``).
+        """
+        index = _get(batch, "index")
+        y_full = _get(batch, "y")
+        device = y_full.device
+        radius = self.lattice_radius_px(self._epoch) / self.D  # cycles/pixel
+        half, positions, freqs = self._local_pixels(device, 2.0 * radius)  # within radius (fraction 2r of Nyquist)
+        # the search sees the images as the provider gives them (consensus = identity, zero origin)
+        predictor = model.pose_search_predictor(batch, half, radius)
+        A, t, err = hierarchical_search(predictor, y_full[:, positions].float(), freqs, self.base_level,
+                                        self.n_levels, self.top_k, self.shift_extent_px, self.shift_step_px)
+        w_old, _ = self.table.take(index, "cpu")
+        w_new = so3_log(A).float()
+        moved = _angle_deg(w_old.detach().double(), w_new.double()) > 2.0 * self.final_spacing_deg
+        rows = torch.cat([w_new, t.float()], dim=1).to(device)
+        idx = index.detach().to(device).long()
+        stats = torch.tensor([[float(moved.sum()), float(err.sum()), float(len(err))]], device=device)
+        if gather_rows is not None:
+            idx, rows, stats = gather_rows(idx, rows, stats)
+        self.table.values[idx.cpu()] = rows.cpu()
+        self.table.steps[idx.cpu()] += 1
+        total = stats.sum(0).cpu()
+        npix = max(1, positions.numel())
+        self.epoch_counts["moved"] += int(total[0])
+        self.epoch_counts["error"] += float(total[1]) / npix
+        self.epoch_counts["searched"] += int(total[2])
+
+    def observe(self, terms: dict) -> None:
+        """The loss terms of the training step just taken (for the log lines)."""
+        if "loss" in terms:
+            self._last_loss = float(terms["loss"])
+
+    def _maybe_log(self, every_s: float = 60.0) -> None:
+        now = time.monotonic()
+        if now - self._last_log < every_s:
+            return
+        self._last_log = now
+        log.info(self.progress_line())
+
+    def progress_line(self) -> str:
+        """The log line a user follows: phase, lattice radius (pixels and Angstrom), share of moved poses, loss."""
+        e = self._epoch
+        c = self.epoch_counts
+        if self.phase(e) == "local":
+            what = f"local refinement (pixels within {self.search_radius:g} x Nyquist)"
+        elif self.images_seen < self.pretrain_images:
+            what = f"pretraining on random poses ({self.images_seen}/{self.pretrain_images} images)"
+        else:
+            r = self.lattice_radius_px(e)
+            moved = f"{100 * c['moved'] / c['searched']:.1f} %" if c["searched"] else "-"
+            what = (f"search, lattice radius {r:.1f} px ({self.D * self.apix / r:.1f} A), {c['searched']} "
+                    f"particles searched this epoch, {moved} moved > {2 * self.final_spacing_deg:g} deg")
+        return f"abinit epoch {e}: {what}, loss {self._last_loss:.5g}"
+
+    # -- state ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The table and the search's progress (images seen, phase, the epoch's counts, history)."""
+        return {**super().state_dict(), "images_seen": self.images_seen, "local_from": self.local_from,
+                "epoch_counts": dict(self.epoch_counts), "history": list(self.history),
+                "counted_epoch": self._counted_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        super().load_state_dict(state)
+        self.images_seen = int(state.get("images_seen", 0))
+        self.local_from = int(state.get("local_from", 0))
+        self.epoch_counts = dict(state.get("epoch_counts", {"searched": 0, "moved": 0, "error": 0.0}))
+        self.history = list(state.get("history", []))
+        self._counted_epoch = int(state.get("counted_epoch", 1))
+
+
+def _angle_deg(w_a: torch.Tensor, w_b: torch.Tensor) -> torch.Tensor:
+    """Geodesic angles (degrees) between the rotations ``exp([w_a]x)`` and ``exp([w_b]x)`` (``(B, 3)`` each)."""
+    from cryoscape.models.poses import so3_exp
+
+    Ra, Rb = so3_exp(w_a), so3_exp(w_b)
+    cos = ((Ra.transpose(1, 2) @ Rb).diagonal(dim1=1, dim2=2).sum(-1) - 1.0) / 2.0
+    return torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
