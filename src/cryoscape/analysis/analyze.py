@@ -13,7 +13,9 @@ Writes into ``out_dir`` (default ``RUN/analysis/epoch_NNN``):
 * ``evaluation.json`` when a simulation truth is given;
 * ``poses_moved_far.txt`` for a run that refined poses (``train --refine-poses``): the input indices of the
   particles whose pose moved more than 10 degrees or 3 pixels (``filter --ind ... --invert`` drops them); the
-  report's "Refined poses" section shows the distribution of the changes;
+  report's "Refined poses" section shows the distribution of the changes and of the viewing directions; an ab
+  initio run (``cryoscape abinit``) gets an "Ab initio poses" section instead (viewing directions, the switch to
+  local refinement, the search per epoch) and no ``poses_moved_far.txt`` (its poses have no consensus);
 * ``chimerax.cxc``: a ChimeraX script that opens the k-means maps (coloured as in the plots) and each traversal
   as a volume series, at the maps' voxel size (``chimerax OUT/chimerax.cxc``);
 * ``index.html``: everything above, self-contained.
@@ -150,6 +152,27 @@ def chimerax_script(out_dir: Path, kmeans_maps: list[Path], traversals: dict[str
     return "\n".join(lines) + "\n"
 
 
+def _is_abinit(run_dir: Path) -> bool:
+    """Whether the run is a ``cryoscape abinit`` run (``train.abinit`` in its ``config.yaml``)."""
+    from cryoscape.config import load_config
+
+    path = Path(run_dir) / "config.yaml"
+    return path.is_file() and bool(load_config(path).train.abinit)
+
+
+def _pose_search_state(run_dir: Path, epoch: int) -> dict | None:
+    """The pose-search state (``state["poses"]``: history, ``local_from``) of the checkpoint of ``epoch``;
+    ``None`` when the checkpoint is gone or holds none.
+    """
+    from cryoscape.rundir import RunDir
+
+    run = RunDir(run_dir)
+    if not run.checkpoint_path(epoch).is_file():
+        return None
+    state = run.load_checkpoint(epoch).get("poses")
+    return state if isinstance(state, dict) and "history" in state else None
+
+
 def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 20, n_pcs: int = 2,
                 skip_umap: bool = False, skip_volumes: bool = False, truth=None, device: str = "auto",
                 seed: int = 0, progress: bool = True, flip: bool = False, invert: bool = False,
@@ -255,7 +278,13 @@ def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 
 
     from cryoscape.rundir import RunDir
 
-    if RunDir(run_dir).learned_poses_path(epoch).is_file():  # train --refine-poses: how far the poses moved
+    if RunDir(run_dir).learned_poses_path(epoch).is_file() and _is_abinit(run_dir):  # absolute searched poses
+        from cryoscape.analysis.report import abinit_pose_section
+        from cryoscape.models.poses import load_learned_poses
+
+        arrays = load_learned_poses(run_dir, epoch)[1]
+        sections.append(abinit_pose_section(arrays, _pose_search_state(run_dir, epoch), epoch))
+    elif RunDir(run_dir).learned_poses_path(epoch).is_file():  # train --refine-poses: how far the poses moved
         from cryoscape.analysis.report import POSE_FAR_DEG, POSE_FAR_PX, pose_changes, pose_section
         from cryoscape.models.poses import load_learned_poses
 

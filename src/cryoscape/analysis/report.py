@@ -42,6 +42,14 @@ __all__ = [
     "kmeans_section",
     "traversal_section",
     "pose_section",
+    "abinit_pose_section",
+    "search_history",
+    "viewing_directions",
+    "viewing_nside",
+    "viewing_direction_counts",
+    "viewing_density_map",
+    "viewing_summary",
+    "plot_viewing_directions",
     "evaluation_section",
     "build_report",
     "render_html",
@@ -341,10 +349,9 @@ def pose_section(arrays: Mapping, particle_ids: np.ndarray | None = None, epoch:
                  far_deg: float = POSE_FAR_DEG, far_px: float = POSE_FAR_PX) -> Section:
     """Poses refined during training (``train --refine-poses``): the distribution of the rotation and shift
     changes from the consensus, and the particles whose pose moved further than ``far_deg`` or ``far_px``
-    (``particle_ids``: their indices into the input, default their positions).
+    (``particle_ids``: their indices into the input, default their positions); with ``arrays["rotations"]`` also
+    the distribution of the learned viewing directions (:func:`plot_viewing_directions`).
     """
-    from matplotlib.figure import Figure
-
     refined, angle, shift = pose_changes(arrays)
     ids = np.arange(len(angle)) if particle_ids is None else np.asarray(particle_ids)
     a, s = angle[refined], shift[refined]
@@ -355,8 +362,19 @@ def pose_section(arrays: Mapping, particle_ids: np.ndarray | None = None, epoch:
     sec = Section("Refined poses", paragraphs=[
         f"{int(refined.sum())} of {len(angle)} particles had their poses refined{when} (validation particles keep "
         f"their consensus poses). Change from the consensus: rotation (geodesic angle) and {shift_kind}."])
-    if not refined.any():
-        return sec
+    if refined.any():
+        _pose_change_tables(sec, a, s, far, ids, far_deg, far_px)
+    if "rotations" in arrays:  # a tilt-series run has one rotation per tilt image
+        per_image = len(arrays["rotations"]) != len(angle)
+        _add_viewing_figure(sec, arrays["rotations"], "learned poses of all " + ("tilt images" if per_image else
+                                                                                  "particles"))
+    return sec
+
+
+def _pose_change_tables(sec: Section, a: np.ndarray, s: np.ndarray, far: np.ndarray, ids: np.ndarray,
+                        far_deg: float, far_px: float) -> None:
+    from matplotlib.figure import Figure
+
     rows = [[name, _num(np.median(v), ".2f"), _num(np.percentile(v, 90), ".2f"), _num(v.max(), ".2f")]
             for name, v in (("rotation (degrees)", a), ("shift (pixels)", s))]
     sec.tables.append(Table(["change", "median", "90th percentile", "max"], rows))
@@ -374,6 +392,180 @@ def pose_section(arrays: Mapping, particle_ids: np.ndarray | None = None, epoch:
         ax.set_ylabel("particles")
     fig.tight_layout()
     sec.figures.append(("Change of the learned poses from the consensus (dashed: flagged beyond)", fig))
+
+
+# -- viewing directions ----------------------------------------------------------------------------------------
+# A particle's viewing direction is the third row of RELION's A (volume -> image frame): the volume-frame unit
+# vector A^T e_z = (cos rot sin tilt, sin rot sin tilt, cos tilt), drawn at longitude rot and latitude 90 - tilt
+# (HEALPix's phi and 90 - theta). The in-plane angle psi does not change it.
+VIEWING_MIN_PER_PIXEL = 8.0  # viewing_nside: the finest HEALPix grid with at least this many particles per pixel
+
+
+def viewing_directions(rotations: np.ndarray) -> np.ndarray:
+    """Unit viewing directions ``(N, 3)`` of rotations ``(N, 3, 3)`` (RELION ``A``, volume -> image): the third
+    rows of ``A``, ``(cos rot sin tilt, sin rot sin tilt, cos tilt)``.
+    """
+    A = np.asarray(rotations, dtype=np.float64)
+    if A.ndim != 3 or A.shape[1:] != (3, 3):
+        raise InputError(f"rotations must have shape (N, 3, 3), got {A.shape}")
+    v = A[:, 2, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def viewing_nside(n: int, min_per_pixel: float = VIEWING_MIN_PER_PIXEL, lo: int = 2, hi: int = 32) -> int:
+    """HEALPix ``nside`` to bin ``n`` viewing directions: the largest power of two in ``[lo, hi]`` whose
+    ``12 nside^2`` pixels hold at least ``min_per_pixel`` particles each on average (``lo`` for few particles).
+    """
+    nside = lo
+    while 2 * nside <= hi and 12 * (2 * nside) ** 2 * min_per_pixel <= n:
+        nside *= 2
+    return nside
+
+
+def viewing_direction_counts(rotations: np.ndarray, nside: int | None = None) -> np.ndarray:
+    """Particles per HEALPix pixel, ``(12 nside^2,)`` in RING order, of the viewing directions of ``rotations``
+    ``(N, 3, 3)`` (RELION ``A``); ``nside`` a power of two, default :func:`viewing_nside`. Rotations with
+    non-finite entries are not counted.
+    """
+    import healpy
+
+    v = viewing_directions(rotations)
+    v = v[np.isfinite(v).all(axis=1)]
+    nside = viewing_nside(len(v)) if nside is None else int(nside)
+    if nside < 1 or nside & (nside - 1):
+        raise InputError(f"the HEALPix nside must be a power of two, got {nside}")
+    npix = healpy.nside2npix(nside)
+    if not len(v):
+        return np.zeros(npix, dtype=np.int64)
+    return np.bincount(healpy.vec2pix(nside, v[:, 0], v[:, 1], v[:, 2]), minlength=npix).astype(np.int64)
+
+
+def viewing_density_map(counts: np.ndarray, n_lon: int = 360, n_lat: int = 180
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """HEALPix ``counts`` (:func:`viewing_direction_counts`) on a longitude-latitude grid:
+    ``(lon_edges (n_lon + 1,), lat_edges (n_lat + 1,), density (n_lat, n_lon))``, edges in degrees, ``density``
+    the particles per steradian of each cell's pixel divided by that of a uniform distribution of the same
+    particles (1 everywhere for uniform directions; 0 everywhere without particles).
+    """
+    import healpy
+
+    counts = np.asarray(counts, dtype=np.float64)
+    nside = healpy.npix2nside(len(counts))
+    lon_edges = np.linspace(-180.0, 180.0, n_lon + 1)
+    lat_edges = np.linspace(-90.0, 90.0, n_lat + 1)
+    lon, lat = np.meshgrid(0.5 * (lon_edges[1:] + lon_edges[:-1]), 0.5 * (lat_edges[1:] + lat_edges[:-1]))
+    total = counts.sum()
+    relative = counts * (len(counts) / total) if total > 0 else np.zeros_like(counts)
+    return lon_edges, lat_edges, relative[healpy.ang2pix(nside, lon, lat, lonlat=True)]
+
+
+def _plot_viewing_counts(counts: np.ndarray, title: str = "") -> Figure:
+    lon_edges, lat_edges, density = viewing_density_map(counts)
+    fig = Figure(figsize=(7.5, 4.4))
+    ax = fig.add_subplot(1, 1, 1, projection="mollweide")
+    mesh = ax.pcolormesh(np.deg2rad(lon_edges), np.deg2rad(lat_edges), density, cmap="viridis", vmin=0.0,
+                         shading="flat", rasterized=True)
+    ax.grid(True, color="white", alpha=0.5, lw=0.5)
+    ax.tick_params(axis="x", colors="white", labelsize=8)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_xlabel("rot (longitude)")
+    ax.set_ylabel("90 - tilt (latitude)")
+    if title:
+        ax.set_title(title)
+    bar = fig.colorbar(mesh, ax=ax, orientation="horizontal", fraction=0.05, pad=0.1)
+    bar.set_label("density per steradian relative to uniform")
+    return fig
+
+
+def plot_viewing_directions(rotations: np.ndarray, nside: int | None = None, title: str = "") -> Figure:
+    """Mollweide map of the density of the viewing directions of ``rotations`` ``(N, 3, 3)`` (RELION ``A``),
+    binned on HEALPix pixels (:func:`viewing_direction_counts`; longitude rot, latitude 90 - tilt; colour: the
+    density relative to uniform directions, :func:`viewing_density_map`).
+    """
+    return _plot_viewing_counts(viewing_direction_counts(rotations, nside), title)
+
+
+def viewing_summary(counts: np.ndarray) -> str:
+    """One paragraph on binned viewing directions (:func:`viewing_direction_counts`): pixel size, empty pixels
+    (against the share a uniform distribution leaves empty) and the fullest pixel.
+    """
+    import healpy
+
+    counts = np.asarray(counts)
+    n, npix = int(counts.sum()), len(counts)
+    if n == 0:
+        return "No pose has a finite viewing direction to show."
+    nside = healpy.npix2nside(npix)
+    mean = n / npix
+    return (f"Viewing directions of {n} poses in {npix} HEALPix pixels of about "
+            f"{np.rad2deg(healpy.nside2resol(nside)):.0f} degrees (nside {nside}, {mean:.1f} poses per pixel if "
+            f"uniform): {100 * np.mean(counts == 0):.1f} % of the pixels hold no pose (about "
+            f"{100 * np.exp(-mean):.1f} % for uniform directions), and the fullest holds {counts.max() / mean:.1f} "
+            "times the uniform density. Longitude is rot, latitude 90 - tilt (RELION Euler angles); the in-plane "
+            "angle psi is not shown.")
+
+
+def _add_viewing_figure(sec: Section, rotations: np.ndarray, what: str) -> None:
+    counts = viewing_direction_counts(rotations)
+    sec.paragraphs.append(viewing_summary(counts))
+    sec.figures.append((f"Viewing directions of the {what} (Mollweide projection; colour: density per steradian "
+                        "relative to uniform directions)", _plot_viewing_counts(counts)))
+
+
+def search_history(pose_state: Mapping) -> list[dict]:
+    """The per-epoch records of an ab initio pose search (``state["poses"]`` of a checkpoint of ``cryoscape
+    abinit``): its ``history``, plus the epoch whose counts were not yet closed when the checkpoint was written
+    (the last epoch of a run that ended while searching; its ``radius_px`` is ``None``).
+    """
+    history = [dict(h) for h in pose_state.get("history", [])]
+    counts = pose_state.get("epoch_counts") or {}
+    open_epoch = int(pose_state.get("counted_epoch", 0) or 0)
+    searched = int(counts.get("searched", 0))
+    if searched and open_epoch and all(int(h["epoch"]) != open_epoch for h in history):
+        history.append({"epoch": open_epoch, "searched": searched, "moved_fraction": counts["moved"] / searched,
+                        "radius_px": None, "error": counts["error"] / searched})
+    return history
+
+
+def _epoch_range(first: int, last: int) -> str:
+    return f"epoch {first}" if last <= first else f"epochs {first}-{last}"
+
+
+def abinit_pose_section(arrays: Mapping, pose_state: Mapping | None = None, epoch: int | None = None) -> Section:
+    """Poses estimated ab initio (``cryoscape abinit``), the learned-pose ``arrays`` of
+    :func:`cryoscape.models.poses.load_learned_poses`: the distribution of their viewing directions, and from
+    ``pose_state`` (``state["poses"]`` of the epoch's checkpoint; ``None``: not available) when the global search
+    switched to local refinement and how many poses moved in each search epoch. The poses are absolute (searched
+    from random starts), so there is no change from a consensus to show.
+    """
+    rotations = np.asarray(arrays["rotations"])
+    at = f" (epoch {epoch})" if epoch is not None else ""
+    sec = Section("Ab initio poses", paragraphs=[
+        f"{len(rotations)} particles, their poses searched from random starting poses{at}. The poses are in the "
+        "frame of the reconstructed map, whose orientation and hand are arbitrary (compare the map with a "
+        "reference with `cryoscape fsc --align`)."])
+    if pose_state is None:
+        sec.paragraphs.append("The search history is not shown: there is no checkpoint of this epoch.")
+    else:
+        local_from = int(pose_state.get("local_from", 0) or 0)
+        if local_from > 1:
+            sec.paragraphs.append(f"Global pose search in {_epoch_range(1, local_from - 1)}; local refinement (one "
+                                  f"Gauss-Newton step of each pose per epoch) from epoch {local_from}.")
+        else:
+            sec.paragraphs.append(f"The run was still in the global pose search{at}: it had not switched to local "
+                                  "refinement.")
+        rows = [[int(h["epoch"]), int(h["searched"]), _num(100.0 * float(h["moved_fraction"]), ".1f"),
+                 _num(None if h.get("radius_px") is None else float(h["radius_px"]), ".1f"),
+                 _num(float(h["error"]), ".4g")] for h in search_history(pose_state)]
+        if rows:
+            sec.tables.append(Table(
+                ["epoch", "particles searched", "moved (%)", "lattice radius (px)", "mean search error"], rows,
+                caption="Global search per epoch: the share of the searched particles whose pose moved by more "
+                        "than twice the finest search-grid spacing (7.5 degrees with the default grids; in the "
+                        "first search epoch, from the random starts), the radius of the compared Fourier pixels, "
+                        "and the mean squared error per compared pixel of the best poses."))
+    _add_viewing_figure(sec, rotations, "estimated poses")
     return sec
 
 
