@@ -4,12 +4,15 @@ Select by k-means cluster from `cryoscape analyze`, by a range of one latent dim
 Writes OUT/indices.npy and OUT/indices.txt (indices into the original input) and OUT/particles.star (or .cs,
 the input's format), ready for RELION or cryoSPARC, or to retrain cryoscape with --ind. OUT must be new or empty;
 --overwrite replaces an earlier selection's files there (other files are kept). For a run that refined poses
-(train --refine-poses) the subset carries the poses learned by the epoch of the latents (--input-poses: the input's);
-for tilt-series runs the learned per-tilt poses, written to Warp/M image-series STAR files only.
+(train --refine-poses) or estimated them (cryoscape abinit) the subset carries the poses learned by the epoch of the
+latents (--input-poses: the input's); for tilt-series runs the learned per-tilt poses, written to Warp/M image-series
+STAR files only. A run without a latent space (--zdim 0) selects with --ind only; its poses are those of the best
+(else the last) epoch, or of --epoch.
 
 Example:
   cryoscape filter runs/vae8 --clusters 3 7 -o runs/vae8/selected
   cryoscape filter runs/vae8 --z-range 0 -1.0 0.5 --invert -o junk_removed
+  cryoscape filter runs/abinit_homo --ind good.txt -o runs/abinit_homo/good
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    "downsampled input was made from: same particles, same order)")
     p.add_argument("--datadir", help="folder of the stacks of --particles")
     p.add_argument("--input-poses", action="store_true",
-                   help="a run that refined poses (train --refine-poses): write the input's poses instead of the "
-                        "poses learned by the epoch of the latents (the default for such runs)")
+                   help="a run that refined or estimated poses (train --refine-poses, cryoscape abinit): write the "
+                        "input's poses instead of the poses learned by the epoch of the latents (the default for "
+                        "such runs)")
     p.add_argument("--format", choices=["star", "cs", "auto"], default="auto",
                    help="subset format (default: that of the input; .mrcs inputs get a STAR)")
 
@@ -50,7 +54,6 @@ def run(args) -> int:
 
     import numpy as np
 
-    from cryoscape.analysis.latent import load_latents
     from cryoscape.analysis.selection import (
         find_kmeans_labels,
         learned_poses_of,
@@ -66,7 +69,7 @@ def run(args) -> int:
     out_dir = prepare_output_dir(args.outdir, "filter", args.overwrite, own=OUTPUTS)
     run_dir = Path(args.run)
     config = load_config(run_dir / "config.yaml")
-    latents = load_latents(run_dir, args.epoch)
+    latents = _latents_or_none(run_dir, config, args)
     particles, family = load_run_input(config)
     n_input = len(particles)
     if args.particles:
@@ -74,6 +77,15 @@ def run(args) -> int:
         if len(particles) != n_input:
             raise InputError(f"has {len(particles)} particles but the run's input has {n_input}", args.particles,
                              "give the file the run's input was made from (same particles, same order)")
+    if latents is None:  # --zdim 0: no latents; the run's particles and an epoch of its checkpoints
+        from cryoscape.analysis.latent import LatentSet
+        from cryoscape.rundir import RunDir
+
+        rd = RunDir(run_dir)
+        trained = rd.read_indices()
+        trained = np.arange(n_input, dtype=np.int64) if trained is None else trained
+        latents = LatentSet(z=np.zeros((len(trained), 0), np.float32), epoch=rd.resolve_epoch(args.epoch),
+                            run_dir=run_dir, indices=trained)
     assert latents.epoch is not None  # the latents of a run folder name their epoch
     # a run folder without indices.npy trained on the whole input, in order
     run_indices = latents.indices if latents.indices is not None else np.arange(len(latents.z), dtype=np.int64)
@@ -94,7 +106,7 @@ def run(args) -> int:
     chosen = select_particles(latents.z, run_indices, n_input, cluster_labels=labels,
                               clusters=args.clusters, z_range=z_range, ind=ind, invert=args.invert)
     learned = None
-    if config.train.refine_poses and not args.input_poses:
+    if (config.train.refine_poses or config.train.abinit) and not args.input_poses:
         learned = learned_poses_of(run_dir, family, particles, chosen, latents.epoch)
     with out_dir as out:
         written = write_selection(particles, family, chosen, out, args.format, learned=learned)
@@ -102,3 +114,18 @@ def run(args) -> int:
             print(f"poses: those learned by epoch {latents.epoch} (--input-poses keeps the input's)")
     print(f"selected {len(chosen)} of {n_input} particles -> {', '.join(str(p) for p in written)}")
     return 0
+
+
+def _latents_or_none(run_dir, config, args):
+    """The latents of ``args.epoch`` (:func:`~cryoscape.analysis.latent.load_latents`); ``None`` for a run without a
+    latent space (--zdim 0, e.g. ``cryoscape abinit``), which can only be filtered with --ind.
+    """
+    from cryoscape.analysis.latent import load_latents
+    from cryoscape.errors import InputError
+
+    if config.model.zdim != 0:
+        return load_latents(run_dir, args.epoch)
+    if args.clusters is not None or args.z_range is not None:
+        raise InputError("this run has no latent space (--zdim 0), so --clusters and --z-range do not apply", run_dir,
+                         hint="select particles with --ind")
+    return None

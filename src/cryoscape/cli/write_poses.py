@@ -1,11 +1,12 @@
-"""Write the poses learned by `train --refine-poses` into a STAR (RELION) or .cs (cryoSPARC) file.
+"""Write the poses learned by `train --refine-poses` or estimated by `cryoscape abinit` to a STAR or .cs file.
 
 The output holds the run's particles (the input's rows that were trained on, all of them without --ind) with every
 block, optics group and column of the input kept; only the angles and origins are replaced by the learned ones:
 STAR rlnAngleRot/Tilt/Psi (ZYZ Euler angles, degrees) and rlnOriginXAngst/YAngst (Angstrom; RELION 3.0 files:
-rlnOriginX/Y in pixels), cryoSPARC alignments3D/pose (rotation vector) and alignments3D/shift (pixels). Validation
-particles keep their consensus poses (their poses are not refined). A .star from a .cs input (or the other way round)
-is written as new metadata, as `filter --format` does.
+rlnOriginX/Y in pixels), cryoSPARC alignments3D/pose (rotation vector) and alignments3D/shift (pixels). An input
+without poses (an abinit run's STAR straight from extraction, a .cs without alignments3D) gets these columns added.
+Validation particles keep their consensus poses (their poses are not refined). A .star from a .cs input (or the other
+way round, or from an .mrcs stack with ctf.pkl) is written as new metadata, as `filter --format` does.
 
 Tilt-series runs (--model tomodrgn) with a Warp/M image-series input: a .star with every tilt image of the run's
 particles (the input's rows, particle by particle), each image's rlnAngleRot/Tilt/Psi and origin the learned
@@ -15,6 +16,7 @@ WarpTools) are refused in one line: their poses are per particle in the tomogram
 Example:
   cryoscape write-poses runs/refined -o refined_poses.star
   cryoscape write-poses runs/refined --epoch 20 -o refined_poses.cs
+  cryoscape write-poses runs/abinit_homo -o abinit_poses.star
 """
 
 from __future__ import annotations
@@ -24,14 +26,14 @@ import argparse
 
 def add_args(p: argparse.ArgumentParser) -> None:
     """Register the options of ``cryoscape write-poses``."""
-    p.add_argument("run", help="run folder written by `cryoscape train --refine-poses`")
+    p.add_argument("run", help="run folder written by `cryoscape train --refine-poses` or `cryoscape abinit`")
     p.add_argument("-o", "--out", required=True, help="output file: .star (RELION) or .cs (cryoSPARC)")
     p.add_argument("--epoch", type=int, help="epoch whose poses to write (default: the best epoch, else the last)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
 
 def run(args) -> int:
-    """Write the learned poses of ``args.run`` to ``args.out``."""
+    """Write the learned (train --refine-poses) or estimated (abinit) poses of ``args.run`` to ``args.out``."""
     from pathlib import Path
 
     from cryoscape.config import load_config

@@ -1,7 +1,7 @@
 """Particle files with new poses: the input's rows and every column kept, poses and origins replaced.
 
-Used by ``cryoscape write-poses`` (poses learned by ``train --refine-poses``). Conventions
-(``docs/conventions.md``):
+Used by ``cryoscape write-poses`` and ``filter`` (poses learned by ``train --refine-poses`` or estimated by
+``cryoscape abinit``, whose input often has no poses at all). Conventions (``docs/conventions.md``):
 
 * STAR: ``rlnAngleRot/Tilt/Psi`` (RELION ZYZ Euler angles, degrees, from the matrices ``A``); origins as the file
   has them: ``rlnOriginXAngst/YAngst`` (Angstrom, RELION 3.1+) or RELION 3.0 ``rlnOriginX/Y`` (pixels of each
