@@ -20,6 +20,11 @@ Writes into ``out_dir`` (default ``RUN/analysis/epoch_NNN``):
   as a volume series, at the maps' voxel size (``chimerax OUT/chimerax.cxc``);
 * ``index.html``: everything above, self-contained.
 
+A run without a latent space (zdim 0: ``cryoscape abinit`` by default, ``train --zdim 0``) has no latents:
+``analyze_run`` hands it to :func:`analyze_homogeneous`, which writes the epoch's map ``map.mrc``, ``loss.png``,
+``chimerax.cxc`` and ``index.html`` (run summary, loss, the map's central sections, the pose section that applies)
+and skips every latent output.
+
 The maps can be mirrored (``flip``: handedness), contrast-inverted (``invert``) and resampled to a box of
 ``downsample`` voxels (Fourier crop, voxel size scaled by ``D / downsample``), as cryoDRGN's ``analyze
 --flip/--invert/-d`` do. ``RUN/analyses.txt`` records where the analysis went, so that ``filter --clusters``
@@ -152,6 +157,25 @@ def chimerax_script(out_dir: Path, kmeans_maps: list[Path], traversals: dict[str
     return "\n".join(lines) + "\n"
 
 
+def is_homogeneous(run_dir) -> bool:
+    """Whether the run has no latent space (``model.zdim`` 0 in its ``config.yaml``: ``abinit`` by default,
+    ``train --zdim 0``); such a run has no ``latents/`` and is analysed by :func:`analyze_homogeneous`.
+    """
+    from cryoscape.config import load_config
+
+    path = Path(run_dir) / "config.yaml"
+    return path.is_file() and int(load_config(path).model.zdim) == 0
+
+
+def analysis_epoch(run_dir, epoch: int | None = None) -> int:
+    """The epoch ``analyze`` analyses: ``epoch`` if it was saved, else ``RUN/best_epoch``, else the last; of the
+    latents (``latents/epoch_NNN.npy``), or of the checkpoints for a run without a latent space.
+    """
+    from cryoscape.rundir import RunDir
+
+    return RunDir(run_dir).resolve_epoch(epoch, of="checkpoints" if is_homogeneous(run_dir) else "latents")
+
+
 def _is_abinit(run_dir: Path) -> bool:
     """Whether the run is a ``cryoscape abinit`` run (``train.abinit`` in its ``config.yaml``)."""
     from cryoscape.config import load_config
@@ -171,6 +195,89 @@ def _pose_search_state(run_dir: Path, epoch: int) -> dict | None:
         return None
     state = run.load_checkpoint(epoch).get("poses")
     return state if isinstance(state, dict) and "history" in state else None
+
+
+def _pose_sections(run_dir: Path, epoch: int, out: Path) -> list:
+    """The report's pose section of a run with learned poses at ``epoch``: "Ab initio poses" for a ``cryoscape
+    abinit`` run, "Refined poses" (and ``out/poses_moved_far.txt``) for ``train --refine-poses``; none otherwise.
+    """
+    from cryoscape.models.poses import load_learned_poses
+    from cryoscape.rundir import RunDir
+
+    if not RunDir(run_dir).learned_poses_path(epoch).is_file():
+        return []
+    arrays = load_learned_poses(run_dir, epoch)[1]
+    if _is_abinit(run_dir):  # absolute searched poses
+        from cryoscape.analysis.report import abinit_pose_section
+
+        return [abinit_pose_section(arrays, _pose_search_state(run_dir, epoch), epoch)]
+    # train --refine-poses: how far the poses moved
+    from cryoscape.analysis.report import POSE_FAR_DEG, POSE_FAR_PX, pose_changes, pose_section
+
+    ids = RunDir(run_dir).read_indices()
+    refined, angle, shift = pose_changes(arrays)
+    far = refined & ((angle > POSE_FAR_DEG) | (shift > POSE_FAR_PX))
+    far_ids = (np.arange(len(angle)) if ids is None else ids)[far]
+    atomic_write_text(out / "poses_moved_far.txt", "".join(f"{int(i)}\n" for i in far_ids))
+    return [pose_section(arrays, ids, epoch)]
+
+
+HOMOGENEOUS_MAP = "map.mrc"
+
+
+def analyze_homogeneous(run_dir, out_dir=None, epoch: int | None = None, skip_volumes: bool = False,
+                        device: str = "auto", progress: bool = True, flip: bool = False, invert: bool = False,
+                        downsample: int | None = None) -> Path:
+    """Analyse a run without a latent space (zdim 0) at ``epoch`` (default: ``RUN/best_epoch``, else the last
+    checkpoint); returns the report.
+
+    Writes into ``out_dir`` (default ``RUN/analysis/epoch_NNN``) the decoder's map ``map.mrc`` (after ``flip``,
+    ``invert``, ``downsample`` as in :func:`analyze_run`; unless ``skip_volumes``), ``chimerax.cxc`` that opens
+    it, ``loss.png`` and ``index.html`` with the run's configuration, the loss curves, central sections of the map
+    and the pose section of a run that learned its poses (:func:`_pose_sections`).
+    """
+    from cryoscape.analysis.report import epoch_choice, map_section, run_selection_metric
+    from cryoscape.rundir import RunDir
+
+    run_dir = Path(run_dir)
+    requested = epoch
+    epoch = RunDir(run_dir).resolve_epoch(epoch)
+    epoch_reason = epoch_choice(run_dir, requested, epoch)
+    out = check_writable_dir(out_dir or run_dir / "analysis" / f"epoch_{epoch:03d}")
+    log.info(f"analysing the homogeneous map (zdim 0) of epoch {epoch} ({epoch_reason}) -> {out}")
+
+    metrics = run_dir / "metrics.csv"
+    if metrics.is_file():
+        save_figure(plot_loss_curves(metrics, mark_epoch=epoch), out / "loss.png")
+
+    sections = []
+    if not skip_volumes:
+        from cryoscape.analysis.volume_space import load_generator
+        from cryoscape.inference import postprocess_map
+        from cryoscape.io.mrc import write_mrc
+
+        generator = load_generator(run_dir, epoch, device)
+        vol = generator.generate_volumes(None, progress=progress)[0]
+        voxel = float(generator.pixel_size_angstrom)
+        if flip or invert or downsample:
+            vol, voxel = postprocess_map(vol, voxel, downsample, flip, invert)
+            voxel = float(voxel)
+        write_mrc(out / HOMOGENEOUS_MAP, vol, voxel_size_angstrom=voxel)
+        done = [w for w, on in (("mirrored", flip), ("contrast-inverted", invert),
+                                (f"resampled from box {generator.D}", downsample and downsample != generator.D)) if on]
+        sections.append(map_section(vol, voxel, HOMOGENEOUS_MAP, epoch, done))
+        atomic_write_text(out / "chimerax.cxc", chimerax_script(
+            out, [], {}, voxel, f"cryoscape analysis of {run_dir.name}, epoch {epoch}").replace(
+            "close\n", f"close\nopen {HOMOGENEOUS_MAP}\nvolume #1 voxelSize {voxel:.6g}\n", 1))
+    sections += _pose_sections(run_dir, epoch, out)
+
+    config = run_dir / "config.yaml"
+    report = build_report(out, sections, title=f"cryoscape analysis: {run_dir.name}, epoch {epoch} ({epoch_reason})",
+                          config=config if config.is_file() else None,
+                          metrics=metrics if metrics.is_file() else None, epoch=epoch,
+                          epoch_reason=epoch_reason, selection_metric=run_selection_metric(run_dir))
+    log.info(f"report: {report}")
+    return report
 
 
 def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 20, n_pcs: int = 2,
@@ -199,6 +306,16 @@ def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 
     run_dir = Path(run_dir)
     if downsample is not None and (int(downsample) <= 0 or int(downsample) % 2):
         raise InputError(f"the box size to downsample the maps to must be a positive even number, got {downsample}")
+    if is_homogeneous(run_dir):
+        if truth is not None:
+            raise InputError("--truth scores a latent space, and this run has none (zdim 0); compare its map "
+                             f"({HOMOGENEOUS_MAP} of the analysis) with the simulation's gt/ map with `cryoscape fsc "
+                             "MAP REFERENCE --align`", run_dir)
+        if reconstruct:
+            raise InputError("--reconstruct back-projects latent neighbours, and this run has no latent space "
+                             "(zdim 0); `cryoscape backproject --run RUN` reconstructs from its poses", run_dir)
+        return analyze_homogeneous(run_dir, out_dir, epoch=epoch, skip_volumes=skip_volumes, device=device,
+                                   progress=progress, flip=flip, invert=invert, downsample=downsample)
     from cryoscape.analysis.report import epoch_choice, run_selection_metric
 
     latents = load_latents(run_dir, epoch)
@@ -276,25 +393,7 @@ def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 
         sections.append(_neighbour_maps(run_dir, epoch, out, kdir, z[km.center_indices], z, pca, n_pcs,
                                         max_neighbours, device))
 
-    from cryoscape.rundir import RunDir
-
-    if RunDir(run_dir).learned_poses_path(epoch).is_file() and _is_abinit(run_dir):  # absolute searched poses
-        from cryoscape.analysis.report import abinit_pose_section
-        from cryoscape.models.poses import load_learned_poses
-
-        arrays = load_learned_poses(run_dir, epoch)[1]
-        sections.append(abinit_pose_section(arrays, _pose_search_state(run_dir, epoch), epoch))
-    elif RunDir(run_dir).learned_poses_path(epoch).is_file():  # train --refine-poses: how far the poses moved
-        from cryoscape.analysis.report import POSE_FAR_DEG, POSE_FAR_PX, pose_changes, pose_section
-        from cryoscape.models.poses import load_learned_poses
-
-        arrays = load_learned_poses(run_dir, epoch)[1]
-        ids = RunDir(run_dir).read_indices()
-        sections.append(pose_section(arrays, ids, epoch))
-        refined, angle, shift = pose_changes(arrays)
-        far = refined & ((angle > POSE_FAR_DEG) | (shift > POSE_FAR_PX))
-        far_ids = (np.arange(len(angle)) if ids is None else ids)[far]
-        atomic_write_text(out / "poses_moved_far.txt", "".join(f"{int(i)}\n" for i in far_ids))
+    sections += _pose_sections(run_dir, epoch, out)
 
     evaluation = None
     if truth is not None:

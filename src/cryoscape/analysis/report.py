@@ -41,6 +41,7 @@ __all__ = [
     "latent_section",
     "kmeans_section",
     "traversal_section",
+    "map_section",
     "pose_section",
     "abinit_pose_section",
     "search_history",
@@ -327,6 +328,20 @@ def traversal_section(traversals: Mapping[str, Sequence[np.ndarray] | np.ndarray
         sec.figures.append((f"{name}: volumes along the trajectory (projection along z)",
                             plots.plot_volume_gallery(vols, [f"{i + 1}" for i in range(len(vols))],
                                                       ncols=len(vols))))
+    return sec
+
+
+def map_section(vol: np.ndarray, voxel_size: float, name: str = "map.mrc", epoch: int | None = None,
+                changes: Sequence[str] = ()) -> Section:
+    """The one map of a run without a latent space (zdim 0): its file ``name``, box, voxel size and the
+    post-processing ``changes`` applied (e.g. ``"mirrored"``), with its three central sections and z projection.
+    """
+    vol = np.asarray(vol)
+    at = f" at epoch {epoch}" if epoch is not None else ""
+    text = (f"The decoder's map{at} (the run has no latent space): {name}, box {vol.shape[-1]}, "
+            f"{voxel_size:.4g} Å per voxel")
+    sec = Section("Map", paragraphs=[text + (f" ({', '.join(changes)})." if changes else ".")])
+    sec.figures.append(("Central sections and the projection along z", plots.plot_volume_slices(vol)))
     return sec
 
 

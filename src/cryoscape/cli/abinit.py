@@ -20,7 +20,8 @@ Example:
   cryoscape abinit particles.star -o runs/abinit_homo -n 20
   cryoscape abinit particles.star -o runs/abinit_het --zdim 8 -n 30
   cryoscape abinit particles.star -o runs/abinit_homo --resume
-  cryoscape fsc runs/abinit_homo/reconstruct.mrc reference.mrc --align
+  cryoscape analyze runs/abinit_homo     # the map (analysis/epoch_020/map.mrc), loss, viewing directions
+  cryoscape fsc runs/abinit_homo/analysis/epoch_020/map.mrc reference.mrc --align
 """
 
 from __future__ import annotations

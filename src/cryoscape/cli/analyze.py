@@ -5,6 +5,13 @@ index.html into DIR (default RUN/analysis/epoch_NNN), and notes DIR in RUN/analy
 `cryoscape filter --clusters` finds the k-means labels there. --flip, --invert and -D change the generated maps
 as cryoDRGN's analyze does. With --truth SIM_DIR (a `cryoscape simulate` output) the report also scores the run
 against the ground truth.
+
+A run without a latent space (zdim 0: `cryoscape abinit` by default, `train --zdim 0`) gets its map instead
+(DIR/map.mrc at the training voxel size, scaled with -D), the loss curves and, for a run that learned its poses,
+their section (abinit: the viewing directions and the search; --refine-poses: how far the poses moved); the
+latent options are not used, --truth and --reconstruct (they need latents) are refused, and RUN/analyses.txt is
+left alone (there are no k-means labels).
+
 DIR must be new or empty: to analyse the same epoch again into the same folder, give --overwrite (it replaces the
 files analyze writes there and keeps any others).
 
@@ -12,6 +19,7 @@ Example:
   cryoscape analyze runs/vae8 --ksample 20 --pc 2 -o runs/vae8/analysis
   cryoscape analyze runs/vae8 --epoch 15 --skip-umap
   cryoscape analyze runs/vae8 --flip -D 128        # mirror the maps (wrong hand) and write them at box 128
+  cryoscape analyze runs/abinit_homo               # zdim 0: map.mrc, loss curves, viewing directions
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import argparse
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run folder written by `cryoscape train`")
+    p.add_argument("run", help="run folder written by `cryoscape train` or `cryoscape abinit`")
     p.add_argument("-o", "--outdir", help="output folder (default RUN/analysis/epoch_NNN)")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty DIR (e.g. analyse again): replace the files analyze writes there")
@@ -52,19 +60,18 @@ def add_args(p: argparse.ArgumentParser) -> None:
 # everything `analyze` writes into DIR (see cryoscape.analysis.analyze.analyze_run and analysis.report)
 OUTPUTS = ("index.html", "figures", "explained_variance.png", "z_hist.png", "umap.npy", "z_pca.png", "z_pca_hexbin.png",
            "umap.png", "umap_hexbin.png", "loss.png", "kmeans[0-9]*", "pc[0-9]*", "z1", "evaluation.json",
-           "chimerax.cxc")
+           "chimerax.cxc", "map.mrc", "poses_moved_far.txt")
 
 
 def run(args) -> int:
     from pathlib import Path
 
-    from cryoscape.analysis.analyze import analyze_run
-    from cryoscape.analysis.latent import load_latents
+    from cryoscape.analysis.analyze import analysis_epoch, analyze_run
     from cryoscape.utils.outputs import prepare_output_dir
 
     outdir = args.outdir
     if outdir is None:
-        outdir = Path(args.run) / "analysis" / f"epoch_{load_latents(args.run, args.epoch).epoch:03d}"
+        outdir = Path(args.run) / "analysis" / f"epoch_{analysis_epoch(args.run, args.epoch):03d}"
     with prepare_output_dir(outdir, "analyze", args.overwrite, own=OUTPUTS):
         report = analyze_run(args.run, args.outdir, epoch=args.epoch, ksample=args.ksample, n_pcs=args.pc,
                              skip_umap=args.skip_umap, skip_volumes=args.skip_vol, truth=args.truth,
