@@ -257,8 +257,14 @@ class TrainConfig:
     load: str | None = None  # start from the model weights of this run folder or checkpoint file (train --load)
     # ab initio (cryoscape abinit; models/pose_search.py): poses searched from scratch, the file's ignored
     abinit: bool = False
-    search_epochs: int = 10  # at most this many search epochs, then local refinement (earlier once poses are stable)
+    search_epochs: int = 10  # at most this many complete search epochs, then local refinement (earlier when stable)
     pretrain_images: int = 1000  # training images on the initial random poses before the first search
+
+    @property
+    def learns_poses(self) -> bool:
+        """Whether the run's poses are its own (``--refine-poses`` or ``cryoscape abinit``: RUN/poses/), not the
+        input's."""
+        return bool(self.refine_poses or self.abinit)
 
     def __post_init__(self):
         if self.epochs < 1:

@@ -33,6 +33,10 @@ def encode_particles(run_dir, output=None, epoch=None, particles=None, poses=Non
     family = get_family(config.model.family)
     if particles is None:
         parts, _ = family.load_particles(config)
+        if config.train.abinit:  # the poses are the run's own (applied below), relative to identity
+            from cryoscape.train.run import without_poses
+
+            parts = without_poses(parts)[0]
     else:
         options = config.data.reader_options()
         if ctf_overrides:
@@ -54,7 +58,7 @@ def encode_particles(run_dir, output=None, epoch=None, particles=None, poses=Non
                          f"{kind[trained_premultiplied]} images (rlnCtfDataAreCtfPremultiplied)",
                          particles or config.data.particles)
     data.to(dev)  # metadata only: the images stay on disk until their batch
-    if particles is None and trained.config.train.refine_poses:  # the run's own particles: its learned poses
+    if particles is None and trained.config.train.learns_poses:  # the run's own particles: its learned poses
         from cryoscape.models.poses import LearnedPoseData, load_learned_poses
 
         data = LearnedPoseData.from_file(data, load_learned_poses(run_dir, trained.epoch)[1])

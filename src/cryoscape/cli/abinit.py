@@ -5,10 +5,12 @@ poses in it are ignored (the log says so). Every particle's rotation and in-plan
 current decoder before its training step: a global search over a uniform HEALPix grid of SO(3) (576 rotations, 30
 degrees apart) x a square grid of shifts (+-10 % of the box), refined on three finer grids (3.75 degrees) around
 the 8 best, comparing the Fourier pixels within a lattice radius that grows from D/8 to D/4 over the search
-epochs. The first --pretrain images train on random poses. When fewer than 10 % of the poses still move by more
-than 7.5 degrees in an epoch (after at least 3 search epochs; at the latest after --search-epochs) the run switches
-to local refinement: one damped Gauss-Newton step of each particle's pose per epoch (`train --refine-poses`).
-A heterogeneous run searches each image against the map of its own latent (the encoder's posterior mean).
+epochs (at least 5 and 8, at most 16 and 32 pixels). The first --pretrain images train on random poses. When fewer
+than 10 % of the poses still move by more than 7.5 degrees in an epoch (after at least 3 search epochs; at the
+latest after --search-epochs) the run switches to local refinement: one damped Gauss-Newton step of each particle's
+pose per epoch (`train --refine-poses`). A log line at least every minute says the phase, the lattice radius (in
+pixels and Angstrom), the share of poses that moved and the loss. A heterogeneous run searches each image against
+the map of its own latent (the encoder's posterior mean). Default epochs: the most search epochs + 10.
 
 The run folder is a normal run: `analyze`, `eval-vol`, `explore`, `filter` and `write-poses RUN -o OUT.star|.cs`
 work on it; the estimated poses are RUN/poses/epoch_NNN.npz. An ab initio map has an arbitrary orientation and
@@ -17,7 +19,7 @@ and continue with --resume, as for train. Every option of `cryoscape train` appl
 --val-frac (every particle's pose is searched, none is held out).
 
 Example:
-  cryoscape abinit particles.star -o runs/abinit_homo -n 20
+  cryoscape abinit particles.star -o runs/abinit_homo
   cryoscape abinit particles.star -o runs/abinit_het --zdim 8 -n 30
   cryoscape abinit particles.star -o runs/abinit_homo --resume
   cryoscape analyze runs/abinit_homo     # the map (analysis/epoch_020/map.mrc), loss, viewing directions
@@ -32,33 +34,54 @@ from cryoscape.cli import train as train_cli
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    """The options of ``cryoscape train`` (same defaults, except --zdim 0), and the search's."""
+    """The options of ``cryoscape train`` (same defaults, except --zdim 0 and -n: the search epochs + 10), and the
+    search's.
+    """
     train_cli.add_args(p)
     g = p.add_argument_group("abinit", "the pose search (models/pose_search.py)")
     g.add_argument("--search-epochs", type=int, default=None,
-                   help="at most this many epochs of global pose search before local refinement (default: half of "
-                        "-n, at most 10; earlier when the poses are stable)")
+                   help="at most this many epochs of global pose search (every particle searched once per epoch) "
+                        "before local refinement; earlier when the poses are stable (default: enough for about "
+                        "30000 searched images, 6 to 40 epochs)")
     g.add_argument("--pretrain", dest="pretrain_images", type=int, default=None,
                    help="training images on random poses before the first search (default 1000)")
 
 
 def run(args) -> int:
+    import dataclasses
+
     from cryoscape.errors import InputError
 
     if args.refine_poses:
-        raise InputError("cryoscape abinit refines the poses it finds itself; leave out --refine-poses")
+        raise InputError("--refine-poses: abinit refines the poses it finds itself; leave out --refine-poses")
     if args.val_frac not in (None, 0, 0.0):
-        raise InputError(f"cryoscape abinit searches the pose of every particle: --val-frac must be 0, got "
+        raise InputError(f"--val-frac must be 0 (abinit searches the pose of every particle), got "
                          f"{args.val_frac}")
-    if not args.resume:
-        epochs = args.epochs if args.epochs is not None else 20  # train's default
-        args.zdim = 0 if args.zdim is None else args.zdim
-        args.val_frac = 0.0
-        if args.search_epochs is None:
-            args.search_epochs = max(1, min(10, int(epochs) // 2))
-        if args.pretrain_images is None:
-            args.pretrain_images = 1000
-        args.abinit = True
-    else:
-        args.abinit = None
-    return train_cli.run(args)
+    if args.focus_mask:
+        raise InputError("--focus-mask needs known poses (the consensus is subtracted with them); run abinit "
+                         "first, then train --focus-mask on its written poses")
+    if args.resume:
+        args.abinit = None  # as recorded
+        return train_cli.run(args)
+    from cryoscape.models.pose_search import default_search_epochs
+    from cryoscape.models.registry import get_family
+    from cryoscape.train.engine import TrainingInterrupted
+    from cryoscape.train.run import train
+
+    args.zdim = 0 if args.zdim is None else args.zdim
+    args.val_frac = 0.0
+    args.abinit = True
+    search, epochs = args.search_epochs, args.epochs
+    args.search_epochs = 1 if search is None else search  # set below from the number of particles
+    args.pretrain_images = 1000 if args.pretrain_images is None else args.pretrain_images
+    config = train_cli.config_from_args(args)
+    n = len(get_family(config.model.family).load_particles(config)[0])
+    search = search if search is not None else default_search_epochs(n)
+    epochs = epochs if epochs is not None else search + 10
+    t = dataclasses.replace(config.train, search_epochs=int(search), epochs=int(epochs))
+    try:
+        train(dataclasses.replace(config, train=t), args.outdir, progress=not args.no_progress)
+    except TrainingInterrupted as exc:
+        print(f"cryoscape abinit: {exc}")
+        return 130
+    return 0

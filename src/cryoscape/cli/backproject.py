@@ -117,7 +117,7 @@ def _run_particles(args: argparse.Namespace):
     if family.own_input_format:
         raise InputError(f"backproject --run takes single-particle runs; this is a {family.name} run", run.path)
     particles, _ = family.load_particles(config)
-    if not config.train.refine_poses:
+    if not config.train.learns_poses:
         log.info("%s did not refine poses (train --refine-poses): back-projecting with its input's poses", run.path)
         return particles
     epoch, learned = load_learned_poses(run.path, args.epoch)

@@ -267,7 +267,7 @@ def _attach_particles(data: ExplorerData) -> None:
         log.warning(f"particle metadata unavailable ({exc}): no metadata colours, selections export indices only")
         return
     data.particles, data.family = particles, family
-    data.refine_poses = bool(config.train.refine_poses)
+    data.refine_poses = bool(config.train.learns_poses)
     if isinstance(particles, ParticleSet):
         assert particles.source_indices is not None  # filled in by ParticleSet.__post_init__
         data.metadata = metadata_columns(particles, particles.source_indices[data.input_indices])

@@ -240,7 +240,7 @@ class CryoDRGN(FamilyModel):
         os_ = float(oversample if oversample is not None else (2.0 if z is None else 1.0))
         spacing = 1.0 / (os_ * self.D)
         b = 1 if z is None else z.shape[0]
-        grid = decoder_grid(lambda q: self.decoder(q, z), float(radius_cycles), spacing, b, y.device)
+        grid = decoder_grid(lambda q: self.decoder(q, z), float(radius_cycles), spacing, b, y.device, hermitian=True)
         freqs = torch.cat([self.freqs[half], self.freqs[:1] * 0.0])  # the half-plane points and DC
 
         def slices(rotations: torch.Tensor) -> torch.Tensor:
@@ -329,9 +329,9 @@ class CryoDRGNFamily(ModelFamily):
             if m.freq_march > 0:
                 raise InputError("--focus-mask cannot be combined with --freq-march (the per-pixel weighting needs "
                                  "the full lattice)")
-            if config.train.refine_poses:
-                raise InputError("--focus-mask cannot be combined with --refine-poses (the subtraction and the "
-                                 "weights use the consensus poses)")
+            if config.train.refine_poses or config.train.abinit:
+                raise InputError("--focus-mask cannot be combined with --refine-poses or abinit (the subtraction and "
+                                 "the weights use the consensus poses)")
 
     def make_data(self, particles, config, norm_std=None, progress=True):
         """The Hermitian-half Fourier pixels of ``particles`` (:class:`SliceParticleData`); with ``--focus-mask``

@@ -98,11 +98,11 @@ class ModelFamily:
         t = config.train
         if t.abinit:
             if not self.searches_poses:
-                raise InputError(f"cryoscape abinit does not support --model {self.name} yet (only cryodrgn)")
+                raise InputError(f"abinit does not support --model {self.name} yet (only cryodrgn)")
             if t.refine_poses:
-                raise InputError("cryoscape abinit refines the poses it finds itself; leave out --refine-poses")
+                raise InputError("--refine-poses: abinit refines the poses it finds itself; leave out --refine-poses")
             if config.data.val_frac > 0:
-                raise InputError(f"cryoscape abinit searches the pose of every particle: --val-frac must be 0, got "
+                raise InputError(f"--val-frac must be 0 (abinit searches the pose of every particle), got "
                                  f"{config.data.val_frac}")
         if config.train.refine_poses and not self.refines_poses:
             raise InputError(f"--refine-poses is not supported by --model {self.name} (only by the cryodrgn and "

@@ -24,7 +24,8 @@ random rotations; the first ``pretrain_images`` images of training use them as t
 blob), then every training batch of a *search epoch* is searched against the current decoder before its training
 step, the lattice radius growing from ``radius_start_px`` to ``radius_end_px`` over the search epochs. Once few
 poses still move (fewer than ``stable_fraction`` of the particles moved by more than twice the finest grid spacing
-in the last search epoch, after at least ``min_search_epochs``; at the latest after ``max_search_epochs``) the
+in the last search epoch, after at least ``min_search_epochs`` complete searches of every particle; at the latest
+after ``max_search_epochs`` of them) the
 searcher switches to the local Gauss-Newton steps of :class:`~cryoscape.models.poses.PoseRefiner` (``--pose-method
 local`` of ``train --refine-poses``) for the remaining epochs. The poses are stored as the pose table's corrections
 of identity rotations and zero origins, so the run folder's learned poses (``RUN/poses/``) are the estimated poses.
@@ -47,8 +48,8 @@ from cryoscape.models.poses import PoseRefiner, _get, hartley_translate, so3_log
 
 log = logging.getLogger("cryoscape")
 
-__all__ = ["SearchPredictor", "decoder_grid", "sample_slices", "shift_grid", "hierarchical_search", "PoseSearcher",
-           "random_rotations", "search_radii"]
+__all__ = ["default_search_epochs", "SearchPredictor", "decoder_grid", "sample_slices", "shift_grid",
+           "hierarchical_search", "PoseSearcher", "random_rotations", "search_radii"]
 
 
 @dataclasses.dataclass
@@ -69,18 +70,25 @@ class SearchPredictor:
 
 
 def decoder_grid(decode: Callable[[torch.Tensor], torch.Tensor], radius_cycles: float, spacing_cycles: float,
-                 batch: int, device, chunk: int = 65536) -> torch.Tensor:
+                 batch: int, device, chunk: int = 65536, hermitian: bool = False) -> torch.Tensor:
     """The decoder's raw output on a Cartesian grid of the Fourier ball, for trilinear sampling.
 
     ``decode(coords (b, n, 3)) -> (b, n, C)``, coordinates ``(kx, ky, kz)`` in cycles/pixel; evaluated on the grid
     points ``k = (i - G) * spacing_cycles`` (``i = 0 .. 2G``, ``G = ceil(radius / spacing) + 1``) within the ball of
-    radius ``radius_cycles + 2 spacing`` (zero outside), ``chunk // batch`` points per call. Returns ``(batch, C,
-    2G+1, 2G+1, 2G+1)`` in ``[z, y, x]`` order (``torch.nn.functional.grid_sample``'s layout).
+    radius ``radius_cycles + 2 spacing`` (zero outside), ``chunk // batch`` points per call. ``hermitian``: the
+    output is ``(re, im)`` of a Hermitian function (``F(-k) = conj F(k)``, the coordinate decoders), so only the
+    half ``k_z <= 0`` is evaluated and the other half filled from it (the grid is symmetric: ``-k`` is the point at
+    the mirrored flat index). Returns ``(batch, C, 2G+1, 2G+1, 2G+1)`` in ``[z, y, x]`` order
+    (``torch.nn.functional.grid_sample``'s layout).
     """
     G = int(math.ceil(radius_cycles / spacing_cycles)) + 1
     k = (torch.arange(2 * G + 1, device=device, dtype=torch.float32) - G) * spacing_cycles
     coords = torch.stack(torch.meshgrid(k, k, k, indexing="ij"), dim=-1).flip(-1).reshape(-1, 3)  # (x, y, z)
-    inside = torch.nonzero(coords.norm(dim=1) <= radius_cycles + 2.0 * spacing_cycles).squeeze(1)
+    ball = coords.norm(dim=1) <= radius_cycles + 2.0 * spacing_cycles
+    n_total = coords.shape[0]
+    if hermitian:  # flat index j and n_total - 1 - j hold k and -k; evaluate the first half (k_z <= 0) only
+        ball &= torch.arange(n_total, device=device) <= (n_total - 1) // 2
+    inside = torch.nonzero(ball).squeeze(1)
     out = None
     step = max(1, chunk // max(1, batch))
     for start in range(0, inside.numel(), step):
@@ -90,6 +98,10 @@ def decoder_grid(decode: Callable[[torch.Tensor], torch.Tensor], radius_cycles: 
             out = torch.zeros(batch, values.shape[-1], coords.shape[0], device=device)
         out[:, :, idx] = values.transpose(1, 2)
     assert out is not None
+    if hermitian:
+        mirror = n_total - 1 - inside
+        out[:, 0, mirror] = out[:, 0, inside]
+        out[:, 1, mirror] = -out[:, 1, inside]
     return out.reshape(batch, -1, 2 * G + 1, 2 * G + 1, 2 * G + 1)
 
 
@@ -215,14 +227,17 @@ def hierarchical_search(predictor: SearchPredictor, y: torch.Tensor, freqs: torc
     for _ in range(n_levels):
         level += 1
         step = step / 2.0
-        children = so3_grid.child_indices(level - 1, idx_k_np).reshape(B, -1)  # (B, 8k)
+        children = so3_grid.child_indices(level - 1, idx_k_np).reshape(B, -1)  # (B, 8k): 8 per candidate j
         rots = torch.as_tensor(so3_grid.grid_rotations(level, children), dtype=torch.float32, device=device)
         K = children.shape[1]
-        parent_shift = shift_k.repeat_interleave(8, dim=1)  # (B, 8k, 2): the children of candidate j follow it
-        cand_shifts = parent_shift[:, :, None, :] + step * offsets[None, None]  # (B, K, 9, 2)
-        y_c = _translated(y, freqs, cand_shifts.reshape(B, K * 9, 2)).reshape(B, K, 9, -1)
-        sl = predictor.slices(rots)  # (B, K, P)
-        err = _errors_own(y_c, sl, predictor.transfer, predictor.weight)  # (B, K, 9)
+        kp = shift_k.shape[1]
+        parent_shifts = shift_k[:, :, None, :] + step * offsets[None, None]  # (B, k, 9, 2)
+        # the 8 children of a candidate share its 9 translated images
+        y_c = _translated(y, freqs, parent_shifts.reshape(B, kp * 9, 2)).reshape(B, kp, 1, 9, -1)
+        sl = predictor.slices(rots).reshape(B, kp, 8, -1)  # (B, k, 8, P)
+        err = _errors_own(y_c.expand(-1, -1, 8, -1, -1).reshape(B, K, 9, -1), sl.reshape(B, K, -1),
+                          predictor.transfer, predictor.weight)  # (B, K, 9)
+        cand_shifts = parent_shifts.repeat_interleave(8, dim=1)  # (B, K, 9, 2)
         e, s = err.min(dim=2)  # (B, K)
         k = min(top_k, K)
         err_k, pick = e.topk(k, dim=1, largest=False)
@@ -238,6 +253,14 @@ def random_rotations(n: int, seed: int) -> np.ndarray:
     from scipy.spatial.transform import Rotation
 
     return Rotation.random(n, random_state=np.random.default_rng(seed)).as_matrix()
+
+
+def default_search_epochs(n_particles: int) -> int:
+    """Default most search epochs for ``n_particles``: about 30000 searched images, at least 6 and at most 40
+    epochs (the decoder needs a few hundred steps to turn random poses into a consistent map; a small data set
+    needs more passes for as many steps; the search stops earlier once the poses are stable).
+    """
+    return int(min(40, max(6, math.ceil(30000 / max(1, int(n_particles))))))
 
 
 def search_radii(D: int) -> tuple[float, float]:
@@ -292,6 +315,7 @@ class PoseSearcher(PoseRefiner):
         self.n_searched_particles = n if train_positions is None else len(train_positions)
         # state (checkpointed): images trained on, the epoch the local phase starts (0: not yet), per-epoch counts
         self.images_seen = 0
+        self.full_searches = 0  # epochs in which every particle was searched
         self.local_from = 0
         self.epoch_counts = {"searched": 0, "moved": 0, "error": 0.0}
         self.history: list[dict] = []
@@ -304,13 +328,14 @@ class PoseSearcher(PoseRefiner):
         """``search`` or ``local`` in ``epoch``."""
         return "local" if self.local_from and epoch >= self.local_from else "search"
 
-    def lattice_radius_px(self, epoch: int) -> float:
-        """Lattice radius (pixels) of the search in ``epoch``: linear from the start to the end radius over
-        ``max_search_epochs``.
+    def lattice_radius_px(self, epoch: int | None = None) -> float:
+        """Lattice radius (pixels) of the search in progress: linear from the start to the end radius over
+        ``max_search_epochs`` complete searches (epochs in which every particle was searched; a first epoch
+        partly spent on pretraining does not count). ``epoch`` is accepted for symmetry and not used.
         """
         if self.max_search_epochs <= 1:
             return self.radius_end_px
-        t = min(1.0, (int(epoch) - 1) / (self.max_search_epochs - 1))
+        t = min(1.0, self.full_searches / (self.max_search_epochs - 1))
         return self.radius_start_px + t * (self.radius_end_px - self.radius_start_px)
 
     def radius(self, epoch: int) -> float:
@@ -331,17 +356,24 @@ class PoseSearcher(PoseRefiner):
         if c["searched"] == 0:
             return
         frac = c["moved"] / c["searched"]
+        radius = self.lattice_radius_px()
         self.history.append({"epoch": epoch, "searched": c["searched"], "moved_fraction": frac,
-                             "radius_px": self.lattice_radius_px(epoch), "error": c["error"] / c["searched"]})
-        log.info(f"abinit epoch {epoch}: searched {c['searched']} particles at lattice radius "
-                 f"{self.lattice_radius_px(epoch):.1f} px; {100 * frac:.1f} % moved by more than "
-                 f"{2 * self.final_spacing_deg:g} deg; mean search error {c['error'] / c['searched']:.4g}")
-        stable = epoch >= self.min_search_epochs and frac < self.stable_fraction
-        if not self.local_from and (stable or epoch >= self.max_search_epochs):
+                             "radius_px": radius, "error": c["error"] / c["searched"]})
+        log.info(f"abinit epoch {epoch}: searched {c['searched']} particles at lattice radius {radius:.1f} px; "
+                 f"{100 * frac:.1f} % moved by more than {2 * self.final_spacing_deg:g} deg; mean search error "
+                 f"{c['error'] / c['searched']:.4g}")
+        if c["searched"] >= self.n_searched_particles:  # every particle searched in this epoch
+            self.full_searches += 1
+        stable = self.full_searches >= self.min_search_epochs and frac < self.stable_fraction
+        if not self.local_from and (stable or self.full_searches >= self.max_search_epochs):
             self.local_from = epoch + 1
-            why = (f"{100 * frac:.1f} % of the poses moved by more than {2 * self.final_spacing_deg:g} deg"
-                   if stable else f"the last of {self.max_search_epochs} search epochs")
-            log.info(f"abinit: poses stable after epoch {epoch} ({why}); local refinement from epoch {epoch + 1}")
+            moved = f"{100 * frac:.1f} % of the poses moved by more than {2 * self.final_spacing_deg:g} deg"
+            if stable:
+                log.info(f"abinit: poses stable after epoch {epoch} ({moved}); local refinement from epoch "
+                         f"{epoch + 1}")
+            else:
+                log.info(f"abinit: {self.full_searches} complete search epochs done (--search-epochs) with {moved} "
+                         f"in the last; local refinement from epoch {epoch + 1}")
         self.epoch_counts = {"searched": 0, "moved": 0, "error": 0.0}
 
     # -- one batch ----------------------------------------------------------------------------------------------
@@ -424,6 +456,7 @@ class PoseSearcher(PoseRefiner):
     def state_dict(self) -> dict:
         """The table and the search's progress (images seen, phase, the epoch's counts, history)."""
         return {**super().state_dict(), "images_seen": self.images_seen, "local_from": self.local_from,
+                "full_searches": self.full_searches,
                 "epoch_counts": dict(self.epoch_counts), "history": list(self.history),
                 "counted_epoch": self._counted_epoch}
 
@@ -432,6 +465,7 @@ class PoseSearcher(PoseRefiner):
         super().load_state_dict(state)
         self.images_seen = int(state.get("images_seen", 0))
         self.local_from = int(state.get("local_from", 0))
+        self.full_searches = int(state.get("full_searches", 0))
         self.epoch_counts = dict(state.get("epoch_counts", {"searched": 0, "moved": 0, "error": 0.0}))
         self.history = list(state.get("history", []))
         self._counted_epoch = int(state.get("counted_epoch", 1))

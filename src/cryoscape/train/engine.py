@@ -252,10 +252,12 @@ class Engine:
         if refine:
             unscale = 1.0 / float(self.scaler.get_scale()) if self.scaler is not None else 1.0
             self.pose_refiner.step(self.gather_rows, self.info.world_size, unscale)
-            self.pose_refiner.observe(terms)
         if self.after_step is not None:
             self.after_step(self.model, self.gather_rows)
-        return {k: float(v.detach()) for k, v in terms.items()}
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        if refine:
+            self.pose_refiner.observe(values)
+        return values
 
     def gather_rows(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``tensors`` concatenated over the processes (rank order); as given when single-process."""

@@ -50,17 +50,18 @@ def load_training_particles(config: RunConfig):
     """The particle set named by ``config.data`` (with ``--ind`` applied) and the original indices: the family's
     :meth:`~cryoscape.models.family.ModelFamily.load_particles` (tomoDRGN reads its tilt series).
     """
-    particles, indices = get_family(config.model.family).load_particles(config)
-    if config.train.abinit:  # cryoscape abinit: the search starts from nothing
-        from cryoscape.metadata import Poses
+    return get_family(config.model.family).load_particles(config)
 
-        if particles.poses is not None:
-            log.info(f"abinit: the poses in {config.data.poses or config.data.particles} are ignored (poses are "
-                     "searched from scratch)")
-        n = len(particles)
-        particles = dataclasses.replace(particles, poses=Poses(np.broadcast_to(np.eye(3), (n, 3, 3)).copy(),
-                                                               np.zeros((n, 2))))
-    return particles, indices
+
+def without_poses(particles):
+    """``particles`` with identity rotations and zero origins (``cryoscape abinit``: the search starts from
+    nothing), and whether it had poses.
+    """
+    from cryoscape.metadata import Poses
+
+    n = len(particles)
+    identity = Poses(np.broadcast_to(np.eye(3), (n, 3, 3)).copy(), np.zeros((n, 2)))
+    return dataclasses.replace(particles, poses=identity), particles.poses is not None
 
 
 def with_absolute_paths(config: RunConfig) -> RunConfig:
@@ -176,6 +177,9 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
     family.validate(config)
     config = family.resolve_defaults(config, device)  # device-dependent defaults (opus-dsd widths)
     particles, indices = load_training_particles(config)
+    had_poses = False
+    if config.train.abinit:
+        particles, had_poses = without_poses(particles)
     norm = state["build"].get("norm_std") if state else None
     data = family.make_data(particles, config, norm_std=norm, progress=progress and info.is_main)
     data.to(device)  # prepared data (in memory) and metadata stay on the training device; lazy batches move there
@@ -199,6 +203,9 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
             save_config(config, run.config_path)
         if config.train.load and state is None:
             log.info(f"starting from the model weights of {config.train.load}")
+        if had_poses:
+            log.info(f"abinit: the poses in {config.data.poses or config.data.particles} are ignored (poses are "
+                     "searched from scratch)")
 
     if info.is_main and not resume:
         save_config(config, run.config_path)
