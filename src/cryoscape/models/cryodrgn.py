@@ -196,6 +196,20 @@ class CryoDRGN(FamilyModel):
         image = ihartley2(grid.reshape(B, D, D)) * weight.to(values.dtype)
         return hartley2(image).reshape(B, D * D)[:, index]
 
+    def _batch_for_poses(self, batch: dict[str, torch.Tensor], half: torch.Tensor):
+        """``(z, transfer, weight)`` of a batch for the pose predictors: posterior-mean latents (``None`` when
+        homogeneous), what multiplies a slice and the premultiplied images' error weights (``None``: 1) at the
+        positions ``[half, mates, DC]``.
+        """
+        ctf = self.ctf_values(batch.get("ctf"))
+        z = self.encode(batch["y"], ctf)[0] if self.zdim > 0 else None
+        m = self.pixels.n_half
+        positions = torch.cat([half, half + m, torch.tensor([2 * m], device=half.device)])
+        if ctf is None:
+            return z, None, None
+        ctf = ctf[:, positions]
+        return z, self.transfer(ctf), premultiplied_weights(ctf) if self.ctf_premultiplied else None
+
     @torch.no_grad()
     def pose_predictor(self, batch: dict[str, torch.Tensor], half: torch.Tensor):
         """For local pose refinement (``models.poses.PoseRefiner.local_update``): a function ``rotations (B, 3, 3)
@@ -203,12 +217,7 @@ class CryoDRGN(FamilyModel):
         the posterior means of ``batch["y"]``) at the half-plane positions ``half`` ``(M',)``
         (``[half, their mates, DC]`` order, as :meth:`render`).
         """
-        y = batch["y"]
-        ctf = self.ctf_values(batch.get("ctf"))
-        z = self.encode(y, ctf)[0] if self.zdim > 0 else None
-        m = self.pixels.n_half
-        positions = torch.cat([half, half + m, torch.tensor([2 * m], device=half.device)])
-        transfer = None if ctf is None else self.transfer(ctf[:, positions])
+        z, transfer, _ = self._batch_for_poses(batch, half)
 
         def predict(rotations: torch.Tensor) -> torch.Tensor:
             pred = self.render(rotations, z, half)
@@ -231,12 +240,7 @@ class CryoDRGN(FamilyModel):
         from cryoscape.models.pose_search import SearchPredictor, decoder_grid, sample_slices
 
         y = batch["y"]
-        ctf = self.ctf_values(batch.get("ctf"))
-        z = self.encode(y, ctf)[0] if self.zdim > 0 else None
-        m = self.pixels.n_half
-        positions = torch.cat([half, half + m, torch.tensor([2 * m], device=half.device)])
-        transfer = None if ctf is None else self.transfer(ctf[:, positions])
-        weight = None if ctf is None or not self.ctf_premultiplied else premultiplied_weights(ctf[:, positions])
+        z, transfer, weight = self._batch_for_poses(batch, half)
         os_ = float(oversample if oversample is not None else (2.0 if z is None else 1.0))
         spacing = 1.0 / (os_ * self.D)
         b = 1 if z is None else z.shape[0]
