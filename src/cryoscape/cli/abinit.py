@@ -38,6 +38,22 @@ def add_args(p: argparse.ArgumentParser) -> None:
     search's.
     """
     train_cli.add_args(p)
+    # what abinit does not use stays parseable (it is refused or ignored with a message) but out of --help
+    hidden = {"refine_poses", "pose_method", "pose_lr", "shift_lr", "refine_start", "focus_mask", "focus_consensus",
+              "val_frac", "poses"}
+    for group in p._action_groups:
+        if group.title and group.title.startswith(("opus-dsd", "tomodrgn")):
+            group.description = None
+            for action in group._group_actions:
+                action.help = argparse.SUPPRESS
+    own_help = {"zdim": "latent dimension; 0 = one map (homogeneous, the default), N = a latent space of maps",
+                "model": "model family (default cryodrgn; only cryodrgn searches poses so far)",
+                "epochs": "epochs (default: the most search epochs + 10)"}
+    for action in p._actions:
+        if action.dest in hidden:
+            action.help = argparse.SUPPRESS
+        elif action.dest in own_help:
+            action.help = own_help[action.dest]
     g = p.add_argument_group("abinit", "the pose search (models/pose_search.py)")
     g.add_argument("--search-epochs", type=int, default=None,
                    help="at most this many epochs of global pose search (every particle searched once per epoch) "
