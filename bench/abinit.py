@@ -13,7 +13,8 @@ on PyPI, as ``bench/atomic_states.py``; one chain, no symmetry; power to Nyquist
 
 * homogeneous: the map (``eval-vol``) aligned to the truth (``cryoscape.analysis.align.align_maps``: rotation,
   translation, hand), its FSC against the truth and the FSC=0.5 resolution, against the back-projection of the
-  same particles with the true poses (``cryoscape backproject``, same truth); the pose errors after the one global
+  same particles with the true poses (``cryoscape backproject``, same truth); likewise the back-projection with the
+  estimated poses (``backproject --run``, what a refinement would start from); the pose errors after the one global
   rotation (and hand) that best maps the estimated frame onto the true one: median, 90th percentile, fraction
   under 10 degrees; wall time; collapse check (map correlation with the truth);
 * heterogeneous (``--zdim N``): k-means(3) ARI of the last epoch's latents against the true states.
@@ -158,6 +159,20 @@ def main(argv=None) -> int:
                          map_hand_flipped=bool(al.hand_flipped))
             if "backprojection_true_poses" in result:
                 entry["fsc05_ratio_to_bp"] = round(res / result["backprojection_true_poses"]["fsc05_A"], 3)
+            # the back-projection of the particles with the estimated poses (as a refinement would start from)
+            bp_est = work / f"bp_est_s{seed}"
+            if not (bp_est / "backproject.mrc").is_file():
+                run_timed([*CRYOSCAPE_CMD, "backproject", "--run", str(run), "-o", str(bp_est)],
+                          work / f"bp_est_s{seed}.log")
+            if (bp_est / "backproject.mrc").is_file():
+                est_bp = read_map(bp_est / "backproject.mrc")
+                al_bp = align_maps(est_bp, truth, pixel_size_angstrom=apix)
+                res_bp_est, curve_bp_est = fsc_resolution(al_bp.apply(est_bp), truth, apix)
+                entry.update(bp_est_fsc05_A=res_bp_est, bp_est_fsc=curve_bp_est,
+                             bp_est_correlation=round(float(al_bp.correlation), 4))
+                if "backprojection_true_poses" in result:
+                    entry["bp_est_ratio_to_bp"] = round(res_bp_est / result["backprojection_true_poses"]["fsc05_A"],
+                                                        3)
         else:
             from sklearn.cluster import KMeans
             from sklearn.metrics import adjusted_rand_score
@@ -168,7 +183,7 @@ def main(argv=None) -> int:
             if labels is not None:
                 entry["kmeans3_ari"] = round(float(adjusted_rand_score(labels, km)), 4)
         result["runs"][f"seed{seed}"] = entry
-        print(json.dumps({f"seed{seed}": {k: v for k, v in entry.items() if k != "fsc"}}))
+        print(json.dumps({f"seed{seed}": {k: v for k, v in entry.items() if not k.endswith("fsc")}}))
     seeds = "_".join(str(s) for s in args.seeds)
     write_json(RESULTS.with_name(f"abinit_{name}_D{args.D}_N{args.n}_z{args.zdim}_s{seeds}.json"), result)
     return 0

@@ -233,6 +233,38 @@ def test_abinit_resume_mid_search_equals_an_uninterrupted_run(blob_sim, tmp_path
     assert wa["poses"]["history"] == wb["poses"]["history"]
 
 
+@pytest.mark.slow
+def test_abinit_resume_after_ctrl_c_mid_epoch_equals_an_uninterrupted_run(blob_sim, tmp_path, monkeypatch):
+    """Stopped (as by Ctrl-C) in the middle of the third epoch, a search epoch, and resumed: the same poses and
+    weights as without the stop."""
+    from cryoscape.rundir import load_checkpoint
+    from cryoscape.train import engine as engine_module
+
+    star = str(blob_sim / "sim" / "particles.star")
+    small = ["--threads", "1", "--no-progress", "-b", "50", "--pretrain", "200", "--dec-dim", "32",
+             "--search-epochs", "4", "-n", "3"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert main(["abinit", star, "-o", str(whole), *small]) == 0
+    calls = {"n": 0}
+    real = engine_module.broadcast_flag
+
+    def stop_after_25_steps(value, info, device):  # 10 steps an epoch: the middle of epoch 3
+        calls["n"] += 1
+        return real(value, info, device) or calls["n"] == 25
+
+    monkeypatch.setattr(engine_module, "broadcast_flag", stop_after_25_steps)
+    assert main(["abinit", star, "-o", str(part), *small]) == 130
+    monkeypatch.setattr(engine_module, "broadcast_flag", real)
+    assert main(["abinit", star, "-o", str(part), "--resume", "--threads", "1", "--no-progress"]) == 0
+    a, b = load_learned_poses(whole, 3)[1], load_learned_poses(part, 3)[1]
+    np.testing.assert_allclose(a["rotations"], b["rotations"], atol=1e-5)
+    wa = load_checkpoint(whole / "checkpoints" / "epoch_003.pt")
+    wb = load_checkpoint(part / "checkpoints" / "epoch_003.pt")
+    for k, v in wa["model"].items():
+        torch.testing.assert_close(v, wb["model"][k])
+    assert wa["poses"]["epoch_counts"] == wb["poses"]["epoch_counts"]
+
+
 def test_abinit_refuses_validation_and_refine_poses(blob_sim, tmp_path, capsys):
     star = str(blob_sim / "sim" / "particles.star")
     assert main(["abinit", star, "-o", str(tmp_path / "a"), "--val-frac", "0.2"]) != 0
