@@ -154,8 +154,8 @@ def test_searcher_gives_up_after_the_most_search_epochs():
 def test_default_search_epochs_scale_with_the_data():
     from cryoscape.models.pose_search import default_search_epochs, search_radii
 
-    assert default_search_epochs(500) == 40 and default_search_epochs(5000) == 6
-    assert default_search_epochs(10**6) == 6 and default_search_epochs(3000) == 10
+    assert default_search_epochs(500) == 40 and default_search_epochs(5000) == 12
+    assert default_search_epochs(10**6) == 10 and default_search_epochs(3000) == 20
     assert search_radii(32) == (5.0, 8.0) and search_radii(64) == (8.0, 16.0) and search_radii(256) == (16.0, 32.0)
 
 

@@ -58,7 +58,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--search-epochs", type=int, default=None,
                    help="at most this many epochs of global pose search (every particle searched once per epoch) "
                         "before local refinement; earlier when the poses are stable (default: enough for about "
-                        "30000 searched images, 6 to 40 epochs)")
+                        "60000 searched images, 10 to 40 epochs)")
     g.add_argument("--pretrain", dest="pretrain_images", type=int, default=None,
                    help="training images on random poses before the first search (default 1000)")
 

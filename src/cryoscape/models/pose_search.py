@@ -256,11 +256,13 @@ def random_rotations(n: int, seed: int) -> np.ndarray:
 
 
 def default_search_epochs(n_particles: int) -> int:
-    """Default most search epochs for ``n_particles``: about 30000 searched images, at least 6 and at most 40
-    epochs (the decoder needs a few hundred steps to turn random poses into a consistent map; a small data set
-    needs more passes for as many steps; the search stops earlier once the poses are stable).
+    """Default most search epochs for ``n_particles``: about 60000 searched images, at least 10 and at most 40
+    epochs (the decoder needs hundreds to thousands of steps to turn random poses into a consistent map, more at
+    low SNR: on 5000 images of a 24 kDa protein at SNR 0.1, D=64, 63 % of the poses still moved by more than 7.5
+    degrees after 4 complete searches; a small data set needs more passes for as many steps; the search stops
+    earlier once the poses are stable).
     """
-    return int(min(40, max(6, math.ceil(30000 / max(1, int(n_particles))))))
+    return int(min(40, max(10, math.ceil(60000 / max(1, int(n_particles))))))
 
 
 def search_radii(D: int) -> tuple[float, float]:
