@@ -17,7 +17,9 @@ on PyPI, as ``bench/atomic_states.py``; one chain, no symmetry; power to Nyquist
   estimated poses (``backproject --run``, what a refinement would start from); the pose errors after the one global
   rotation (and hand) that best maps the estimated frame onto the true one: median, 90th percentile, fraction
   under 10 degrees; wall time; collapse check (map correlation with the truth);
-* heterogeneous (``--zdim N``): k-means(3) ARI of the last epoch's latents against the true states.
+* heterogeneous (``--zdim N``): k-means ARI (as many clusters as true states) of the last epoch's latents against
+  the true states; each cluster centre's map (``eval-vol --zfile``), aligned once to the truth, correlated with
+  every true state: does each class map best match the state most of its particles come from?
 
 Writes ``bench/results/abinit_<data>_D<D>_N<N>_z<zdim>_s<seeds>.json`` (one file per invocation, so seeds can run
 as parallel invocations) and prints one JSON line per seed.
@@ -177,11 +179,30 @@ def main(argv=None) -> int:
             from sklearn.cluster import KMeans
             from sklearn.metrics import adjusted_rand_score
 
-            labels = np.load(sim / "labels.npz")["labels"] if (sim / "labels.npz").is_file() else None
-            z = np.load(run / "latents" / f"epoch_{epoch:03d}.npy")
-            km = KMeans(3, n_init=10, random_state=0).fit_predict(z[:, : args.zdim] if z.ndim == 2 else z)
-            if labels is not None:
-                entry["kmeans3_ari"] = round(float(adjusted_rand_score(labels, km)), 4)
+            from cryoscape.analysis.align import align_maps
+
+            labels = np.load(sim / "labels.npz")["state"]
+            z = np.load(run / "latents" / f"epoch_{epoch:03d}.npy")[:, : args.zdim]
+            fit = KMeans(len(truth_paths), n_init=10, random_state=0).fit(z)
+            entry["kmeans_ari"] = round(float(adjusted_rand_score(labels, fit.labels_)), 4)
+            # each cluster's map (at its centre) against every true state, after aligning the cluster maps'
+            # common frame once (on the first cluster's best match)
+            centres = work / f"centres_s{seed}.txt"
+            np.savetxt(centres, fit.cluster_centers_)
+            out = work / f"class_maps_s{seed}"
+            run_timed([*CRYOSCAPE_CMD, "eval-vol", str(run), "--zfile", str(centres), "-o", str(out), "--overwrite"],
+                      work / f"evalvol_s{seed}.log")
+            maps = [read_map(m) for m in sorted(out.glob("vol_*.mrc"))]
+            truths = [read_map(t) for t in truth_paths]
+            al = align_maps(maps[0], truths[int(np.bincount(labels[fit.labels_ == 0]).argmax())],
+                            pixel_size_angstrom=apix)
+            corr = np.array([[float(np.corrcoef(al.apply(m).ravel(), t.ravel())[0, 1]) for t in truths]
+                             for m in maps])
+            majority = [int(np.bincount(labels[fit.labels_ == k], minlength=len(truths)).argmax())
+                        for k in range(len(maps))]
+            entry.update(class_map_correlation=np.round(corr, 3).tolist(), class_majority_state=majority,
+                         each_class_best_matches_its_state=bool(all(corr[k].argmax() == majority[k]
+                                                                    for k in range(len(maps)))))
         result["runs"][f"seed{seed}"] = entry
         print(json.dumps({f"seed{seed}": {k: v for k, v in entry.items() if not k.endswith("fsc")}}))
     seeds = "_".join(str(s) for s in args.seeds)

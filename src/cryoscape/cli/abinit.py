@@ -3,14 +3,15 @@
 PARTICLES is read as `cryoscape train` reads it (RELION STAR, cryoSPARC .cs, or an .mrcs stack with --ctf ctf.pkl);
 poses in it are ignored (the log says so). Every particle's rotation and in-plane shift is searched against the
 current decoder before its training step: a global search over a uniform HEALPix grid of SO(3) (576 rotations, 30
-degrees apart) x a square grid of shifts (+-10 % of the box), refined on three finer grids (3.75 degrees) around
-the 8 best, comparing the Fourier pixels within a lattice radius that grows from D/8 to D/4 over the search
-epochs (at least 5 and 8, at most 16 and 32 pixels). The first --pretrain images train on random poses. When fewer
-than 10 % of the poses still move by more than 7.5 degrees in an epoch (after at least 3 search epochs; at the
-latest after --search-epochs) the run switches to local refinement: one damped Gauss-Newton step of each particle's
-pose per epoch (`train --refine-poses`). A log line at least every minute says the phase, the lattice radius (in
-pixels and Angstrom), the share of poses that moved and the loss. A heterogeneous run searches each image against
-the map of its own latent (the encoder's posterior mean). Default epochs: the most search epochs + 10.
+degrees apart) x a square grid of shifts (+-10 % of the box), refined on three finer grids (3.75 degrees) around the
+8 best, comparing the Fourier pixels within a lattice radius that grows from D/8 to D/4 over the search epochs (at
+least 5 and 8, at most 16 and 32 pixels). The first --pretrain images train on random poses. When in an epoch fewer
+than 10 % of the poses moved by more than 7.5 degrees and fewer than 5 % by more than 15 (after at least 3 search
+epochs; at the latest after --search-epochs) the run switches to local refinement: one damped Gauss-Newton step of
+each particle's pose per epoch (`train --refine-poses`). A log line at least every minute says the phase, the
+lattice radius (in pixels and Angstrom), the share of poses that moved and the loss. A heterogeneous run searches
+each image against the map of its own latent (the encoder's posterior mean). Default epochs: the most search epochs
++ 10.
 
 The run folder is a normal run: `analyze`, `eval-vol`, `explore`, `filter` and `write-poses RUN -o OUT.star|.cs`
 work on it; the estimated poses are RUN/poses/epoch_NNN.npz. An ab initio map has an arbitrary orientation and
