@@ -210,11 +210,25 @@ def test_tiny_abinit_recovers_the_map_and_the_poses(blob_sim, tmp_path):
     assert np.median(best) < 10.0, np.median(best)
 
 
+def _assert_same_run(whole, part, epoch: int) -> None:
+    """The poses, the weights and the search's state of epoch ``epoch`` of two runs are the same."""
+    from cryoscape.rundir import load_checkpoint
+
+    a, b = load_learned_poses(whole, epoch)[1], load_learned_poses(part, epoch)[1]
+    np.testing.assert_allclose(a["rotations"], b["rotations"], atol=1e-5)
+    np.testing.assert_allclose(a["shifts_angstrom"], b["shifts_angstrom"], atol=1e-5)
+    wa = load_checkpoint(whole / "checkpoints" / f"epoch_{epoch:03d}.pt")
+    wb = load_checkpoint(part / "checkpoints" / f"epoch_{epoch:03d}.pt")
+    for k, v in wa["model"].items():
+        torch.testing.assert_close(v, wb["model"][k])
+    for key in ("history", "epoch_counts", "full_searches", "local_from", "images_seen"):
+        assert wa["poses"][key] == wb["poses"][key], key
+
+
 @pytest.mark.slow
 def test_abinit_resume_mid_search_equals_an_uninterrupted_run(blob_sim, tmp_path):
     """Two epochs (pretraining, then the first searches), resumed to four (search epochs): the poses and weights
     equal those of a run of four epochs at once."""
-    from cryoscape.rundir import load_checkpoint
 
     star = str(blob_sim / "sim" / "particles.star")
     small = ["--threads", "1", "--no-progress", "-b", "50", "--pretrain", "200", "--dec-dim", "32",
@@ -223,21 +237,13 @@ def test_abinit_resume_mid_search_equals_an_uninterrupted_run(blob_sim, tmp_path
     assert main(["abinit", star, "-o", str(whole), "-n", "4", *small]) == 0
     assert main(["abinit", star, "-o", str(part), "-n", "2", *small]) == 0
     assert main(["abinit", star, "-o", str(part), "--resume", "-n", "4", "--threads", "1", "--no-progress"]) == 0
-    a, b = load_learned_poses(whole, 4)[1], load_learned_poses(part, 4)[1]
-    np.testing.assert_allclose(a["rotations"], b["rotations"], atol=1e-5)
-    np.testing.assert_allclose(a["shifts_angstrom"], b["shifts_angstrom"], atol=1e-5)
-    wa = load_checkpoint(whole / "checkpoints" / "epoch_004.pt")
-    wb = load_checkpoint(part / "checkpoints" / "epoch_004.pt")
-    for k, v in wa["model"].items():
-        torch.testing.assert_close(v, wb["model"][k])
-    assert wa["poses"]["history"] == wb["poses"]["history"]
+    _assert_same_run(whole, part, 4)
 
 
 @pytest.mark.slow
 def test_abinit_resume_after_ctrl_c_mid_epoch_equals_an_uninterrupted_run(blob_sim, tmp_path, monkeypatch):
     """Stopped (as by Ctrl-C) in the middle of the third epoch, a search epoch, and resumed: the same poses and
     weights as without the stop."""
-    from cryoscape.rundir import load_checkpoint
     from cryoscape.train import engine as engine_module
 
     star = str(blob_sim / "sim" / "particles.star")
@@ -256,13 +262,7 @@ def test_abinit_resume_after_ctrl_c_mid_epoch_equals_an_uninterrupted_run(blob_s
     assert main(["abinit", star, "-o", str(part), *small]) == 130
     monkeypatch.setattr(engine_module, "broadcast_flag", real)
     assert main(["abinit", star, "-o", str(part), "--resume", "--threads", "1", "--no-progress"]) == 0
-    a, b = load_learned_poses(whole, 3)[1], load_learned_poses(part, 3)[1]
-    np.testing.assert_allclose(a["rotations"], b["rotations"], atol=1e-5)
-    wa = load_checkpoint(whole / "checkpoints" / "epoch_003.pt")
-    wb = load_checkpoint(part / "checkpoints" / "epoch_003.pt")
-    for k, v in wa["model"].items():
-        torch.testing.assert_close(v, wb["model"][k])
-    assert wa["poses"]["epoch_counts"] == wb["poses"]["epoch_counts"]
+    _assert_same_run(whole, part, 3)
 
 
 def test_abinit_refuses_validation_and_refine_poses(blob_sim, tmp_path, capsys):
