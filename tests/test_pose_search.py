@@ -121,6 +121,48 @@ def test_decoder_grid_slices_match_the_decoders_own():
     torch.testing.assert_close(per_image.reshape(6, -1), sampled, rtol=1e-5, atol=1e-5)
 
 
+
+def test_consensus_only_gives_one_map_for_every_image_and_the_searcher_sets_it():
+    """A heterogeneous model in the search phase: the decoder sees the latent 0 for every image (its loss does not
+    depend on the encoder's output), the search uses one shared grid, and the searcher switches the latent on with
+    the local phase."""
+    from cryoscape.models.cryodrgn import CryoDRGN
+
+    torch.manual_seed(0)
+    model = CryoDRGN(D=16, pixel_size_angstrom=4.0, zdim=2, enc_dim=16, enc_layers=1, dec_dim=32, dec_layers=2,
+                     pe_dim=8, norm_std=1.0)
+    model.eval()
+    P = model.pixels.n_pixels
+    y = torch.randn(3, P)
+    rot = torch.tensor(random_rotations(3, 1), dtype=torch.float32)
+    hf = model.pixels.half_freqs()
+    half = torch.nonzero(hf.norm(dim=1) < 4.0 / 16).squeeze(1)
+    assert not model.pose_search_predictor({"y": y}, half, 4.0 / 16).shared  # per-image latents
+    model.set_consensus_only(True)
+    # the reconstruction equals the map at the latent 0, whatever the encoder says about the image
+    recon = model({"y": y, "rot": rot})["recon"]
+    expected = torch.mean((model.render(rot, torch.zeros(3, 2)) - y) ** 2)
+    torch.testing.assert_close(recon, expected)
+    pred = model.pose_search_predictor({"y": y}, half, 4.0 / 16, oversample=8)
+    assert pred.shared
+    with torch.no_grad():
+        direct = model.render(rot, torch.zeros(3, 2), half)
+    rel = (pred.slices(rot) - direct).norm() / direct.norm()
+    assert rel < 0.05, float(rel)
+    # the searcher: consensus while searching, the latent on in the local phase
+    s = PoseSearcher(3, hf, D=16, pixel_size_angstrom=4.0, pretrain_images=0)
+    batch = {"y": y, "rot": torch.eye(3).expand(3, 3, 3), "index": torch.arange(3)}
+    s.active(1)
+    s.prepare(batch, model)
+    assert model.consensus_only
+    s.local_from = 2
+    s.active(2)
+    s.prepare(batch, model)
+    assert not model.consensus_only
+    homogeneous = CryoDRGN(D=16, pixel_size_angstrom=4.0, zdim=0, dec_dim=32, dec_layers=2, pe_dim=8, norm_std=1.0)
+    homogeneous.set_consensus_only(True)
+    assert not homogeneous.consensus_only
+
 def test_searcher_switches_to_local_refinement_when_stable():
     s = PoseSearcher(10, FourierPixels.create(16).half_freqs(), D=16, pixel_size_angstrom=3.0, max_search_epochs=5,
                      min_search_epochs=2)

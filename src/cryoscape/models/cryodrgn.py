@@ -73,6 +73,7 @@ class CryoDRGN(FamilyModel):
         self.D = D
         self.ctf_premultiplied = bool(ctf_premultiplied)
         self.zdim = zdim
+        self.consensus_only = False  # set_consensus_only
         self.beta = (1.0 / zdim if zdim > 0 else 0.0) if beta is None else float(beta)
         self.pixels = FourierPixels.create(D)
         self.register_buffer("pixel_size_angstrom", torch.tensor(float(pixel_size_angstrom)))
@@ -100,6 +101,16 @@ class CryoDRGN(FamilyModel):
         x = y if ctf_values is None or self.ctf_premultiplied else y * torch.sign(ctf_values)
         out = self.encoder(x)
         return out[:, : self.zdim], out[:, self.zdim :]
+
+    def set_consensus_only(self, on: bool) -> None:
+        """Ab initio search phase of a heterogeneous model (``cryoscape abinit --zdim N``): while ``on``, the decoder
+        is given the latent 0 for every image (one consensus map; the encoder still gets its KL term) and the pose
+        search uses that map for every image (one shared grid). Searching against per-image latents from the start
+        let the latent absorb the orientation: on ``discrete3`` (SNR 0.1) the poses never converged
+        (``bench/RESULTS.md``, section 14). :class:`~cryoscape.models.pose_search.PoseSearcher` switches it off
+        once the poses are stable.
+        """
+        self.consensus_only = bool(on) and self.zdim > 0
 
     def set_training_progress(self, epochs_done: float) -> None:
         """Frequency-marching schedule: the training lattice radius after ``epochs_done`` (fractional) epochs."""
@@ -160,6 +171,8 @@ class CryoDRGN(FamilyModel):
             mu, logvar = self.encode(y, ctf)
             z = reparameterize(mu, logvar, self.training)
             terms["kl"] = kl_divergence(mu, logvar)
+            if self.consensus_only:  # ab initio search phase: one consensus map (set_consensus_only)
+                z = z * 0.0
         subset = self.pixel_subset()
         if subset is None:
             pred = self.render(batch["rot"], z)
@@ -202,7 +215,7 @@ class CryoDRGN(FamilyModel):
         positions ``[half, mates, DC]``.
         """
         ctf = self.ctf_values(batch.get("ctf"))
-        z = self.encode(batch["y"], ctf)[0] if self.zdim > 0 else None
+        z = self.encode(batch["y"], ctf)[0] if self.zdim > 0 and not self.consensus_only else None
         m = self.pixels.n_half
         positions = torch.cat([half, half + m, torch.tensor([2 * m], device=half.device)])
         if ctf is None:
@@ -244,7 +257,10 @@ class CryoDRGN(FamilyModel):
         os_ = float(oversample if oversample is not None else (2.0 if z is None else 1.0))
         spacing = 1.0 / (os_ * self.D)
         b = 1 if z is None else z.shape[0]
-        grid = decoder_grid(lambda q: self.decoder(q, z), float(radius_cycles), spacing, b, y.device, hermitian=True)
+        # the consensus map of a heterogeneous model (set_consensus_only) is its map at the latent 0
+        z_dec = z if z is not None or self.zdim == 0 else torch.zeros(1, self.zdim, device=y.device)
+        grid = decoder_grid(lambda q: self.decoder(q, z_dec), float(radius_cycles), spacing, b, y.device,
+                            hermitian=True)
         freqs = torch.cat([self.freqs[half], self.freqs[:1] * 0.0])  # the half-plane points and DC
 
         def slices(rotations: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,11 @@ of them) the searcher switches to the local Gauss-Newton steps of :class:`~cryos
 (``--pose-method local`` of ``train --refine-poses``) for the remaining epochs. The poses are stored as the pose
 table's corrections of identity rotations and zero origins, so the run folder's learned poses (``RUN/poses/``) are
 the estimated poses.
+
+A heterogeneous model is searched *consensus first*: during the search epochs its decoder is given the latent 0
+(one map for all images, searched like a homogeneous one) and the latent is switched on when the local phase
+starts. Searching each image against the map at its own latent from the start let the latent absorb the pose
+(poses never converged on ``discrete3``; ``bench/RESULTS.md``), and the shared grid is also far cheaper.
 """
 
 from __future__ import annotations
@@ -288,6 +293,8 @@ class PoseSearcher(PoseRefiner):
     base_level, n_levels, top_k, shift_extent_px, shift_step_px : :func:`hierarchical_search`.
     radius_start_px, radius_end_px : lattice radius of the first and the last search epoch.
     search_radius : fraction of Nyquist compared by the local steps afterwards.
+    consensus_first : a heterogeneous model (one with ``set_consensus_only``) is one consensus map while the poses
+        are searched, its latent switched on with the local phase (``CryoDRGN.set_consensus_only``).
     """
 
     def __init__(self, n: int, half_freqs: torch.Tensor, D: int, pixel_size_angstrom: float, seed: int = 0,
@@ -296,7 +303,7 @@ class PoseSearcher(PoseRefiner):
                  base_level: int = 1, n_levels: int = 3,
                  top_k: int = 8, shift_extent_px: float | None = None, shift_step_px: float | None = None,
                  radius_start_px: float | None = None, radius_end_px: float | None = None,
-                 search_radius: float = 0.5):
+                 search_radius: float = 0.5, consensus_first: bool = True):
         super().__init__(n, half_freqs, lr=0.0, start_epoch=1, method="local", search_radius=search_radius)
         self.D = int(D)
         self.apix = float(pixel_size_angstrom)
@@ -304,6 +311,7 @@ class PoseSearcher(PoseRefiner):
         self.radius_start_px = float(radius_start_px if radius_start_px is not None else r0)
         self.radius_end_px = float(radius_end_px if radius_end_px is not None else r1)
         self.pretrain_images = int(pretrain_images)
+        self.consensus_first = bool(consensus_first)
         self.min_search_epochs = int(min_search_epochs)
         self.max_search_epochs = max(1, int(max_search_epochs))
         self.stable_fraction = float(stable_fraction)
@@ -396,7 +404,10 @@ class PoseSearcher(PoseRefiner):
         in a search epoch (:meth:`search_update`), one local step each afterwards (``PoseRefiner``).
         """
         index = _get(batch, "index")
-        if self.phase(self._epoch) == "local":
+        searching = self.phase(self._epoch) != "local"
+        if model is not None and hasattr(model, "set_consensus_only"):
+            model.set_consensus_only(searching and self.consensus_first)
+        if not searching:
             out = super().prepare(batch, model, gather_rows)
         elif self.images_seen < self.pretrain_images:
             out = self.corrected(batch)

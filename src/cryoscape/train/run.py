@@ -236,6 +236,9 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
                  f"refined to {ps.final_spacing_deg:g} deg; lattice radius {ps.radius_start_px:g} -> "
                  f"{ps.radius_end_px:g} px over up to {t.search_epochs} search epochs, then local refinement; "
                  f"the first {t.pretrain_images} images train on the random poses")
+        if getattr(model, "zdim", 0) > 0 and ps.consensus_first:
+            log.info("abinit: heterogeneous model: the poses are searched against one consensus map (latent 0 "
+                     "for every image); the latent is switched on when the local refinement starts")
     elif engine.pose_refiner is not None:
         pr = engine.pose_refiner
         how = (f"one Gauss-Newton step per particle per epoch on the pixels within {t.pose_search_radius:g} x "
