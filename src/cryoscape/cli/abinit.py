@@ -10,8 +10,14 @@ than 10 % of the poses moved by more than 7.5 degrees and fewer than 5 % by more
 epochs; at the latest after --search-epochs) the run switches to local refinement: one damped Gauss-Newton step of
 each particle's pose per epoch (`train --refine-poses`). A log line at least every minute says the phase, the
 lattice radius (in pixels and Angstrom), the share of poses that moved and the loss. A heterogeneous run searches
-each image against the map of its own latent (the encoder's posterior mean). Default epochs: the most search epochs
-+ 10.
+against one consensus map (the latent 0 for every image) and switches the latent on with the local refinement.
+Default epochs: the most search epochs + 10.
+
+Tilt series (--model tomodrgn, a Warp/M image-series STAR file or a RELION 5 optimisation set): each tilt keeps
+its rotation relative to the particle's reference tilt (the one nearest 0 degrees; the tilt geometry) and only the
+particle's own rotation and shift are searched, every candidate scored by the weighted errors of all its tilts
+(dose and tilt weights, lattice mask) summed; the shift is searched in the reference tilt's plane, the local
+refinement adds its depth (as train --model tomodrgn --refine-poses). --pretrain counts particles.
 
 The run folder is a normal run: `analyze`, `eval-vol`, `explore`, `filter` and `write-poses RUN -o OUT.star|.cs`
 work on it; the estimated poses are RUN/poses/epoch_NNN.npz. An ab initio map has an arbitrary orientation and
@@ -23,6 +29,7 @@ Example:
   cryoscape abinit particles.star -o runs/abinit_homo
   cryoscape abinit particles.star -o runs/abinit_het --zdim 8 -n 30
   cryoscape abinit particles.star -o runs/abinit_homo --resume
+  cryoscape abinit tilt_particles.star -o runs/abinit_tomo --model tomodrgn
   cryoscape analyze runs/abinit_homo     # the map (analysis/epoch_020/map.mrc), loss, viewing directions
   cryoscape fsc runs/abinit_homo/analysis/epoch_020/map.mrc reference.mrc --align
 """
@@ -43,12 +50,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
     hidden = {"refine_poses", "pose_method", "pose_lr", "shift_lr", "refine_start", "focus_mask", "focus_consensus",
               "val_frac", "poses"}
     for group in p._action_groups:
-        if group.title and group.title.startswith(("opus-dsd", "tomodrgn")):
+        if group.title and group.title.startswith("opus-dsd"):
             group.description = None
             for action in group._group_actions:
                 action.help = argparse.SUPPRESS
     own_help = {"zdim": "latent dimension; 0 = one map (homogeneous, the default), N = a latent space of maps",
-                "model": "model family (default cryodrgn; only cryodrgn searches poses so far)",
+                "model": "model family (default cryodrgn; tomodrgn for tilt series: one pose per particle, "
+                         "searched with all its tilts; opus-dsd does not search poses yet)",
                 "epochs": "epochs (default: the most search epochs + 10)"}
     for action in p._actions:
         if action.dest in hidden:

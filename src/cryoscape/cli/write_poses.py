@@ -51,7 +51,7 @@ def run(args) -> int:
     run_dir = RunDir(args.run)
     config = load_config(run_dir.config_path)
     family = get_family(config.model.family)
-    if family.own_input_format and config.train.refine_poses:
+    if family.own_input_format and config.train.learns_poses:
         return _write_tilt_poses(args, run_dir, family, config, out)
     if family.own_input_format:
         raise InputError(f"write-poses writes single-particle files; this run is a {family.name} run", run_dir.path)

@@ -98,7 +98,7 @@ class ModelFamily:
         t = config.train
         if t.abinit:
             if not self.searches_poses:
-                raise InputError(f"abinit does not support --model {self.name} yet (only cryodrgn)")
+                raise InputError(f"abinit does not support --model {self.name} yet (only cryodrgn and tomodrgn)")
             if t.refine_poses:
                 raise InputError("--refine-poses: abinit refines the poses it finds itself; leave out --refine-poses")
             if config.data.val_frac > 0:

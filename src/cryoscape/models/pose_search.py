@@ -35,6 +35,16 @@ A heterogeneous model is searched *consensus first*: during the search epochs it
 (one map for all images, searched like a homogeneous one) and the latent is switched on when the local phase
 starts. Searching each image against the map at its own latent from the start let the latent absorb the pose
 (poses never converged on ``discrete3``; ``bench/RESULTS.md``), and the shared grid is also far cheaper.
+
+Tilt series (``cryoscape abinit --model tomodrgn``): a particle's tilt images share one unknown rotation; their
+rotations relative to the particle's reference tilt (``R_t = A_t A_ref^T``, the tilt geometry) are known and kept
+(``cryoscape.train.run.without_poses``). :func:`grouped_search` scores each candidate rotation ``A`` of the same
+hierarchy by the weighted squared errors of all the particle's tilts ``t``, each against the slice at ``R_t A``,
+summed (the tomodrgn loss weights: dose and tilt weights, lattice mask, padding tilts 0); the shift candidates are
+2-D shifts in the reference tilt's frame (a 3-D shift of zero depth), projected into every tilt as
+:func:`~cryoscape.models.poses.tilt_compose` does. :class:`TiltPoseSearcher` runs it in :class:`PoseSearcher`'s
+schedule with :class:`~cryoscape.models.poses.TiltPoseRefiner`'s pose (a rotation and a 3-D shift per particle)
+and local Gauss-Newton phase.
 """
 
 from __future__ import annotations
@@ -50,12 +60,13 @@ import torch
 import torch.nn.functional as F
 
 from cryoscape.imaging import so3_grid
-from cryoscape.models.poses import PoseRefiner, _get, hartley_translate, so3_log
+from cryoscape.models.poses import PoseRefiner, TiltPoseRefiner, _get, hartley_translate, so3_log
 
 log = logging.getLogger("cryoscape")
 
 __all__ = ["default_search_epochs", "SearchPredictor", "decoder_grid", "sample_slices", "shift_grid",
-           "hierarchical_search", "PoseSearcher", "random_rotations", "search_radii"]
+           "hierarchical_search", "PoseSearcher", "random_rotations", "search_radii", "grouped_search",
+           "TiltPoseSearcher"]
 
 
 @dataclasses.dataclass
@@ -507,3 +518,233 @@ def _angle_deg(w_a: torch.Tensor, w_b: torch.Tensor) -> torch.Tensor:
     Ra, Rb = so3_exp(w_a), so3_exp(w_b)
     cos = ((Ra.transpose(1, 2) @ Rb).diagonal(dim1=1, dim2=2).sum(-1) - 1.0) / 2.0
     return torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
+
+
+# -- tilt series: one unknown rotation per group of images (cryoscape abinit --model tomodrgn) ----------------------
+# A tilt-series particle is a group of images whose rotations are known relative to each other: the tilt geometry
+# ``R_t = A_t A_ref^T`` (the rotation of tilt ``t`` relative to the particle's reference tilt, independent of the
+# particle's orientation). Its one unknown is the reference tilt's rotation ``A`` (and a shift): tilt ``t`` is then
+# seen at ``R_t A``. The search scores each candidate ``A`` by the weighted squared errors of all the particle's
+# tilts, summed; a shift candidate ``s`` is a 2-D shift in the reference tilt's frame (a 3-D shift ``(s, 0)`` of zero
+# depth), which moves tilt ``t`` by ``(R_t (s, 0))[:2]``, as :func:`~cryoscape.models.poses.tilt_compose` moves it.
+
+
+def _tilt_shifts(rel: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Per-tilt image shifts ``(B, S, T, 2)`` of 2-D reference-frame shifts ``shifts`` ``(B, S, 2)`` (zero depth)
+    through the tilt geometry ``rel`` ``(B, T, 3, 3)``: ``(R_t (s, 0))[:2] = R_t[:2, :2] s``.
+    """
+    return torch.einsum("btij,bsj->bsti", rel[..., :2, :2].to(shifts.dtype), shifts)
+
+
+def _translated_tilts(y: torch.Tensor, freqs: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Tilt images ``y`` ``(B, T, P)`` translated by per-tilt shifts ``shifts`` ``(B, S, T, 2)`` -> ``(B, S, T, P)``."""
+    B, T, P = y.shape
+    S = shifts.shape[1]
+    out = hartley_translate(y[:, None].expand(B, S, T, P).reshape(B * S * T, P), freqs, shifts.reshape(-1, 2))
+    return out.reshape(B, S, T, P)
+
+
+def _tilt_slices(predictor: SearchPredictor, rel: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """The slices ``(B, r, T, P)`` of every tilt at ``R_t A`` for candidate reference rotations ``rotations``
+    ``(r, 3, 3)`` (the same for every particle) or ``(B, r, 3, 3)``.
+    """
+    B, T = rel.shape[:2]
+    if rotations.dim() == 3:
+        rotations = rotations[None].expand(B, -1, -1, -1)
+    r = rotations.shape[1]
+    A = rel[:, None].to(rotations.dtype) @ rotations[:, :, None]  # (B, r, T, 3, 3)
+    return predictor.slices(A.reshape(B, r * T, 3, 3)).reshape(B, r, T, -1)
+
+
+@torch.no_grad()
+def grouped_search(predictor: SearchPredictor, y: torch.Tensor, rel: torch.Tensor, freqs: torch.Tensor,
+                   base_level: int = 1, n_levels: int = 3, top_k: int = 8, shift_extent_px: float = 4.0,
+                   shift_step_px: float = 2.0, budget: int = 2**24
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The best rotation and shift of each group of images that share one unknown rotation (the tilts of a
+    tilt-series particle), by the coarse-to-fine search of :func:`hierarchical_search`.
+
+    Every rotation ``A`` of the base HEALPix grid is scored (then the ``top_k`` best refined on ``n_levels`` finer
+    levels, 8 children each, the shift step halved per level) by the sum over the group's images ``t`` of the
+    weighted squared errors ``sum_p w_tp (T_{s_t} y_tp - c_tp P_{R_t A}[p])^2`` against the model's slice at
+    ``R_t A``; the shift candidates ``s`` are 2-D shifts in the reference frame, ``s_t = R_t[:2, :2] s``.
+
+    Parameters
+    ----------
+    predictor : the model's :class:`SearchPredictor` of the batch; ``slices`` takes ``(B, N, 3, 3)`` rotations
+        (``shared``: one map for every group, else one per group); ``transfer`` and ``weight`` are ``(B, T, P')``
+        per image (``weight`` 0 for padding images; ``None``: 1).
+    y : ``(B, T, P')`` the images' Hartley values at the searched positions (``[half (M'), mates (M'), DC]``).
+    rel : ``(B, T, 3, 3)`` the images' rotations relative to the reference one (``R_t = A_t A_ref^T``).
+    freqs : ``(M', 2)`` the half-plane frequencies (cycles/pixel) of those positions.
+    base_level, n_levels, top_k, shift_extent_px, shift_step_px : as :func:`hierarchical_search`.
+    budget : float values per block of the global level's slices (rotations are chunked to ``budget / (B T P')``).
+
+    Returns
+    -------
+    ``(rotations (B, 3, 3) float64, shifts (B, 2) pixels, error (B,))``: the reference image's RELION matrix ``A``
+    (image ``t`` at ``R_t A``), the reference-frame shift ``s`` (apply ``(R_t (s, 0))[:2]`` to image ``t``, as the
+    origin correction of :func:`~cryoscape.models.poses.tilt_compose` with ``d = (s, 0)``) and the summed squared
+    error there.
+    """
+    device = y.device
+    B, T, P = y.shape
+    freqs = freqs.to(device=device, dtype=torch.float32)
+    y = y.float()
+    rel = rel.to(device=device, dtype=torch.float32)
+    w = torch.ones_like(y) if predictor.weight is None else predictor.weight.float()
+    c = torch.ones_like(w) if predictor.transfer is None else predictor.transfer.float()
+    wc, wcc = w * c, w * c * c
+    shifts0 = shift_grid(shift_extent_px, shift_step_px, device)  # (S, 2)
+    S = shifts0.shape[0]
+    y_t = _translated_tilts(y, freqs, _tilt_shifts(rel, shifts0[None].expand(B, -1, -1)))  # (B, S, T, P)
+    a = (w[:, None] * y_t * y_t).sum(dim=(2, 3))  # (B, S)
+    yw = (y_t * wc[:, None]).reshape(B, S, T * P)
+    del y_t
+    rot0 = torch.as_tensor(so3_grid.grid_rotations(base_level), dtype=torch.float32, device=device)
+    R = rot0.shape[0]
+    chunk = max(1, int(budget) // max(1, B * T * P))
+    best_err = torch.empty(B, R, device=device)
+    best_shift = torch.empty(B, R, dtype=torch.long, device=device)
+    for start in range(0, R, chunk):
+        sl = _tilt_slices(predictor, rel, rot0[start : start + chunk])  # (B, r, T, P)
+        r = sl.shape[1]
+        cross = torch.bmm(yw, sl.reshape(B, r, T * P).transpose(1, 2))  # (B, S, r)
+        norm = (sl * sl * wcc[:, None]).sum(dim=(2, 3))  # (B, r)
+        e, s = (a[:, :, None] - 2.0 * cross + norm[:, None, :]).min(dim=1)
+        best_err[:, start : start + r] = e
+        best_shift[:, start : start + r] = s
+    del yw
+    k = min(top_k, R)
+    err_k, idx_k = best_err.topk(k, dim=1, largest=False)  # (B, k)
+    shift_k = shifts0[best_shift.gather(1, idx_k)]  # (B, k, 2)
+    idx_k_np = idx_k.cpu().numpy()
+    level = base_level
+    step = shift_step_px
+    offsets = shift_grid(1.0, 1.0, device)  # (9, 2) unit offsets
+    for _ in range(n_levels):
+        level += 1
+        step = step / 2.0
+        children = so3_grid.child_indices(level - 1, idx_k_np).reshape(B, -1)  # (B, 8k): 8 per candidate
+        rots = torch.as_tensor(so3_grid.grid_rotations(level, children), dtype=torch.float32, device=device)
+        kp = shift_k.shape[1]
+        parent_shifts = shift_k[:, :, None, :] + step * offsets[None, None]  # (B, k, 9, 2)
+        # the 8 children of a candidate share its 9 translated groups of images
+        y_c = _translated_tilts(y, freqs, _tilt_shifts(rel, parent_shifts.reshape(B, kp * 9, 2)))  # (B, 9k, T, P)
+        a_c = (w[:, None] * y_c * y_c).sum(dim=(2, 3)).reshape(B, kp, 9)
+        yw_c = (y_c * wc[:, None]).reshape(B * kp, 9, T * P)
+        del y_c
+        sl = _tilt_slices(predictor, rel, rots)  # (B, 8k, T, P)
+        norm = (sl * sl * wcc[:, None]).sum(dim=(2, 3)).reshape(B, kp, 8)
+        cross = torch.bmm(sl.reshape(B * kp, 8, T * P), yw_c.transpose(1, 2)).reshape(B, kp, 8, 9)
+        err = (a_c[:, :, None, :] - 2.0 * cross + norm[..., None]).reshape(B, kp * 8, 9)  # (B, K, 9)
+        cand_shifts = parent_shifts.repeat_interleave(8, dim=1)  # (B, K, 9, 2)
+        e, s = err.min(dim=2)  # (B, K)
+        k = min(top_k, e.shape[1])
+        err_k, pick = e.topk(k, dim=1, largest=False)
+        idx_k_np = np.take_along_axis(children, pick.cpu().numpy(), axis=1)
+        chosen_shift = cand_shifts.gather(2, s[:, :, None, None].expand(-1, -1, 1, 2)).squeeze(2)  # (B, K, 2)
+        shift_k = chosen_shift.gather(1, pick[:, :, None].expand(-1, -1, 2))
+    best = so3_grid.grid_rotations(level, idx_k_np[:, 0])
+    return torch.as_tensor(best, dtype=torch.float64), shift_k[:, 0].cpu(), err_k[:, 0].cpu()
+
+
+class TiltPoseSearcher(PoseSearcher):
+    """Ab initio poses of tilt-series particles inside training (``cryoscape abinit --model tomodrgn``).
+
+    The schedule of :class:`PoseSearcher` (pretraining on random poses, search epochs with a growing lattice radius,
+    the stability test, consensus first for a heterogeneous model, then local refinement) with the pose of
+    :class:`~cryoscape.models.poses.TiltPoseRefiner`: one rotation ``w`` and one 3-D shift ``d`` per particle in
+    its reference tilt's frame, applied to all its tilts through the tilt geometry
+    (:func:`~cryoscape.models.poses.tilt_compose`). The provider's per-tilt rotations are the tilt geometry alone
+    (``cryoscape.train.run.without_poses``: each tilt's rotation relative to the reference tilt, so the reference
+    tilt has the identity), so ``exp([w]x)`` is the particle's pose and the table's rows are the estimated poses.
+
+    A search (:meth:`search_update`, :func:`grouped_search`) scores every candidate rotation by all of a particle's
+    tilts at once and sets ``w`` to the best rotation and ``d`` to ``(s, 0)`` for the best reference-frame shift
+    ``s``; the local phase is :meth:`TiltPoseRefiner.local_update` (one damped Gauss-Newton step of the 6 parameters
+    from all tilts, through ``model.tilt_pose_predictor``). The learned poses are written as
+    ``train --model tomodrgn --refine-poses`` writes them (``RUN/poses/epoch_NNN.npz``, per tilt image and per
+    particle).
+
+    Parameters
+    ----------
+    ref : ``(N,)`` every particle's reference tilt (:func:`~cryoscape.models.poses.reference_tilts`).
+    Others as :class:`PoseSearcher`.
+    """
+
+    def __init__(self, n: int, half_freqs: torch.Tensor, ref, D: int, pixel_size_angstrom: float, **kwargs):
+        from cryoscape.models.poses import PoseTable
+
+        super().__init__(n, half_freqs, D, pixel_size_angstrom, **kwargs)
+        random_w = self.table.values[:, :3].clone()
+        self.table = PoseTable(n, lr=0.0, shift_dims=3)
+        self.table.values[:, :3] = random_w
+        self.ref = torch.as_tensor(np.asarray(ref), dtype=torch.long).cpu()
+        if self.ref.shape != (self.table.n,):
+            raise ValueError(f"reference tilts of {tuple(self.ref.shape)} for {self.table.n} particles")
+
+    @classmethod
+    def for_data(cls, data, **kwargs) -> TiltPoseSearcher:
+        """The searcher of a :class:`~cryoscape.data.tilt_data.TiltSeriesData` (reference tilts from its metadata)."""
+        from cryoscape.models.poses import reference_tilts
+
+        tilts = data.tilts
+        ref = reference_tilts(tilts.offsets, tilts.tilt_deg, tilts.exposure_e_per_angstrom2)
+        return cls(len(data), data.pixels.half_freqs(), ref, D=int(data.D),
+                   pixel_size_angstrom=float(data.pixel_size_angstrom), **kwargs)
+
+    # the tilt-series pose: applied, refined locally and written as TiltPoseRefiner does
+    _apply = TiltPoseRefiner._apply
+    local_update = TiltPoseRefiner.local_update
+    learned = TiltPoseRefiner.learned
+    save_epoch_poses = TiltPoseRefiner.save_epoch_poses
+
+    @torch.no_grad()
+    def search_update(self, model, batch, gather_rows=None) -> None:
+        """Search the poses of the batch's particles from all their tilts (:func:`grouped_search`) against
+        ``model.tilt_search_predictor`` and write them into the table (gathered over the processes with
+        ``gather_rows``).
+        """
+        index = _get(batch, "index")
+        y_full, rot = _get(batch, "y"), _get(batch, "rot")
+        device = y_full.device
+        B = y_full.shape[0]
+        radius = self.lattice_radius_px(self._epoch) / self.D  # cycles/pixel
+        half, positions, freqs = self._local_pixels(device, 2.0 * radius)
+        ref = self.ref[index.detach().cpu().long()].to(device)
+        A_ref = rot[torch.arange(B, device=device), ref].float()  # (B, 3, 3): the identity after without_poses
+        rel = rot.float() @ A_ref.transpose(-1, -2)[:, None]  # (B, T, 3, 3) the tilt geometry
+        predictor = model.tilt_search_predictor(batch, half, radius)
+        A, s, err = grouped_search(predictor, y_full[..., positions].float(), rel, freqs, self.base_level,
+                                   self.n_levels, self.top_k, self.shift_extent_px, self.shift_step_px)
+        w_old, _ = self.table.take(index, "cpu")
+        w_new = so3_log(A @ A_ref.detach().cpu().double().transpose(-1, -2)).float()  # A = exp([w]x) A_ref
+        angle = _angle_deg(w_old.detach().double(), w_new.double())
+        moved = angle > 2.0 * self.final_spacing_deg
+        moved_far = angle > 4.0 * self.final_spacing_deg
+        d = torch.cat([s.float(), torch.zeros(B, 1)], dim=1)  # zero depth
+        rows = torch.cat([w_new, d], dim=1).to(device)
+        idx = index.detach().to(device).long()
+        stats = torch.tensor([[float(moved.sum()), float(err.sum()), float(len(err)), float(moved_far.sum())]],
+                             device=device)
+        if gather_rows is not None:
+            idx, rows, stats = gather_rows(idx, rows, stats)
+        self.table.values[idx.cpu()] = rows.cpu()
+        self.table.steps[idx.cpu()] += 1
+        total = stats.sum(0).cpu()
+        npix = max(1, positions.numel())
+        self.epoch_counts["moved"] += int(total[0])
+        self.epoch_counts["moved_far"] = self.epoch_counts.get("moved_far", 0) + int(total[3])
+        self.epoch_counts["error"] += float(total[1]) / npix
+        self.epoch_counts["searched"] += int(total[2])
+
+    def state_dict(self) -> dict:
+        """As :class:`PoseSearcher`'s, with the reference tilts (checked on load)."""
+        return {**super().state_dict(), "reference_tilt": self.ref.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        if "reference_tilt" in state and not torch.equal(torch.as_tensor(state["reference_tilt"]), self.ref):
+            raise ValueError("the checkpoint's reference tilts differ from this data set's")
+        super().load_state_dict(state)

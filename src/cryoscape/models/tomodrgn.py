@@ -185,6 +185,16 @@ class TomoDRGN(FamilyModel):
             in_b = tilt_embed_dim * n_pooled
             self.encoder_b = ResidualMLP(in_b, enc_layers_b, enc_dim_b, 2 * zdim, activation)
         self.decoder = CoordinateDecoder(D, zdim, dec_dim, dec_layers, pe_type, pe_dim, feat_sigma, activation)
+        self.consensus_only = False  # set_consensus_only
+
+    def set_consensus_only(self, on: bool) -> None:
+        """Ab initio search phase of a heterogeneous model (``cryoscape abinit --model tomodrgn --zdim N``): while
+        ``on``, the decoder is given the latent 0 for every particle (one consensus map; the encoder still gets its
+        KL term) and the pose search uses that map for every particle (one shared grid), as
+        :meth:`CryoDRGN.set_consensus_only <cryoscape.models.cryodrgn.CryoDRGN.set_consensus_only>`;
+        :class:`~cryoscape.models.pose_search.TiltPoseSearcher` switches it off when the local refinement starts.
+        """
+        self.consensus_only = bool(on) and self.zdim > 0
 
     # -- tilts ----------------------------------------------------------------------------------------------
     @property
@@ -268,6 +278,8 @@ class TomoDRGN(FamilyModel):
         if self.zdim > 0:
             mu, logvar = self.encode(y, ctf, mask)
             z = reparameterize(mu, logvar, self.training)
+            if self.consensus_only:  # ab initio search phase: one consensus map (set_consensus_only)
+                z = z * 0.0
         keep = self.decode_mask(b["exposure"], b["ctf"], mask)
         pred = self.render(b["rot"], z, keep) * self.transfer(ctf.float())
         if self.images_dose_weighted:
@@ -296,23 +308,15 @@ class TomoDRGN(FamilyModel):
         b = self.select(batch)
         return self.encode(b["y"], self.ctf_values(b["ctf"]), b["tilt_mask"])[0]
 
-    @torch.no_grad()
-    def tilt_pose_predictor(self, batch: TiltBatch, half: torch.Tensor):
-        """``(predict, weights)`` for local pose refinement of tilt series (:class:`~cryoscape.models.poses.
-        TiltPoseRefiner`) on the half-plane pixels ``half`` (positions into the ``M`` half-plane pixels):
-        ``predict(rot (B, T, 3, 3)) -> (B, T, 2 M' + 1)`` the model's prediction of every tilt image at the
-        pixels ``[half, mates, DC]`` (at the posterior mean of the particle's fixed evaluation subset of tilts, as
-        the forward model: transfer, exposure filter, lattice mask), and ``weights`` ``(B, T, 2 M' + 1)`` the
-        loss's per-pixel weights there (exposure and tilt weights, lattice mask, premultiplied likelihood weights;
-        0 for padding tilts).
+    def _compared(self, batch: TiltBatch, half: torch.Tensor):
+        """``(positions (2 M' + 1,), keep (B, T, M + 1), transfer (B, T, 2 M' + 1), weights (B, T, 2 M' + 1))`` of the
+        half-plane pixels ``half`` (and their mates and DC): what the forward model multiplies the rendered slice
+        by there (transfer, exposure filter) and the loss's per-pixel weights (exposure and tilt weights, lattice
+        mask, premultiplied likelihood weights; 0 for padding tilts); ``keep`` the decoded points.
         """
         m = self.pixels.n_half
         dc = torch.tensor([2 * m], device=half.device)
         positions = torch.cat([half, half + m, dc])
-        z = None
-        if self.zdim > 0:
-            b = select_tilts(batch, self.tilts_used, random=False)
-            z = self.encode(b["y"], self.ctf_values(b["ctf"]), b["tilt_mask"])[0]
         ctf = self.ctf_values(batch["ctf"]).float()
         keep = self.decode_mask(batch["exposure"], batch["ctf"], batch["tilt_mask"])
         compared = torch.zeros(m + 1, dtype=torch.bool, device=keep.device)
@@ -326,12 +330,76 @@ class TomoDRGN(FamilyModel):
         weights = self.loss_weights(batch["exposure"], batch["tilt_deg"], batch["ctf"])[..., positions] * scored
         if self.ctf_premultiplied:
             weights = weights * premultiplied_weights(ctf[..., positions])
+        return positions, keep, transfer, weights
+
+    def _pose_latent(self, batch: TiltBatch) -> torch.Tensor | None:
+        """The latent the pose hooks render at: the posterior mean of the particle's fixed evaluation subset of
+        tilts; ``None`` for the homogeneous model and in the consensus phase (:meth:`set_consensus_only`).
+        """
+        if self.zdim == 0 or self.consensus_only:
+            return None
+        b = select_tilts(batch, self.tilts_used, random=False)
+        return self.encode(b["y"], self.ctf_values(b["ctf"]), b["tilt_mask"])[0]
+
+    @torch.no_grad()
+    def tilt_pose_predictor(self, batch: TiltBatch, half: torch.Tensor):
+        """``(predict, weights)`` for local pose refinement of tilt series (:class:`~cryoscape.models.poses.
+        TiltPoseRefiner`) on the half-plane pixels ``half`` (positions into the ``M`` half-plane pixels):
+        ``predict(rot (B, T, 3, 3)) -> (B, T, 2 M' + 1)`` the model's prediction of every tilt image at the
+        pixels ``[half, mates, DC]`` (at the posterior mean of the particle's fixed evaluation subset of tilts, as
+        the forward model: transfer, exposure filter, lattice mask; the latent 0 in the consensus phase), and
+        ``weights`` ``(B, T, 2 M' + 1)`` the loss's per-pixel weights there (exposure and tilt weights, lattice
+        mask, premultiplied likelihood weights; 0 for padding tilts).
+        """
+        positions, keep, transfer, weights = self._compared(batch, half)
+        z = self._pose_latent(batch)
+        if z is None and self.zdim > 0:
+            z = torch.zeros(batch["y"].shape[0], self.zdim, device=batch["y"].device)
 
         def predict(rot: torch.Tensor) -> torch.Tensor:
             return self.render(rot, z, keep)[..., positions] * transfer
 
         return predict, weights
 
+    @torch.no_grad()
+    def tilt_search_predictor(self, batch: TiltBatch, half: torch.Tensor, radius_cycles: float,
+                              oversample: float | None = None):
+        """For ab initio pose search of tilt series (:func:`cryoscape.models.pose_search.grouped_search`): a
+        :class:`~cryoscape.models.pose_search.SearchPredictor` of the batch's tilt images at the half-plane
+        positions ``half`` ``(M',)`` (``[half, mates, DC]`` order), all within ``radius_cycles`` (cycles/pixel):
+        ``slices`` of rotations ``(B, N, 3, 3)`` -> ``(B, N, 2 M' + 1)`` without the transfer; ``transfer`` and
+        ``weight`` ``(B, T, 2 M' + 1)`` per tilt image (:meth:`tilt_pose_predictor`'s).
+
+        The decoder is evaluated once on a Cartesian grid of the ball of that radius (spacing ``1 / (oversample
+        D)``; default 2 for the one map of the homogeneous model or of the consensus phase, 1 for a heterogeneous
+        one, one grid per particle at its posterior-mean latent) and the slices are its trilinear samples
+        (:func:`~cryoscape.models.pose_search.decoder_grid`, :func:`~cryoscape.models.pose_search.sample_slices`).
+        """
+        from cryoscape.models.pose_search import SearchPredictor, decoder_grid, sample_slices
+
+        y = batch["y"]
+        _, _, transfer, weights = self._compared(batch, half)
+        z = self._pose_latent(batch)
+        os_ = float(oversample if oversample is not None else (2.0 if z is None else 1.0))
+        spacing = 1.0 / (os_ * self.D)
+        b = 1 if z is None else z.shape[0]
+        z_dec = z if z is not None or self.zdim == 0 else torch.zeros(1, self.zdim, device=y.device)
+        grid = decoder_grid(lambda q: self.decoder(q, z_dec), float(radius_cycles), spacing, b, y.device,
+                            hermitian=True)
+        freqs = torch.cat([self.freqs[half], self.freqs[:1] * 0.0])  # the half-plane points and DC
+
+        def slices(rotations: torch.Tensor) -> torch.Tensor:
+            single = rotations.dim() == 3
+            rots = rotations[None] if single else rotations
+            if z is None and rots.shape[0] > 1:  # one grid, several rotation sets: sample them as one
+                B, R = rots.shape[:2]
+                out = sample_slices(grid, spacing, rots.reshape(1, B * R, 3, 3), freqs).reshape(B, R, -1, 2)
+            else:
+                out = sample_slices(grid, spacing, rots, freqs)
+            values = hartley_from_half_plane(out, half.numel())
+            return values[0] if single else values
+
+        return SearchPredictor(slices=slices, transfer=transfer, weight=weights, shared=z is None)
 
 
 class TomoDRGNFamily(ModelFamily):
@@ -347,13 +415,22 @@ class TomoDRGNFamily(ModelFamily):
     data_state = ("pixel_size_angstrom", "norm_std")
     own_input_format = True
     refines_poses = True  # one rigid correction per particle for all its tilts (models.poses.TiltPoseRefiner)
+    searches_poses = True  # cryoscape abinit (models.pose_search.TiltPoseSearcher, TomoDRGN.tilt_search_predictor)
 
     def make_pose_refiner(self, data, config):
         """A :class:`~cryoscape.models.poses.TiltPoseRefiner` (a rotation and a 3-D shift per particle, in its
         reference tilt's frame; ``--pose-method local`` through :meth:`TomoDRGN.tilt_pose_predictor`) with
-        ``--refine-poses``, else ``None``.
+        ``--refine-poses``; for ``cryoscape abinit`` a :class:`~cryoscape.models.pose_search.TiltPoseSearcher` (the
+        same pose, searched from random ones with all of a particle's tilts); else ``None``.
         """
         t = config.train
+        if t.abinit:
+            from cryoscape.models.pose_search import TiltPoseSearcher
+
+            return TiltPoseSearcher.for_data(data, seed=t.seed, pretrain_images=t.pretrain_images,
+                                             max_search_epochs=t.search_epochs,
+                                             min_search_epochs=min(3, t.search_epochs),
+                                             search_radius=t.pose_search_radius)
         if not t.refine_poses:
             return None
         from cryoscape.models.poses import TiltPoseRefiner

@@ -56,9 +56,24 @@ def load_training_particles(config: RunConfig):
 def without_poses(particles):
     """``particles`` with identity rotations and zero origins (``cryoscape abinit``: the search starts from
     nothing), and whether it had poses.
+
+    A tilt-series set (``offsets``: the tomodrgn family) keeps its tilt geometry: every tilt's rotation becomes its
+    rotation relative to the particle's reference tilt (``A_t A_ref^T``, independent of the particle's orientation;
+    :func:`~cryoscape.models.poses.reference_tilts`), so the reference tilt gets the identity and the searched
+    rotation is the particle's own; every origin is zeroed (the particle's shift is searched too).
     """
     from cryoscape.metadata import Poses
 
+    if hasattr(particles, "offsets"):  # tilt series: one unknown rotation per particle, the tilt geometry kept
+        from cryoscape.models.poses import reference_tilts
+
+        offsets = np.asarray(particles.offsets, dtype=np.int64)
+        ref = reference_tilts(offsets, particles.tilt_deg, particles.exposure_e_per_angstrom2)
+        ref_rows = np.repeat(offsets[:-1] + ref, np.diff(offsets))  # each image's reference image
+        rot = np.asarray(particles.rotations, np.float64)
+        relative = rot @ np.swapaxes(rot[ref_rows], 1, 2)
+        return dataclasses.replace(particles, rotations=relative, shifts_angstrom=np.zeros((len(rot), 2)),
+                                   particle_rotations=None), True
     n = len(particles)
     identity = Poses(np.broadcast_to(np.eye(3), (n, 3, 3)).copy(), np.zeros((n, 2)))
     return dataclasses.replace(particles, poses=identity), particles.poses is not None
@@ -203,7 +218,11 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
             save_config(config, run.config_path)
         if config.train.load and state is None:
             log.info(f"starting from the model weights of {config.train.load}")
-        if had_poses:
+        if had_poses and hasattr(particles, "offsets"):
+            log.info(f"abinit: the poses in {config.data.particles} are ignored except for the tilt geometry (each "
+                     "tilt keeps its rotation relative to the particle's reference tilt); every particle's "
+                     "orientation and shift are searched from scratch")
+        elif had_poses:
             log.info(f"abinit: the poses in {config.data.poses or config.data.particles} are ignored (poses are "
                      "searched from scratch)")
 
@@ -236,6 +255,10 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
                  f"refined to {ps.final_spacing_deg:g} deg; lattice radius {ps.radius_start_px:g} -> "
                  f"{ps.radius_end_px:g} px over up to {t.search_epochs} search epochs, then local refinement; "
                  f"the first {t.pretrain_images} images train on the random poses")
+        if hasattr(ps, "ref"):
+            log.info("abinit: tilt series: one rotation and shift per particle, scored with all its tilts through "
+                     "the tilt geometry (the shift in the reference tilt's plane), then refined locally with a 3-D "
+                     "shift")
         if getattr(model, "zdim", 0) > 0 and ps.consensus_first:
             log.info("abinit: heterogeneous model: the poses are searched against one consensus map (latent 0 "
                      "for every image); the latent is switched on when the local refinement starts")
