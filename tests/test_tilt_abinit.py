@@ -184,8 +184,8 @@ def test_tilt_searcher_starts_from_random_particle_poses_with_3d_shifts_and_rest
 # -- the model's hooks and end to end ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tilt_sim(tmp_path_factory):
-    """A tiny tilt-series simulation of the blob map: 120 particles x 9 tilts (0 to +-60 by 15 degrees), D=24,
-    SNR 10, 3-D origins within 1 px."""
+    """A tiny tilt-series simulation of the blob map: 120 particles x 7 to 9 tilts (0 to +-60 by 15 degrees, each
+    particle missing up to 2 high tilts: padded batches), D=24, SNR 10, 3-D origins within 1 px."""
     import mrcfile
 
     out = tmp_path_factory.mktemp("tilt_abinit_sim")
@@ -194,7 +194,7 @@ def tilt_sim(tmp_path_factory):
         f.voxel_size = 8.0
     assert main(["simulate-tilt", "--volumes", str(out / "truth.mrc"), "-N", "120", "-D", str(D), "--apix", "8",
                  "--snr", "10", "--tilt-max", "60", "--tilt-step", "15", "--max-shift", "1", "--seed", "2",
-                 "--tomograms", "4", "--device", "cpu", "-o", str(out / "sim")]) == 0
+                 "--tomograms", "4", "--drop-tilts", "2", "--device", "cpu", "-o", str(out / "sim")]) == 0
     return out
 
 
@@ -267,8 +267,8 @@ TOMO = ["--model", "tomodrgn", "--threads", "1", "--no-progress", "-b", "4", "--
 
 @pytest.mark.slow
 def test_tiny_tilt_abinit_recovers_the_map_and_the_poses(tilt_sim, tmp_path):
-    """120 particles x 9 tilts at D=24, SNR 10, 12 epochs (about 40 s on one shared core; when written the poses
-    were stable after epoch 8, the median pose error 1.2 degrees, the largest 3.7, the map's correlation 0.99): the
+    """120 particles x 7-9 tilts at D=24, SNR 10, 12 epochs (about 40 s on one shared core; when written the poses
+    were stable after epoch 7, the median pose error 1.5 degrees, the largest 5.1, the map's correlation 0.99): the
     map correlates with the truth at > 0.95 after alignment, in the true hand (the tilt geometry fixes it), and the
     per-tilt poses are within 5 degrees (median; 95 % within 10) of the truth after the global alignment."""
     import mrcfile
@@ -295,6 +295,28 @@ def test_tiny_tilt_abinit_recovers_the_map_and_the_poses(tilt_sim, tmp_path):
     assert main(["write-poses", str(run), "-o", str(tmp_path / "poses.star")]) == 0
     back = load_tilt_series(tmp_path / "poses.star", datadir=tilt_sim / "sim")
     assert so3_grid.geodesic_distance_deg(back.rotations, learned["rotations"]).max() < 1e-3
+
+
+@pytest.mark.slow
+def test_tiny_heterogeneous_tilt_abinit_finds_the_poses_against_the_consensus(tilt_sim, tmp_path):
+    """--zdim 2 on the same one-state data (about 40 s): the search runs against the consensus map (latent 0), the
+    latent is switched on with the local phase, and the poses come out as well (when written: stable after epoch 8,
+    median 1.7 degrees, largest 5.4)."""
+    from cryoscape.io.tilt_series import load_tilt_series
+
+    run = tmp_path / "run"
+    star = tilt_sim / "sim" / "particles.star"
+    het = ["--zdim", "2", "--pooling", "mean", "--enc-dim", "32", "--enc-layers", "1", "--tilt-embed-dim", "16"]
+    assert main(["abinit", str(star), "-o", str(run), "-n", "12", "--search-epochs", "8", *het, *TOMO]) == 0
+    text = (run / "log.txt").read_text()
+    assert "searched against one consensus map" in text and "local refinement from epoch" in text
+    _, learned = load_learned_poses(run)
+    errors = _pose_errors(load_tilt_series(star).rotations, learned["rotations"])
+    assert np.median(errors) < 5.0 and np.percentile(errors, 95) < 10.0, np.percentile(errors, [50, 95])
+    assert np.load(run / "latents" / "epoch_012.npy").shape == (120, 2)
+    # eval-images encodes the images centred by the estimated shifts, as training did
+    assert main(["eval-images", str(run), "--epoch", "12", "-o", str(tmp_path / "z.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "z.npy"), np.load(run / "latents" / "epoch_012.npy"), atol=1e-5)
 
 
 def _assert_same_run(whole, part, epoch: int) -> None:

@@ -69,7 +69,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "before local refinement; earlier when the poses are stable (default: enough for about "
                         "60000 searched images, 10 to 40 epochs)")
     g.add_argument("--pretrain", dest="pretrain_images", type=int, default=None,
-                   help="training images on random poses before the first search (default 1000)")
+                   help="training images (tilt series: particles) on random poses before the first search "
+                        "(default 1000)")
 
 
 def run(args) -> int:
