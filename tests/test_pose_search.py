@@ -2,6 +2,8 @@
 shifts of noise-free projections of a known map; the decoder-grid slices equal the decoder's own; a tiny ab initio
 run recovers the map (after alignment) and the poses; a resumed run equals an uninterrupted one."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -183,6 +185,45 @@ def test_searcher_switches_to_local_refinement_when_stable():
     assert restored.local_from == 4 and restored.full_searches == 2 and restored.history == s.history
     torch.testing.assert_close(restored.table.values, s.table.values)
 
+
+
+def test_global_candidates_draw_from_the_posterior_reproducibly():
+    from cryoscape.models.pose_search import global_candidates
+
+    # two images, three rotations; residual variance per value E_min / n = 1 (n = 10 values)
+    err = torch.tensor([[10.0, 10.0 + 2 * math.log(3.0), 40.0], [10.0, 12.0, 11.0]])
+    e, i = global_candidates(err, 2, 10)
+    assert i.tolist() == [[0, 1], [0, 2]] and torch.equal(e, err.gather(1, i))
+    # the posterior of image 0 is (3/4, 1/4, ~0): the draw frequencies follow it
+    draws = []
+    for seed in range(2000):
+        g = torch.Generator()
+        g.manual_seed(seed)
+        draws.append(int(global_candidates(err, 2, 10, g)[1][0, 0]))
+    freq = np.bincount(draws, minlength=3) / len(draws)
+    np.testing.assert_allclose(freq, [0.75, 0.25, 0.0], atol=0.03)
+    g1, g2 = torch.Generator(), torch.Generator()
+    g1.manual_seed(7)
+    g2.manual_seed(7)
+    assert torch.equal(global_candidates(err, 2, 10, g1)[1], global_candidates(err, 2, 10, g2)[1])
+
+
+def test_searcher_draws_first_and_never_counts_a_drawn_epoch_as_stable():
+    s = PoseSearcher(10, FourierPixels.create(16).half_freqs(), D=16, pixel_size_angstrom=3.0, max_search_epochs=6,
+                     min_search_epochs=1, search_draws=2)
+    assert s.drawing() and s._draw_generator() is not None
+    for epoch in (2, 3):  # two complete drawn searches in which nothing moved: not stable
+        s.epoch_counts = {"searched": 10, "moved": 0, "error": 1.0}
+        s.active(epoch)
+    assert s.full_searches == 2 and s.local_from == 0 and not s.drawing() and s._draw_generator() is None
+    assert [h["drawn"] for h in s.history] == [True, True]
+    s.epoch_counts = {"searched": 10, "moved": 0, "error": 1.0}
+    s.active(4)  # the first best-pose search, stable
+    assert s.local_from == 4 and s.history[-1]["drawn"] is False
+    # at most max_search_epochs - 2 drawn searches
+    t = PoseSearcher(10, FourierPixels.create(16).half_freqs(), D=16, pixel_size_angstrom=3.0, max_search_epochs=3,
+                     search_draws=5)
+    assert t.search_draws == 1
 
 def test_searcher_gives_up_after_the_most_search_epochs():
     s = PoseSearcher(10, FourierPixels.create(16).half_freqs(), D=16, pixel_size_angstrom=3.0, max_search_epochs=3,

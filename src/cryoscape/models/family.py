@@ -185,6 +185,7 @@ class ModelFamily:
             return PoseSearcher(len(data), data.pixels.half_freqs(), D=int(data.D),
                                 pixel_size_angstrom=float(data.pixel_size_angstrom), seed=t.seed,
                                 pretrain_images=t.pretrain_images, max_search_epochs=t.search_epochs,
+                                search_draws=t.search_draws,
                                 min_search_epochs=min(3, t.search_epochs), search_radius=t.pose_search_radius)
         if not t.refine_poses:
             return None

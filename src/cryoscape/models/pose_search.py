@@ -191,10 +191,33 @@ def _errors_own(y_t: torch.Tensor, slices: torch.Tensor, transfer, weight) -> to
     return sq.sum(-1)
 
 
+def global_candidates(best_err: torch.Tensor, top_k: int, n_values: float | torch.Tensor,
+                      sample_generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(errors, indices)`` ``(B, k)`` of the global-level rotations a search refines, from the errors
+    ``best_err`` ``(B, R)`` of every rotation at its best shift: the ``top_k`` best, or with ``sample_generator``
+    one rotation per image drawn from its posterior ``exp(-(E_r - E_min) / (2 sigma^2))``, ``sigma^2 = E_min /
+    n_values`` the image's residual variance per compared value (white Gaussian noise; ``n_values``: a number or
+    ``(B,)``, the sum of the error's weights), by Gumbel-max with that
+    generator (reproducible). Drawing instead of taking the best is stochastic EM: in expectation the decoder
+    trains on the posterior-weighted poses, and early wrong maps do not lock the assignments in.
+    """
+    if sample_generator is None:
+        return best_err.topk(min(top_k, best_err.shape[1]), dim=1, largest=False)
+    e_min = best_err.min(dim=1, keepdim=True).values
+    n = torch.as_tensor(n_values, dtype=e_min.dtype, device=e_min.device).reshape(-1, 1).clamp_min(1.0)
+    sigma2 = e_min.clamp_min(1e-12) / n
+    log_post = -(best_err - e_min).double() / (2.0 * sigma2.double())
+    u = torch.rand(best_err.shape, generator=sample_generator, dtype=torch.float64).to(best_err.device)
+    gumbel = -torch.log(-torch.log(u.clamp(1e-12, 1.0 - 1e-12)))
+    idx = (log_post + gumbel).argmax(dim=1, keepdim=True)
+    return best_err.gather(1, idx), idx
+
+
 @torch.no_grad()
 def hierarchical_search(predictor: SearchPredictor, y: torch.Tensor, freqs: torch.Tensor, base_level: int = 1,
                         n_levels: int = 3, top_k: int = 8, shift_extent_px: float = 4.0, shift_step_px: float = 2.0,
-                        chunk: int = 1152) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        chunk: int = 1152, sample_generator: torch.Generator | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The best pose of each image of a batch by a coarse-to-fine search over rotations and in-plane shifts.
 
     Parameters
@@ -207,6 +230,8 @@ def hierarchical_search(predictor: SearchPredictor, y: torch.Tensor, freqs: torc
     shift_extent_px, shift_step_px : square grid of shifts of the global level; each finer level searches the 3 x 3
         shifts around its parent's best one at half the previous step.
     chunk : rotations per block of the global level (memory ``B x S x chunk`` scores and ``B x chunk x P'`` slices).
+    sample_generator : draw the global-level rotation of each image from its posterior instead of keeping the
+        ``top_k`` best (``None``: the best; :func:`global_candidates`); the finer levels refine the drawn one.
 
     Returns
     -------
@@ -234,8 +259,8 @@ def hierarchical_search(predictor: SearchPredictor, y: torch.Tensor, freqs: torc
         e, s = err.min(dim=1)
         best_err[:, start : start + chunk] = e
         best_shift[:, start : start + chunk] = s
-    k = min(top_k, R)
-    err_k, idx_k = best_err.topk(k, dim=1, largest=False)  # (B, k)
+    n_values = y.shape[1] if predictor.weight is None else predictor.weight.float().sum(-1)
+    err_k, idx_k = global_candidates(best_err, top_k, n_values, sample_generator)  # (B, k)
     shift_k = shifts0[best_shift.gather(1, idx_k)]  # (B, k, 2)
     idx_k_np = idx_k.cpu().numpy()
     level = base_level
@@ -306,6 +331,9 @@ class PoseSearcher(PoseRefiner):
     search_radius : fraction of Nyquist compared by the local steps afterwards.
     consensus_first : a heterogeneous model (one with ``set_consensus_only``) is one consensus map while the poses
         are searched, its latent switched on with the local phase (``CryoDRGN.set_consensus_only``).
+    search_draws : the first this many complete search epochs (and the partial one before them) draw each
+        particle's global-level rotation from its posterior (:func:`global_candidates`) instead of taking the best;
+        at most ``max_search_epochs - 2``. Those epochs never count as stable.
     """
 
     def __init__(self, n: int, half_freqs: torch.Tensor, D: int, pixel_size_angstrom: float, seed: int = 0,
@@ -314,7 +342,7 @@ class PoseSearcher(PoseRefiner):
                  base_level: int = 1, n_levels: int = 3,
                  top_k: int = 8, shift_extent_px: float | None = None, shift_step_px: float | None = None,
                  radius_start_px: float | None = None, radius_end_px: float | None = None,
-                 search_radius: float = 0.5, consensus_first: bool = True):
+                 search_radius: float = 0.5, consensus_first: bool = True, search_draws: int = 0):
         super().__init__(n, half_freqs, lr=0.0, start_epoch=1, method="local", search_radius=search_radius)
         self.D = int(D)
         self.apix = float(pixel_size_angstrom)
@@ -325,6 +353,9 @@ class PoseSearcher(PoseRefiner):
         self.consensus_first = bool(consensus_first)
         self.min_search_epochs = int(min_search_epochs)
         self.max_search_epochs = max(1, int(max_search_epochs))
+        # the first complete searches draw the poses from their posteriors; at least two searches for the best
+        self.search_draws = min(max(0, int(search_draws)), max(0, self.max_search_epochs - 2))
+        self.seed = int(seed)
         self.stable_fraction = float(stable_fraction)
         self.stable_far_fraction = float(stable_far_fraction)
         self.base_level, self.n_levels, self.top_k = int(base_level), int(n_levels), int(top_k)
@@ -385,7 +416,10 @@ class PoseSearcher(PoseRefiner):
         radius = self.lattice_radius_px()
         self.history.append({"epoch": epoch, "searched": c["searched"], "moved_fraction": frac,
                              "moved_far_fraction": far, "radius_px": radius, "error": c["error"] / c["searched"]})
-        log.info(f"abinit epoch {epoch}: searched {c['searched']} particles at lattice radius {radius:.1f} px; "
+        drawn = self.drawing()  # this epoch drew its poses from their posteriors
+        self.history[-1]["drawn"] = drawn
+        log.info(f"abinit epoch {epoch}: searched {c['searched']} particles at lattice radius {radius:.1f} px"
+                 f"{' (poses drawn from their posteriors)' if drawn else ''}; "
                  f"{100 * frac:.1f} % moved by more than {2 * self.final_spacing_deg:g} deg, {100 * far:.1f} % by more "
                  f"than {4 * self.final_spacing_deg:g}; mean search error "
                  f"{c['error'] / c['searched']:.4g}")
@@ -395,7 +429,7 @@ class PoseSearcher(PoseRefiner):
         # thresholds were tried: at SNR 1 a search that had not converged (a quarter of the poses within 10 degrees
         # of the truth) already had only 34 % of its poses moving by 7.5 and 11 % by 15 degrees; at SNR 0.1 the
         # poses of a converged search (95 % within 10 degrees) still moved 30 % and 17 % (tests, bench/RESULTS.md)
-        stable = (self.full_searches >= self.min_search_epochs and frac < self.stable_fraction
+        stable = (not drawn and self.full_searches >= self.min_search_epochs and frac < self.stable_fraction
                   and far < self.stable_far_fraction)
         if not self.local_from and (stable or self.full_searches >= self.max_search_epochs):
             self.local_from = epoch + 1
@@ -408,6 +442,20 @@ class PoseSearcher(PoseRefiner):
                 log.info(f"abinit: {self.full_searches} complete search epochs done (--search-epochs) with {moved} "
                          f"in the last; local refinement from epoch {epoch + 1}")
         self.epoch_counts = {"searched": 0, "moved": 0, "moved_far": 0, "error": 0.0}
+
+    def drawing(self) -> bool:
+        """Whether the search in progress draws the poses from their posteriors (``search_draws``)."""
+        return self.full_searches < self.search_draws
+
+    def _draw_generator(self) -> torch.Generator | None:
+        """The generator of this batch's posterior draws (``None``: take the best): seeded from the run's seed and
+        the images trained on so far, so that a resumed run draws the same poses.
+        """
+        if not self.drawing():
+            return None
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.images_seen)
+        return g
 
     # -- one batch ----------------------------------------------------------------------------------------------
     def prepare(self, batch, model=None, gather_rows=None):
@@ -444,7 +492,8 @@ class PoseSearcher(PoseRefiner):
         # the search sees the images as the provider gives them (consensus = identity, zero origin)
         predictor = model.pose_search_predictor(batch, half, radius)
         A, t, err = hierarchical_search(predictor, y_full[:, positions].float(), freqs, self.base_level,
-                                        self.n_levels, self.top_k, self.shift_extent_px, self.shift_step_px)
+                                        self.n_levels, self.top_k, self.shift_extent_px, self.shift_step_px,
+                                        sample_generator=self._draw_generator())
         w_old, _ = self.table.take(index, "cpu")
         w_new = so3_log(A).float()
         angle = _angle_deg(w_old.detach().double(), w_new.double())
@@ -488,7 +537,8 @@ class PoseSearcher(PoseRefiner):
         else:
             r = self.lattice_radius_px(e)
             moved = f"{100 * c['moved'] / c['searched']:.1f} %" if c["searched"] else "-"
-            what = (f"search, lattice radius {r:.1f} px ({self.D * self.apix / r:.1f} A), {c['searched']} "
+            what = (f"search{' (posterior draws)' if self.drawing() else ''}, lattice radius {r:.1f} px "
+                    f"({self.D * self.apix / r:.1f} A), {c['searched']} "
                     f"particles searched this epoch, {moved} moved > {2 * self.final_spacing_deg:g} deg")
         return f"abinit epoch {e}: {what}, loss {self._last_loss:.5g}"
 
@@ -559,7 +609,7 @@ def _tilt_slices(predictor: SearchPredictor, rel: torch.Tensor, rotations: torch
 @torch.no_grad()
 def grouped_search(predictor: SearchPredictor, y: torch.Tensor, rel: torch.Tensor, freqs: torch.Tensor,
                    base_level: int = 1, n_levels: int = 3, top_k: int = 8, shift_extent_px: float = 4.0,
-                   shift_step_px: float = 2.0, budget: int = 2**24
+                   shift_step_px: float = 2.0, budget: int = 2**24, sample_generator: torch.Generator | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The best rotation and shift of each group of images that share one unknown rotation (the tilts of a
     tilt-series particle), by the coarse-to-fine search of :func:`hierarchical_search`.
@@ -615,8 +665,7 @@ def grouped_search(predictor: SearchPredictor, y: torch.Tensor, rel: torch.Tenso
         best_err[:, start : start + r] = e
         best_shift[:, start : start + r] = s
     del yw
-    k = min(top_k, R)
-    err_k, idx_k = best_err.topk(k, dim=1, largest=False)  # (B, k)
+    err_k, idx_k = global_candidates(best_err, top_k, w.sum(dim=(1, 2)), sample_generator)  # (B, k)
     shift_k = shifts0[best_shift.gather(1, idx_k)]  # (B, k, 2)
     idx_k_np = idx_k.cpu().numpy()
     level = base_level
@@ -717,7 +766,8 @@ class TiltPoseSearcher(PoseSearcher):
         rel = rot.float() @ A_ref.transpose(-1, -2)[:, None]  # (B, T, 3, 3) the tilt geometry
         predictor = model.tilt_search_predictor(batch, half, radius)
         A, s, err = grouped_search(predictor, y_full[..., positions].float(), rel, freqs, self.base_level,
-                                   self.n_levels, self.top_k, self.shift_extent_px, self.shift_step_px)
+                                   self.n_levels, self.top_k, self.shift_extent_px, self.shift_step_px,
+                                   sample_generator=self._draw_generator())
         w_old, _ = self.table.take(index, "cpu")
         w_new = so3_log(A @ A_ref.detach().cpu().double().transpose(-1, -2)).float()  # A = exp([w]x) A_ref
         angle = _angle_deg(w_old.detach().double(), w_new.double())

@@ -428,7 +428,7 @@ class TomoDRGNFamily(ModelFamily):
             from cryoscape.models.pose_search import TiltPoseSearcher
 
             return TiltPoseSearcher.for_data(data, seed=t.seed, pretrain_images=t.pretrain_images,
-                                             max_search_epochs=t.search_epochs,
+                                             max_search_epochs=t.search_epochs, search_draws=t.search_draws,
                                              min_search_epochs=min(3, t.search_epochs),
                                              search_radius=t.pose_search_radius)
         if not t.refine_poses:
