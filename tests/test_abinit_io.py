@@ -155,6 +155,23 @@ def test_filter_of_a_heterogeneous_abinit_run_writes_the_estimated_poses(sim, tm
     np.testing.assert_allclose(_relion_matrices(table), learned["rotations"], atol=1e-5)
 
 
+
+def test_heterogeneous_abinit_runs_latent_search_epochs_after_the_consensus(sim, tmp_path):
+    """--latent-search-epochs and --search-draws through the command line: recorded in the run's configuration,
+    the schedule in the log (drawn searches, the consensus search, then searches against each image's own map)."""
+    from cryoscape.config import load_config
+    from cryoscape.rundir import RunDir
+
+    out, inputs = sim
+    folder = tmp_path / "het_latent"
+    assert main(["abinit", *inputs["star"], "-o", str(folder), "--zdim", "2", "-n", "5", "--search-epochs", "3",
+                 "--search-draws", "1", "--latent-search-epochs", "1", *SMALL]) == 0
+    config = load_config(RunDir(folder).config_path)
+    assert config.train.latent_search_epochs == 1 and config.train.search_draws == 1
+    log = (folder / "log.txt").read_text()
+    assert "(poses drawn from their posteriors)" in log
+    assert "1 search epoch(s) against each image's own map (latent on)" in log
+
 @pytest.mark.parametrize("with_pkl", [False, True])
 def test_abinit_logs_that_the_file_poses_are_ignored(sim, tmp_path, with_pkl):
     out, _ = sim

@@ -225,6 +225,46 @@ def test_searcher_draws_first_and_never_counts_a_drawn_epoch_as_stable():
                      search_draws=5)
     assert t.search_draws == 1
 
+
+def test_latent_search_epochs_follow_the_consensus_search():
+    """--latent-search-epochs: after the consensus search is stable, that many search epochs against each image's
+    own map (latent on), then the local refinement; the schedule survives a checkpoint."""
+    from cryoscape.models.cryodrgn import CryoDRGN
+
+    torch.manual_seed(0)
+    model = CryoDRGN(D=16, pixel_size_angstrom=4.0, zdim=2, enc_dim=16, enc_layers=1, dec_dim=32, dec_layers=2,
+                     pe_dim=8, norm_std=1.0)
+    hf = model.pixels.half_freqs()
+    s = PoseSearcher(4, hf, D=16, pixel_size_angstrom=4.0, pretrain_images=0, max_search_epochs=5,
+                     min_search_epochs=1, latent_search_epochs=2)
+    batch = {"y": torch.randn(4, model.pixels.n_pixels), "rot": torch.eye(3).expand(4, 3, 3),
+             "index": torch.arange(4)}
+    s.active(1)
+    s.prepare(batch, model)
+    assert model.consensus_only
+    s.epoch_counts = {"searched": 4, "moved": 0, "error": 1.0}
+    s.active(2)  # epoch 1 stable: epochs 2-3 search each image's own map, local from 4
+    assert (s.latent_from, s.local_from) == (2, 4) and s.phase(3) == "search" and s.phase(4) == "local"
+    restored = PoseSearcher(4, hf, D=16, pixel_size_angstrom=4.0)
+    restored.load_state_dict(s.state_dict())
+    assert (restored.latent_from, restored.local_from) == (2, 4)
+    predictor_calls = []
+    original = model.pose_search_predictor
+
+    def spy(*args, **kwargs):
+        pred = original(*args, **kwargs)
+        predictor_calls.append(pred.shared)
+        return pred
+
+    model.pose_search_predictor = spy
+    s.prepare(batch, model)
+    assert not model.consensus_only and predictor_calls == [False]  # one grid per image, at its latent
+    # without a latent search the local phase follows the consensus search directly
+    t = PoseSearcher(4, hf, D=16, pixel_size_angstrom=4.0, max_search_epochs=5, min_search_epochs=1)
+    t.epoch_counts = {"searched": 4, "moved": 0, "error": 1.0}
+    t.active(2)
+    assert (t.latent_from, t.local_from) == (0, 2)
+
 def test_searcher_gives_up_after_the_most_search_epochs():
     s = PoseSearcher(10, FourierPixels.create(16).half_freqs(), D=16, pixel_size_angstrom=3.0, max_search_epochs=3,
                      min_search_epochs=2)

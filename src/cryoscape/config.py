@@ -260,6 +260,7 @@ class TrainConfig:
     search_epochs: int = 10  # at most this many complete search epochs, then local refinement (earlier when stable)
     pretrain_images: int = 1000  # training images on the initial random poses before the first search
     search_draws: int = 0  # the first this many complete searches draw each pose from its posterior
+    latent_search_epochs: int = 0  # heterogeneous: search epochs against each image's own map after the consensus
 
     @property
     def learns_poses(self) -> bool:
@@ -284,6 +285,8 @@ class TrainConfig:
             raise InputError(f"--pose-method must be local or sgd, got {self.pose_method!r}")
         if self.search_epochs < 1:
             raise InputError(f"--search-epochs must be >= 1, got {self.search_epochs}")
+        if self.latent_search_epochs < 0:
+            raise InputError(f"--latent-search-epochs must be >= 0, got {self.latent_search_epochs}")
         if self.search_draws < 0:
             raise InputError(f"--search-draws must be >= 0 (epochs), got {self.search_draws}")
         if self.pretrain_images < 0:

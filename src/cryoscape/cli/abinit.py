@@ -72,6 +72,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="the first this many complete search epochs draw each particle's pose from its posterior "
                         "over the global grid instead of taking the best (stochastic EM: early wrong maps do not "
                         "lock the poses in); at most --search-epochs - 2 (default 0)")
+    g.add_argument("--latent-search-epochs", type=int, default=None,
+                   help="--zdim N: after the search against one consensus map, this many search epochs against each "
+                        "image's own map (the decoder at its latent) before the local refinement (default 0; "
+                        "each costs several training epochs)")
     g.add_argument("--pretrain", dest="pretrain_images", type=int, default=None,
                    help="training images (tilt series: particles) on random poses before the first search "
                         "(default 1000)")
@@ -105,6 +109,7 @@ def run(args) -> int:
     args.search_epochs = 1 if search is None else search  # set below from the number of particles
     args.pretrain_images = 1000 if args.pretrain_images is None else args.pretrain_images
     args.search_draws = 0 if args.search_draws is None else args.search_draws
+    args.latent_search_epochs = 0 if args.latent_search_epochs is None else args.latent_search_epochs
     config = train_cli.config_from_args(args)
     n = len(get_family(config.model.family).load_particles(config)[0])
     search = search if search is not None else default_search_epochs(n)

@@ -334,6 +334,9 @@ class PoseSearcher(PoseRefiner):
     search_draws : the first this many complete search epochs (and the partial one before them) draw each
         particle's global-level rotation from its posterior (:func:`global_candidates`) instead of taking the best;
         at most ``max_search_epochs - 2``. Those epochs never count as stable.
+    latent_search_epochs : a heterogeneous model searched consensus first: after the consensus search, this many
+        more search epochs against each image's own map (the decoder at its posterior-mean latent, switched on),
+        before the local refinement; 0: straight to the local refinement. Give it only for models with a latent.
     """
 
     def __init__(self, n: int, half_freqs: torch.Tensor, D: int, pixel_size_angstrom: float, seed: int = 0,
@@ -342,7 +345,8 @@ class PoseSearcher(PoseRefiner):
                  base_level: int = 1, n_levels: int = 3,
                  top_k: int = 8, shift_extent_px: float | None = None, shift_step_px: float | None = None,
                  radius_start_px: float | None = None, radius_end_px: float | None = None,
-                 search_radius: float = 0.5, consensus_first: bool = True, search_draws: int = 0):
+                 search_radius: float = 0.5, consensus_first: bool = True, search_draws: int = 0,
+                 latent_search_epochs: int = 0):
         super().__init__(n, half_freqs, lr=0.0, start_epoch=1, method="local", search_radius=search_radius)
         self.D = int(D)
         self.apix = float(pixel_size_angstrom)
@@ -355,6 +359,7 @@ class PoseSearcher(PoseRefiner):
         self.max_search_epochs = max(1, int(max_search_epochs))
         # the first complete searches draw the poses from their posteriors; at least two searches for the best
         self.search_draws = min(max(0, int(search_draws)), max(0, self.max_search_epochs - 2))
+        self.latent_search_epochs = max(0, int(latent_search_epochs))
         self.seed = int(seed)
         self.stable_fraction = float(stable_fraction)
         self.stable_far_fraction = float(stable_far_fraction)
@@ -373,6 +378,7 @@ class PoseSearcher(PoseRefiner):
         self.images_seen = 0
         self.full_searches = 0  # epochs in which every particle was searched
         self.local_from = 0
+        self.latent_from = 0  # the epoch the latent-aware search epochs start (0: none)
         self.epoch_counts = {"searched": 0, "moved": 0, "moved_far": 0, "error": 0.0}
         self.history: list[dict] = []
         self._last_log = time.monotonic()
@@ -432,15 +438,19 @@ class PoseSearcher(PoseRefiner):
         stable = (not drawn and self.full_searches >= self.min_search_epochs and frac < self.stable_fraction
                   and far < self.stable_far_fraction)
         if not self.local_from and (stable or self.full_searches >= self.max_search_epochs):
-            self.local_from = epoch + 1
+            latent = self.latent_search_epochs if self.consensus_first else 0
+            self.latent_from = epoch + 1 if latent else 0
+            self.local_from = epoch + 1 + latent
             moved = (f"{100 * frac:.1f} % of the poses moved by more than {2 * self.final_spacing_deg:g} deg, "
                      f"{100 * far:.1f} % by more than {4 * self.final_spacing_deg:g}")
+            then = (f"{latent} search epoch(s) against each image's own map (latent on) from epoch {epoch + 1}, "
+                    f"local refinement from epoch {self.local_from}" if latent else
+                    f"local refinement from epoch {epoch + 1}")
             if stable:
-                log.info(f"abinit: poses stable after epoch {epoch} ({moved}); local refinement from epoch "
-                         f"{epoch + 1}")
+                log.info(f"abinit: poses stable after epoch {epoch} ({moved}); {then}")
             else:
                 log.info(f"abinit: {self.full_searches} complete search epochs done (--search-epochs) with {moved} "
-                         f"in the last; local refinement from epoch {epoch + 1}")
+                         f"in the last; {then}")
         self.epoch_counts = {"searched": 0, "moved": 0, "moved_far": 0, "error": 0.0}
 
     def drawing(self) -> bool:
@@ -465,7 +475,8 @@ class PoseSearcher(PoseRefiner):
         index = _get(batch, "index")
         searching = self.phase(self._epoch) != "local"
         if model is not None and hasattr(model, "set_consensus_only"):
-            model.set_consensus_only(searching and self.consensus_first)
+            own_maps = bool(self.latent_from) and self._epoch >= self.latent_from  # latent-aware search epochs
+            model.set_consensus_only(searching and self.consensus_first and not own_maps)
         if not searching:
             out = super().prepare(batch, model, gather_rows)
         elif self.images_seen < self.pretrain_images:
@@ -546,6 +557,7 @@ class PoseSearcher(PoseRefiner):
     def state_dict(self) -> dict:
         """The table and the search's progress (images seen, phase, the epoch's counts, history)."""
         return {**super().state_dict(), "images_seen": self.images_seen, "local_from": self.local_from,
+                "latent_from": self.latent_from,
                 "full_searches": self.full_searches,
                 "epoch_counts": dict(self.epoch_counts), "history": list(self.history),
                 "counted_epoch": self._counted_epoch}
@@ -555,6 +567,7 @@ class PoseSearcher(PoseRefiner):
         super().load_state_dict(state)
         self.images_seen = int(state.get("images_seen", 0))
         self.local_from = int(state.get("local_from", 0))
+        self.latent_from = int(state.get("latent_from", 0))
         self.full_searches = int(state.get("full_searches", 0))
         self.epoch_counts = dict(state.get("epoch_counts", {"searched": 0, "moved": 0, "moved_far": 0, "error": 0.0}))
         self.history = list(state.get("history", []))
