@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from _abinit_runs import assert_ctrl_c_resume_equals_whole_run, assert_same_run
 from cryoscape.cli.main import main
 from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.imaging import so3_grid
@@ -333,21 +334,6 @@ def test_tiny_abinit_recovers_the_map_and_the_poses(blob_sim, tmp_path):
     assert np.median(best) < 10.0, np.median(best)
 
 
-def _assert_same_run(whole, part, epoch: int) -> None:
-    """The poses, the weights and the search's state of epoch ``epoch`` of two runs are the same."""
-    from cryoscape.rundir import load_checkpoint
-
-    a, b = load_learned_poses(whole, epoch)[1], load_learned_poses(part, epoch)[1]
-    np.testing.assert_allclose(a["rotations"], b["rotations"], atol=1e-5)
-    np.testing.assert_allclose(a["shifts_angstrom"], b["shifts_angstrom"], atol=1e-5)
-    wa = load_checkpoint(whole / "checkpoints" / f"epoch_{epoch:03d}.pt")
-    wb = load_checkpoint(part / "checkpoints" / f"epoch_{epoch:03d}.pt")
-    for k, v in wa["model"].items():
-        torch.testing.assert_close(v, wb["model"][k])
-    for key in ("history", "epoch_counts", "full_searches", "local_from", "images_seen"):
-        assert wa["poses"][key] == wb["poses"][key], key
-
-
 @pytest.mark.slow
 def test_abinit_resume_mid_search_equals_an_uninterrupted_run(blob_sim, tmp_path):
     """Two epochs (pretraining, then the first searches), resumed to four (search epochs): the poses and weights
@@ -360,32 +346,18 @@ def test_abinit_resume_mid_search_equals_an_uninterrupted_run(blob_sim, tmp_path
     assert main(["abinit", star, "-o", str(whole), "-n", "4", *small]) == 0
     assert main(["abinit", star, "-o", str(part), "-n", "2", *small]) == 0
     assert main(["abinit", star, "-o", str(part), "--resume", "-n", "4", "--threads", "1", "--no-progress"]) == 0
-    _assert_same_run(whole, part, 4)
+    assert_same_run(whole, part, 4)
 
 
 @pytest.mark.slow
 def test_abinit_resume_after_ctrl_c_mid_epoch_equals_an_uninterrupted_run(blob_sim, tmp_path, monkeypatch):
     """Stopped (as by Ctrl-C) in the middle of the third epoch, a search epoch, and resumed: the same poses and
     weights as without the stop."""
-    from cryoscape.train import engine as engine_module
-
     star = str(blob_sim / "sim" / "particles.star")
     small = ["--threads", "1", "--no-progress", "-b", "50", "--pretrain", "200", "--dec-dim", "32",
              "--search-epochs", "4", "-n", "3"]
-    whole, part = tmp_path / "whole", tmp_path / "part"
-    assert main(["abinit", star, "-o", str(whole), *small]) == 0
-    calls = {"n": 0}
-    real = engine_module.broadcast_flag
-
-    def stop_after_25_steps(value, info, device):  # 10 steps an epoch: the middle of epoch 3
-        calls["n"] += 1
-        return real(value, info, device) or calls["n"] == 25
-
-    monkeypatch.setattr(engine_module, "broadcast_flag", stop_after_25_steps)
-    assert main(["abinit", star, "-o", str(part), *small]) == 130
-    monkeypatch.setattr(engine_module, "broadcast_flag", real)
-    assert main(["abinit", star, "-o", str(part), "--resume", "--threads", "1", "--no-progress"]) == 0
-    _assert_same_run(whole, part, 3)
+    # 10 steps an epoch: stopped in the middle of epoch 3
+    assert_ctrl_c_resume_equals_whole_run(star, small, tmp_path, monkeypatch, stop_step=25, epoch=3)
 
 
 def test_abinit_refuses_validation_and_refine_poses(blob_sim, tmp_path, capsys):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from _abinit_runs import assert_ctrl_c_resume_equals_whole_run, assert_same_run
 from cryoscape.cli.main import main
 from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.imaging import so3_grid
@@ -319,21 +320,6 @@ def test_tiny_heterogeneous_tilt_abinit_finds_the_poses_against_the_consensus(ti
     np.testing.assert_allclose(np.load(tmp_path / "z.npy"), np.load(run / "latents" / "epoch_012.npy"), atol=1e-5)
 
 
-def _assert_same_run(whole, part, epoch: int) -> None:
-    """The poses, the weights and the search's state of epoch ``epoch`` of two runs are the same."""
-    from cryoscape.rundir import load_checkpoint
-
-    a, b = load_learned_poses(whole, epoch)[1], load_learned_poses(part, epoch)[1]
-    np.testing.assert_allclose(a["rotations"], b["rotations"], atol=1e-5)
-    np.testing.assert_allclose(a["shifts_angstrom"], b["shifts_angstrom"], atol=1e-5)
-    wa = load_checkpoint(whole / "checkpoints" / f"epoch_{epoch:03d}.pt")
-    wb = load_checkpoint(part / "checkpoints" / f"epoch_{epoch:03d}.pt")
-    for k, v in wa["model"].items():
-        torch.testing.assert_close(v, wb["model"][k])
-    for key in ("history", "epoch_counts", "full_searches", "local_from", "images_seen"):
-        assert wa["poses"][key] == wb["poses"][key], key
-
-
 def test_tilt_abinit_resumed_at_an_epoch_boundary_equals_an_uninterrupted_run(tilt_sim, tmp_path):
     """Two epochs (pretraining, the first searches), resumed to three (searching): the same poses and weights as
     a run of three epochs at once; a heterogeneous model (consensus first). About 4 s."""
@@ -348,7 +334,7 @@ def test_tilt_abinit_resumed_at_an_epoch_boundary_equals_an_uninterrupted_run(ti
     assert main(["abinit", star, "-o", str(whole), "-n", "3", *small]) == 0
     assert main(["abinit", star, "-o", str(part), "-n", "2", *small]) == 0
     assert main(["abinit", star, "-o", str(part), "--resume", "-n", "3", "--threads", "1", "--no-progress"]) == 0
-    _assert_same_run(whole, part, 3)
+    assert_same_run(whole, part, 3)
     state = load_checkpoint(whole / "checkpoints" / "epoch_003.pt")["poses"]
     assert state["epoch_counts"]["searched"] == 40 and [h["epoch"] for h in state["history"]] == [2]
     assert state["local_from"] == 0  # still searching
@@ -358,26 +344,12 @@ def test_tilt_abinit_resumed_after_ctrl_c_mid_search_epoch_equals_an_uninterrupt
                                                                                        monkeypatch):
     """Stopped (as by Ctrl-C) in the middle of the third epoch, a search epoch, and resumed: the same poses and
     weights as without the stop. About 4 s."""
-    from cryoscape.train import engine as engine_module
-
     star = str(tilt_sim / "sim" / "particles.star")
     np.savetxt(tilt_sim / "ind40.txt", np.arange(40), fmt="%d")
     small = ["--model", "tomodrgn", "--threads", "1", "--no-progress", "-b", "8", "--pretrain", "60", "--dec-dim",
              "16", "--search-epochs", "4", "-n", "3", "--ind", str(tilt_sim / "ind40.txt")]
-    whole, part = tmp_path / "whole", tmp_path / "part"
-    assert main(["abinit", star, "-o", str(whole), *small]) == 0
-    calls = {"n": 0}
-    real = engine_module.broadcast_flag
-
-    def stop_after_12_steps(value, info, device):  # 5 steps an epoch: the middle of epoch 3
-        calls["n"] += 1
-        return real(value, info, device) or calls["n"] == 12
-
-    monkeypatch.setattr(engine_module, "broadcast_flag", stop_after_12_steps)
-    assert main(["abinit", star, "-o", str(part), *small]) == 130
-    monkeypatch.setattr(engine_module, "broadcast_flag", real)
-    assert main(["abinit", star, "-o", str(part), "--resume", "--threads", "1", "--no-progress"]) == 0
-    _assert_same_run(whole, part, 3)
+    # 5 steps an epoch: stopped in the middle of epoch 3
+    assert_ctrl_c_resume_equals_whole_run(star, small, tmp_path, monkeypatch, stop_step=12, epoch=3)
 
 
 def test_tilt_abinit_refusals_are_one_line(tilt_sim, tmp_path, capsys):

@@ -64,8 +64,8 @@ from cryoscape.models.poses import PoseRefiner, TiltPoseRefiner, _get, hartley_t
 
 log = logging.getLogger("cryoscape")
 
-__all__ = ["default_search_epochs", "SearchPredictor", "decoder_grid", "sample_slices", "shift_grid",
-           "hierarchical_search", "PoseSearcher", "random_rotations", "search_radii", "grouped_search",
+__all__ = ["default_search_epochs", "SearchPredictor", "decoder_grid", "decoder_search_predictor", "sample_slices",
+           "shift_grid", "hierarchical_search", "PoseSearcher", "random_rotations", "search_radii", "grouped_search",
            "TiltPoseSearcher"]
 
 
@@ -136,6 +136,42 @@ def sample_slices(grid: torch.Tensor, spacing_cycles: float, rotations: torch.Te
     q = (q / half_extent).reshape(b, R, -1, 1, 3)  # grid_sample's (x, y, z) in [-1, 1]
     out = F.grid_sample(grid, q.to(grid.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
     return out.reshape(b, grid.shape[1], R, -1).permute(0, 2, 3, 1)  # (b, R, P, C)
+
+
+def decoder_search_predictor(decoder: Callable, z: torch.Tensor | None, zdim: int, D: int, radius_cycles: float,
+                             freqs: torch.Tensor, transfer, weight, device, oversample: float | None = None
+                             ) -> SearchPredictor:
+    """A :class:`SearchPredictor` from a coordinate decoder ``decoder(q (b, n, 3), z)`` (cycles/pixel -> the two
+    Fourier channels): the decoder evaluated once on a Cartesian grid of the ball of radius ``radius_cycles``
+    (:func:`decoder_grid`, spacing ``1 / (oversample D)``; default oversampling 2 for one shared map, 1 for one
+    grid per image) and the slices of any rotation its trilinear samples (:func:`sample_slices`) at ``freqs``
+    ``(M' + 1, 2)`` (the half-plane points, then DC), as Hartley values ``[half, mates, DC]``.
+
+    ``z``: ``(B, zdim)`` posterior-mean latents, one grid per image; ``None``: one map for every image (the
+    homogeneous model, or a heterogeneous one's consensus, its map at the latent 0). ``transfer``, ``weight``: as
+    :class:`SearchPredictor`.
+    """
+    from cryoscape.models.vae import hartley_from_half_plane
+
+    os_ = float(oversample if oversample is not None else (2.0 if z is None else 1.0))
+    spacing = 1.0 / (os_ * D)
+    b = 1 if z is None else z.shape[0]
+    z_dec = z if z is not None or zdim == 0 else torch.zeros(1, zdim, device=device)
+    grid = decoder_grid(lambda q: decoder(q, z_dec), float(radius_cycles), spacing, b, device, hermitian=True)
+    n_half = freqs.shape[0] - 1
+
+    def slices(rotations: torch.Tensor) -> torch.Tensor:
+        single = rotations.dim() == 3
+        rots = rotations[None] if single else rotations
+        if z is None and rots.shape[0] > 1:  # one grid, several rotation sets: sample them as one
+            B, R = rots.shape[:2]
+            out = sample_slices(grid, spacing, rots.reshape(1, B * R, 3, 3), freqs).reshape(B, R, -1, 2)
+        else:
+            out = sample_slices(grid, spacing, rots, freqs)
+        values = hartley_from_half_plane(out, n_half)
+        return values[0] if single else values
+
+    return SearchPredictor(slices=slices, transfer=transfer, weight=weight, shared=z is None)
 
 
 def shift_grid(extent_px: float, step_px: float, device=None) -> torch.Tensor:
@@ -505,12 +541,19 @@ class PoseSearcher(PoseRefiner):
         A, t, err = hierarchical_search(predictor, y_full[:, positions].float(), freqs, self.base_level,
                                         self.n_levels, self.top_k, self.shift_extent_px, self.shift_step_px,
                                         sample_generator=self._draw_generator())
+        self._record_search(index, so3_log(A).float(), t.float(), err, positions.numel(), device, gather_rows)
+
+    def _record_search(self, index: torch.Tensor, w_new: torch.Tensor, shifts: torch.Tensor, err: torch.Tensor,
+                       n_values: int, device, gather_rows=None) -> None:
+        """Write the searched table rows ``[w_new (B, 3), shifts (B, k)]`` of the batch's particles ``index``
+        (gathered over the processes with ``gather_rows``) and count, for the epoch's log, the poses that moved by
+        more than twice and four times the finest spacing and the search error per compared value.
+        """
         w_old, _ = self.table.take(index, "cpu")
-        w_new = so3_log(A).float()
         angle = _angle_deg(w_old.detach().double(), w_new.double())
         moved = angle > 2.0 * self.final_spacing_deg
         moved_far = angle > 4.0 * self.final_spacing_deg
-        rows = torch.cat([w_new, t.float()], dim=1).to(device)
+        rows = torch.cat([w_new, shifts], dim=1).to(device)
         idx = index.detach().to(device).long()
         stats = torch.tensor([[float(moved.sum()), float(err.sum()), float(len(err)), float(moved_far.sum())]],
                              device=device)
@@ -519,7 +562,7 @@ class PoseSearcher(PoseRefiner):
         self.table.values[idx.cpu()] = rows.cpu()
         self.table.steps[idx.cpu()] += 1
         total = stats.sum(0).cpu()
-        npix = max(1, positions.numel())
+        npix = max(1, int(n_values))
         self.epoch_counts["moved"] += int(total[0])
         self.epoch_counts["moved_far"] = self.epoch_counts.get("moved_far", 0) + int(total[3])
         self.epoch_counts["error"] += float(total[1]) / npix
@@ -781,26 +824,9 @@ class TiltPoseSearcher(PoseSearcher):
         A, s, err = grouped_search(predictor, y_full[..., positions].float(), rel, freqs, self.base_level,
                                    self.n_levels, self.top_k, self.shift_extent_px, self.shift_step_px,
                                    sample_generator=self._draw_generator())
-        w_old, _ = self.table.take(index, "cpu")
         w_new = so3_log(A @ A_ref.detach().cpu().double().transpose(-1, -2)).float()  # A = exp([w]x) A_ref
-        angle = _angle_deg(w_old.detach().double(), w_new.double())
-        moved = angle > 2.0 * self.final_spacing_deg
-        moved_far = angle > 4.0 * self.final_spacing_deg
         d = torch.cat([s.float(), torch.zeros(B, 1)], dim=1)  # zero depth
-        rows = torch.cat([w_new, d], dim=1).to(device)
-        idx = index.detach().to(device).long()
-        stats = torch.tensor([[float(moved.sum()), float(err.sum()), float(len(err)), float(moved_far.sum())]],
-                             device=device)
-        if gather_rows is not None:
-            idx, rows, stats = gather_rows(idx, rows, stats)
-        self.table.values[idx.cpu()] = rows.cpu()
-        self.table.steps[idx.cpu()] += 1
-        total = stats.sum(0).cpu()
-        npix = max(1, positions.numel())
-        self.epoch_counts["moved"] += int(total[0])
-        self.epoch_counts["moved_far"] = self.epoch_counts.get("moved_far", 0) + int(total[3])
-        self.epoch_counts["error"] += float(total[1]) / npix
-        self.epoch_counts["searched"] += int(total[2])
+        self._record_search(index, w_new, d, err, positions.numel(), device, gather_rows)
 
     def state_dict(self) -> dict:
         """As :class:`PoseSearcher`'s, with the reference tilts (checked on load)."""

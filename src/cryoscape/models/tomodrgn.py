@@ -375,31 +375,13 @@ class TomoDRGN(FamilyModel):
         one, one grid per particle at its posterior-mean latent) and the slices are its trilinear samples
         (:func:`~cryoscape.models.pose_search.decoder_grid`, :func:`~cryoscape.models.pose_search.sample_slices`).
         """
-        from cryoscape.models.pose_search import SearchPredictor, decoder_grid, sample_slices
+        from cryoscape.models.pose_search import decoder_search_predictor
 
-        y = batch["y"]
         _, _, transfer, weights = self._compared(batch, half)
         z = self._pose_latent(batch)
-        os_ = float(oversample if oversample is not None else (2.0 if z is None else 1.0))
-        spacing = 1.0 / (os_ * self.D)
-        b = 1 if z is None else z.shape[0]
-        z_dec = z if z is not None or self.zdim == 0 else torch.zeros(1, self.zdim, device=y.device)
-        grid = decoder_grid(lambda q: self.decoder(q, z_dec), float(radius_cycles), spacing, b, y.device,
-                            hermitian=True)
         freqs = torch.cat([self.freqs[half], self.freqs[:1] * 0.0])  # the half-plane points and DC
-
-        def slices(rotations: torch.Tensor) -> torch.Tensor:
-            single = rotations.dim() == 3
-            rots = rotations[None] if single else rotations
-            if z is None and rots.shape[0] > 1:  # one grid, several rotation sets: sample them as one
-                B, R = rots.shape[:2]
-                out = sample_slices(grid, spacing, rots.reshape(1, B * R, 3, 3), freqs).reshape(B, R, -1, 2)
-            else:
-                out = sample_slices(grid, spacing, rots, freqs)
-            values = hartley_from_half_plane(out, half.numel())
-            return values[0] if single else values
-
-        return SearchPredictor(slices=slices, transfer=transfer, weight=weights, shared=z is None)
+        return decoder_search_predictor(self.decoder, z, self.zdim, self.D, radius_cycles, freqs, transfer, weights,
+                                        batch["y"].device, oversample)
 
 
 class TomoDRGNFamily(ModelFamily):
