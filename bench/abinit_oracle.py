@@ -32,34 +32,6 @@ from bench.common import machine_info, write_json
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def fourier_slices(vol: np.ndarray, radius_cycles: float, n_half: int, freqs: torch.Tensor):
-    """``slices(rotations (B, R, 3, 3)) -> (B, R, 2 M' + 1)``: Hartley values of the central slices of ``vol`` at
-    the half-plane frequencies ``freqs`` ``(M' + 1, 2)`` (the last row DC), from its zero-padded 3-D transform."""
-    from cryoscape.models.pose_search import sample_slices
-    from cryoscape.models.vae import hartley_from_half_plane
-
-    D = vol.shape[0]
-    Dp = 2 * D
-    pad = np.zeros((Dp, Dp, Dp))
-    s = (Dp - D) // 2
-    pad[s : s + D, s : s + D, s : s + D] = vol
-    F = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(pad)))
-    spacing = 1.0 / Dp
-    G = int(np.ceil(radius_cycles / spacing)) + 1
-    c = Dp // 2
-    if G > c:
-        raise SystemExit(f"--radius too large for D={D}")
-    sub = F[c - G : c + G + 1, c - G : c + G + 1, c - G : c + G + 1]
-    grid = torch.tensor(np.stack([sub.real, sub.imag]), dtype=torch.float32)[None]
-
-    def slices(rot: torch.Tensor) -> torch.Tensor:
-        B, R = rot.shape[:2]
-        out = sample_slices(grid, spacing, rot.reshape(1, B * R, 3, 3), freqs).reshape(B, R, -1, 2)
-        return hartley_from_half_plane(out, n_half)
-
-    return slices
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("work", type=Path, help="a bench.abinit work folder (with sim/)")
@@ -73,7 +45,7 @@ def main(argv=None) -> int:
     from cryoscape.imaging.ctf import CTFTensors, compute_ctf
     from cryoscape.imaging.fft import hartley2
     from cryoscape.io.particles import load_particles
-    from cryoscape.models.pose_search import SearchPredictor, hierarchical_search
+    from cryoscape.models.pose_search import hierarchical_search, map_search_predictor
 
     torch.set_num_threads(1)
     sim = args.work / "sim"
@@ -95,13 +67,10 @@ def main(argv=None) -> int:
     A_true = parts.poses.rotations[:n]
 
     def search(vol: np.ndarray) -> np.ndarray:
-        slices = fourier_slices(vol, radius * 1.05, half.numel(), freqs)
-        at_truth = slices(torch.tensor(A_true, dtype=torch.float32)[:, None])[:, 0] * ctf
-        scale = float((at_truth * y).sum() / (at_truth * at_truth).sum())
-        def scaled(r: torch.Tensor) -> torch.Tensor:  # (R, 3, 3) -> (R, P'), (B, R, 3, 3) -> (B, R, P')
-            return (slices(r[None])[0] if r.dim() == 3 else slices(r)) * scale
-
-        pred = SearchPredictor(slices=scaled, transfer=ctf, weight=None, shared=True)
+        unscaled = map_search_predictor(vol, radius * 1.05, freqs)
+        at_truth = unscaled.slices(torch.tensor(A_true, dtype=torch.float32)[:, None])[:, 0] * ctf
+        scale = float((at_truth * y).sum() / (at_truth * at_truth).sum())  # least squares at the true poses
+        pred = map_search_predictor(vol, radius * 1.05, freqs, transfer=ctf, scale=scale)
         A, _, _ = hierarchical_search(pred, y, hf[half], base_level=1, n_levels=3, top_k=8,
                                       shift_extent_px=max(2.0, round(0.1 * D)), shift_step_px=2.0)
         return so3_grid.geodesic_distance_deg(A.numpy(), A_true)

@@ -44,3 +44,19 @@ def assert_ctrl_c_resume_equals_whole_run(star: str, options: list[str], tmp_pat
     monkeypatch.setattr(engine_module, "broadcast_flag", real)
     assert main(["abinit", star, "-o", str(part), "--resume", "--threads", "1", "--no-progress"]) == 0
     assert_same_run(whole, part, epoch)
+
+
+def blobs(D: int, seed: int = 3) -> np.ndarray:
+    """An asymmetric volume: 40 Gaussian 'pseudo-atoms' of 1 px (D/32) radius and random weights inside an
+    ellipsoid of semi-axes 8, 6, 5 px (D/32); as a protein, it has signal at the frequencies the search compares
+    (a few large blobs would only show an ellipsoid there)."""
+    rng = np.random.default_rng(seed)
+    x = np.arange(D) - D // 2
+    Z, Y, X = np.meshgrid(x, x, x, indexing="ij")
+    s = D / 32
+    pts = rng.uniform(-1, 1, (400, 3))
+    pts = pts[(pts**2).sum(1) < 1][:40] * np.array([8, 6, 5]) * s
+    vol = np.zeros((D, D, D))
+    for c, a in zip(pts, rng.uniform(0.5, 1.5, len(pts)), strict=True):
+        vol += a * np.exp(-((X - c[0]) ** 2 + (Y - c[1]) ** 2 + (Z - c[2]) ** 2) / (2 * s**2))
+    return vol.astype(np.float32)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from _abinit_runs import assert_ctrl_c_resume_equals_whole_run, assert_same_run
+from _abinit_runs import assert_ctrl_c_resume_equals_whole_run, assert_same_run, blobs
 from cryoscape.cli.main import main
 from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.imaging import so3_grid
@@ -16,63 +16,18 @@ from cryoscape.imaging.fft import hartley2
 from cryoscape.imaging.projection import project_real
 from cryoscape.models.pose_search import (
     PoseSearcher,
-    SearchPredictor,
     hierarchical_search,
+    map_search_predictor,
     random_rotations,
-    sample_slices,
     shift_grid,
 )
 from cryoscape.models.poses import hartley_translate, load_learned_poses
-from cryoscape.models.vae import hartley_from_half_plane
 
 D = 32
 
 
-def _blobs(D: int, seed: int = 3) -> np.ndarray:
-    """An asymmetric volume: 40 Gaussian 'pseudo-atoms' of 1 px (D/32) radius and random weights inside an
-    ellipsoid of semi-axes 8, 6, 5 px (D/32); as a protein, it has signal at the frequencies the search compares
-    (a few large blobs would only show an ellipsoid there)."""
-    rng = np.random.default_rng(seed)
-    x = np.arange(D) - D // 2
-    Z, Y, X = np.meshgrid(x, x, x, indexing="ij")
-    s = D / 32
-    pts = rng.uniform(-1, 1, (400, 3))
-    pts = pts[(pts**2).sum(1) < 1][:40] * np.array([8, 6, 5]) * s
-    vol = np.zeros((D, D, D))
-    for c, a in zip(pts, rng.uniform(0.5, 1.5, len(pts)), strict=True):
-        vol += a * np.exp(-((X - c[0]) ** 2 + (Y - c[1]) ** 2 + (Z - c[2]) ** 2) / (2 * s**2))
-    return vol.astype(np.float32)
-
-
-def _fourier_grid_predictor(vol: np.ndarray, radius_cycles: float, half: torch.Tensor, freqs: torch.Tensor):
-    """A shared SearchPredictor whose slices are trilinear samples of the volume's centred 3-D Fourier transform
-    (real-space zero padding 2x: spacing 1/(2D) cycles/pixel), as the decoder grid would be for a perfect decoder.
-    """
-    Dv = vol.shape[0]
-    Dp = 2 * Dv
-    pad = np.zeros((Dp, Dp, Dp))
-    s = (Dp - Dv) // 2
-    pad[s : s + Dv, s : s + Dv, s : s + Dv] = vol
-    F = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(pad)))
-    spacing = 1.0 / Dp
-    G = int(np.ceil(radius_cycles / spacing)) + 1
-    c = Dp // 2
-    sub = F[c - G : c + G + 1, c - G : c + G + 1, c - G : c + G + 1]
-    grid = torch.tensor(np.stack([sub.real, sub.imag]), dtype=torch.float32)[None]
-
-    def slices(rot):
-        single = rot.dim() == 3
-        r = rot[None] if single else rot
-        B, R = r.shape[:2]
-        out = sample_slices(grid, spacing, r.reshape(1, B * R, 3, 3), freqs).reshape(B, R, -1, 2)
-        values = hartley_from_half_plane(out, half.numel())
-        return values[0] if single else values
-
-    return SearchPredictor(slices=slices, transfer=None, weight=None, shared=True)
-
-
 def test_search_recovers_poses_and_shifts_of_noise_free_projections():
-    vol = _blobs(D)
+    vol = blobs(D)
     pixels = FourierPixels.create(D)
     hf = pixels.half_freqs()
     radius = 8.0 / D
@@ -86,7 +41,7 @@ def test_search_recovers_poses_and_shifts_of_noise_free_projections():
     images = project_real(torch.tensor(vol), A_true)  # real-space projections: independent of the Fourier slices
     y = hartley2(images).reshape(B, -1)[:, pixels.index]
     y = hartley_translate(y, hf, -t_true)  # the particles displaced by t_true
-    predictor = _fourier_grid_predictor(vol, radius, half, freqs)
+    predictor = map_search_predictor(vol, radius, freqs)
     A, t, err = hierarchical_search(predictor, y[:, positions], hf[half], base_level=1, n_levels=3, top_k=8,
                                     shift_extent_px=3.0, shift_step_px=1.0)
     angle = so3_grid.geodesic_distance_deg(A.numpy(), A_true.double().numpy())
@@ -290,7 +245,7 @@ def blob_sim(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("abinit_sim")
     with mrcfile.new(out / "truth.mrc") as f:
-        f.set_data(_blobs(D))
+        f.set_data(blobs(D))
         f.voxel_size = 4.0
     assert main(["simulate", "--volumes", str(out / "truth.mrc"), "-N", "500", "--snr", "1", "--seed", "2",
                  "-o", str(out / "sim")]) == 0
@@ -317,7 +272,7 @@ def test_tiny_abinit_recovers_the_map_and_the_poses(blob_sim, tmp_path):
     assert main(["eval-vol", str(run), "-o", str(tmp_path / "map.mrc")]) == 0
     with mrcfile.open(tmp_path / "map.mrc") as f:
         est = f.data.copy()
-    truth = _blobs(D)
+    truth = blobs(D)
     al = align_maps(est, truth, pixel_size_angstrom=4.0)
     assert al.correlation > 0.9, al
     # poses: A_est = F_w A_true Q (Q a global rotation; F_w, F mirror the hand when the map came out mirrored)

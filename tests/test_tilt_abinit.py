@@ -10,15 +10,14 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from _abinit_runs import assert_ctrl_c_resume_equals_whole_run, assert_same_run
+from _abinit_runs import assert_ctrl_c_resume_equals_whole_run, assert_same_run, blobs
 from cryoscape.cli.main import main
 from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.imaging import so3_grid
 from cryoscape.imaging.fft import hartley2
 from cryoscape.imaging.projection import project_real
-from cryoscape.models.pose_search import SearchPredictor, TiltPoseSearcher, grouped_search, sample_slices
+from cryoscape.models.pose_search import TiltPoseSearcher, grouped_search, map_search_predictor
 from cryoscape.models.poses import hartley_translate, load_learned_poses, reference_tilts, tilt_compose
-from cryoscape.models.vae import hartley_from_half_plane
 
 D = 24
 TILTS = np.array([0.0, 30.0, -30.0, 60.0, -60.0])
@@ -27,44 +26,6 @@ TILTS = np.array([0.0, 30.0, -30.0, 60.0, -60.0])
 def stage(tilts_deg) -> np.ndarray:
     """Stage tilts about the y axis ``(T, 3, 3)``, by scipy (independent of the code under test)."""
     return Rotation.from_euler("y", np.asarray(tilts_deg, dtype=np.float64)[:, None], degrees=True).as_matrix()
-
-
-def _blobs(D: int, seed: int = 3) -> np.ndarray:
-    """An asymmetric volume: 40 Gaussian pseudo-atoms of D/32 px radius inside an ellipsoid (as in
-    tests/test_pose_search.py)."""
-    rng = np.random.default_rng(seed)
-    x = np.arange(D) - D // 2
-    Z, Y, X = np.meshgrid(x, x, x, indexing="ij")
-    s = D / 32
-    pts = rng.uniform(-1, 1, (400, 3))
-    pts = pts[(pts**2).sum(1) < 1][:40] * np.array([8, 6, 5]) * s
-    vol = np.zeros((D, D, D))
-    for c, a in zip(pts, rng.uniform(0.5, 1.5, len(pts)), strict=True):
-        vol += a * np.exp(-((X - c[0]) ** 2 + (Y - c[1]) ** 2 + (Z - c[2]) ** 2) / (2 * s**2))
-    return vol.astype(np.float32)
-
-
-def _fourier_grid_predictor(vol, radius_cycles, half, freqs, transfer=None, weight=None) -> SearchPredictor:
-    """A shared SearchPredictor whose slices are trilinear samples of the volume's centred 3-D Fourier transform
-    (2x zero padding), as the decoder grid of a perfect decoder would be."""
-    Dv = vol.shape[0]
-    Dp = 2 * Dv
-    pad = np.zeros((Dp, Dp, Dp))
-    s = (Dp - Dv) // 2
-    pad[s : s + Dv, s : s + Dv, s : s + Dv] = vol
-    F = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(pad)))
-    spacing = 1.0 / Dp
-    G = int(np.ceil(radius_cycles / spacing)) + 1
-    c = Dp // 2
-    sub = F[c - G : c + G + 1, c - G : c + G + 1, c - G : c + G + 1]
-    grid = torch.tensor(np.stack([sub.real, sub.imag]), dtype=torch.float32)[None]
-
-    def slices(rot):
-        B, R = rot.shape[:2]
-        out = sample_slices(grid, spacing, rot.reshape(1, B * R, 3, 3), freqs).reshape(B, R, -1, 2)
-        return hartley_from_half_plane(out, half.numel())
-
-    return SearchPredictor(slices=slices, transfer=transfer, weight=weight, shared=True)
 
 
 def _series(vol, A_particle, s_true, tilts=TILTS):
@@ -85,7 +46,7 @@ def _series(vol, A_particle, s_true, tilts=TILTS):
 def test_grouped_search_recovers_the_particle_rotation_and_shift_from_all_tilts():
     """Five tilts (0, +-30, +-60 degrees) of six particles at random rotations, displaced by up to 2.5 px in the
     reference tilt's plane; one padding tilt full of garbage (weight 0) must not matter."""
-    vol = _blobs(D)
+    vol = blobs(D)
     pixels = FourierPixels.create(D)
     hf = pixels.half_freqs()
     radius = 6.0 / D
@@ -102,7 +63,7 @@ def test_grouped_search_recovers_the_particle_rotation_and_shift_from_all_tilts(
     y[2, 4] = 50.0 * torch.randn(y.shape[-1])  # particle 2's last tilt is padding
     weight[2, 4] = 0.0
     rel = torch.tensor(R, dtype=torch.float32)[None].expand(B, -1, -1, -1)
-    predictor = _fourier_grid_predictor(vol, radius, half, freqs, weight=weight)
+    predictor = map_search_predictor(vol, radius, freqs, weight=weight)
     A, s, err = grouped_search(predictor, y, rel, hf[half], base_level=1, n_levels=3, top_k=8,
                                shift_extent_px=3.0, shift_step_px=1.0)
     angle = so3_grid.geodesic_distance_deg(A.numpy(), A_true)
@@ -191,7 +152,7 @@ def tilt_sim(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("tilt_abinit_sim")
     with mrcfile.new(out / "truth.mrc") as f:
-        f.set_data(_blobs(D))
+        f.set_data(blobs(D))
         f.voxel_size = 8.0
     assert main(["simulate-tilt", "--volumes", str(out / "truth.mrc"), "-N", "120", "-D", str(D), "--apix", "8",
                  "--snr", "10", "--tilt-max", "60", "--tilt-step", "15", "--max-shift", "1", "--seed", "2",
@@ -285,7 +246,7 @@ def test_tiny_tilt_abinit_recovers_the_map_and_the_poses(tilt_sim, tmp_path):
     assert main(["eval-vol", str(run), "-o", str(tmp_path / "map.mrc")]) == 0
     with mrcfile.open(tmp_path / "map.mrc") as f:
         est = f.data.copy()
-    al = align_maps(est, _blobs(D), pixel_size_angstrom=8.0)
+    al = align_maps(est, blobs(D), pixel_size_angstrom=8.0)
     assert al.correlation > 0.95 and not al.hand_flipped, al
     truth = load_tilt_series(star)
     _, learned = load_learned_poses(run)

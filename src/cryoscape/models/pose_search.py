@@ -64,7 +64,8 @@ from cryoscape.models.poses import PoseRefiner, TiltPoseRefiner, _get, hartley_t
 
 log = logging.getLogger("cryoscape")
 
-__all__ = ["default_search_epochs", "SearchPredictor", "decoder_grid", "decoder_search_predictor", "sample_slices",
+__all__ = ["default_search_epochs", "SearchPredictor", "decoder_grid", "decoder_search_predictor", "map_search_predictor",
+           "sample_slices",
            "shift_grid", "hierarchical_search", "PoseSearcher", "random_rotations", "search_radii", "grouped_search",
            "TiltPoseSearcher"]
 
@@ -172,6 +173,42 @@ def decoder_search_predictor(decoder: Callable, z: torch.Tensor | None, zdim: in
         return values[0] if single else values
 
     return SearchPredictor(slices=slices, transfer=transfer, weight=weight, shared=z is None)
+
+
+def map_search_predictor(volume: np.ndarray, radius_cycles: float, freqs: torch.Tensor, transfer=None,
+                         weight=None, scale: float = 1.0) -> SearchPredictor:
+    """A shared :class:`SearchPredictor` of a known real-space map ``volume`` ``(D, D, D)`` (``[z, y, x]``, centre
+    voxel ``D // 2``): its slices are trilinear samples of the map's centred 3-D Fourier transform (2x zero
+    padding, spacing ``1 / (2 D)`` cycles/pixel) within ``radius_cycles`` at ``freqs`` ``(M' + 1, 2)`` (the
+    half-plane points, then DC), as Hartley values ``[half, mates, DC]`` times ``scale``: what the decoder grid of
+    a perfect decoder gives (a search against a reference map; tests and ``bench/abinit_oracle.py``).
+    """
+    from cryoscape.models.vae import hartley_from_half_plane
+
+    D = volume.shape[0]
+    Dp = 2 * D
+    pad = np.zeros((Dp, Dp, Dp))
+    s = (Dp - D) // 2
+    pad[s : s + D, s : s + D, s : s + D] = volume
+    F = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(pad)))
+    spacing = 1.0 / Dp
+    G = int(np.ceil(radius_cycles / spacing)) + 1
+    c = Dp // 2
+    if G > c:
+        raise ValueError(f"radius {radius_cycles} cycles/pixel is beyond the padded transform of a {D}-box map")
+    sub = F[c - G : c + G + 1, c - G : c + G + 1, c - G : c + G + 1]
+    grid = torch.tensor(np.stack([sub.real, sub.imag]), dtype=torch.float32)[None]
+    n_half = freqs.shape[0] - 1
+
+    def slices(rotations: torch.Tensor) -> torch.Tensor:  # (R, 3, 3) -> (R, P'); (B, R, 3, 3) -> (B, R, P')
+        single = rotations.dim() == 3
+        r = rotations[None] if single else rotations
+        B, R = r.shape[:2]
+        out = sample_slices(grid, spacing, r.reshape(1, B * R, 3, 3), freqs).reshape(B, R, -1, 2)
+        values = hartley_from_half_plane(out, n_half) * scale
+        return values[0] if single else values
+
+    return SearchPredictor(slices=slices, transfer=transfer, weight=weight, shared=True)
 
 
 def shift_grid(extent_px: float, step_px: float, device=None) -> torch.Tensor:
