@@ -313,6 +313,20 @@ def test_tilt_abinit_resumed_after_ctrl_c_mid_search_epoch_equals_an_uninterrupt
     assert_ctrl_c_resume_equals_whole_run(star, small, tmp_path, monkeypatch, stop_step=12, epoch=3)
 
 
+
+def test_abinit_with_posterior_draws_resumed_after_ctrl_c_equals_an_uninterrupted_run(tilt_sim, tmp_path,
+                                                                                        monkeypatch):
+    """--search-draws: stopped in the middle of a drawn search epoch and resumed, the same draws, poses and
+    weights as without the stop (the draws' generator is seeded from the run's seed and the images seen)."""
+    star = str(tilt_sim / "sim" / "particles.star")
+    np.savetxt(tilt_sim / "ind40.txt", np.arange(40), fmt="%d")
+    small = ["--model", "tomodrgn", "--threads", "1", "--no-progress", "-b", "8", "--pretrain", "20", "--dec-dim",
+             "16", "--search-epochs", "4", "--search-draws", "2", "-n", "3", "--ind", str(tilt_sim / "ind40.txt")]
+    # 5 steps an epoch: stopped in the middle of epoch 2, a drawn search
+    assert_ctrl_c_resume_equals_whole_run(star, small, tmp_path, monkeypatch, stop_step=7, epoch=3)
+    log = (tmp_path / "whole" / "log.txt").read_text()
+    assert "(poses drawn from their posteriors)" in log
+
 def test_tilt_abinit_refusals_are_one_line(tilt_sim, tmp_path, capsys):
     star = str(tilt_sim / "sim" / "particles.star")
     base = ["abinit", star, "--model", "tomodrgn", "--no-progress", "--threads", "1"]
