@@ -109,6 +109,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tag", default="", help="names the runs and the results file (variants of the same data)")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more abinit options")
     args = p.parse_args(argv)
     from cryoscape.io.particles import load_particles
@@ -121,7 +122,8 @@ def main(argv=None) -> int:
     particles = load_particles(sim / "particles.star")
     apix = particles.pixel_size_angstrom
     result: dict = {"machine": machine_info(), "data": {"source": name, "D": args.D, "apix": apix, "N": args.n,
-                                                        "snr": args.snr}, "runs": {}}
+                                                        "snr": args.snr}, "runs": {},
+                          "abinit_options": list(args.extra), "tag": args.tag}
     truth_paths = sorted((sim / "gt").glob("state_*.mrc"))
     truth = read_map(truth_paths[0])
     if args.zdim == 0:
@@ -132,9 +134,10 @@ def main(argv=None) -> int:
         if bp_maps:
             res_bp, curve_bp = fsc_resolution(read_map(bp_maps[0]), truth, apix)
             result["backprojection_true_poses"] = {"map": str(bp_maps[0]), "fsc05_A": res_bp, "fsc": curve_bp}
+    tag = f"_{args.tag}" if args.tag else ""
     for seed in args.seeds:
-        run = work / f"run_z{args.zdim}_s{seed}"
-        log = work / f"run_z{args.zdim}_s{seed}.log"
+        run = work / f"run_z{args.zdim}{tag}_s{seed}"
+        log = work / f"run_z{args.zdim}{tag}_s{seed}.log"
         if not (run / "checkpoints").is_dir():
             r = run_timed([*CRYOSCAPE_CMD, "abinit", str(sim / "particles.star"), "-o", str(run), "--zdim",
                            str(args.zdim), "-n", str(args.epochs), "--seed", str(seed), "--threads",
@@ -150,9 +153,9 @@ def main(argv=None) -> int:
         if args.zdim == 0:
             from cryoscape.analysis.align import align_maps
 
-            map_path = work / f"map_s{seed}.mrc"
+            map_path = work / f"map{tag}_s{seed}.mrc"
             run_timed([*CRYOSCAPE_CMD, "eval-vol", str(run), "-o", str(map_path), "--overwrite"],
-                      work / f"evalvol_s{seed}.log")
+                      work / f"evalvol{tag}_s{seed}.log")
             est = read_map(map_path)
             al = align_maps(est, truth, pixel_size_angstrom=apix)
             aligned = al.apply(est)
@@ -162,10 +165,10 @@ def main(argv=None) -> int:
             if "backprojection_true_poses" in result:
                 entry["fsc05_ratio_to_bp"] = round(res / result["backprojection_true_poses"]["fsc05_A"], 3)
             # the back-projection of the particles with the estimated poses (as a refinement would start from)
-            bp_est = work / f"bp_est_s{seed}"
+            bp_est = work / f"bp_est{tag}_s{seed}"
             if not (bp_est / "backproject.mrc").is_file():
                 run_timed([*CRYOSCAPE_CMD, "backproject", "--run", str(run), "-o", str(bp_est)],
-                          work / f"bp_est_s{seed}.log")
+                          work / f"bp_est{tag}_s{seed}.log")
             if (bp_est / "backproject.mrc").is_file():
                 est_bp = read_map(bp_est / "backproject.mrc")
                 al_bp = align_maps(est_bp, truth, pixel_size_angstrom=apix)
@@ -187,11 +190,11 @@ def main(argv=None) -> int:
             entry["kmeans_ari"] = round(float(adjusted_rand_score(labels, fit.labels_)), 4)
             # each cluster's map (at its centre) against every true state, after aligning the cluster maps'
             # common frame once (on the first cluster's best match)
-            centres = work / f"centres_s{seed}.txt"
+            centres = work / f"centres{tag}_s{seed}.txt"
             np.savetxt(centres, fit.cluster_centers_)
-            out = work / f"class_maps_s{seed}"
+            out = work / f"class_maps{tag}_s{seed}"
             run_timed([*CRYOSCAPE_CMD, "eval-vol", str(run), "--zfile", str(centres), "-o", str(out), "--overwrite"],
-                      work / f"evalvol_s{seed}.log")
+                      work / f"evalvol{tag}_s{seed}.log")
             maps = [read_map(m) for m in sorted(out.glob("vol_*.mrc"))]
             truths = [read_map(t) for t in truth_paths]
             al = align_maps(maps[0], truths[int(np.bincount(labels[fit.labels_ == 0]).argmax())],
@@ -206,7 +209,7 @@ def main(argv=None) -> int:
         result["runs"][f"seed{seed}"] = entry
         print(json.dumps({f"seed{seed}": {k: v for k, v in entry.items() if not k.endswith("fsc")}}))
     seeds = "_".join(str(s) for s in args.seeds)
-    write_json(RESULTS.with_name(f"abinit_{name}_D{args.D}_N{args.n}_z{args.zdim}_s{seeds}.json"), result)
+    write_json(RESULTS.with_name(f"abinit_{name}_D{args.D}_N{args.n}_z{args.zdim}{tag}_s{seeds}.json"), result)
     return 0
 
 

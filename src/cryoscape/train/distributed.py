@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -36,7 +37,18 @@ def init_distributed() -> DistInfo:
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
+        atexit.register(_leave_process_group)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank)
+
+
+def _leave_process_group() -> None:
+    """Leave the process group before the interpreter exits: a gloo group still alive at interpreter teardown can
+    abort the process ("terminate called without an active exception") after a run that succeeded."""
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - exiting anyway; a failure to leave must not mask the run's result
+            pass
 
 
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
