@@ -224,7 +224,9 @@ def step_cost(run: Path, sim: Path, perturbed: Path, radii=(0.25, 0.5, 1.0), rep
               batches: int = 8) -> dict:
     """Seconds of one training step (forward, backward, Adam) and of one local pose update of the same batch
     (``PoseRefiner.local_update``) at each compared radius, interleaved in one process (so that the machine's load
-    affects both alike); medians over ``repeats`` passes over ``batches`` batches of 32."""
+    affects both alike); medians over ``repeats`` passes over ``batches`` batches of 32. ``local_update_r0.5_3diff``:
+    the default radius with the rotation derivatives from three rotation differences (the model's predictor
+    without ``along_normal``, as before the two-evaluation Jacobian)."""
     import time
 
     import torch
@@ -247,7 +249,16 @@ def step_cost(run: Path, sim: Path, perturbed: Path, radii=(0.25, 0.5, 1.0), rep
                                start_epoch=1) for r in radii}
     for ref in refiners.values():
         ref._epoch = 100  # the radius schedule at its end: search_radius
-    times: dict[str, list[float]] = {"train_step": [], **{f"local_update_r{r:g}": [] for r in radii}}
+    times: dict[str, list[float]] = {"train_step": [], **{f"local_update_r{r:g}": [] for r in radii},
+                                     "local_update_r0.5_3diff": []}
+    three_diff = PoseRefiner(n, data.pixels.half_freqs(), lr=0.0, method="local", search_radius=0.5, start_epoch=1)
+    three_diff._epoch = 100
+
+    class _ThreeDifferences:  # the model, its pose predictor without along_normal
+        def pose_predictor(self, batch, half):
+            predict = model.pose_predictor(batch, half)
+            return lambda rotations: predict(rotations)
+
     all_batches = [data.batch(np.arange(i * 32, (i + 1) * 32)) for i in range(batches)]
     for _ in range(repeats):
         for b in all_batches:
@@ -262,6 +273,9 @@ def step_cost(run: Path, sim: Path, perturbed: Path, radii=(0.25, 0.5, 1.0), rep
                 t0 = time.perf_counter()
                 ref.local_update(model, b)
                 times[f"local_update_r{r:g}"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            three_diff.local_update(_ThreeDifferences(), b)
+            times["local_update_r0.5_3diff"].append(time.perf_counter() - t0)
     med = {k: float(np.median(v)) for k, v in times.items()}
     return {"seconds_median": med, "overhead": {k: med[k] / med["train_step"] for k in med if k != "train_step"},
             "batch": 32, "model_epoch": trained.epoch}

@@ -260,3 +260,39 @@ def test_the_anchor_prior_pulls_an_uninformed_rotation_back_towards_the_consensu
     d0, _, _ = gauss_newton_pose_step(lambda R: p.expand(R.shape[0], -1), A, y, freqs, prior_angle=prior,
                                       prior_shift_px=0.5)
     np.testing.assert_allclose(d0.numpy(), 0.0, atol=1e-12)  # without the anchor: no reason to move
+
+
+@pytest.mark.parametrize("zdim", [0, 2])
+def test_the_two_evaluation_rotation_jacobian_equals_three_rotation_differences(zdim):
+    """CryoDRGN.pose_predictor's ``along_normal`` (one evaluation on slices moved along their normals gives the
+    two out-of-plane rotation derivatives) agrees with three forward differences of the rotation, at every
+    compared pixel (half-plane values and their mates), with a softplus decoder (smooth: differences of a ReLU
+    network jump at its kinks).
+    """
+    from cryoscape.models.cryodrgn import CryoDRGN
+    from cryoscape.models.poses import _rotation_jacobian
+
+    torch.manual_seed(0)
+    D = 16
+    model = CryoDRGN(D, 2.0, zdim=zdim, enc_dim=16, enc_layers=1, dec_dim=32, dec_layers=2).eval()
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.ReLU):
+                setattr(module, name, torch.nn.Softplus(beta=4.0))
+    n = 3
+    batch = {"y": torch.randn(n, model.pixels.n_pixels)}
+    freqs = model.pixels.half_freqs()
+    half = torch.nonzero(freqs.norm(dim=1) < 0.4).squeeze(1)
+    predictor = model.pose_predictor(batch, half)
+    assert predictor.along_normal is not None
+    R = torch.from_numpy(random_rotations(n, seed=11)).float()
+    eps = 1e-3
+    with torch.no_grad():
+        p0 = predictor(R)
+        two = _rotation_jacobian(predictor, R, p0, freqs[half], eps)
+        three = _rotation_jacobian(lambda rot: predictor(rot), R, p0, freqs[half], eps)
+    scale = three.abs().max()
+    assert scale > 0
+    np.testing.assert_allclose(two.numpy(), three.numpy(), atol=1e-2 * float(scale))
+    # and the in-plane-axis columns are not trivially zero or equal
+    assert two[..., 0].abs().max() > 1e-3 * scale and two[..., 1].abs().max() > 1e-3 * scale

@@ -349,3 +349,39 @@ def test_filter_of_a_tilt_run_writes_the_learned_per_tilt_poses(tilt_sim, tilt_r
     other = dataclasses.replace(tilts, source_format="optimisation_set")
     with pytest.raises(InputError, match="image-series STAR files only"):
         write_tilt_poses(other, [0], learned["rotations"][:1], learned["shifts_angstrom"][:1], tmp_path / "x.star")
+
+
+def test_the_two_evaluation_tilt_jacobian_gives_the_step_of_three_rotation_differences(tilt_sim):
+    """TomoDRGN.tilt_pose_predictor's ``along_normal`` (image-frame derivatives from one evaluation on slices moved
+    along their normals, turned into the reference tilt's frame) gives the Gauss-Newton step that three rotation
+    differences in the reference frame give, for every particle (a softplus decoder: smooth)."""
+    from cryoscape.data.tilt_data import TiltSeriesData
+    from cryoscape.io.tilt_series import load_tilt_series
+    from cryoscape.models.tomodrgn import TomoDRGN
+
+    tilts = load_tilt_series(tilt_sim / "particles.star")
+    data = TiltSeriesData(tilts, FourierPixels.create(tilts.D), progress=False)
+    torch.manual_seed(0)
+    model = TomoDRGN(tilts.D, tilts.pixel_size_angstrom, ntilts=None, zdim=0, dec_dim=32, dec_layers=2).eval()
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.ReLU):
+                setattr(module, name, torch.nn.Softplus(beta=4.0))
+    n = 3
+    batch = data.batch(np.arange(n))
+    ref = TiltPoseRefiner.for_data(data).ref[:n]
+    freqs = model.pixels.half_freqs()
+    half = torch.nonzero(freqs.norm(dim=1) < 0.4).squeeze(1)
+    m = model.pixels.n_half
+    positions = torch.cat([half, half + m, torch.tensor([2 * m])])
+    with torch.no_grad():
+        predict, weights = model.tilt_pose_predictor(batch, half)
+        assert predict.along_normal is not None
+        rot, y = batch["rot"].float(), batch["y"][..., positions].float()
+        kw = dict(eps=1e-3, prior_angle=math.radians(2.0), prior_shift_px=0.5, max_angle=1.0, max_shift_px=10.0)
+        d2, t2, loss2 = gauss_newton_tilt_step(predict, rot, ref, y, weights, freqs[half], **kw)
+        d3, t3, loss3 = gauss_newton_tilt_step(lambda r: predict(r), rot, ref, y, weights, freqs[half], **kw)
+    torch.testing.assert_close(loss2, loss3)
+    assert float(d3.norm(dim=1).min()) > 1e-3  # a real step to compare
+    np.testing.assert_allclose(d2.numpy(), d3.numpy(), atol=0.02 * float(d3.abs().max()))
+    np.testing.assert_allclose(t2.numpy(), t3.numpy(), atol=0.02 * float(t3.abs().max()) + 1e-6)

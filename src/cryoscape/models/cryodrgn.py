@@ -134,11 +134,14 @@ class CryoDRGN(FamilyModel):
             self._subset_cache = (count, subset)
         return self._subset_cache[1]
 
-    def render(self, rotations: torch.Tensor, z: torch.Tensor | None, half: torch.Tensor | None = None) -> torch.Tensor:
+    def render(self, rotations: torch.Tensor, z: torch.Tensor | None, half: torch.Tensor | None = None,
+               normal_offset: float = 0.0) -> torch.Tensor:
         """Hartley values of the central slices at ``rotations`` ``(B, 3, 3)`` for latents ``z``.
 
         Returns ``(B, P)`` in the model's pixel order, or ``(B, 2 M' + 1)`` for the half-plane positions ``half``
-        ``(M',)`` only (``[half, their mates, DC]``).
+        ``(M',)`` only (``[half, their mates, DC]``). ``normal_offset`` (cycles/pixel; pose refinement's
+        derivatives) moves the half-plane points along the slice normal (the mates, negated points, move by minus
+        it).
         """
         B = rotations.shape[0]
         m = self.pixels.n_half
@@ -149,6 +152,8 @@ class CryoDRGN(FamilyModel):
             m = half.numel()
         freqs[m] = 0.0
         q = central_slice_coords(rotations, freqs)  # (B, m + 1, 3)
+        if normal_offset:
+            q = q + normal_offset * rotations[:, 2:3, :].to(q.dtype)  # the normal A^T e_z, as a row
         return hartley_from_half_plane(self.decoder(q, z), m).reshape(B, -1)
 
     def ctf_values(self, ctf: torch.Tensor | None) -> torch.Tensor | None:
@@ -230,13 +235,15 @@ class CryoDRGN(FamilyModel):
         the posterior means of ``batch["y"]``) at the half-plane positions ``half`` ``(M',)``
         (``[half, their mates, DC]`` order, as :meth:`render`).
         """
+        from cryoscape.models.poses import SlicePredictor
+
         z, transfer, _ = self._batch_for_poses(batch, half)
 
-        def predict(rotations: torch.Tensor) -> torch.Tensor:
-            pred = self.render(rotations, z, half)
+        def along_normal(rotations: torch.Tensor, delta: float) -> torch.Tensor:
+            pred = self.render(rotations, z, half, normal_offset=delta)
             return pred if transfer is None else pred * transfer
 
-        return predict
+        return SlicePredictor(lambda rotations: along_normal(rotations, 0.0), along_normal)
 
     @torch.no_grad()
     def pose_search_predictor(self, batch: dict[str, torch.Tensor], half: torch.Tensor, radius_cycles: float,

@@ -64,8 +64,8 @@ from cryoscape.models.poses import PoseRefiner, TiltPoseRefiner, _get, hartley_t
 
 log = logging.getLogger("cryoscape")
 
-__all__ = ["default_search_epochs", "SearchPredictor", "decoder_grid", "decoder_search_predictor", "map_search_predictor",
-           "sample_slices",
+__all__ = ["default_search_epochs", "SearchPredictor", "decoder_grid", "decoder_search_predictor",
+           "map_search_predictor", "sample_slices",
            "shift_grid", "hierarchical_search", "PoseSearcher", "random_rotations", "search_radii", "grouped_search",
            "TiltPoseSearcher"]
 

@@ -30,7 +30,7 @@ import torch
 __all__ = ["so3_exp", "so3_log", "compose", "hartley_translate", "hartley_translate_jacobian", "PoseTable",
            "rotation_angle_deg", "PoseRefiner", "LearnedPoseData", "save_learned_poses", "load_learned_poses",
            "gauss_newton_pose_step", "POSE_METHODS", "reference_tilts", "tilt_compose", "TiltPoseRefiner",
-           "gauss_newton_tilt_step"]
+           "gauss_newton_tilt_step", "SlicePredictor"]
 
 POSE_METHODS = ("local", "sgd")
 
@@ -168,6 +168,59 @@ def _regularised_step(H: torch.Tensor, g: torch.Tensor, sigma2: torch.Tensor, da
     return -torch.linalg.solve(Hd, g[..., None])[..., 0]
 
 
+@dataclasses.dataclass(frozen=True)
+class SlicePredictor:
+    """A model's prediction of a batch's images at the compared pixels, for :func:`gauss_newton_pose_step`.
+
+    ``predict(rotations (B, 3, 3)) -> (B, 2 M' + 1)``: the CTF-modulated central slices at ``rotations`` at the
+    positions ``[half, mates, DC]``. ``along_normal(rotations, delta) -> (B, 2 M' + 1)`` (optional): the same
+    with every half-plane point moved by ``delta`` (cycles/pixel) along its slice's normal (the mates then sit at
+    ``-delta``: a mate is the value at the negated point). Turning a slice about an in-plane axis moves each of its
+    points along the normal, so one such evaluation gives two of the three rotation derivatives.
+    """
+
+    predict: object
+    along_normal: object | None = None
+
+    def __call__(self, rotations: torch.Tensor) -> torch.Tensor:
+        """The prediction at ``rotations``."""
+        return self.predict(rotations)  # type: ignore[operator]
+
+
+def _rotation_jacobian(predict, rotations: torch.Tensor, p0: torch.Tensor, half_freqs: torch.Tensor,
+                       eps: float) -> torch.Tensor:
+    """``-d predict / d d_j`` ``(..., 2 M' + 1, 3)`` (float64) at ``d = 0`` for rotations ``exp([d]x) R``
+    (``rotations`` ``(..., 3, 3)``, ``p0`` ``(..., 2 M' + 1)`` the prediction at them; ``d`` in each image's frame),
+    by forward differences of step ``eps`` (radians).
+
+    With ``predict.along_normal`` (:class:`SlicePredictor`) two evaluations: ``exp([d]x) R`` samples the map at the
+    image-frame point ``k - d x k``; for ``d`` along the image's x or y axis that is ``k`` moved along the normal
+    ``e_z`` by ``-d_x k_y`` or ``+d_y k_x``, so ``dP/dd_x = -k_y dP/dk_z`` and ``dP/dd_y = k_x dP/dk_z``, with
+    ``dP/dk_z`` from one evaluation on the slice moved along its normal (of the largest displacement the rotation
+    step gives, ``eps max|k|``); the in-plane column (``d`` along ``e_z``) is a rotation difference. Without it,
+    three rotation differences.
+    """
+    J = torch.empty(*p0.shape, 3, dtype=torch.float64, device=p0.device)
+    eye = torch.eye(3, dtype=rotations.dtype, device=rotations.device)
+    along_normal = getattr(predict, "along_normal", None)
+    if along_normal is None:
+        for j in range(3):
+            turned = so3_exp(eps * eye[j]).expand(rotations.shape) @ rotations
+            J[..., j] = -(predict(turned) - p0).double() / eps
+        return J
+    hf = half_freqs.to(device=p0.device, dtype=torch.float64)
+    m = hf.shape[0]
+    k = torch.cat([hf, -hf, hf.new_zeros(1, 2)])  # (2 M' + 1, 2) the image-plane point of each compared value
+    sign = torch.cat([hf.new_ones(m), -hf.new_ones(m), hf.new_ones(1)])  # a mate's point moves by -delta
+    delta = eps * float(hf.norm(dim=1).max()) if m else eps
+    dz = sign * (along_normal(rotations, delta) - p0).double() / delta  # (..., 2 M' + 1): dP/dk_z
+    J[..., 0] = k[:, 1] * dz  # -dP/dd_x
+    J[..., 1] = -k[:, 0] * dz  # -dP/dd_y
+    turned = so3_exp(eps * eye[2]).expand(rotations.shape) @ rotations
+    J[..., 2] = -(predict(turned) - p0).double() / eps
+    return J
+
+
 def gauss_newton_pose_step(predict, rotations: torch.Tensor, y: torch.Tensor, half_freqs: torch.Tensor,
                            eps: float = 0.01, damping: float = 1e-3, max_angle: float = 0.1,
                            max_shift_px: float = 2.0, prior_angle: float | None = None,
@@ -181,7 +234,8 @@ def gauss_newton_pose_step(predict, rotations: torch.Tensor, y: torch.Tensor, ha
     prediction ``P(R)`` at its current rotation ``R_i``; the residual ``r = y - P(R)`` is linearised in a rotation
     correction ``d`` (image frame, ``R -> exp([d]x) R``) and a shift correction ``t`` (pixels, ``y -> T_t y``):
     ``r(d, t) ~ r + J [d; t]``. The rotation columns of ``J`` are forward differences of the prediction (three more
-    evaluations of ``predict``, at ``exp([eps e_j]x) R``), the shift columns are exact
+    evaluations of ``predict``, at ``exp([eps e_j]x) R``, or two for a :class:`SlicePredictor` with
+    ``along_normal``: :func:`_rotation_jacobian`), the shift columns are exact
     (:func:`hartley_translate_jacobian`). The step solves ``(J^T J + damping diag(J^T J)) [d; t] = -J^T r`` per image
     (a 5 x 5 system) and is shortened to at most ``max_angle`` radians and ``max_shift_px`` pixels.
 
@@ -221,10 +275,7 @@ def gauss_newton_pose_step(predict, rotations: torch.Tensor, y: torch.Tensor, ha
         y = hartley_translate(y, half_freqs, t0)
     r = (y - p0).double()
     J = torch.empty(B, r.shape[1], 5, dtype=torch.float64, device=r.device)
-    eye = torch.eye(3, dtype=rotations.dtype, device=rotations.device)
-    for j in range(3):
-        turned = so3_exp(eps * eye[j]).expand(B, 3, 3) @ rotations
-        J[..., j] = -(predict(turned) - p0).double() / eps
+    J[..., :3] = _rotation_jacobian(predict, rotations, p0, half_freqs, eps)
     J[..., 3:] = hartley_translate_jacobian(y, half_freqs).double()
     H = J.transpose(1, 2) @ J  # (B, 5, 5)
     g = (J.transpose(1, 2) @ r[..., None])[..., 0]  # (B, 5)
@@ -699,7 +750,9 @@ def gauss_newton_tilt_step(predict, rotations: torch.Tensor, ref: torch.Tensor, 
     particle's tilts are linearised together in one rotation correction ``d`` and one 3-D shift correction ``t``
     (pixels) in the reference tilt's frame (:func:`tilt_compose`: tilt ``t`` turns by ``R_t d`` and moves by
     ``(R_t t)[:2]``, ``R_t = A_t A_ref^T``). The rotation columns of the Jacobian are forward differences of the
-    prediction (three more evaluations of ``predict``, every tilt turned by ``exp([R_t eps e_j]x)``), the shift
+    prediction (three more evaluations of ``predict``, every tilt turned by ``exp([R_t eps e_j]x)``; two for a
+    :class:`SlicePredictor` with ``along_normal``: the image-frame columns of :func:`_rotation_jacobian` times
+    ``R_t``), the shift
     columns exact (:func:`hartley_translate_jacobian` times ``R_t[:2]``). One 6 x 6 system per particle
     ``(J^T W J + damping diag(J^T W J) + sigma^2 diag(1/prior^2)) [d; t] = -J^T W r`` with ``sigma^2`` the
     particle's weighted residual per scored pixel; the step is shortened to ``max_angle`` radians and
@@ -729,9 +782,12 @@ def gauss_newton_tilt_step(predict, rotations: torch.Tensor, ref: torch.Tensor, 
     idx = torch.arange(B, device=rotations.device)
     R = (rotations @ rotations[idx, ref.long()].transpose(-1, -2)[:, None]).double()  # (B, T, 3, 3)
     J = torch.empty(B, T, Q, 6, dtype=torch.float64, device=r.device)
-    for j in range(3):
-        turned = so3_exp(eps * R[..., j]).to(rotations.dtype) @ rotations  # R_t (eps e_j) = eps R_t[:, j]
-        J[..., j] = -(predict(turned) - p0).double() / eps
+    if getattr(predict, "along_normal", None) is not None:  # image-frame columns, turned into the reference frame
+        J[..., :3] = _rotation_jacobian(predict, rotations, p0, half_freqs, eps) @ R
+    else:
+        for j in range(3):
+            turned = so3_exp(eps * R[..., j]).to(rotations.dtype) @ rotations  # R_t (eps e_j) = eps R_t[:, j]
+            J[..., j] = -(predict(turned) - p0).double() / eps
     Js = hartley_translate_jacobian(y.reshape(B * T, Q), half_freqs).double().reshape(B, T, Q, 2)
     J[..., 3:] = Js @ R[..., :2, :]
     JW = J * W[..., None]

@@ -239,13 +239,20 @@ class TomoDRGN(FamilyModel):
         k = self.points.norm(dim=-1) / self.pixel_size_angstrom
         return keep & optimal_exposure_mask(k, exposure[..., None], CTFTensors.of(ctf).voltage[..., None])
 
-    def render(self, rot: torch.Tensor, z: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor:
+    def render(self, rot: torch.Tensor, z: torch.Tensor | None, keep: torch.Tensor,
+               normal_offset: float = 0.0) -> torch.Tensor:
         """Hartley values ``(B, n, P)`` of the central slices at ``rot`` ``(B, n, 3, 3)``, decoding only ``keep``
-        ``(B, n, M + 1)`` points of the whole batch in one call (zeros elsewhere).
+        ``(B, n, M + 1)`` points of the whole batch in one call (zeros elsewhere). ``normal_offset`` (cycles/pixel;
+        pose refinement's derivatives) moves the half-plane points along each slice's normal (their mates, the
+        negated points, by minus it).
         """
         B, n = rot.shape[:2]
         Q = self.points.shape[0]
-        q = central_slice_coords(rot.reshape(B * n, 3, 3), self.points).reshape(B, n * Q, 3)
+        flat_rot = rot.reshape(B * n, 3, 3)
+        q = central_slice_coords(flat_rot, self.points)
+        if normal_offset:
+            q = q + normal_offset * flat_rot[:, 2:3, :].to(q.dtype)  # the normal A^T e_z, as a row
+        q = q.reshape(B, n * Q, 3)
         flat = keep.reshape(B, n * Q)
         if bool(flat.all()):
             out = self.decoder(q, z)
@@ -356,10 +363,12 @@ class TomoDRGN(FamilyModel):
         if z is None and self.zdim > 0:
             z = torch.zeros(batch["y"].shape[0], self.zdim, device=batch["y"].device)
 
-        def predict(rot: torch.Tensor) -> torch.Tensor:
-            return self.render(rot, z, keep)[..., positions] * transfer
+        from cryoscape.models.poses import SlicePredictor
 
-        return predict, weights
+        def along_normal(rot: torch.Tensor, delta: float) -> torch.Tensor:
+            return self.render(rot, z, keep, normal_offset=delta)[..., positions] * transfer
+
+        return SlicePredictor(lambda rot: along_normal(rot, 0.0), along_normal), weights
 
     @torch.no_grad()
     def tilt_search_predictor(self, batch: TiltBatch, half: torch.Tensor, radius_cycles: float,

@@ -43,7 +43,8 @@ def init_distributed() -> DistInfo:
 
 def _leave_process_group() -> None:
     """Leave the process group before the interpreter exits: a gloo group still alive at interpreter teardown can
-    abort the process ("terminate called without an active exception") after a run that succeeded."""
+    abort the process ("terminate called without an active exception") after a run that succeeded.
+    """
     if dist.is_available() and dist.is_initialized():
         try:
             dist.destroy_process_group()
