@@ -333,6 +333,34 @@ def hierarchical_search(predictor: SearchPredictor, y: torch.Tensor, freqs: torc
         best_err[:, start : start + chunk] = e
         best_shift[:, start : start + chunk] = s
     n_values = y.shape[1] if predictor.weight is None else predictor.weight.float().sum(-1)
+
+    def score_children(rots: torch.Tensor, parent_shifts: torch.Tensor) -> torch.Tensor:
+        kp = parent_shifts.shape[1]
+        # the 8 children of a candidate share its 9 translated images
+        y_c = _translated(y, freqs, parent_shifts.reshape(B, kp * 9, 2)).reshape(B, kp, 1, 9, -1)
+        sl = predictor.slices(rots).reshape(B, kp, 8, -1)  # (B, k, 8, P)
+        return _errors_own(y_c.expand(-1, -1, 8, -1, -1).reshape(B, kp * 8, 9, -1), sl.reshape(B, kp * 8, -1),
+                           predictor.transfer, predictor.weight)  # (B, K, 9)
+
+    return _coarse_to_fine(best_err, best_shift, shifts0, n_values, score_children, base_level, n_levels, top_k,
+                           shift_step_px, sample_generator)
+
+
+def _coarse_to_fine(best_err: torch.Tensor, best_shift: torch.Tensor, shifts0: torch.Tensor,
+                    n_values: float | torch.Tensor,
+                    score_children: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], base_level: int,
+                    n_levels: int, top_k: int, shift_step_px: float, sample_generator: torch.Generator | None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The finer levels of :func:`hierarchical_search` and :func:`grouped_search` from the global level's scores.
+
+    ``best_err`` ``(B, R)`` and ``best_shift`` ``(B, R)`` (indices into ``shifts0`` ``(S, 2)``) are each image's
+    (group's) error and best shift at every rotation of the global level; the ``top_k`` candidates
+    (:func:`global_candidates`, drawn with ``sample_generator``) are refined on ``n_levels`` finer levels, where
+    ``score_children(rots (B, 8k, 3, 3), parent_shifts (B, k, 9, 2)) -> (B, 8k, 9)`` scores the 8 children of each
+    candidate at the 9 shifts around their parent's best one (the step halved per level).
+    """
+    device = best_err.device
+    B = best_err.shape[0]
     err_k, idx_k = global_candidates(best_err, top_k, n_values, sample_generator)  # (B, k)
     shift_k = shifts0[best_shift.gather(1, idx_k)]  # (B, k, 2)
     idx_k_np = idx_k.cpu().numpy()
@@ -342,19 +370,13 @@ def hierarchical_search(predictor: SearchPredictor, y: torch.Tensor, freqs: torc
     for _ in range(n_levels):
         level += 1
         step = step / 2.0
-        children = so3_grid.child_indices(level - 1, idx_k_np).reshape(B, -1)  # (B, 8k): 8 per candidate j
+        children = so3_grid.child_indices(level - 1, idx_k_np).reshape(B, -1)  # (B, 8k): 8 per candidate
         rots = torch.as_tensor(so3_grid.grid_rotations(level, children), dtype=torch.float32, device=device)
-        K = children.shape[1]
-        kp = shift_k.shape[1]
         parent_shifts = shift_k[:, :, None, :] + step * offsets[None, None]  # (B, k, 9, 2)
-        # the 8 children of a candidate share its 9 translated images
-        y_c = _translated(y, freqs, parent_shifts.reshape(B, kp * 9, 2)).reshape(B, kp, 1, 9, -1)
-        sl = predictor.slices(rots).reshape(B, kp, 8, -1)  # (B, k, 8, P)
-        err = _errors_own(y_c.expand(-1, -1, 8, -1, -1).reshape(B, K, 9, -1), sl.reshape(B, K, -1),
-                          predictor.transfer, predictor.weight)  # (B, K, 9)
+        err = score_children(rots, parent_shifts)  # (B, K, 9)
         cand_shifts = parent_shifts.repeat_interleave(8, dim=1)  # (B, K, 9, 2)
         e, s = err.min(dim=2)  # (B, K)
-        k = min(top_k, K)
+        k = min(top_k, e.shape[1])
         err_k, pick = e.topk(k, dim=1, largest=False)
         idx_k_np = np.take_along_axis(children, pick.cpu().numpy(), axis=1)
         chosen_shift = cand_shifts.gather(2, s[:, :, None, None].expand(-1, -1, 1, 2)).squeeze(2)  # (B, K, 2)
@@ -758,19 +780,9 @@ def grouped_search(predictor: SearchPredictor, y: torch.Tensor, rel: torch.Tenso
         best_err[:, start : start + r] = e
         best_shift[:, start : start + r] = s
     del yw
-    err_k, idx_k = global_candidates(best_err, top_k, w.sum(dim=(1, 2)), sample_generator)  # (B, k)
-    shift_k = shifts0[best_shift.gather(1, idx_k)]  # (B, k, 2)
-    idx_k_np = idx_k.cpu().numpy()
-    level = base_level
-    step = shift_step_px
-    offsets = shift_grid(1.0, 1.0, device)  # (9, 2) unit offsets
-    for _ in range(n_levels):
-        level += 1
-        step = step / 2.0
-        children = so3_grid.child_indices(level - 1, idx_k_np).reshape(B, -1)  # (B, 8k): 8 per candidate
-        rots = torch.as_tensor(so3_grid.grid_rotations(level, children), dtype=torch.float32, device=device)
-        kp = shift_k.shape[1]
-        parent_shifts = shift_k[:, :, None, :] + step * offsets[None, None]  # (B, k, 9, 2)
+
+    def score_children(rots: torch.Tensor, parent_shifts: torch.Tensor) -> torch.Tensor:
+        kp = parent_shifts.shape[1]
         # the 8 children of a candidate share its 9 translated groups of images
         y_c = _translated_tilts(y, freqs, _tilt_shifts(rel, parent_shifts.reshape(B, kp * 9, 2)))  # (B, 9k, T, P)
         a_c = (w[:, None] * y_c * y_c).sum(dim=(2, 3)).reshape(B, kp, 9)
@@ -779,16 +791,10 @@ def grouped_search(predictor: SearchPredictor, y: torch.Tensor, rel: torch.Tenso
         sl = _tilt_slices(predictor, rel, rots)  # (B, 8k, T, P)
         norm = (sl * sl * wcc[:, None]).sum(dim=(2, 3)).reshape(B, kp, 8)
         cross = torch.bmm(sl.reshape(B * kp, 8, T * P), yw_c.transpose(1, 2)).reshape(B, kp, 8, 9)
-        err = (a_c[:, :, None, :] - 2.0 * cross + norm[..., None]).reshape(B, kp * 8, 9)  # (B, K, 9)
-        cand_shifts = parent_shifts.repeat_interleave(8, dim=1)  # (B, K, 9, 2)
-        e, s = err.min(dim=2)  # (B, K)
-        k = min(top_k, e.shape[1])
-        err_k, pick = e.topk(k, dim=1, largest=False)
-        idx_k_np = np.take_along_axis(children, pick.cpu().numpy(), axis=1)
-        chosen_shift = cand_shifts.gather(2, s[:, :, None, None].expand(-1, -1, 1, 2)).squeeze(2)  # (B, K, 2)
-        shift_k = chosen_shift.gather(1, pick[:, :, None].expand(-1, -1, 2))
-    best = so3_grid.grid_rotations(level, idx_k_np[:, 0])
-    return torch.as_tensor(best, dtype=torch.float64), shift_k[:, 0].cpu(), err_k[:, 0].cpu()
+        return (a_c[:, :, None, :] - 2.0 * cross + norm[..., None]).reshape(B, kp * 8, 9)  # (B, K, 9)
+
+    return _coarse_to_fine(best_err, best_shift, shifts0, w.sum(dim=(1, 2)), score_children, base_level, n_levels,
+                           top_k, shift_step_px, sample_generator)
 
 
 class TiltPoseSearcher(PoseSearcher):

@@ -260,8 +260,11 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
                      "the tilt geometry (the shift in the reference tilt's plane), then refined locally with a 3-D "
                      "shift")
         if getattr(model, "zdim", 0) > 0 and ps.consensus_first:
+            then = (f"then {ps.latent_search_epochs} search epoch(s) against each image's own map (latent on), "
+                    "then local refinement" if ps.latent_search_epochs else
+                    "the latent is switched on when the local refinement starts")
             log.info("abinit: heterogeneous model: the poses are searched against one consensus map (latent 0 "
-                     "for every image); the latent is switched on when the local refinement starts")
+                     f"for every image); {then}")
     elif engine.pose_refiner is not None:
         pr = engine.pose_refiner
         how = (f"one Gauss-Newton step per particle per epoch on the pixels within {t.pose_search_radius:g} x "
