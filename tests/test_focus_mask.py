@@ -314,3 +314,23 @@ def test_the_footprint_matches_the_projection_size():
     f = focus.footprint(torch.as_tensor(random_rotations(2, seed=0), dtype=torch.float32))
     area = float((f > 0.5).sum(dim=(1, 2)).float().mean())
     assert abs(area - math.pi * 5.5**2) < 0.15 * math.pi * 5.5**2
+
+
+def test_the_same_consensus_written_at_another_time_counts_as_the_recorded_one(tmp_path):
+    """--resume with --focus-consensus compares maps, not bytes: an MRC header label records when a file was
+    written (a copy written a second later differs byte for byte; this made the resume test above fail at random)."""
+    import filecmp
+
+    import mrcfile
+
+    from cryoscape.cli._focus import _same_map
+
+    vol = _sphere(16, (0, 0, 0), 5.0)
+    a = write_mrc(tmp_path / "a.mrc", vol, 6.0)
+    b = write_mrc(tmp_path / "b.mrc", vol, 6.0)
+    with mrcfile.open(b, mode="r+") as f:
+        f.header.label[0] = b"written at another time"
+    assert not filecmp.cmp(a, b, shallow=False)
+    assert _same_map(a, b)
+    assert not _same_map(a, write_mrc(tmp_path / "c.mrc", 2.0 * vol, 6.0))
+    assert not _same_map(a, write_mrc(tmp_path / "d.mrc", vol, 5.0))

@@ -11,7 +11,6 @@ the mask is copied to ``RUN/focus/mask.mrc`` for the record. A resumed run reads
 from __future__ import annotations
 
 import dataclasses
-import filecmp
 import logging
 import os
 import shutil
@@ -75,7 +74,7 @@ def prepare_focus(config: RunConfig, outdir, resume: bool, progress: bool = True
     if given is not None and not given.is_file():
         raise InputError("focus consensus map not found", m.focus_consensus)
     if resume:  # the recorded map; the same map given again on the command line counts as recorded
-        if given is not None and stored.is_file() and filecmp.cmp(given, stored, shallow=False):
+        if given is not None and stored.is_file() and _same_map(given, stored):
             given = stored
         return _with(config, mask, given)
     from cryoscape.rundir import RunDir
@@ -109,6 +108,20 @@ def prepare_focus(config: RunConfig, outdir, resume: bool, progress: bool = True
     write_mrc(stored, volume, apix)
     shutil.copyfile(mask, stored.parent / "mask.mrc")
     return _with(config, mask, stored)
+
+
+def _same_map(a: Path, b: Path) -> bool:
+    """Whether two MRC files hold the same map (values and voxel size). Not their bytes: a header label records
+    when a file was written, so a copy written a second later differs from the original byte for byte.
+    """
+    from cryoscape.io.mrc import read_mrc
+
+    try:
+        (va, ia), (vb, ib) = read_mrc(a), read_mrc(b)
+    except Exception:  # noqa: BLE001 - an unreadable map is not the recorded one (and is refused later)
+        return False
+    return va.shape == vb.shape and np.array_equal(va, vb) and \
+        abs(ia.voxel_size_angstrom - ib.voxel_size_angstrom) < 1e-4
 
 
 def _with(config: RunConfig, mask: Path, consensus: Path | None) -> RunConfig:
