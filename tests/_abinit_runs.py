@@ -28,18 +28,12 @@ def assert_ctrl_c_resume_equals_whole_run(star: str, options: list[str], tmp_pat
                                           epoch: int) -> None:
     """``abinit star options`` run at once, and again stopped (as by Ctrl-C) after ``stop_step`` training steps and
     resumed: the same run at ``epoch``."""
+    from _ctrl_c import stop_after
     from cryoscape.train import engine as engine_module
 
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert main(["abinit", star, "-o", str(whole), *options]) == 0
-    calls = {"n": 0}
-    real = engine_module.broadcast_flag
-
-    def stop_after(value, info, device):
-        calls["n"] += 1
-        return real(value, info, device) or calls["n"] == stop_step
-
-    monkeypatch.setattr(engine_module, "broadcast_flag", stop_after)
+    real = stop_after(monkeypatch, stop_step)
     assert main(["abinit", star, "-o", str(part), *options]) == 130
     monkeypatch.setattr(engine_module, "broadcast_flag", real)
     assert main(["abinit", star, "-o", str(part), "--resume", "--threads", "1", "--no-progress"]) == 0

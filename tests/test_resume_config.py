@@ -15,11 +15,11 @@ import pytest
 import torch
 import yaml
 
+from _ctrl_c import stop_after
 from cryoscape.cli.main import main
 from cryoscape.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config
 from cryoscape.errors import InputError
 from cryoscape.models.registry import FAMILIES, get_family, with_family_defaults
-from cryoscape.train import engine as engine_module
 from cryoscape.train.checkpoint import completed_epochs, load_checkpoint, resolve_epoch
 from cryoscape.train.run import resume_config, train
 
@@ -39,16 +39,6 @@ def _train(sim, run, *extra, star="particles.star"):
     return main(["train", str(sim / star), "-o", str(run), *SMALL, *extra])
 
 
-def _stop_after(monkeypatch, steps: int):
-    """Make the engine see a stop request (Ctrl-C) after ``steps`` training steps of this process."""
-    calls = {"n": 0}
-    real = engine_module.broadcast_flag
-
-    def flag(value, info, device):
-        calls["n"] += 1
-        return real(value, info, device) or calls["n"] == steps
-
-    monkeypatch.setattr(engine_module, "broadcast_flag", flag)
 
 
 def _one_line_error(capsys) -> str:
@@ -171,7 +161,7 @@ def test_interrupted_in_epoch_1_resumes_like_an_uninterrupted_run(sim, tmp_path,
     assert _train(sim, reference, "-n", "4") == 0
     run = tmp_path / "run"
     with monkeypatch.context() as m:
-        _stop_after(m, 2)
+        stop_after(m, 2)
         assert _train(sim, run, "-n", "4") == 130
     stop = capsys.readouterr().out
     where = re.search(r"training stopped at (epoch 1, step 2/(\d+))", stop)
@@ -192,7 +182,7 @@ def test_tutorial_n50_ctrl_c_resume(sim, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     command = ["train", str(sim / "particles.star"), "-o", str(run), "-n", "50", *SMALL]
     with monkeypatch.context() as m:
-        _stop_after(m, 4)  # 3 steps per epoch: the first step of epoch 2
+        stop_after(m, 4)  # 3 steps per epoch: the first step of epoch 2
         assert main(command) == 130
     assert "training stopped at epoch 2, step 1/3" in capsys.readouterr().out
     assert completed_epochs(run) == [1]
