@@ -7,20 +7,23 @@ import torch
 __all__ = ["central_slice_coords", "circle_mask", "radius_grid_px", "hermitian_half"]
 
 
-def central_slice_coords(rotations: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+def central_slice_coords(rotations: torch.Tensor, freqs: torch.Tensor, normal_offset: float = 0.0) -> torch.Tensor:
     """3-D coordinates of central-slice points: ``[kx, ky, 0] @ A`` (row vectors), i.e. ``A^T (kx, ky, 0)``.
 
     Parameters
     ----------
     rotations : tensor ``(B, 3, 3)``, RELION matrices ``A``.
     freqs : tensor ``(P, 2)`` or ``(B, P, 2)`` of ``(kx, ky)`` (any unit: cycles/px, pixels, 1/A).
+    normal_offset : the points ``[kx, ky, normal_offset] @ A`` instead: the slice moved along its normal ``A^T e_z``
+        (same unit; pose refinement's derivatives).
 
     Returns
     -------
     tensor ``(B, P, 3)`` of ``(kx, ky, kz)`` in the volume frame, same unit as ``freqs``.
     """
     rotations = rotations.to(freqs.dtype)
-    return torch.matmul(freqs, rotations[:, :2, :])
+    q = torch.matmul(freqs, rotations[:, :2, :])
+    return q + normal_offset * rotations[:, 2:3, :] if normal_offset else q
 
 
 def radius_grid_px(D: int, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -151,9 +151,7 @@ class CryoDRGN(FamilyModel):
             freqs = torch.cat([self.freqs[half], self.freqs[:1]])
             m = half.numel()
         freqs[m] = 0.0
-        q = central_slice_coords(rotations, freqs)  # (B, m + 1, 3)
-        if normal_offset:
-            q = q + normal_offset * rotations[:, 2:3, :].to(q.dtype)  # the normal A^T e_z, as a row
+        q = central_slice_coords(rotations, freqs, normal_offset)  # (B, m + 1, 3)
         return hartley_from_half_plane(self.decoder(q, z), m).reshape(B, -1)
 
     def ctf_values(self, ctf: torch.Tensor | None) -> torch.Tensor | None:

@@ -248,11 +248,7 @@ class TomoDRGN(FamilyModel):
         """
         B, n = rot.shape[:2]
         Q = self.points.shape[0]
-        flat_rot = rot.reshape(B * n, 3, 3)
-        q = central_slice_coords(flat_rot, self.points)
-        if normal_offset:
-            q = q + normal_offset * flat_rot[:, 2:3, :].to(q.dtype)  # the normal A^T e_z, as a row
-        q = q.reshape(B, n * Q, 3)
+        q = central_slice_coords(rot.reshape(B * n, 3, 3), self.points, normal_offset).reshape(B, n * Q, 3)
         flat = keep.reshape(B, n * Q)
         if bool(flat.all()):
             out = self.decoder(q, z)
