@@ -14,6 +14,12 @@ nothing is committed.
 
     .venv/bin/python bench/atomic_states.py compositional -N 10000 -D 32 --apix 5 --snr 0.1 -o bench/_work/a3
     .venv/bin/python bench/atomic_states.py hinge -N 10000 -D 32 --apix 5 --snr 0.1 -o bench/_work/adk
+    .venv/bin/python bench/atomic_states.py tilt4 -N 1200 -D 32 --apix 5 --snr 0.1 -o bench/_work/t4
+
+* ``tilt4``: tilt series (``cryoscape simulate-tilt``: 41 tilts to +-60 deg, dose-symmetric, Warp/M-style STAR)
+  of four compositional 1A28 states: the three of ``compositional`` and the dimer with both removals. The maps
+  are rendered from the models by ``cryoscape simulate --pdb`` (its ``gt/``) and projected by ``simulate-tilt
+  --volumes``; the SNR is that of the untilted image.
 """
 
 from __future__ import annotations
@@ -87,6 +93,15 @@ def compositional_models(work: Path) -> list[Path]:
     return paths
 
 
+def tilt4_models(work: Path) -> list[Path]:
+    paths = compositional_models(work)
+    st = _structure("1a28.pdb.gz", work)
+    both = _remove_residues(_remove_residues(st, "B", 1 / 3, from_end=False), "A", 1 / 3, from_end=True)
+    p = work / "state4.pdb"
+    both.write_pdb(str(p))
+    return paths + [p]
+
+
 def hinge_models(work: Path, n: int) -> list[Path]:
     import numpy as np
 
@@ -111,7 +126,7 @@ def hinge_models(work: Path, n: int) -> list[Path]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=["compositional", "hinge"])
+    ap.add_argument("kind", choices=["compositional", "hinge", "tilt4"])
     ap.add_argument("-o", "--out", type=Path, required=True)
     ap.add_argument("-N", type=int, default=10000)
     ap.add_argument("-D", type=int, default=32)
@@ -125,6 +140,18 @@ def main(argv=None) -> int:
         return 0
     work = a.out.parent / (a.out.name + "_models")
     work.mkdir(parents=True, exist_ok=True)
+    if a.kind == "tilt4":
+        maps = work / "maps"
+        if not (maps / "labels.npz").is_file():
+            cmd = [str(CRYOSCAPE), "simulate", "--pdb", *map(str, tilt4_models(work)), "-N", "4", "-D", str(a.D),
+                   "--apix", str(a.apix), "--snr", "inf", "-o", str(maps), "--overwrite"]
+            print("$", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True)
+        cmd = [str(CRYOSCAPE), "simulate-tilt", "--volumes", *map(str, sorted((maps / "gt").glob("state_*.mrc"))),
+               "-N", str(a.N), "--snr", str(a.snr), "--seed", str(a.seed), "-o", str(a.out)]
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+        return 0
     models = compositional_models(work) if a.kind == "compositional" else hinge_models(work, a.n_hinge)
     cmd = [str(CRYOSCAPE), "simulate", "--pdb", *map(str, models), "-N", str(a.N), "-D", str(a.D), "--apix",
            str(a.apix), "--snr", str(a.snr), "--seed", str(a.seed), "--pkl", "-o", str(a.out)]
