@@ -19,7 +19,9 @@ on PyPI, as ``bench/atomic_states.py``; one chain, no symmetry; power to Nyquist
   under 10 degrees; wall time; collapse check (map correlation with the truth);
 * heterogeneous (``--zdim N``): k-means ARI (as many clusters as true states) of the last epoch's latents against
   the true states; each cluster centre's map (``eval-vol --zfile``), aligned once to the truth, correlated with
-  every true state: does each class map best match the state most of its particles come from?
+  every true state: does each class map best match the state most of its particles come from? Also each class
+  map aligned on its own to every state (a heterogeneous ab initio run may find each state in its own frame) and
+  the rotations between the class maps' frames.
 
 Writes ``bench/results/abinit_<data>_D<D>_N<N>_z<zdim>_s<seeds>.json`` (one file per invocation, so seeds can run
 as parallel invocations) and prints one JSON line per seed.
@@ -206,6 +208,17 @@ def main(argv=None) -> int:
             entry.update(class_map_correlation=np.round(corr, 3).tolist(), class_majority_state=majority,
                          each_class_best_matches_its_state=bool(all(corr[k].argmax() == majority[k]
                                                                     for k in range(len(maps)))))
+            # each class map aligned on its own to each truth (its frame may differ from the other classes'), and
+            # the rotation between the class maps' frames (each aligned to its majority state)
+            own = [[align_maps(m, t, pixel_size_angstrom=apix) for t in truths] for m in maps]
+            corr_own = np.array([[a.correlation for a in row] for row in own])
+            rots = [own[k][majority[k]].rotation for k in range(len(maps))]
+            rel = [[round(float(np.degrees(np.arccos(np.clip((np.trace(rots[a] @ rots[b].T) - 1) / 2, -1, 1)))), 1)
+                    for b in range(len(maps))] for a in range(len(maps))]
+            entry.update(class_map_correlation_own_alignment=np.round(corr_own, 3).tolist(),
+                         each_class_best_matches_its_state_own_alignment=bool(
+                             all(corr_own[k].argmax() == majority[k] for k in range(len(maps)))),
+                         class_frames_relative_rotation_deg=rel)
         result["runs"][f"seed{seed}"] = entry
         print(json.dumps({f"seed{seed}": {k: v for k, v in entry.items() if not k.endswith("fsc")}}))
     seeds = "_".join(str(s) for s in args.seeds)

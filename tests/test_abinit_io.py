@@ -58,6 +58,23 @@ def run(request, sim, tmp_path_factory):
     return kind, folder, inputs[kind]
 
 
+def test_homogeneous_abinit_has_no_latent_search_epochs(run):
+    from cryoscape.config import load_config
+    from cryoscape.rundir import RunDir
+
+    _, folder, _ = run
+    assert load_config(RunDir(folder).config_path).train.latent_search_epochs == 0
+
+
+def test_default_epochs_add_ten_local_epochs_or_the_latent_search_and_fifteen():
+    from cryoscape.cli.abinit import default_epochs
+
+    assert default_epochs(12, zdim=0, latent_search_epochs=0) == 22
+    assert default_epochs(12, zdim=0, latent_search_epochs=4) == 22  # no latent: no latent search
+    assert default_epochs(12, zdim=8, latent_search_epochs=4) == 31
+    assert default_epochs(12, zdim=8, latent_search_epochs=0) == 27
+
+
 def test_the_inputs_have_no_poses(sim):
     out, inputs = sim
     for kind in ("star", "cs"):
@@ -150,6 +167,13 @@ def test_filter_of_a_heterogeneous_abinit_run_writes_the_estimated_poses(sim, tm
     assert main(["filter", str(folder), "--z-range", "0", "-1000.0", "1000.0", "-o", str(tmp_path / "sel")]) == 0
     epoch, learned = load_learned_poses(folder)
     assert epoch == 2
+    # a heterogeneous run searches against each image's own map by default (the homogeneous run: not)
+    from cryoscape.cli.abinit import DEFAULT_LATENT_SEARCH_EPOCHS
+    from cryoscape.config import load_config
+    from cryoscape.rundir import RunDir
+
+    assert DEFAULT_LATENT_SEARCH_EPOCHS == 4
+    assert load_config(RunDir(folder).config_path).train.latent_search_epochs == 4
     table = starfile.read(tmp_path / "sel" / "particles.star", always_dict=True)["particles"]
     assert len(table) == N
     np.testing.assert_allclose(_relion_matrices(table), learned["rotations"], atol=1e-5)
