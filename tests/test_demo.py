@@ -48,12 +48,15 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys):
     assert "k-means with k = 8" in out and "'subunit' labels" in out
     assert "k-means (k = 8) vs the &#x27;subunit&#x27; labels (2 values)" in report
     assert "the clusters of the k-means section" in report and "k-means clustering (k = 8)" in report
-    assert "latents of epoch 1 (lowest validation loss)" in out
-    assert "Analysed: epoch 1 (lowest validation loss)." in report
-    assert (tmp_path / "run" / "best_epoch").read_text().strip() == "1"
+    # every particle trained (the family's default --val-frac 0): the last epoch, no validation set
+    assert "latents of epoch 1 (last; no validation set)" in out
+    assert "Analysed: epoch 1 (last; no validation set)." in report
+    assert not (tmp_path / "run" / "best_epoch").exists()
     # the demo trains with the cryodrgn family's defaults, those of `cryoscape train` (no hidden overrides)
     from cryoscape.config import load_config
     from cryoscape.models.registry import get_family
 
-    t, family = load_config(tmp_path / "run" / "config.yaml").train, get_family("cryodrgn")
+    config, family = load_config(tmp_path / "run" / "config.yaml"), get_family("cryodrgn")
+    t = config.train
     assert (t.batch_size, t.lr) == (family.default_batch_size, family.default_lr)
+    assert config.data.val_frac == family.default_val_frac == 0.0

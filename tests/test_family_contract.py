@@ -52,6 +52,20 @@ def test_every_family_is_a_model_family():
         assert isinstance(family, ModelFamily) and family.name == name and get_family(name) is family
 
 
+def test_the_held_out_fraction_defaults_to_the_familys():
+    """--val-frac left unset: 0 for cryodrgn and tomodrgn (every particle trained, as cryoDRGN and tomoDRGN), 0.1
+    for opus-dsd; a value given is kept (0 included)."""
+    expected = {"cryodrgn": 0.0, "tomodrgn": 0.0, "opus-dsd": 0.1}
+    for name, value in expected.items():
+        config = RunConfig(data=DataConfig(particles="p.star"), model=ModelConfig(family=name),
+                           train=TrainConfig())
+        assert config.data.val_frac is None
+        assert get_family(name).with_defaults(config).data.val_frac == value
+        for given in (0.0, 0.25):
+            kept = dataclasses.replace(config, data=dataclasses.replace(config.data, val_frac=given))
+            assert get_family(name).with_defaults(kept).data.val_frac == given
+
+
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_family_contract(name, inputs, tmp_path):
     family = get_family(name)

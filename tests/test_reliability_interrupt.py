@@ -135,7 +135,7 @@ def test_same_seed_same_latents_on_cpu(sim, tmp_path):
     runs = {}
     for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
         runs[name] = tmp_path / name
-        assert main(["train", star, "-o", str(runs[name]), "-n", "2", *SMALL[:-1], seed]) == 0
+        assert main(["train", star, "-o", str(runs[name]), "-n", "2", "--val-frac", "0.2", *SMALL[:-1], seed]) == 0
     z = {k: np.load(v / "latents" / "epoch_002.npy") for k, v in runs.items()}
     np.testing.assert_array_equal(z["a"], z["b"])
     assert not np.allclose(z["a"], z["c"], atol=1e-3)  # the seed matters, so the equality above is not trivial

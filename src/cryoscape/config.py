@@ -45,7 +45,7 @@ class DataConfig:
     invert_data: bool = False
     window: bool = True
     window_inner: float = 0.85
-    val_frac: float = 0.1
+    val_frac: float | None = None  # None -> the family's default (models.registry.with_family_defaults)
     num_workers: int = 0
     # CTF optics overrides (--kv, --cs, --amp-contrast, --ps; None: the file's) and the .cs alignment set
     kv: float | None = None
@@ -62,7 +62,7 @@ class DataConfig:
                 "cs_alignments": self.cs_alignments}
 
     def __post_init__(self):
-        if not 0.0 <= self.val_frac < 1.0:
+        if self.val_frac is not None and not 0.0 <= self.val_frac < 1.0:
             raise InputError(f"--val-frac must be in [0, 1), got {self.val_frac}")
 
 

@@ -51,7 +51,8 @@ LOCAL_EPOCHS_HETEROGENEOUS = 15
 
 def default_epochs(search_epochs: int, zdim: int, latent_search_epochs: int) -> int:
     """Default ``-n``: the most search epochs, the latent search epochs (``--zdim N``) and then 10 local epochs for a
-    homogeneous run, 15 for a heterogeneous one (its latents still sharpen after the poses settle)."""
+    homogeneous run, 15 for a heterogeneous one (its latents still sharpen after the poses settle).
+    """
     if zdim == 0:
         return int(search_epochs) + LOCAL_EPOCHS_HOMOGENEOUS
     return int(search_epochs) + int(latent_search_epochs) + LOCAL_EPOCHS_HETEROGENEOUS

@@ -83,7 +83,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--invert-data", action="store_true",
                    help="multiply images by -1 (for stacks where the protein is dark; RELION/cryoSPARC stacks are not)")
     d.add_argument("--no-window", action="store_true", help="do not apply the soft circular real-space window")
-    d.add_argument("--val-frac", type=float, default=0.1, help="fraction held out for validation (default 0.1)")
+    d.add_argument("--val-frac", type=float, default=None,
+                   help="fraction of the particles held out for a validation loss and RUN/best_epoch (default: "
+                        "the family's; cryodrgn and tomodrgn 0: every particle trained, as cryoDRGN and tomoDRGN; "
+                        "opus-dsd 0.1). A held-out particle's latent is only inferred, and worse")
     d.add_argument("--num-workers", type=int, default=0, help=argparse.SUPPRESS)
     add_cs_alignments_arg(d)
     add_ctf_override_args(p)

@@ -203,7 +203,7 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
     if config.train.load and state is None:
         load_weights(model, family, config, build)
     optimizer, scheduler = family.make_optimizer(model, config)
-    train_pos, val_pos = split_positions(len(data), config.data.val_frac, config.train.seed)
+    train_pos, val_pos = split_positions(len(data), config.data.val_frac or 0.0, config.train.seed)
     if info.is_main:
         if resume:
             stale = remove_partial_files([run_dir, run.checkpoint_dir, run.latent_dir])
