@@ -174,7 +174,8 @@ def abinit_run(tmp_path_factory):
     run = root / "run"
     assert main(["abinit", str(root / "sim" / "particles.star"), "-o", str(run), "-n", "2", "--zdim", "2",
                  "--enc-dim", "16", "--enc-layers", "1", "--dec-dim", "16", "--dec-layers", "1", "-b", "8",
-                 "--pretrain", "0", "--search-epochs", "1", "--threads", "1", "--no-progress"]) == 0
+                 "--pretrain", "0", "--search-epochs", "1", "--latent-search-epochs", "0", "--threads", "1",
+                 "--no-progress"]) == 0
     return run
 
 

@@ -311,6 +311,7 @@ class OpusDSDFamily(ModelFamily):
 
     default_batch_size = 72  # the paper's batch size
     default_lr = 1e-4  # the paper's (decayed by --lr-decay per epoch)
+    default_val_frac = 0.1  # OPUS-DSD holds images out too (its default 0.2); RUN/best_epoch by val_recon
     data_state = ("pixel_size_angstrom", "norm_std", "images_seen", "snr_ema", "volume_mask", "bank.codes",
                   "bank.classes")
 
