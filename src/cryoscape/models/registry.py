@@ -15,8 +15,8 @@ FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (CryoDRGNFamily(), OpusDS
 
 
 def with_family_defaults(config: RunConfig) -> RunConfig:
-    """``config`` with the training values it leaves unset (``batch_size``, ``lr`` = ``None``) taken from its
-    family's defaults (:meth:`ModelFamily.with_defaults`); values that are set are kept.
+    """``config`` with the training values it leaves unset (``batch_size``, ``lr``, ``val_frac`` = ``None``) taken
+    from its family's defaults (:meth:`ModelFamily.with_defaults`); values that are set are kept.
     """
     return get_family(config.model.family).with_defaults(config)
 
