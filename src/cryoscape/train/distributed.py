@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -42,14 +43,35 @@ def init_distributed() -> DistInfo:
 
 
 def _leave_process_group() -> None:
-    """Leave the process group before the interpreter exits: a gloo group still alive at interpreter teardown can
-    abort the process ("terminate called without an active exception") after a run that succeeded.
+    """Leave the process group before the interpreter exits (``atexit``; a no-op after :func:`leave_together`): a
+    gloo group still alive at interpreter teardown can abort the process ("terminate called without an active
+    exception") after a run that succeeded.
     """
     if dist.is_available() and dist.is_initialized():
         try:
             dist.destroy_process_group()
         except Exception:  # noqa: BLE001 - exiting anyway; a failure to leave must not mask the run's result
             pass
+
+
+def leave_together(info: DistInfo, wait_s: float = 300.0) -> None:
+    """After a run that finished on every process: wait for all of them, then leave the process group.
+
+    A rank that tears its group down while a peer is still connected can make the peer's gloo threads abort it
+    ("terminate called without an active exception") although its run succeeded; leaving after a barrier avoids
+    that. For gloo the barrier is a monitored one that gives up after ``wait_s`` seconds. Runs that fail leave
+    through the ``atexit`` hook alone (no barrier: a failed peer must not hold the others).
+    """
+    if not (info.enabled and dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=wait_s))
+        else:
+            dist.barrier()
+    except Exception:  # noqa: BLE001 - a peer that already left; leave anyway
+        pass
+    _leave_process_group()
 
 
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:

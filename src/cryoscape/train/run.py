@@ -16,7 +16,7 @@ from cryoscape.errors import InputError
 from cryoscape.models.registry import get_family, with_family_defaults
 from cryoscape.rundir import RunDir, load_checkpoint
 from cryoscape.train.checkpoint import checkpoint_to_load
-from cryoscape.train.distributed import DistInfo, barrier, init_distributed
+from cryoscape.train.distributed import DistInfo, barrier, init_distributed, leave_together
 from cryoscape.train.engine import Engine, EngineSettings
 from cryoscape.utils.atomic import check_writable_dir
 from cryoscape.utils.diskspace import check_output_location, check_training_space, remove_partial_files
@@ -280,6 +280,7 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
         engine.fit()
         if info.is_main:
             log.info(f"done: {run_dir}")
+        leave_together(info)
     finally:
         _detach_log_file()
     return run_dir
