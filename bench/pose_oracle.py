@@ -50,6 +50,16 @@ def local_grid(half_width_deg: float, step_deg: float) -> torch.Tensor:
     return torch.tensor(Rotation.from_rotvec(v).as_matrix(), dtype=torch.float32)
 
 
+def batch_values(parts, idx, pixels, positions, ctf_all) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y, ctf)`` ``(B, P')``: the Hartley values of the particles ``idx`` at ``positions`` and their CTFs there."""
+    from cryoscape.imaging.ctf import compute_ctf
+    from cryoscape.imaging.fft import hartley2
+
+    images = torch.tensor(np.stack([np.asarray(parts.images[int(i)], dtype=np.float32) for i in idx]))
+    y = hartley2(images).reshape(len(idx), -1)[:, pixels.index][:, positions]
+    return y, compute_ctf(pixels.freqs[positions] / parts.pixel_size_angstrom, ctf_all[idx])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("work", type=Path, help="a bench.pose_refine work folder (with sim/)")
@@ -69,8 +79,7 @@ def main(argv=None) -> int:
     from bench.common import CRYOSCAPE_CMD
     from cryoscape.data.fourier_pixels import FourierPixels
     from cryoscape.imaging import so3_grid
-    from cryoscape.imaging.ctf import CTFTensors, compute_ctf
-    from cryoscape.imaging.fft import hartley2
+    from cryoscape.imaging.ctf import CTFTensors
     from cryoscape.io.particles import load_particles
     from cryoscape.io.pose_output import write_particles_with_poses
     from cryoscape.metadata import Poses
@@ -101,9 +110,7 @@ def main(argv=None) -> int:
     scale = None
     for start in range(0, n, args.batch):
         idx = torch.arange(start, min(n, start + args.batch))
-        images = torch.tensor(np.stack([np.asarray(parts.images[int(i)], dtype=np.float32) for i in idx]))
-        y = hartley2(images).reshape(len(idx), -1)[:, pixels.index][:, positions]
-        ctf = compute_ctf(pixels.freqs[positions] / apix, ctf_all[idx])
+        y, ctf = batch_values(parts, idx, pixels, positions, ctf_all)
         if scale is None:  # least squares at the true poses (first batch), and the shift's sign convention
             at_truth = unscaled.slices(A_true[idx][:, None])[:, 0] * ctf
             errs = {}
@@ -167,8 +174,6 @@ def gauss_newton_mode(args, parts, n, radius, truth, pixels, half, positions, fr
 
     from bench.common import CRYOSCAPE_CMD
     from cryoscape.imaging import so3_grid
-    from cryoscape.imaging.ctf import compute_ctf
-    from cryoscape.imaging.fft import hartley2
     from cryoscape.io.particles import load_particles
     from cryoscape.io.pose_output import write_particles_with_poses
     from cryoscape.metadata import Poses
@@ -187,12 +192,10 @@ def gauss_newton_mode(args, parts, n, radius, truth, pixels, half, positions, fr
     t = torch.zeros(n, 2)
     scale = None
     history = []
+    batches = [torch.arange(start, min(n, start + args.batch)) for start in range(0, n, args.batch)]
+    values = [batch_values(parts, idx, pixels, positions, ctf_all) for idx in batches]  # read once, every visit
     for visit in range(args.gauss_newton):
-        for start in range(0, n, args.batch):
-            idx = torch.arange(start, min(n, start + args.batch))
-            images = torch.tensor(np.stack([np.asarray(parts.images[int(i)], dtype=np.float32) for i in idx]))
-            y = hartley2(images).reshape(len(idx), -1)[:, pixels.index][:, positions]
-            ctf = compute_ctf(pixels.freqs[positions] / apix, ctf_all[idx])
+        for idx, (y, ctf) in zip(batches, values, strict=True):
             if scale is None:
                 A_t = torch.tensor(parts.poses.rotations[: len(idx)], dtype=torch.float32)
                 y_t = hartley_translate(y, fr, torch.tensor(s_true[: len(idx)], dtype=torch.float32))
