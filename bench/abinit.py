@@ -44,16 +44,15 @@ def pose_errors(A_true: np.ndarray, A_est: np.ndarray) -> tuple[np.ndarray, str]
     """Geodesic errors (degrees) after the global rotation (and hand) that best maps the estimated poses on the
     true ones: ``A_est ~ A_true Q`` (same hand) or ``A_est ~ F A_true F Q`` (mirrored map, ``F = diag(1,1,-1)``);
     ``Q`` is refit on the better half of the particles (outliers do not pull it)."""
+    from cryoscape.analysis.pose_frame import mean_rotation
     from cryoscape.imaging.so3_grid import geodesic_distance_deg
 
     F = np.diag([1.0, 1.0, -1.0])
     best, hand = None, ""
     for name, At in (("same", A_true), ("mirrored", F @ A_true @ F)):
-        M = np.einsum("nji,njk->nik", At, A_est)
-        keep = np.ones(len(M), bool)
+        keep = np.ones(len(At), bool)
         for _ in range(4):
-            U, _, Vt = np.linalg.svd(M[keep].sum(0))
-            Q = U @ np.diag([1, 1, np.linalg.det(U @ Vt)]) @ Vt
+            Q = mean_rotation(At[keep], A_est[keep])
             err = geodesic_distance_deg(At @ Q, A_est)
             keep = err <= np.median(err)
         if best is None or np.median(err) < np.median(best):

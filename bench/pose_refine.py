@@ -86,25 +86,39 @@ def perturb(sim: Path, out: Path, sigma_deg: float, sigma_px: float, seed: int =
             float(np.median(np.linalg.norm(shift_err, axis=1)))}
 
 
+def learned_frame(rotations: np.ndarray, shifts_px: np.ndarray, true_rot: np.ndarray,
+                  true_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The learned frame against the truth (:func:`cryoscape.analysis.pose_frame.frame_drift`): ``G`` ``(3, 3)``
+    with ``A_learned ~ A_true G`` and ``t`` ``(3,)`` (pixels) with ``s_learned - s_true ~ (A_true t)_xy``."""
+    from cryoscape.analysis.pose_frame import frame_drift
+
+    return frame_drift(true_rot, true_px, rotations, shifts_px)
+
+
+def map_in_true_frame(volume: np.ndarray, G: np.ndarray, t_px: np.ndarray) -> np.ndarray:
+    """A map learned in the frame ``(G, t)`` of :func:`learned_frame` moved into the truth's
+    (:func:`cryoscape.analysis.pose_frame.map_in_reference_frame`; on section 11b's data the three other
+    sign/transpose choices lower the FSC, bench/RESULTS.md 11e)."""
+    from cryoscape.analysis.pose_frame import map_in_reference_frame
+
+    return map_in_reference_frame(volume, G, t_px)
+
+
 def pose_errors(rotations: np.ndarray, shifts_px: np.ndarray, true_rot: np.ndarray, true_px: np.ndarray) -> dict:
     """Rotation errors after the best global rotation, shift errors after the best global 3-D translation."""
     from cryoscape.models.poses import rotation_angle_deg
 
-    M = np.einsum("nji,njk->ik", true_rot, rotations)  # sum A_true^T A_learned
-    U, _, Vt = np.linalg.svd(M)
-    G = U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt
+    G, t = learned_frame(rotations, shifts_px, true_rot, true_px)
     rot_err = rotation_angle_deg(rotations, true_rot @ G)
     raw_err = rotation_angle_deg(rotations, true_rot)
-    d = shifts_px - true_px  # (N, 2) ~ (A t)_xy
-    P = true_rot[:, :2, :]  # (N, 2, 3)
-    t, *_ = np.linalg.lstsq(P.reshape(-1, 3), d.reshape(-1), rcond=None)
-    shift_err = np.linalg.norm(d - P @ t, axis=1)
+    d = shifts_px - true_px
+    shift_err = np.linalg.norm(d - true_rot[:, :2, :] @ t, axis=1)
     return {"rot_median_deg": float(np.median(rot_err)), "rot_p90_deg": float(np.percentile(rot_err, 90)),
             "rot_median_deg_unaligned": float(np.median(raw_err)),
             "global_rotation_deg": float(rotation_angle_deg(G[None], np.eye(3)[None])[0]),
             "shift_median_px": float(np.median(shift_err)), "shift_p90_px": float(np.percentile(shift_err, 90)),
             "shift_median_px_unaligned": float(np.median(np.linalg.norm(d, axis=1))),
-            "global_translation_px": t.round(3).tolist()}
+            "global_translation_px": t.round(3).tolist(), "global_rotation_matrix": G.round(8).tolist()}
 
 
 def kmeans_ari(z: np.ndarray, states: np.ndarray) -> float:
@@ -163,11 +177,12 @@ def gradient_alignment(run: Path, sim: Path, perturbed: Path, n: int = 256) -> d
 
 
 def train_cryodrgn_pose_sgd(args, sim: Path, perturbed: Path, out: Path):
-    """cryoDRGN 4.3.1 ``train_nn`` (zdim 0) or ``train_vae`` with ``--do-pose-sgd`` on the perturbed poses; returns
+    """cryoDRGN 4.3.1 ``train_nn`` (zdim 0) or ``train_vae`` with ``--do-pose-sgd`` on the perturbed poses (run by
+    ``bench/cryodrgn_cpu.py``, which undoes its CPU-only translation bug); returns
     ``(result, rows)`` as :func:`bench.common.timed_train` (rows: per-epoch seconds from its log)."""
     import os
 
-    from bench.common import CRYODRGN, cryodrgn_epoch_seconds, need_cryodrgn
+    from bench.common import CRYODRGN_VENV, cryodrgn_epoch_seconds, need_cryodrgn
     from cryoscape.io.particles import load_particles
     from cryoscape.io.pkl import write_pose_pkl
 
@@ -180,7 +195,9 @@ def train_cryodrgn_pose_sgd(args, sim: Path, perturbed: Path, out: Path):
     arch = ["--layers", "3", "--dim", str(args.width)] if args.zdim == 0 else [
         "--zdim", str(args.zdim), "--enc-dim", str(args.width), "--enc-layers", "3", "--dec-dim", str(args.width),
         "--dec-layers", "3"]
-    cmd = [str(CRYODRGN), "train_nn" if args.zdim == 0 else "train_vae", str(sim / "particles.mrcs"), "--poses",
+    # through bench/cryodrgn_cpu.py: its pose tracker's checkpoints shrink the live translations on a CPU
+    cmd = [str(CRYODRGN_VENV / "bin" / "python"), str(Path(__file__).with_name("cryodrgn_cpu.py")),
+           "train_nn" if args.zdim == 0 else "train_vae", str(sim / "particles.mrcs"), "--poses",
            str(pose_pkl), "--ctf", str(sim / "ctf.pkl"), "-o", str(out / "out"), "-n", str(args.epochs), "-b", "32",
            "--lr", "1e-3", "--seed", "0", "--pe-type", "gaussian", "--do-pose-sgd", "--pretrain",
            str(max(1, args.refine_start - 1)), *arch]
@@ -281,6 +298,113 @@ def step_cost(run: Path, sim: Path, perturbed: Path, radii=(0.25, 0.5, 1.0), rep
             "batch": 32, "model_epoch": trained.epoch}
 
 
+def map_fscs(work: Path, runs: list[str], stars: dict[str, Path] | None = None) -> dict:
+    """Decoder maps of the finished homogeneous runs ``work/run_NAME`` (``cryoscape eval-vol``) and, where
+    ``work/bp_NAME/backproject.mrc`` exists, their back-projections: FSC per shell against the truth as written
+    (``fsc``) and in the truth's frame (``fsc_in_true_frame``: :func:`map_in_true_frame` with the run's own
+    :func:`learned_frame` from its poses, so the alignment is not fitted to the map). The first run is the
+    reference (normally the true-pose run); ``gap_max`` is the largest shortfall to it in shells 1 to 2/3 Nyquist.
+    A run's poses: its learned poses (``--refine-poses``), else the poses of ``stars[NAME]`` (else the truth)."""
+    import mrcfile
+
+    from cryoscape.analysis.fsc import fsc
+    from cryoscape.io.particles import load_particles
+    from cryoscape.models.poses import load_learned_poses
+
+    sim = work / "sim"
+    truth = load_particles(sim / "particles.star")
+    apix = truth.pixel_size_angstrom
+    true_px = truth.poses.shifts_angstrom / apix
+    gt = mrcfile.read(sim / "gt" / "state_000.mrc")
+    out: dict = {}
+    for name in runs:
+        run = work / f"run_{name}"
+        if (run / "poses").is_dir():
+            epoch, learned = load_learned_poses(run)
+            rot, px = learned["rotations"], learned["shifts_angstrom"] / apix
+        else:
+            ps = load_particles(stars[name], datadir=sim) if stars and name in stars else truth
+            rot, px = ps.poses.rotations, ps.poses.shifts_angstrom / apix
+        G, t = learned_frame(rot, px, truth.poses.rotations, true_px)
+        vol_path = work / f"decoder_{name}.mrc"
+        subprocess.run([*CRYOSCAPE_CMD, "eval-vol", str(run), "-o", str(vol_path), "--overwrite"], check=True,
+                       stdout=subprocess.DEVNULL)
+        maps = {"decoder": mrcfile.read(vol_path)}
+        bp = work / f"bp_{name}" / "backproject.mrc"
+        if bp.is_file():
+            maps["backprojection"] = mrcfile.read(bp)
+        entry: dict = {"global_rotation_deg": float(np.rad2deg(np.arccos(np.clip((np.trace(G) - 1) / 2, -1, 1)))),
+                       "global_translation_px": t.round(3).tolist()}
+        for kind, vol in maps.items():
+            entry[kind] = {"fsc": np.asarray(fsc(vol, gt)[1]).round(4).tolist(),
+                           "fsc_in_true_frame": np.asarray(fsc(map_in_true_frame(vol, G, t), gt)[1]).round(4).tolist()}
+        out[name] = entry
+    top = int(2 * (gt.shape[0] // 2) / 3)
+    ref = out[runs[0]]
+    for name in runs[1:]:
+        for kind in ("decoder", "backprojection"):
+            if kind in out[name] and kind in ref:
+                for key in ("fsc", "fsc_in_true_frame"):
+                    gap = np.asarray(ref[kind][key][1: top + 1]) - np.asarray(out[name][kind][key][1: top + 1])
+                    out[name][kind][f"gap_max_{key}"] = float(gap.max().round(4))
+                    out[name][kind][f"gap_max_{key}_shell"] = int(gap.argmax() + 1)
+    return {"reference": runs[0], "top_shell": top, "runs": out}
+
+
+def cryodrgn_only(args, work: Path) -> dict:
+    """cryoDRGN 4.3.1's pose SGD on the perturbed poses of an existing work folder (``train_cryodrgn_pose_sgd``),
+    scored as the cryoscape runs: pose errors, the back-projection of all particles with its poses and its own map
+    (``reconstruct.E.mrc``, axes matched to the truth among :data:`bench.accuracy.ORIENTATIONS`), FSC against the
+    truth as written and in the truth's frame (its poses' :func:`learned_frame` undone)."""
+    import mrcfile
+
+    from bench.accuracy import ORIENTATIONS
+    from bench.common import cryodrgn_epoch_seconds
+    from cryoscape.analysis.fsc import fsc
+    from cryoscape.io.particles import load_particles
+    from cryoscape.io.pkl import write_ctf_pkl
+
+    sim, perturbed, run = work / "sim", work / "sim" / "perturbed.star", work / "run_cryodrgn_pose_sgd"
+    truth = load_particles(sim / "particles.star")
+    apix = truth.pixel_size_angstrom
+    if not (sim / "ctf.pkl").is_file():
+        write_ctf_pkl(sim / "ctf.pkl", truth.ctf, truth.images.D, apix)
+    ind = work / "state0.txt"
+    if not ind.is_file():
+        states = np.load(sim / "labels.npz")["state"]
+        ind.write_text("\n".join(str(i) for i in np.flatnonzero(states == 0)) + "\n")
+    res, rows = train_cryodrgn_pose_sgd(args, sim, perturbed, run)
+    if res["returncode"] != 0:
+        raise SystemExit(f"cryoDRGN failed; see {res['log']}")
+    pert = load_particles(perturbed, datadir=sim)
+    poses, star = cryodrgn_refined_poses(run, args.epochs, pert, work)
+    true_px = truth.poses.shifts_angstrom / apix
+    px = poses.shifts_angstrom / apix
+    G, t = learned_frame(poses.rotations, px, truth.poses.rotations, true_px)
+    gt = mrcfile.read(sim / "gt" / "state_000.mrc")
+    vol_file = next((run / "out" / f"reconstruct.{e}.mrc" for e in (args.epochs, args.epochs - 1)
+                     if (run / "out" / f"reconstruct.{e}.mrc").is_file()), None)
+    if vol_file is None:
+        raise SystemExit(f"no reconstruct.N.mrc in {run / 'out'}")
+    raw = mrcfile.read(vol_file)
+    scores = {name: float(np.corrcoef(f(raw).ravel(), gt.ravel())[0, 1]) for name, f in ORIENTATIONS.items()}
+    orientation = max(scores, key=scores.get)
+    vol = np.ascontiguousarray(ORIENTATIONS[orientation](raw))
+    bp = backproject_fsc(star, sim, ind, work / "bp_cryodrgn_pose_sgd")
+    bp_map = mrcfile.read(work / "bp_cryodrgn_pose_sgd" / "backproject.mrc")
+    log = (run / "train.log").read_text() if (run / "train.log").is_file() else ""
+    seconds = cryodrgn_epoch_seconds(log)
+    return {"cmd": res["cmd"], "wall_s": res.get("wall_s"),
+            "epochs": args.epochs, "poses": pose_errors(poses.rotations, px, truth.poses.rotations, true_px),
+            "map_file": vol_file.name, "map_orientation": orientation, "map_orientation_correlations": scores,
+            "decoder": {"fsc": np.asarray(fsc(vol, gt)[1]).round(4).tolist(),
+                        "fsc_in_true_frame": np.asarray(fsc(map_in_true_frame(vol, G, t), gt)[1]).round(4).tolist()},
+            "backprojection": {"fsc": bp,
+                               "fsc_in_true_frame": np.asarray(fsc(map_in_true_frame(bp_map, G, t), gt)[1]).round(4)
+                               .tolist()},
+            "epoch_seconds": {str(k): v for k, v in sorted(seconds.items())}}
+
+
 def _work_name(args) -> str:
     """The work folder of a data set: discrete3 at SNR 0.1 keeps its first name."""
     if getattr(args, "pdb", None) is not None:
@@ -332,8 +456,41 @@ def main(argv=None) -> int:
     p.add_argument("--cost", action="store_true",
                    help="only: seconds of a training step and of a local pose update of the same batch, with the "
                         "model of the finished 'true' run (adds 'step_cost' to the JSON)")
+    p.add_argument("--maps", nargs="+", metavar="RUN",
+                   help="only: FSC against the truth of the decoder maps (and back-projections) of the finished "
+                        "homogeneous runs WORK/run_RUN, as written and in the truth's frame (each run's global pose "
+                        "frame undone); the first RUN is the reference, e.g. --maps true refined (adds 'maps')")
+    p.add_argument("--cryodrgn-only", action="store_true",
+                   help="only: train cryoDRGN 4.3.1 with --do-pose-sgd on the perturbed poses of the (existing) work "
+                        "folder and score it (adds 'cryodrgn_pose_sgd_E_epochs' to the JSON)")
+    p.add_argument("--work", type=Path, help="the data set's work folder (default: named from the data options)")
     p.add_argument("-o", "--output", type=Path, default=Path("bench/results/pose_refine.json"))
     args = p.parse_args(argv)
+    if args.cryodrgn_only:
+        import json
+
+        work = args.work or WORK / _work_name(args)
+        result = cryodrgn_only(args, work)
+        record = json.loads(args.output.read_text()) if args.output.is_file() else {}
+        record[f"cryodrgn_pose_sgd_{args.epochs}_epochs"] = result
+        write_json(args.output, record)
+        print({k: result[k] for k in ("poses", "map_orientation")})
+        return 0
+    if args.maps:
+        import json
+
+        work = args.work or WORK / _work_name(args)
+        result = map_fscs(work, args.maps, {"perturbed": work / "sim" / "perturbed.star"})
+        record = json.loads(args.output.read_text()) if args.output.is_file() else {}
+        record["maps"] = record.get("maps", {}) | {"+".join(args.maps): result}
+        write_json(args.output, record)
+        for name, e in result["runs"].items():
+            for kind in ("decoder", "backprojection"):
+                if kind in e and "gap_max_fsc" in e[kind]:
+                    print(f"{name} {kind}: largest gap to {args.maps[0]} up to shell {result['top_shell']}: "
+                          f"{e[kind]['gap_max_fsc']:.3f} as written, {e[kind]['gap_max_fsc_in_true_frame']:.3f} in "
+                          f"the true frame (frame {e['global_rotation_deg']:.2f} deg, {e['global_translation_px']} px)")
+        return 0
     if args.cost:
         return _with_true_run(args, "step_cost", step_cost)
     if args.add_run:

@@ -379,11 +379,35 @@ def pose_section(arrays: Mapping, particle_ids: np.ndarray | None = None, epoch:
         f"their consensus poses). Change from the consensus: rotation (geodesic angle) and {shift_kind}."])
     if refined.any():
         _pose_change_tables(sec, a, s, far, ids, far_deg, far_px)
+    if not tilts and "rotations" in arrays and refined.sum() >= 10:
+        sec.paragraphs.append(_frame_drift_text(arrays, refined))
     if "rotations" in arrays:  # a tilt-series run has one rotation per tilt image
         per_image = len(arrays["rotations"]) != len(angle)
         _add_viewing_figure(sec, arrays["rotations"], "learned poses of all " + ("tilt images" if per_image else
                                                                                   "particles"))
     return sec
+
+
+def _frame_drift_text(arrays: Mapping, refined: np.ndarray) -> str:
+    """One paragraph: the rotation and translation common to all refined particles' pose changes
+    (:func:`cryoscape.analysis.pose_frame.frame_drift` of the learned poses against the consensus), by which the
+    run's map has moved from the consensus frame.
+    """
+    from scipy.spatial.transform import Rotation
+
+    from cryoscape.analysis.pose_frame import frame_drift
+
+    learned = np.asarray(arrays["rotations"], dtype=np.float64)[refined]
+    rotvec = np.asarray(arrays["rotvec"], dtype=np.float64)[refined]
+    consensus = Rotation.from_rotvec(-rotvec).as_matrix() @ learned  # learned = exp([w]x) consensus
+    shift = np.asarray(arrays["shift_px"], dtype=np.float64)[refined]
+    G, t = frame_drift(consensus, np.zeros_like(shift), learned, shift)
+    angle = float(np.rad2deg(np.arccos(np.clip((np.trace(G) - 1.0) / 2.0, -1.0, 1.0))))
+    return (f"Part of the change is common to all refined particles: a rotation of {angle:.2f} degrees and a "
+            f"translation of ({t[0]:.2f}, {t[1]:.2f}, {t[2]:.2f}) pixels ({np.linalg.norm(t):.2f} pixels) of the "
+            "whole frame. The images cannot see such a motion (the map and every pose move together), so the "
+            "run's map sits this far from a map of the consensus poses: compare the two after `cryoscape fsc "
+            "--align`.")
 
 
 def _pose_change_tables(sec: Section, a: np.ndarray, s: np.ndarray, far: np.ndarray, ids: np.ndarray,
@@ -401,7 +425,8 @@ def _pose_change_tables(sec: Section, a: np.ndarray, s: np.ndarray, far: np.ndar
     for j, (v, label, limit) in enumerate(((a, "rotation change (degrees)", far_deg),
                                            (s, "shift change (pixels)", far_px))):
         ax = fig.add_subplot(1, 2, j + 1)
-        ax.hist(v, bins=50, color="C0")
+        spread = np.ptp(v) > 1e-6 * max(1.0, float(np.abs(v).max()))
+        ax.hist(v, bins=50 if spread else 1, color="C0")  # all (nearly) equal, e.g. no change yet: one bin
         ax.axvline(limit, color="C3", ls="--", lw=1)
         ax.set_xlabel(label)
         ax.set_ylabel("particles")
