@@ -32,6 +32,12 @@ Measured:
 data) and adds it to the JSON; ``--gradient-check`` measures how well one image's pose gradient points at its true
 correction with the model of the ``true`` run (:func:`gradient_alignment`).
 
+``--maps RUN ...`` scores the decoder maps (and back-projections) of finished homogeneous runs against the truth as
+written and in the truth's frame (each run's global frame, estimated from its poses, undone:
+:mod:`cryoscape.analysis.pose_frame`); ``--seed S`` trains with seed S on a perturbation drawn with seed S + 1
+(folders ``run_NAME_sS``), ``--runs`` picks the trainings; ``--cryodrgn-only`` trains and scores cryoDRGN's pose
+SGD alone on an existing work folder (``--work``).
+
 ``--pdb MODEL`` simulates one state from an atomic model (``simulate --pdb``) instead of a preset; ``--pose-method``
 chooses cryoscape's refinement (``local`` Gauss-Newton steps, the default of ``train``, or ``sgd``);
 ``--cryodrgn`` adds cryoDRGN 4.3.1's ``train_nn`` / ``train_vae --do-pose-sgd`` on the same perturbed poses
@@ -441,6 +447,11 @@ def main(argv=None) -> int:
     p.add_argument("--sigma-deg", type=float, default=8.0)
     p.add_argument("--sigma-px", type=float, default=1.5)
     p.add_argument("--serial", action="store_true", help="run the three trainings one after another")
+    p.add_argument("--seed", type=int, default=0,
+                   help="training seed; the perturbation is drawn with seed + 1 (default 0; another seed names the "
+                        "perturbed STAR and the run folders with _sSEED)")
+    p.add_argument("--runs", default="true,perturbed,refined",
+                   help="comma-separated runs to train and score (default true,perturbed,refined)")
     p.add_argument("--pdb", type=Path, help="simulate one state of this atomic model instead of --preset")
     p.add_argument("--apix", type=float, default=2.0, help="--pdb: pixel size (default 2)")
     p.add_argument("--pose-method", default="local", choices=("local", "sgd"))
@@ -536,20 +547,28 @@ def main(argv=None) -> int:
     work = WORK / _work_name(args)
     source = None if args.pdb is None else ["--pdb", str(args.pdb), "--apix", str(args.apix)]
     sim = ensure_simulation(args.preset, args.n, args.D, args.snr, work / "sim", source=source)
-    perturbed = sim / "perturbed.star"  # beside the stack its image names point to
-    perturbation = perturb(sim, perturbed, args.sigma_deg, args.sigma_px)
+    suffix = "" if args.seed == 0 else f"_s{args.seed}"  # seed 0 keeps the first names
+    perturbed = sim / f"perturbed{suffix}.star"  # beside the stack its image names point to
+    perturbation = perturb(sim, perturbed, args.sigma_deg, args.sigma_px, seed=args.seed + 1)
     print("perturbation:", perturbation, flush=True)
     common = dict(zdim=args.zdim, enc_dim=args.width, enc_layers=3, dec_dim=args.width, dec_layers=3,
-                  pe_type="gaussian", feat_sigma=0.5, batch=32, epochs=args.epochs, lr=1e-3, val_frac=0.0, seed=0)
+                  pe_type="gaussian", feat_sigma=0.5, batch=32, epochs=args.epochs, lr=1e-3, val_frac=0.0,
+                  seed=args.seed)
     refine = ("--refine-poses", "--pose-method", args.pose_method, "--pose-search-radius",
               str(args.pose_search_radius), "--pose-lr", str(args.pose_lr), "--shift-lr", str(args.shift_lr),
               "--refine-start", str(args.refine_start))
     specs = {
-        "true": TrainSpec(particles=sim / "particles.star", out=work / "run_true", extra=("--threads", "1"), **common),
-        "perturbed": TrainSpec(particles=perturbed, out=work / "run_perturbed", extra=("--threads", "1"), **common),
-        "refined": TrainSpec(particles=perturbed, out=work / "run_refined", extra=("--threads", "1", *refine),
+        "true": TrainSpec(particles=sim / "particles.star", out=work / f"run_true{suffix}", extra=("--threads", "1"),
+                          **common),
+        "perturbed": TrainSpec(particles=perturbed, out=work / f"run_perturbed{suffix}", extra=("--threads", "1"),
+                               **common),
+        "refined": TrainSpec(particles=perturbed, out=work / f"run_refined{suffix}", extra=("--threads", "1", *refine),
                              **common),
     }
+    wanted = args.runs.split(",")
+    if unknown := set(wanted) - set(specs):
+        raise SystemExit(f"--runs: unknown {sorted(unknown)}; choose from {list(specs)}")
+    specs = {name: spec for name, spec in specs.items() if name in wanted}
     for spec in specs.values():
         subprocess.run(["rm", "-rf", str(spec.out)], check=True)
     info = machine_info()
@@ -568,17 +587,20 @@ def main(argv=None) -> int:
     apix = truth.pixel_size_angstrom
     true_px = truth.poses.shifts_angstrom / apix
     states = np.load(sim / "labels.npz")["state"]
-    epoch, learned = load_learned_poses(specs["refined"].out)
-    refined_star = work / "refined.star"
-    subprocess.run([*CRYOSCAPE_CMD, "write-poses", str(specs["refined"].out), "-o", str(refined_star), "--overwrite"],
-                   check=True)
+    poses = {"true": (truth.poses.rotations, true_px), "perturbed": (pert.poses.rotations,
+             pert.poses.shifts_angstrom / apix)}
+    stars = {"true": sim / "particles.star", "perturbed": perturbed}
+    epoch = args.epochs
+    if "refined" in specs:
+        epoch, learned = load_learned_poses(specs["refined"].out)
+        stars["refined"] = work / f"refined{suffix}.star"
+        subprocess.run([*CRYOSCAPE_CMD, "write-poses", str(specs["refined"].out), "-o", str(stars["refined"]),
+                        "--overwrite"], check=True)
+        poses["refined"] = (learned["rotations"], learned["shifts_angstrom"] / apix)
     ind = work / "state0.txt"
     ind.write_text("\n".join(str(i) for i in np.flatnonzero(states == 0)) + "\n")
     record = {"args": vars(args) | {"output": str(args.output)}, "machine": info, "perturbation": perturbation,
               "epoch": epoch, "runs": {}}
-    poses = {"true": (truth.poses.rotations, true_px), "perturbed": (pert.poses.rotations,
-             pert.poses.shifts_angstrom / apix), "refined": (learned["rotations"], learned["shifts_angstrom"] / apix)}
-    stars = {"true": sim / "particles.star", "perturbed": perturbed, "refined": refined_star}
     if args.cryodrgn:
         cd_poses, cd_star = cryodrgn_refined_poses(work / "run_cryodrgn_pose_sgd", args.epochs, pert, work)
         poses["cryodrgn_pose_sgd"] = (cd_poses.rotations, cd_poses.shifts_angstrom / apix)
@@ -591,12 +613,16 @@ def main(argv=None) -> int:
             z = cryodrgn_latents(work / "run_cryodrgn_pose_sgd", args.epochs) if args.zdim else None
         else:
             z = np.load(spec.out / "latents" / f"epoch_{args.epochs:03d}.npy") if args.zdim else None
-        fsc = backproject_fsc(stars[name], sim, ind, work / f"bp_{name}")
+        fsc = backproject_fsc(stars[name], sim, ind, work / f"bp_{name}{suffix}")
         secs = [r["seconds"] for r in rows if r["epoch"] >= 2]
         record["runs"][name] = {"train": res, "poses": pose_errors(*poses[name], truth.poses.rotations, true_px),
                                 "ari": kmeans_ari(z, states) if z is not None else None, "fsc_state0": fsc,
                                 "fsc_min_to_2/3_nyquist": float(min(fsc[1: int(2 * shells / 3) + 1])),
                                 "epoch_seconds_mean": float(np.mean(secs)) if secs else None}
+        if spec is not None and args.zdim:
+            record["runs"][name]["ari_by_epoch"] = {
+                e: kmeans_ari(np.load(f), states) for e in range(1, args.epochs + 1)
+                if (f := spec.out / "latents" / f"epoch_{e:03d}.npy").is_file()}
     write_json(args.output, record)
     print(f"\n{args.preset}, {args.n} particles, D={args.D}, SNR {args.snr}, {args.epochs} epochs, zdim {args.zdim}; "
           f"perturbation median {perturbation['angle_deg_median']:.2f} deg, {perturbation['shift_px_median']:.2f} px")
