@@ -10,10 +10,12 @@ the perfect map. This script measures that limit: for the first ``-n`` particles
 image's rotation is searched on a local grid around its TRUE rotation (an optimistic start: a search from a
 perturbed pose can only do worse) against the true map's slices, CTF applied, its shift held at the true one
 (optimistic again), comparing the Hartley pixels within ``--radius`` x Nyquist (0.5: `--refine-poses`'s default
-final radius). Two levels: +-4.5 degrees in steps of 1.5 (343 rotations), then +-1.125 in steps of 0.375 around the
-best (343). The maximum-likelihood rotation of each image is written (with the true shifts) as
-``WORK/oracle_rNN.star`` and back-projected with ``cryoscape backproject`` (the particles of ``WORK/state0.txt``
-when it exists, else all), FSC against the truth per shell, beside the back-projection with the true poses.
+final radius). Two levels: +-4.5 degrees (``--width``) in steps of 1.5 (343 rotations), then +-1.125 in steps of
+0.375 around the best (343). ``--state S`` takes only the particles of true state S of a heterogeneous set, against
+that state's map, and reports the rotation errors only. The maximum-likelihood rotation of each image is written
+(with the true shifts) as ``WORK/oracle_rNN.star`` and back-projected with ``cryoscape backproject`` (the particles
+of ``WORK/state0.txt`` when it exists, else all), FSC against the truth per shell, beside the back-projection with
+the true poses.
 
 ``--gauss-newton VISITS`` measures instead how far ``train --refine-poses``'s local method gets with a perfect map:
 starting from ``WORK/sim/perturbed.star``, VISITS rounds of :func:`cryoscape.models.poses.gauss_newton_pose_step`
@@ -70,7 +72,14 @@ def main(argv=None) -> int:
                    help="instead: VISITS local steps of `--refine-poses` (gauss_newton_pose_step with the refiner's "
                         "settings) from the perturbed poses (WORK/sim/perturbed.star) against the true map")
     p.add_argument("--iterations", type=int, default=1, help="--gauss-newton: Gauss-Newton iterations per visit")
+    p.add_argument("--width", type=float, default=4.5,
+                   help="half-width (degrees) of the coarse grid around the true rotation (step 1.5; default 4.5)")
+    p.add_argument("--state", type=int, default=None,
+                   help="a heterogeneous set: only the particles of this true state (labels.npz), against its own "
+                        "true map gt/state_SSS.mrc; the rotation errors only (no back-projection)")
     args = p.parse_args(argv)
+    if args.state is not None and args.gauss_newton:
+        p.error("--state is for the ML oracle, not with --gauss-newton")
     import subprocess
     import time
 
@@ -90,27 +99,32 @@ def main(argv=None) -> int:
     sim = args.work / "sim"
     parts = load_particles(sim / "particles.star")
     D, apix = parts.D, parts.pixel_size_angstrom
-    n = len(parts) if args.n is None else min(args.n, len(parts))
+    if args.state is None:
+        sel = np.arange(len(parts))
+    else:
+        sel = np.flatnonzero(np.load(sim / "labels.npz")["state"] == args.state)
+    sel = sel if args.n is None else sel[: args.n]
+    n = len(sel)
     radius = min(args.radius * 0.5, 0.46)  # cycles/pixel (the padded transform ends at 0.5)
-    truth = mrcfile.read(sim / "gt" / "state_000.mrc").astype(np.float64)
+    truth = mrcfile.read(sim / "gt" / f"state_{args.state or 0:03d}.mrc").astype(np.float64)
     pixels = FourierPixels.create(D)
     hf, m = pixels.half_freqs(), pixels.n_half
     half = torch.nonzero(hf.norm(dim=1) < radius).squeeze(1)
     positions = torch.cat([half, half + m, torch.tensor([2 * m])])
     freqs = torch.cat([hf[half], hf[:1] * 0])
-    A_true = torch.tensor(parts.poses.rotations[:n], dtype=torch.float32)
-    shifts_px = torch.tensor(parts.poses.shifts_px(apix)[:n], dtype=torch.float32)
+    A_true = torch.tensor(parts.poses.rotations[sel], dtype=torch.float32)
+    shifts_px = torch.tensor(parts.poses.shifts_px(apix)[sel], dtype=torch.float32)
     ctf_all = CTFTensors.from_params(parts.ctf)
     unscaled = map_search_predictor(truth, radius * 1.05, freqs)
-    coarse, fine = local_grid(4.5, 1.5), local_grid(1.125, 0.375)
+    coarse, fine = local_grid(args.width, 1.5), local_grid(1.125, 0.375)
     if args.gauss_newton:
         return gauss_newton_mode(args, parts, n, radius, truth, pixels, half, positions, freqs, ctf_all, unscaled)
     best = torch.empty(n, 3, 3)
     sign = None
     scale = None
     for start in range(0, n, args.batch):
-        idx = torch.arange(start, min(n, start + args.batch))
-        y, ctf = batch_values(parts, idx, pixels, positions, ctf_all)
+        idx = torch.arange(start, min(n, start + args.batch))  # positions in sel
+        y, ctf = batch_values(parts, torch.as_tensor(sel[idx.numpy()]), pixels, positions, ctf_all)
         if scale is None:  # least squares at the true poses (first batch), and the shift's sign convention
             at_truth = unscaled.slices(A_true[idx][:, None])[:, 0] * ctf
             errs = {}
@@ -132,18 +146,23 @@ def main(argv=None) -> int:
         best[idx] = centre
         if start % (args.batch * 20) == 0:
             print(f"{start + len(idx)}/{n} images, {time.time() - t0:.0f} s", flush=True)
-    err_deg = so3_grid.geodesic_distance_deg(best.double().numpy(), parts.poses.rotations[:n])
-    tag = f"r{int(round(args.radius * 100)):02d}"
+    err_deg = so3_grid.geodesic_distance_deg(best.double().numpy(), parts.poses.rotations[sel])
+    tag = (f"r{int(round(args.radius * 100)):02d}" + ("" if args.state is None else f"_state{args.state}")
+           + ("" if args.width == 4.5 else f"_w{args.width:g}"))
     star = args.work / f"oracle_{tag}.star"
-    write_particles_with_poses(parts, np.arange(n), Poses(best.double().numpy(),
-                                                          parts.poses.shifts_angstrom[:n]), star)
+    write_particles_with_poses(parts, sel, Poses(best.double().numpy(), parts.poses.shifts_angstrom[sel]), star)
     ind = args.work / "state0.txt"
     out: dict = {"machine": machine_info(), "data": str(args.work), "D": D, "n": n, "radius_nyquist": args.radius,
                  "radius_px": radius * D, "rot_median_deg": round(float(np.median(err_deg)), 3),
                  "rot_p90_deg": round(float(np.percentile(err_deg, 90)), 3),
-                 "frac_at_grid_edge": round(float(np.mean(err_deg > 4.4)), 4),
+                 "grid_half_width_deg": args.width,
+                 "frac_at_grid_edge": round(float(np.mean(err_deg > args.width - 0.1)), 4),
                  "search_seconds": round(time.time() - t0)}
     print(f"oracle rotations: median {out['rot_median_deg']} deg, p90 {out['rot_p90_deg']}", flush=True)
+    if args.state is not None:
+        out["state"] = args.state
+        write_json(RESULTS / f"pose_oracle_{args.work.name}_{tag}.json", out)
+        return 0
     fscs = {}
     for name, src in (("oracle", star), ("true", sim / "particles.star")):
         o = args.work / f"bp_oracle_{tag}" if name == "oracle" else args.work / "bp_true_oracle"
