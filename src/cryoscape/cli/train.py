@@ -138,7 +138,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="cryodrgn family (VAE and --zdim 0): refine the consensus poses during training, a rotation "
                         "(axis-angle) and an in-plane shift correction per particle; the validation particles keep "
                         "their poses; learned poses in RUN/poses/, written out by `cryoscape write-poses`. tomodrgn: "
-                        "one rotation and 3-D shift per particle for all its tilts")
+                        "one rotation and 3-D shift per particle for all its tilts. The map and all poses may drift "
+                        "together by a fraction of a degree or pixel (the images cannot see it; `analyze` reports "
+                        "it for single-particle runs): compare with a consensus map after `cryoscape fsc --align`")
     t.add_argument("--pose-method", choices=("local", "sgd"), default="local",
                    help="--refine-poses: local = one damped Gauss-Newton step of each particle's rotation and shift "
                         "every time it is visited, against the current decoder (3 more decoder passes on the "
