@@ -314,6 +314,7 @@ def map_fscs(work: Path, runs: list[str], stars: dict[str, Path] | None = None) 
     import mrcfile
 
     from cryoscape.analysis.fsc import fsc
+    from cryoscape.imaging.so3_grid import geodesic_distance_deg
     from cryoscape.io.particles import load_particles
     from cryoscape.models.poses import load_learned_poses
 
@@ -339,7 +340,7 @@ def map_fscs(work: Path, runs: list[str], stars: dict[str, Path] | None = None) 
         bp = work / f"bp_{name}" / "backproject.mrc"
         if bp.is_file():
             maps["backprojection"] = mrcfile.read(bp)
-        entry: dict = {"global_rotation_deg": float(np.rad2deg(np.arccos(np.clip((np.trace(G) - 1) / 2, -1, 1)))),
+        entry: dict = {"global_rotation_deg": float(geodesic_distance_deg(G, np.eye(3))),
                        "global_translation_px": t.round(3).tolist()}
         for kind, vol in maps.items():
             entry[kind] = {"fsc": np.asarray(fsc(vol, gt)[1]).round(4).tolist(),

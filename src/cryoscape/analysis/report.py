@@ -396,13 +396,14 @@ def _frame_drift_text(arrays: Mapping, refined: np.ndarray) -> str:
     from scipy.spatial.transform import Rotation
 
     from cryoscape.analysis.pose_frame import frame_drift
+    from cryoscape.imaging.so3_grid import geodesic_distance_deg
 
     learned = np.asarray(arrays["rotations"], dtype=np.float64)[refined]
     rotvec = np.asarray(arrays["rotvec"], dtype=np.float64)[refined]
     consensus = Rotation.from_rotvec(-rotvec).as_matrix() @ learned  # learned = exp([w]x) consensus
     shift = np.asarray(arrays["shift_px"], dtype=np.float64)[refined]
     G, t = frame_drift(consensus, np.zeros_like(shift), learned, shift)
-    angle = float(np.rad2deg(np.arccos(np.clip((np.trace(G) - 1.0) / 2.0, -1.0, 1.0))))
+    angle = float(geodesic_distance_deg(G, np.eye(3)))
     return (f"Part of the change is common to all refined particles: a rotation of {angle:.2f} degrees and a "
             f"translation of ({t[0]:.2f}, {t[1]:.2f}, {t[2]:.2f}) pixels ({np.linalg.norm(t):.2f} pixels) of the "
             "whole frame. The images cannot see such a motion (the map and every pose move together), so the "
