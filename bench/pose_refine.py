@@ -67,6 +67,7 @@ from bench.common import (
     timed_train,
     write_json,
 )
+from cryoscape.analysis.pose_frame import frame_drift, map_in_reference_frame
 
 
 def perturb(sim: Path, out: Path, sigma_deg: float, sigma_px: float, seed: int = 1) -> dict:
@@ -92,29 +93,11 @@ def perturb(sim: Path, out: Path, sigma_deg: float, sigma_px: float, seed: int =
             float(np.median(np.linalg.norm(shift_err, axis=1)))}
 
 
-def learned_frame(rotations: np.ndarray, shifts_px: np.ndarray, true_rot: np.ndarray,
-                  true_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The learned frame against the truth (:func:`cryoscape.analysis.pose_frame.frame_drift`): ``G`` ``(3, 3)``
-    with ``A_learned ~ A_true G`` and ``t`` ``(3,)`` (pixels) with ``s_learned - s_true ~ (A_true t)_xy``."""
-    from cryoscape.analysis.pose_frame import frame_drift
-
-    return frame_drift(true_rot, true_px, rotations, shifts_px)
-
-
-def map_in_true_frame(volume: np.ndarray, G: np.ndarray, t_px: np.ndarray) -> np.ndarray:
-    """A map learned in the frame ``(G, t)`` of :func:`learned_frame` moved into the truth's
-    (:func:`cryoscape.analysis.pose_frame.map_in_reference_frame`; on section 11b's data the three other
-    sign/transpose choices lower the FSC, bench/RESULTS.md 11e)."""
-    from cryoscape.analysis.pose_frame import map_in_reference_frame
-
-    return map_in_reference_frame(volume, G, t_px)
-
-
 def pose_errors(rotations: np.ndarray, shifts_px: np.ndarray, true_rot: np.ndarray, true_px: np.ndarray) -> dict:
     """Rotation errors after the best global rotation, shift errors after the best global 3-D translation."""
     from cryoscape.models.poses import rotation_angle_deg
 
-    G, t = learned_frame(rotations, shifts_px, true_rot, true_px)
+    G, t = frame_drift(true_rot, true_px, rotations, shifts_px)
     rot_err = rotation_angle_deg(rotations, true_rot @ G)
     raw_err = rotation_angle_deg(rotations, true_rot)
     d = shifts_px - true_px
@@ -304,16 +287,26 @@ def step_cost(run: Path, sim: Path, perturbed: Path, radii=(0.25, 0.5, 1.0), rep
             "batch": 32, "model_epoch": trained.epoch}
 
 
+def _fsc_as_written_and_in_true_frame(vol: np.ndarray, gt: np.ndarray, G: np.ndarray, t: np.ndarray) -> dict:
+    """FSC per shell of ``vol`` against ``gt``, as written and with the frame ``(G, t)`` undone."""
+    from cryoscape.analysis.fsc import fsc
+
+    return {"fsc": np.asarray(fsc(vol, gt)[1]).round(4).tolist(),
+            "fsc_in_true_frame": np.asarray(fsc(map_in_reference_frame(vol, G, t), gt)[1]).round(4).tolist()}
+
+
 def map_fscs(work: Path, runs: list[str], stars: dict[str, Path] | None = None) -> dict:
     """Decoder maps of the finished homogeneous runs ``work/run_NAME`` (``cryoscape eval-vol``) and, where
     ``work/bp_NAME/backproject.mrc`` exists, their back-projections: FSC per shell against the truth as written
-    (``fsc``) and in the truth's frame (``fsc_in_true_frame``: :func:`map_in_true_frame` with the run's own
-    :func:`learned_frame` from its poses, so the alignment is not fitted to the map). The first run is the
-    reference (normally the true-pose run); ``gap_max`` is the largest shortfall to it in shells 1 to 2/3 Nyquist.
-    A run's poses: its learned poses (``--refine-poses``), else the poses of ``stars[NAME]`` (else the truth)."""
+    (``fsc``) and in the truth's frame (``fsc_in_true_frame``:
+    :func:`~cryoscape.analysis.pose_frame.map_in_reference_frame` with the run's own
+    :func:`~cryoscape.analysis.pose_frame.frame_drift` from its poses, so the alignment is not fitted to the map).
+    The first run is the reference (normally the true-pose run); ``gap_max`` is the largest shortfall to it in
+    shells 1 to 2/3 Nyquist. A run's poses: its learned poses (``--refine-poses``), else the poses of
+    ``stars[NAME]`` (else the truth).
+    """
     import mrcfile
 
-    from cryoscape.analysis.fsc import fsc
     from cryoscape.imaging.so3_grid import geodesic_distance_deg
     from cryoscape.io.particles import load_particles
     from cryoscape.models.poses import load_learned_poses
@@ -332,7 +325,7 @@ def map_fscs(work: Path, runs: list[str], stars: dict[str, Path] | None = None) 
         else:
             ps = load_particles(stars[name], datadir=sim) if stars and name in stars else truth
             rot, px = ps.poses.rotations, ps.poses.shifts_angstrom / apix
-        G, t = learned_frame(rot, px, truth.poses.rotations, true_px)
+        G, t = frame_drift(truth.poses.rotations, true_px, rot, px)
         vol_path = work / f"decoder_{name}.mrc"
         subprocess.run([*CRYOSCAPE_CMD, "eval-vol", str(run), "-o", str(vol_path), "--overwrite"], check=True,
                        stdout=subprocess.DEVNULL)
@@ -343,8 +336,7 @@ def map_fscs(work: Path, runs: list[str], stars: dict[str, Path] | None = None) 
         entry: dict = {"global_rotation_deg": float(geodesic_distance_deg(G, np.eye(3))),
                        "global_translation_px": t.round(3).tolist()}
         for kind, vol in maps.items():
-            entry[kind] = {"fsc": np.asarray(fsc(vol, gt)[1]).round(4).tolist(),
-                           "fsc_in_true_frame": np.asarray(fsc(map_in_true_frame(vol, G, t), gt)[1]).round(4).tolist()}
+            entry[kind] = _fsc_as_written_and_in_true_frame(vol, gt, G, t)
         out[name] = entry
     top = int(2 * (gt.shape[0] // 2) / 3)
     ref = out[runs[0]]
@@ -362,12 +354,11 @@ def cryodrgn_only(args, work: Path) -> dict:
     """cryoDRGN 4.3.1's pose SGD on the perturbed poses of an existing work folder (``train_cryodrgn_pose_sgd``),
     scored as the cryoscape runs: pose errors, the back-projection of all particles with its poses and its own map
     (``reconstruct.E.mrc``, axes matched to the truth among :data:`bench.accuracy.ORIENTATIONS`), FSC against the
-    truth as written and in the truth's frame (its poses' :func:`learned_frame` undone)."""
+    truth as written and in the truth's frame (its poses' ``frame_drift`` undone)."""
     import mrcfile
 
     from bench.accuracy import ORIENTATIONS
     from bench.common import cryodrgn_epoch_seconds
-    from cryoscape.analysis.fsc import fsc
     from cryoscape.io.particles import load_particles
     from cryoscape.io.pkl import write_ctf_pkl
 
@@ -387,7 +378,7 @@ def cryodrgn_only(args, work: Path) -> dict:
     poses, star = cryodrgn_refined_poses(run, args.epochs, pert, work)
     true_px = truth.poses.shifts_angstrom / apix
     px = poses.shifts_angstrom / apix
-    G, t = learned_frame(poses.rotations, px, truth.poses.rotations, true_px)
+    G, t = frame_drift(truth.poses.rotations, true_px, poses.rotations, px)
     gt = mrcfile.read(sim / "gt" / "state_000.mrc")
     vol_file = next((run / "out" / f"reconstruct.{e}.mrc" for e in (args.epochs, args.epochs - 1)
                      if (run / "out" / f"reconstruct.{e}.mrc").is_file()), None)
@@ -404,11 +395,8 @@ def cryodrgn_only(args, work: Path) -> dict:
     return {"cmd": res["cmd"], "wall_s": res.get("wall_s"),
             "epochs": args.epochs, "poses": pose_errors(poses.rotations, px, truth.poses.rotations, true_px),
             "map_file": vol_file.name, "map_orientation": orientation, "map_orientation_correlations": scores,
-            "decoder": {"fsc": np.asarray(fsc(vol, gt)[1]).round(4).tolist(),
-                        "fsc_in_true_frame": np.asarray(fsc(map_in_true_frame(vol, G, t), gt)[1]).round(4).tolist()},
-            "backprojection": {"fsc": bp,
-                               "fsc_in_true_frame": np.asarray(fsc(map_in_true_frame(bp_map, G, t), gt)[1]).round(4)
-                               .tolist()},
+            "decoder": _fsc_as_written_and_in_true_frame(vol, gt, G, t),
+            "backprojection": {**_fsc_as_written_and_in_true_frame(bp_map, gt, G, t), "fsc": bp},
             "epoch_seconds": {str(k): v for k, v in sorted(seconds.items())}}
 
 
