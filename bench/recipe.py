@@ -54,7 +54,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CRYOSCAPE = ROOT / ".venv" / "bin" / "cryoscape"
 CRYODRGN = HERE / "cryodrgn-venv" / "bin" / "cryodrgn"
-VARIANTS = ("base", "split_init", "norm", "init", "pe_seed", "edge")
+VARIANTS = ("base", "split_init", "norm", "init", "pe_seed", "edge", "no_dc", "cd_data", "pe_run_seed")
 # the equal settings of both programs (used unless --defaults)
 EQUAL = {"width": 128, "layers": 3, "batch": 32, "lr": 1e-3, "val_frac": 0.0}
 _CRYODRGN_EPOCH = re.compile(r"=====> Epoch: \d+ .*Finished in (\d+):(\d\d):(\d\d(?:\.\d+)?)")
@@ -166,6 +166,19 @@ def _apply_one(variant: str) -> None:
 
         positional.PositionalEncoding.__init__ = pe_init
         return
+    if variant == "pe_run_seed":
+        # a Gaussian PE draw per run, from the run's --seed (as cryoDRGN draws from its seed); cryoscape draws
+        # with a fixed generator seed 0 in every run
+        from cryoscape.models import positional
+
+        run_seed = int(sys.argv[sys.argv.index("--seed") + 1]) if "--seed" in sys.argv else 0
+        orig_pe_run = positional.PositionalEncoding.__init__
+
+        def pe_init_run(self, pe_type, D, pe_dim=None, feat_sigma=0.5, seed=0):
+            orig_pe_run(self, pe_type, D, pe_dim, feat_sigma, seed=1000 + run_seed)
+
+        positional.PositionalEncoding.__init__ = pe_init_run
+        return
     if variant == "edge":
         from cryoscape.data import fourier_pixels
 
@@ -175,6 +188,38 @@ def _apply_one(variant: str) -> None:
             return orig_create(cls, D, D / 2 + 1e-3 if radius_px is None else radius_px)
 
         fourier_pixels.FourierPixels.create = classmethod(create)
+        return
+    if variant == "no_dc":
+        # cryoDRGN's lattice leaves the DC pixel out of the encoder's input and the loss (Lattice ignore_DC):
+        # zero it in the prepared images (the encoder then gets nothing from it, the decoder learns 0 there)
+        from cryoscape.data import particle_data
+
+        orig_prepare = particle_data.SliceParticleData._prepare
+
+        def prepare(self, indices):
+            out = orig_prepare(self, indices)
+            out[..., self.pixels.n_pixels - 1] = 0.0  # [half, mates, DC] order: DC is last
+            return out
+
+        particle_data.SliceParticleData._prepare = prepare
+        return
+    if variant == "cd_data":
+        # train on exactly the images cryoDRGN trains on: its prepared, centred, normalised images in cryoscape's
+        # pixel order (bench/step_xcheck.py export; path and cryoDRGN's constant from the environment)
+        import os
+
+        import torch
+
+        from cryoscape.data import particle_data
+
+        path, norm = os.environ["RECIPE_CD_IMAGES"], float(os.environ["RECIPE_CD_NORM"])
+
+        def init_values(self, norm_std, progress):
+            self.norm_std = norm
+            self.values = torch.from_numpy(np.load(path))
+            assert self.values.shape == (len(self), self.pixels.n_pixels), self.values.shape
+
+        particle_data.SliceParticleData._init_values = init_values
         return
     raise SystemExit(f"unknown variant {variant}")
 
