@@ -104,6 +104,18 @@ def apply_variant(variant: str) -> None:
         _apply_one(v)
 
 
+def _pe_draw(draw_seed: int) -> None:
+    """Make every PositionalEncoding of this process draw its Gaussian frequencies with ``draw_seed``."""
+    from cryoscape.models import positional
+
+    orig = positional.PositionalEncoding.__init__
+
+    def init(self, pe_type, D, pe_dim=None, feat_sigma=0.5, seed=0):
+        orig(self, pe_type, D, pe_dim, feat_sigma, seed=draw_seed)
+
+    positional.PositionalEncoding.__init__ = init
+
+
 def _apply_one(variant: str) -> None:
     if variant in ("base",):
         return
@@ -156,28 +168,11 @@ def _apply_one(variant: str) -> None:
 
         decoders.CoordinateDecoder.__init__ = init
         return
-    if variant == "pe_seed":
-        from cryoscape.models import positional
-
-        orig_pe = positional.PositionalEncoding.__init__
-
-        def pe_init(self, pe_type, D, pe_dim=None, feat_sigma=0.5, seed=0):
-            orig_pe(self, pe_type, D, pe_dim, feat_sigma, seed=12345)
-
-        positional.PositionalEncoding.__init__ = pe_init
+    if variant == "pe_seed":  # another fixed Gaussian PE draw (cryoscape draws with generator seed 0)
+        _pe_draw(12345)
         return
-    if variant == "pe_run_seed":
-        # a Gaussian PE draw per run, from the run's --seed (as cryoDRGN draws from its seed); cryoscape draws
-        # with a fixed generator seed 0 in every run
-        from cryoscape.models import positional
-
-        run_seed = int(sys.argv[sys.argv.index("--seed") + 1]) if "--seed" in sys.argv else 0
-        orig_pe_run = positional.PositionalEncoding.__init__
-
-        def pe_init_run(self, pe_type, D, pe_dim=None, feat_sigma=0.5, seed=0):
-            orig_pe_run(self, pe_type, D, pe_dim, feat_sigma, seed=1000 + run_seed)
-
-        positional.PositionalEncoding.__init__ = pe_init_run
+    if variant == "pe_run_seed":  # a draw per run, from the run's --seed, as cryoDRGN draws from its seed
+        _pe_draw(1000 + (int(sys.argv[sys.argv.index("--seed") + 1]) if "--seed" in sys.argv else 0))
         return
     if variant == "edge":
         from cryoscape.data import fourier_pixels
