@@ -32,23 +32,30 @@ from pathlib import Path
 import numpy as np
 
 
+def _cryodrgn_inputs(data_dir: Path):
+    """cryoDRGN's in-memory ImageDataset (its window and normalisation), PoseTracker and Lattice of a data set."""
+    from cryodrgn import dataset
+    from cryodrgn.lattice import Lattice
+    from cryodrgn.pose import PoseTracker
+
+    data = dataset.ImageDataset(mrcfile=str(data_dir / "particles.mrcs"), lazy=False, window=True, window_r=0.85,
+                                max_threads=1)
+    poses = PoseTracker.load(str(data_dir / "pose.pkl"), data.N, data.D, None, None)
+    return data, poses, Lattice(data.D, extent=0.5)
+
+
 def cryodrgn_side(a) -> int:
     import torch
-    from cryodrgn import ctf, dataset
+    from cryodrgn import ctf
     from cryodrgn.commands import train_vae as tv
-    from cryodrgn.lattice import Lattice
     from cryodrgn.models import HetOnlyVAE
-    from cryodrgn.pose import PoseTracker
     from torch import nn
 
     data_dir = Path(a.data)
     torch.manual_seed(a.seed)
-    data = dataset.ImageDataset(mrcfile=str(data_dir / "particles.mrcs"), lazy=False, window=True, window_r=0.85,
-                                max_threads=1)
+    data, poses, lattice = _cryodrgn_inputs(data_dir)
     D = data.D  # D + 1 after symmetrisation
-    poses = PoseTracker.load(str(data_dir / "pose.pkl"), data.N, D, None, None)
     ctf_params = torch.tensor(ctf.load_ctf_for_training(D - 1, str(data_dir / "ctf.pkl")))
-    lattice = Lattice(D, extent=0.5)
     enc_mask = lattice.get_circular_mask(D // 2)
     model = HetOnlyVAE(lattice, a.layers, a.width, a.layers, a.width, int(enc_mask.sum()), a.zdim,
                        encode_mode="resid", enc_mask=enc_mask, enc_type="gaussian", enc_dim=None,
@@ -101,17 +108,9 @@ def export_side(a) -> int:
     normalised by its constant) in cryoscape's pixel order, DC set to 0 (cryoDRGN does not use it): the input of
     ``bench/recipe.py --variant cd_data``, which trains cryoscape on exactly the images cryoDRGN trains on."""
     import torch
-    from cryodrgn import dataset
     from cryodrgn.commands import train_vae as tv
-    from cryodrgn.lattice import Lattice
-    from cryodrgn.pose import PoseTracker
 
-    data_dir = Path(a.data)
-    data = dataset.ImageDataset(mrcfile=str(data_dir / "particles.mrcs"), lazy=False, window=True, window_r=0.85,
-                                max_threads=1)
-    D = data.D
-    poses = PoseTracker.load(str(data_dir / "pose.pkl"), data.N, D, None, None)
-    lattice = Lattice(D, extent=0.5)
+    data, poses, lattice = _cryodrgn_inputs(Path(a.data))
     lat = torch.from_numpy(np.load(a.lattice_index))  # cryoscape pixel -> lattice index (-1: DC), from `compare`
     out = np.empty((data.N, len(lat)), dtype=np.float32)
     for start in range(0, data.N, 500):
