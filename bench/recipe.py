@@ -201,8 +201,6 @@ def _apply_one(variant: str) -> None:
     if variant == "cd_data":
         # train on exactly the images cryoDRGN trains on: its prepared, centred, normalised images in cryoscape's
         # pixel order (bench/step_xcheck.py export; path and cryoDRGN's constant from the environment)
-        import os
-
         import torch
 
         from cryoscape.data import particle_data
