@@ -18,7 +18,7 @@ documented defaults (recorded per run from its ``config.yaml``):
 * ``cryodrgn``: 256x3 encoder and decoder MLPs, gaussian positional encoding (feat_sigma 0.5, D/2 frequencies),
   batch 16, Adam lr 1e-4, KL weight 1/zdim, float32, 10 % validation split. No model selection: the last epoch is
   evaluated (as the paper did for cryoDRGN, which has no validation metric).
-* ``opus-dsd`` (``docs/opus-dsd.md``): HEALPix view-class batches of 72, Adam lr 1e-4 decayed by 0.95 per epoch,
+* ``opus-dsd`` (``docs/opus-dsd.md``): HEALPix view-class batches of 72, Adam lr 3e-4 decayed by 0.95 per epoch,
   KL weight 0.01, prior weight lamb 0.5 (paper's value for synthetic data), knn 128 / kfarthest 512 / n-samples
   12800 / knn-intra 4, bank momentum 0.7, TV 1 / L1 0.3, cyclical annealing over 100000 images, template box D
   rounded up to 16 (64 at D=64), sphere mask of radius 0.85 D/2, 10 % validation split. One deviation: the channel

@@ -91,7 +91,7 @@ def test_cli_defaults_and_mask_option(tmp_path):
     cfg = with_family_defaults(train_cli.config_from_args(p.parse_args(["x.star", "-o", "r", "--model", "opus-dsd"])))
     t, m = cfg.train, cfg.model
     assert (t.batch_size, t.lr, m.lamb, m.knn, m.kfarthest, m.n_samples, m.momentum, m.lr_decay) == (
-        72, 1e-4, 0.5, 128, 512, 12800, 0.7, 0.95)
+        72, 3e-4, 0.5, 128, 512, 12800, 0.7, 0.95)
     assert t.beta is None and m.templateres is None and m.channel_scale is None  # chosen for the device
     cryodrgn = with_family_defaults(train_cli.config_from_args(p.parse_args(["x.star", "-o", "r"])))
     assert (cryodrgn.train.batch_size, cryodrgn.train.lr) == (32, 1e-3)

@@ -50,7 +50,7 @@ def _one_line_error(capsys) -> str:
 # -- family defaults ---------------------------------------------------------------------------------------------
 def test_family_defaults_live_in_the_families():
     assert (FAMILIES["cryodrgn"].default_batch_size, FAMILIES["cryodrgn"].default_lr) == (32, 1e-3)
-    assert (FAMILIES["opus-dsd"].default_batch_size, FAMILIES["opus-dsd"].default_lr) == (72, 1e-4)
+    assert (FAMILIES["opus-dsd"].default_batch_size, FAMILIES["opus-dsd"].default_lr) == (72, 3e-4)
     assert (FAMILIES["tomodrgn"].default_batch_size, FAMILIES["tomodrgn"].default_lr) == (1, 2e-4)
     for name, family in FAMILIES.items():
         t = with_family_defaults(RunConfig(model=ModelConfig(family=name))).train

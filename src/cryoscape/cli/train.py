@@ -109,8 +109,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("-b", "--batch-size", type=int, default=None,
                    help=f"batch size per process (default: the family's; {batch_defaults})")
     t.add_argument("--lr", type=float, default=None,
-                   help=f"learning rate (default: the family's; {lr_defaults}; cryodrgn's and tomodrgn's measured in "
-                        "bench/RESULTS.md sections 9f and 9d)")
+                   help=f"learning rate (default: the family's; {lr_defaults}; measured in bench/RESULTS.md sections "
+                        "9f and 9i (cryodrgn, 10^3-10^5 particles; opus-dsd) and 9d (tomodrgn))")
     t.add_argument("--wd", type=float, default=0.0, help="weight decay (default 0)")
     t.add_argument("--beta", type=float, help="KL weight (default 1/zdim; 0.01 for opus-dsd)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
