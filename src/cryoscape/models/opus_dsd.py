@@ -311,7 +311,7 @@ class OpusDSDFamily(ModelFamily):
 
     default_batch_size = 72  # the paper's batch size
     # 3e-4, not the paper's 1e-4 (tuned on 64,000 particles): measured best at 2,000 and 8,000 particles, where 1e-4
-    # learnt the states in one of two seeds at 2,000 and 1e-3 lost them at 8,000; 3e-3 diverged (RESULTS.md 9i)
+    # learnt the states weakly or not at all at 2,000 and 1e-3 lost them at 8,000; 3e-3 diverged (RESULTS.md 9i)
     default_lr = 3e-4  # decayed by --lr-decay per epoch
     default_val_frac = 0.1  # OPUS-DSD holds images out too (its default 0.2); RUN/best_epoch by val_recon
     data_state = ("pixel_size_angstrom", "norm_std", "images_seen", "snr_ema", "volume_mask", "bank.codes",
