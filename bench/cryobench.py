@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import CRYOSCAPE_CMD, WORK, machine_info, run_timed, write_json
+from bench.common import CRYODRGN, CRYOSCAPE_CMD, WORK, machine_info, run_timed, write_json
 from bench.pseudo_atomic import RESIDUE_ATOMS, _rotation, bundle_atoms
 
 DEFAULT_WORK = WORK / "cryobench"
@@ -62,7 +63,7 @@ def prepare(a) -> None:
     cmd = [*CRYOSCAPE_CMD, "simulate", "--pdb", str(model), "--move", "B", "--hinge-axis", *hinge,
            "--angles", str(-a.angle), str(a.angle), "--n-conformations", str(a.n_conformations),
            "-N", str(a.n), "-D", str(a.box), "--apix", str(a.apix), "--snr", str(a.snr), "--seed", str(a.seed),
-           "--device", "cpu", "-o", str(work / "sim"), "--overwrite"]
+           "--device", "cpu", "-o", str(work / "sim"), "--overwrite", "--pkl"]
     info = run_timed(cmd, work / "simulate.log")
     write_json(work / "prepare.json", {"command": cmd, **info})
     print(json.dumps(info))
@@ -132,6 +133,114 @@ def baselines(a) -> None:
     print(json.dumps(summary["baselines"]), json.dumps(summary["latent_metrics_current_defaults"]))
 
 
+class CryoDRGNMaps:
+    """cryoDRGN 4.3.1's decoder maps at given latents (``cryodrgn eval_vol --zfile``, run in its own venv), with the
+    interface of :func:`cryoscape.analysis.evaluate.per_image_au_fsc`'s generators."""
+
+    def __init__(self, run: Path, epoch: int, pixel_size_angstrom: float, log: Path):
+        self.weights = run / f"weights.{epoch}.pkl" if (run / f"weights.{epoch}.pkl").is_file() else run / "weights.pkl"
+        self.config = run / "config.yaml"
+        self.pixel_size_angstrom = float(pixel_size_angstrom)
+        self.log = log
+        self.seconds = 0.0
+        self.n_maps = 0
+
+    def generate_volumes(self, z, batch_size: int = 8):
+        import subprocess
+        import tempfile
+
+        import mrcfile
+
+        z = np.asarray(z, dtype=np.float64).reshape(len(z), -1)
+        with tempfile.TemporaryDirectory() as tmp:
+            zfile = Path(tmp) / "z.txt"
+            np.savetxt(zfile, z)
+            cmd = [str(CRYODRGN), "eval_vol", str(self.weights), "-c", str(self.config), "--zfile", str(zfile),
+                   "-o", str(Path(tmp) / "vols"), "--Apix", str(self.pixel_size_angstrom)]
+            t0 = time.time()
+            with open(self.log, "a") as fh:
+                subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=True,
+                               env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"))
+            self.seconds += time.time() - t0
+            paths = sorted((Path(tmp) / "vols").glob("vol_*.mrc"))
+            if len(paths) != len(z):
+                raise RuntimeError(f"cryodrgn eval_vol wrote {len(paths)} maps for {len(z)} latents")
+            vols = []
+            for path in paths:
+                with mrcfile.open(path, permissive=True) as m:
+                    vols.append(np.asarray(m.data, dtype=np.float32))
+        self.n_maps += len(z)
+        return np.stack(vols)
+
+
+def score_cryodrgn(a) -> None:
+    """cryoDRGN 4.3.1's run (``WORK/cryodrgn``, trained by ``bench/recipe.py``): its decoder maps at the same sampled
+    images and at each state's mean latent, its latent metrics, and latent-neighbour reconstructions at ITS latents
+    (the re-estimation applied to cryoDRGN's latent space); added to ``summary.json`` under ``cryodrgn``."""
+    import pickle
+
+    import torch
+
+    from cryoscape.analysis.evaluate import (
+        _jsonable,
+        cryobench_metrics,
+        evaluate_latents,
+        per_conformation_au_fsc,
+        per_image_au_fsc,
+        read_gt_maps,
+    )
+    from cryoscape.analysis.latent import load_latents
+    from cryoscape.analysis.neighbour_recon import NeighbourReconstructor, reconstructor_from_run
+
+    torch.set_num_threads(1)
+    work = Path(a.work)
+    run, cd_run, sim = work / "run", work / "cryodrgn", work / "sim"
+    summary = json.loads((work / "summary.json").read_text())
+    zpath = cd_run / f"z.{a.epoch}.pkl" if (cd_run / f"z.{a.epoch}.pkl").is_file() else cd_run / "z.pkl"
+    with open(zpath, "rb") as fh:
+        z = np.asarray(pickle.load(fh), dtype=np.float64)
+    truth = dict(np.load(sim / "labels.npz"))
+    states = truth["state"]
+    if len(z) != len(states):
+        raise SystemExit(f"{zpath}: {len(z)} latents for {len(states)} particles")
+    gt, gt_apix = read_gt_maps(sim)
+    cd = CryoDRGNMaps(cd_run, a.epoch, gt_apix, work / "cryodrgn_eval_vol.log")
+    img = per_image_au_fsc(cd, z, states, gt, n_images=a.n_images, seed=0, batch_size=a.n_images,
+                           gt_pixel_size_angstrom=gt_apix)
+    conf = per_conformation_au_fsc(cd, z, states, gt, batch_size=64, gt_pixel_size_angstrom=gt_apix)
+    decoder = json.loads((work / "eval_decoder.json").read_text())
+    same = img["indices"] == decoder["cryobench"]["per_image_au_fsc"]["indices"]
+    latent = evaluate_latents(z, truth)
+    latent.pop("_kmeans", None)
+    latent["neighborhood_similarity"] = cryobench_metrics(z, truth)["neighborhood_similarity"]
+    # latent-neighbour reconstruction at cryoDRGN's latents: the same images and poses as cryoscape's run
+    cs_latents = load_latents(run)
+    if cs_latents.indices is not None and not np.array_equal(cs_latents.indices, np.arange(len(states))):
+        raise SystemExit("cryoscape's run did not train every particle in file order")
+    rec = reconstructor_from_run(run, cs_latents.epoch, max_neighbours=a.max_neighbours, oversample=1, device="cpu")
+    t0 = time.time()
+    cd_rec = NeighbourReconstructor(z, rec.images, rec.rotations, rec.shifts_px, rec.ctf, rec.pixel_size_angstrom,
+                                    max_neighbours=a.max_neighbours, oversample=1, device="cpu")
+    rec_img = per_image_au_fsc(cd_rec, z, states, gt, n_images=a.n_images, seed=0, gt_pixel_size_angstrom=gt_apix)
+    rec_conf = per_conformation_au_fsc(cd_rec, z, states, gt, gt_pixel_size_angstrom=gt_apix)
+    t1 = time.time()
+    for d in (img, rec_img):
+        d.pop("values", None)
+        d.pop("indices", None)
+    summary["cryodrgn"] = {
+        "run": str(cd_run), "z": str(zpath), "weights": str(cd.weights), "same_sampled_images": same,
+        "decoder": {"per_image_au_fsc": img, "per_conformation_au_fsc": conf,
+                    "eval_vol_seconds": cd.seconds, "n_maps": cd.n_maps},
+        "latent": _jsonable(latent),
+        "reconstruction": {"per_image_au_fsc": rec_img, "per_conformation_au_fsc": rec_conf,
+                           "max_neighbours": a.max_neighbours, "oversample": 1, "seconds": t1 - t0},
+    }
+    write_json(work / "summary.json", summary)
+    print(f"cryoDRGN decoder: per image {img['mean']:.4f}, per conformation {conf['mean']:.4f}")
+    print(f"cryoDRGN latent-neighbour: per image {rec_img['mean']:.4f}, per conformation {rec_conf['mean']:.4f}")
+    print(json.dumps(summary["cryodrgn"]["latent"])[:2000])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="stage", required=True)
@@ -153,10 +262,15 @@ def main(argv=None) -> int:
     pb = sub.add_parser("baselines")
     pb.add_argument("--n-images", type=int, default=100)
     pb.add_argument("--max-neighbours", type=int, default=1500)
-    for q in (pp, pt, ps, pb):
+    pc = sub.add_parser("score-cryodrgn")
+    pc.add_argument("--epoch", type=int, default=20, help="cryoDRGN's epoch to score (its z.EPOCH.pkl)")
+    pc.add_argument("--n-images", type=int, default=100)
+    pc.add_argument("--max-neighbours", type=int, default=1500)
+    for q in (pp, pt, ps, pb, pc):
         q.add_argument("--work", default=str(DEFAULT_WORK))
     a = p.parse_args(argv)
-    {"prepare": prepare, "train": train, "score": score, "baselines": baselines}[a.stage](a)
+    {"prepare": prepare, "train": train, "score": score, "baselines": baselines,
+     "score-cryodrgn": score_cryodrgn}[a.stage](a)
     return 0
 
 
@@ -188,7 +302,9 @@ def score(a) -> None:
     recon_conf = per_conformation_au_fsc(rec, latents.z, states, gt, gt_pixel_size_angstrom=gt_apix)
     t2 = time.time()
     same = recon_img["indices"] == decoder["cryobench"]["per_image_au_fsc"]["indices"]
+    old = json.loads((work / "summary.json").read_text()) if (work / "summary.json").is_file() else {}
     summary = {
+        **old,  # the other stages' results (baselines, cryodrgn) stay
         "machine": machine_info(), "evaluate_command": cmd, "evaluate_run": info, "epoch": latents.epoch,
         "same_sampled_images": same,
         "decoder": {k: decoder["cryobench"][k] for k in ("per_image_au_fsc", "per_conformation_au_fsc",

@@ -95,3 +95,30 @@ def test_kernel_weights_enter_backprojection():
     np.testing.assert_allclose(weighted["volume"], subset["volume"], atol=1e-5 * np.abs(subset["volume"]).max())
     with pytest.raises(Exception, match="weights"):
         backproject(images, rot, shifts, None, APIX, progress=False, particle_weights=-w)
+
+
+def test_whole_set_candidate_is_taken_where_latents_carry_no_signal():
+    # one conformation, latents pure noise: every neighbourhood is a random subset, so the whole set (more
+    # particles, same map) must win the shell-wise choice almost everywhere and give the best map
+    vol = _state(5)
+    n = 200
+    images, rot = _images(vol, n, 6)
+    images = images + 0.5 * np.random.default_rng(7).standard_normal(images.shape).astype(np.float32)
+    shifts = np.zeros((n, 2))
+    z = np.random.default_rng(8).standard_normal((n, 2))
+    kw = dict(ks=(10, 20, 40), device="cpu")
+    with_all = NeighbourReconstructor(z, images, rot, shifts, None, APIX, **kw)
+    ladder_only = NeighbourReconstructor(z, images, rot, shifts, None, APIX, whole_set=False, **kw)
+    assert with_all.whole_set and not ladder_only.whole_set
+    m = with_all.reconstruct(z[0])
+    m0 = ladder_only.reconstruct(z[0])
+    assert m.ks == [10, 20, 40, n] and m.bandwidths[-1] == np.inf and m0.ks == [10, 20, 40]
+    assert np.mean(np.asarray(m.k_per_shell) == n) >= 0.75
+    assert au_fsc(m.volume, vol) > au_fsc(m0.volume, vol) + 0.01
+    # the whole set is back-projected once and reused for every point
+    assert with_all.whole_set_maps() is with_all.whole_set_maps()
+    plain = backproject(images, rot, shifts, None, APIX, progress=False, device="cpu")
+    np.testing.assert_allclose(with_all.whole_set_maps()["volume"], plain["volume"],
+                               atol=1e-5 * np.abs(plain["volume"]).max())
+    # a ladder that already reaches every particle gets no duplicate candidate
+    assert not NeighbourReconstructor(z, images, rot, shifts, None, APIX, ks=(50, n), device="cpu").whole_set

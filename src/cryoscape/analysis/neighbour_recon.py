@@ -5,7 +5,10 @@ regression; Gilles & Singer 2024).
 The rule, for a latent point ``z0`` (particles ``i`` with latents ``z_i``; ``d_i = |z_i - z0|``, Euclidean):
 
 1. Candidate neighbourhoods: the ``k`` nearest particles for each ``k`` of a geometric ladder (default
-   25, 50, 100, ..., 1600, capped at ``max_neighbours`` and the number of particles).
+   25, 50, 100, ..., 1600, capped at ``max_neighbours`` and the number of particles), and the whole set with equal
+   weights (the consensus map: back-projected once per reconstructor and reused for every latent point, so it
+   costs no time per map). Where the heterogeneity is below the noise (often the highest shells), the rule can so
+   fall back on every particle instead of stopping at ``max_neighbours``.
 2. Each candidate is back-projected (:func:`cryoscape.analysis.backprojection.backproject`, streamed, memory
    bounded) with Gaussian kernel weights ``w_i = exp(-d_i^2 / (2 h^2))``, ``h`` the distance of its ``k``-th
    neighbour (all weights 1 when ``h`` is 0), into two half maps ``A_k`` (even particle rows) and ``B_k`` (odd).
@@ -51,8 +54,8 @@ class NeighbourMap:
     half_b: np.ndarray
     fsc: np.ndarray  # (D // 2,) FSC of the half maps over shells i / D (cycles/pixel)
     resolution_angstrom: float  # at FSC 0.143 of the half maps
-    ks: list[int] = field(default_factory=list)  # candidate neighbourhood sizes
-    bandwidths: list[float] = field(default_factory=list)  # kernel width h of each candidate
+    ks: list[int] = field(default_factory=list)  # candidate neighbourhood sizes (the last N: the whole set)
+    bandwidths: list[float] = field(default_factory=list)  # kernel width h of each candidate (inf: equal weights)
     k_per_shell: list[int] = field(default_factory=list)  # the chosen k of each shell
 
 
@@ -67,6 +70,7 @@ class NeighbourReconstructor:
         ``(N, 2)``; ctf ``(N, 9)`` or None; pixel_size_angstrom; ctf_premultiplied: as
         :func:`cryoscape.analysis.backprojection.backproject`.
     ks : candidate neighbourhood sizes (each capped at ``max_neighbours`` and ``N``; at least 2).
+    whole_set : also offer the whole set, equal weights, as a candidate (step 1 of the rule; default True).
     oversample, device, batch_size : passed to ``backproject`` (``oversample=1``: about 8 times less memory and
         faster, slightly less accurate near Nyquist).
 
@@ -76,7 +80,7 @@ class NeighbourReconstructor:
 
     def __init__(self, z, images, rotations, shifts_px, ctf, pixel_size_angstrom: float,
                  ctf_premultiplied: bool = False, ks=DEFAULT_KS, max_neighbours: int = DEFAULT_MAX_NEIGHBOURS,
-                 oversample: int = 2, device: str | None = "cpu", batch_size: int = 256):
+                 oversample: int = 2, device: str | None = "cpu", batch_size: int = 256, whole_set: bool = True):
         z = np.asarray(z, dtype=np.float64)
         self.z = z.reshape(len(z), -1)
         n = self.z.shape[0]
@@ -90,6 +94,15 @@ class NeighbourReconstructor:
         cap = min(int(max_neighbours), n)
         self.ks = sorted({min(int(k), cap) for k in ks if int(k) >= 2}) or [cap]
         self.oversample, self.device, self.batch_size = oversample, device, batch_size
+        self.whole_set = bool(whole_set) and self.ks[-1] < n  # the ladder's top is not already every particle
+        self._whole: dict | None = None
+
+    def whole_set_maps(self) -> dict:
+        """The whole set back-projected with equal weights (``volume``, ``half_a``, ``half_b``), made once."""
+        if self._whole is None:
+            n = self.z.shape[0]
+            self._whole = self._backproject(np.arange(n), np.ones(n, dtype=np.float32))
+        return self._whole
 
     def _backproject(self, rows: np.ndarray, weights: np.ndarray) -> dict:
         full = np.zeros(self.z.shape[0], dtype=np.float32)
@@ -113,6 +126,11 @@ class NeighbourReconstructor:
             w = np.exp(-0.5 * (d[rows] / h) ** 2) if h > 0 else np.ones(k)
             cands.append(self._backproject(rows, w))
             bandwidths.append(h)
+        ks = list(self.ks)
+        if self.whole_set:
+            cands.append(self.whole_set_maps())
+            bandwidths.append(math.inf)
+            ks.append(self.z.shape[0])
         D = cands[0]["volume"].shape[-1]
         shell = _shells(D)
         if len(cands) == 1:
@@ -138,8 +156,7 @@ class NeighbourReconstructor:
         freqs, curve = fsc(ha, hb)
         return NeighbourMap(z=z0.astype(np.float32), volume=vol, half_a=ha, half_b=hb, fsc=curve,
                             resolution_angstrom=resolution_at(freqs, curve, 0.143, self.pixel_size_angstrom),
-                            ks=list(self.ks), bandwidths=bandwidths,
-                            k_per_shell=[int(self.ks[j]) for j in chosen])
+                            ks=ks, bandwidths=bandwidths, k_per_shell=[int(ks[j]) for j in chosen])
 
     def generate_volumes(self, z, batch_size: int | None = None) -> np.ndarray:
         """Maps ``(n, D, D, D)`` at the latent points ``z`` ``(n, zdim)`` (the interface of a trained model)."""

@@ -8,8 +8,9 @@ Example:
 With --reconstruct the maps are not the decoder's but latent-neighbour reconstructions (docs/metrics.md): the
 particles whose latents are nearest each point, back-projected with their poses and CTFs, Gaussian kernel weights
 by latent distance and a neighbourhood size chosen per Fourier shell by half-set cross-validation (at most
---max-neighbours particles). Each map X.mrc comes with its half maps X_half_a.mrc and X_half_b.mrc and X_fsc.txt
-(their FSC, the resolution at 0.143 and the neighbourhood sizes used).
+--max-neighbours particles, or the whole set with equal weights where that cross-validates better). Each map
+X.mrc comes with its half maps X_half_a.mrc and X_half_b.mrc and X_fsc.txt (their FSC, the resolution at 0.143
+and the neighbourhood sizes used).
 
   cryoscape eval-vol runs/vae8 --zfile runs/vae8/analysis/epoch_020/kmeans20/centers.txt -o recon/ --reconstruct
 
