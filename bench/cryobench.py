@@ -9,7 +9,16 @@ Stages (run from the repository root; each writes under ``--work``, default ``be
 * ``train``: ``cryoscape train`` (cryoDRGN family) on it, one thread;
 * ``score``: ``cryoscape evaluate`` (decoder maps: per-image and per-conformation AU-FSC, neighbourhood
   similarity, ARI, Spearman) and the per-image / per-conformation AU-FSC of latent-neighbour reconstructions
-  (``cryoscape.analysis.neighbour_recon``) at the same sampled images; writes ``summary.json``.
+  (``cryoscape.analysis.neighbour_recon``) at the same sampled images; writes ``summary.json``;
+* ``baselines``: the consensus map and the latent-neighbour maps at the TRUE coordinate (oracle);
+* ``score-cryodrgn``: cryoDRGN 4.3.1's run in ``WORK/cryodrgn`` (trained on ``sim/`` by ``bench/recipe.py run
+  --program cryodrgn --tag cryodrgn --work WORK``; ``prepare`` writes the pose.pkl / ctf.pkl it needs): its
+  decoder maps (``cryodrgn eval_vol``) at the same sampled images and state means, its latent metrics, and
+  latent-neighbour maps at its latents; added to ``summary.json``.
+
+The issue's scale (bench/RESULTS.md section 10b) trains both programs with ``bench/recipe.py`` at equal settings
+into ``WORK/run`` (cryoscape, ``--tag run``) and ``WORK/cryodrgn``, then runs ``score``, ``baselines`` and
+``score-cryodrgn``.
 
     .venv/bin/python -m bench.cryobench prepare -N 3000 -D 32 --apix 4 --snr 0.1
     .venv/bin/python -m bench.cryobench train --epochs 20
