@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     p.add_argument("-N", "--n", type=int, default=5000)
     p.add_argument("--snr", type=float, default=0.1)
     p.add_argument("--zdim", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=20, help="-n of the runs; 0: the command's own default")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tag", default="", help="names the runs and the results file (variants of the same data)")
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         log = work / f"run_z{args.zdim}{tag}_s{seed}.log"
         if not (run / "checkpoints").is_dir():
             r = run_timed([*CRYOSCAPE_CMD, "abinit", str(sim / "particles.star"), "-o", str(run), "--zdim",
-                           str(args.zdim), "-n", str(args.epochs), "--seed", str(seed), "--threads",
+                           str(args.zdim), *(["-n", str(args.epochs)] if args.epochs else []), "--seed", str(seed), "--threads",
                            str(args.threads), "--no-progress", *args.extra], log)
         else:
             r = {"wall_s": None, "note": "existing run"}

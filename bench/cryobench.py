@@ -11,6 +11,10 @@ Stages (run from the repository root; each writes under ``--work``, default ``be
   similarity, ARI, Spearman) and the per-image / per-conformation AU-FSC of latent-neighbour reconstructions
   (``cryoscape.analysis.neighbour_recon``) at the same sampled images; writes ``summary.json``;
 * ``baselines``: the consensus map and the latent-neighbour maps at the TRUE coordinate (oracle);
+* ``recon``: the latent-neighbour maps alone, with the current rule (``--no-local``: one neighbourhood choice
+  for the whole box, the rule of section 10b), at cryoscape's latents, at cryoDRGN's (when ``WORK/cryodrgn``
+  has them) and at the true coordinate (oracle), the same sampled images; added to ``summary.json`` under
+  ``recon_rules`` (``local`` or ``whole_box``), with the variable region's size and its overlap with the truth's;
 * ``score-cryodrgn``: cryoDRGN 4.3.1's run in ``WORK/cryodrgn`` (trained on ``sim/`` by ``bench/recipe.py run
   --program cryodrgn --tag cryodrgn --work WORK``; ``prepare`` writes the pose.pkl / ctf.pkl it needs): its
   decoder maps (``cryodrgn eval_vol``) at the same sampled images and state means, its latent metrics, and
@@ -250,6 +254,65 @@ def score_cryodrgn(a) -> None:
     print(json.dumps(summary["cryodrgn"]["latent"])[:2000])
 
 
+def recon(a) -> None:
+    """Latent-neighbour maps only, with the current rule (``local``) or ``--no-local``, at three latent spaces."""
+    import pickle
+
+    import torch
+
+    from cryoscape.analysis.evaluate import per_conformation_au_fsc, per_image_au_fsc, read_gt_maps
+    from cryoscape.analysis.latent import load_latents
+    from cryoscape.analysis.neighbour_recon import NeighbourReconstructor, reconstructor_from_run
+
+    torch.set_num_threads(1)
+    work = Path(a.work)
+    run, cd_run, sim = work / "run", work / "cryodrgn", work / "sim"
+    summary = json.loads((work / "summary.json").read_text())
+    latents = load_latents(run)
+    truth = np.load(sim / "labels.npz")
+    idx = latents.indices if latents.indices is not None else np.arange(len(latents.z))
+    states, coordinate = truth["state"][idx], truth["coordinate"][idx].astype(np.float64)
+    gt, gt_apix = read_gt_maps(sim)
+    base = reconstructor_from_run(run, latents.epoch, max_neighbours=a.max_neighbours, oversample=1, device="cpu",
+                                  local=a.local)
+    spaces = {"cryoscape": latents.z.astype(np.float64), "oracle": coordinate[:, None]}
+    zpath = cd_run / f"z.{a.epoch}.pkl"
+    if zpath.is_file() and np.array_equal(idx, np.arange(len(truth["state"]))):
+        with open(zpath, "rb") as fh:
+            spaces["cryodrgn"] = np.asarray(pickle.load(fh), dtype=np.float64)
+    sample = json.loads((work / "eval_decoder.json").read_text())["cryobench"]["per_image_au_fsc"]["indices"]
+    vols = np.stack([gt[s] for s in sorted(gt)])
+    sd = vols.std(axis=0)
+    true_region = sd > 0.1 * sd.max()  # where the true maps differ (for the overlap only)
+    out = {"max_neighbours": a.max_neighbours, "oversample": 1, "local": a.local}
+    for name, z in spaces.items():
+        t0 = time.time()
+        rec = NeighbourReconstructor(z, base.images, base.rotations, base.shifts_px, base.ctf,
+                                     base.pixel_size_angstrom, max_neighbours=a.max_neighbours, oversample=1,
+                                     device="cpu", local=a.local)
+        region = rec.variable_region()
+        t1 = time.time()
+        img = per_image_au_fsc(rec, z, states, gt, n_images=a.n_images, seed=0, gt_pixel_size_angstrom=gt_apix)
+        assert img["indices"] == sample
+        t2 = time.time()
+        conf = per_conformation_au_fsc(rec, z, states, gt, gt_pixel_size_angstrom=gt_apix)
+        for d in (img,):
+            d.pop("values", None)
+            d.pop("indices", None)
+        entry = {"per_image_au_fsc": img, "per_conformation_au_fsc": {k: conf[k] for k in ("mean", "n_states")},
+                 "seconds_region": t1 - t0, "seconds_per_image_map": (t2 - t1) / img["n_images"]}
+        if region is not None:
+            entry["variable_region"] = {
+                "fraction_of_box": float(np.mean(region > 0.5)),
+                "true_region_fraction_of_box": float(true_region.mean()),
+                "share_of_true_region_covered": float(np.mean(region[true_region] > 0.5))}
+        out[name] = entry
+        print(name, json.dumps({"per_image": img["mean"], "per_conformation": conf["mean"],
+                                **entry.get("variable_region", {})}), flush=True)
+    summary.setdefault("recon_rules", {})["local" if a.local else "whole_box"] = out
+    write_json(work / "summary.json", summary)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="stage", required=True)
@@ -275,11 +338,16 @@ def main(argv=None) -> int:
     pc.add_argument("--epoch", type=int, default=20, help="cryoDRGN's epoch to score (its z.EPOCH.pkl)")
     pc.add_argument("--n-images", type=int, default=100)
     pc.add_argument("--max-neighbours", type=int, default=1500)
-    for q in (pp, pt, ps, pb, pc):
+    pr = sub.add_parser("recon")
+    pr.add_argument("--n-images", type=int, default=100)
+    pr.add_argument("--max-neighbours", type=int, default=2000)
+    pr.add_argument("--epoch", type=int, default=20, help="cryoDRGN's epoch (its z.EPOCH.pkl)")
+    pr.add_argument("--no-local", dest="local", action="store_false")
+    for q in (pp, pt, ps, pb, pc, pr):
         q.add_argument("--work", default=str(DEFAULT_WORK))
     a = p.parse_args(argv)
     {"prepare": prepare, "train": train, "score": score, "baselines": baselines,
-     "score-cryodrgn": score_cryodrgn}[a.stage](a)
+     "score-cryodrgn": score_cryodrgn, "recon": recon}[a.stage](a)
     return 0
 
 

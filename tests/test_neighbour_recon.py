@@ -53,9 +53,12 @@ def test_homogeneous_set_equals_plain_backprojection(tmp_path):
     paths = write_neighbour_map(tmp_path / "vol_001.mrc", m2, APIX)
     assert [p.name for p in paths] == ["vol_001.mrc", "vol_001_half_a.mrc", "vol_001_half_b.mrc", "vol_001_fsc.txt"]
     table = np.loadtxt(paths[3])
-    assert table.shape == (D // 2, 3)
+    assert table.shape == (D // 2, 4)
     np.testing.assert_allclose(table[:, 1], m2.fsc, atol=1e-5)
     assert set(table[:, 2].astype(int)) <= {30, 60, 120}
+    # one conformation: no variable region, so one choice for the whole box
+    assert ladder.variable_region() is None
+    np.testing.assert_array_equal(table[:, 2], table[:, 3])
 
 
 def test_one_particle_cluster_per_state_with_exact_latents_recovers_each_state():
@@ -70,16 +73,25 @@ def test_one_particle_cluster_per_state_with_exact_latents_recovers_each_state()
     images, rot, z = np.concatenate(imgs), np.concatenate(rots), np.concatenate(zs)
     order = np.random.default_rng(0).permutation(len(z))  # particles of all states interleaved
     images, rot, z = images[order], rot[order], z[order]
-    rec = NeighbourReconstructor(z, images, rot, np.zeros((len(z), 2)), None, APIX, ks=(20, 40, 80),
-                                 max_neighbours=n, device="cpu")
-    vols = rec.generate_volumes(np.eye(3) * 5.0)
-    for s, v in enumerate(vols):
-        scores = [au_fsc(v, gt) for gt in states]
-        assert int(np.argmax(scores)) == s
-        assert scores[s] > 0.45
-        plain = backproject(images, rot, np.zeros((len(z), 2)), None, APIX, progress=False, device="cpu",
-                            indices=np.flatnonzero(np.all(z == np.eye(3)[s] * 5.0, axis=1)))["volume"]
-        assert au_fsc(v, plain) > 0.49  # the state's own particles only (exact latents: kernel weights all 1)
+    own_scores = {}
+    for local in (False, True):
+        rec = NeighbourReconstructor(z, images, rot, np.zeros((len(z), 2)), None, APIX, ks=(20, 40, 80),
+                                     max_neighbours=n, device="cpu", local=local)
+        vols = rec.generate_volumes(np.eye(3) * 5.0)
+        for s, v in enumerate(vols):
+            scores = [au_fsc(v, gt) for gt in states]
+            assert int(np.argmax(scores)) == s
+            assert scores[s] > 0.45
+            own_scores[local, s] = scores[s]
+            if not local:  # the state's own particles only (exact latents: kernel weights all 1)
+                plain = backproject(images, rot, np.zeros((len(z), 2)), None, APIX, progress=False, device="cpu",
+                                    indices=np.flatnonzero(np.all(z == np.eye(3)[s] * 5.0, axis=1)))["volume"]
+                assert au_fsc(v, plain) > 0.49
+        # the states differ almost everywhere in the molecule: the variable region is found
+        assert (rec.variable_region() is None) == (not local)
+    for s in range(3):  # the local choice loses little on this sparse toy (its lowest shells' choice in the
+        # region outside rests on a handful of voxels: one state scores 0.014 lower, the others the same)
+        assert own_scores[True, s] > own_scores[False, s] - 0.02
 
 
 def test_kernel_weights_enter_backprojection():
@@ -122,3 +134,64 @@ def test_whole_set_candidate_is_taken_where_latents_carry_no_signal():
                                atol=1e-5 * np.abs(plain["volume"]).max())
     # a ladder that already reaches every particle gets no duplicate candidate
     assert not NeighbourReconstructor(z, images, rot, shifts, None, APIX, ks=(50, n), device="cpu").whole_set
+
+
+def _hinge_set(n, seed, noise):
+    """A static blob and a blob that slides along x with the coordinate ``t`` in [-1, 1] (the latent)."""
+    i = np.arange(D) - D // 2
+    zz, yy, xx = np.meshgrid(i, i, i, indexing="ij")
+
+    def blob(cx, cy, cz, s):
+        return np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2 + (zz - cz) ** 2) / (2 * s * s))
+
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(-1, 1, n)
+    static = 2.0 * blob(-4, -4, 0, 1.8)
+    rots = random_rotations(n, seed=seed + 1)
+    images = np.empty((n, D, D), dtype=np.float32)
+    for j in range(n):  # one map per particle: the moving blob at its own position
+        vol = (static + blob(2 + 2.5 * t[j], 3, 0, 1.2)).astype(np.float32)
+        images[j] = project_fourier(torch.as_tensor(vol), torch.as_tensor(rots[j:j + 1], dtype=torch.float32),
+                                    gridding_correction=True)[0].numpy()
+    images += noise * rng.standard_normal(images.shape).astype(np.float32)
+    return images, rots, t, static, blob
+
+
+def test_variable_region_covers_what_moves_and_the_local_choice_helps_the_rest(tmp_path):
+    n = 800
+    images, rot, t, static, blob = _hinge_set(n, 30, noise=0.6)
+    shifts = np.zeros((n, 2))
+    kw = dict(ks=(25, 50, 100, 200), device="cpu")
+    local = NeighbourReconstructor(t[:, None], images, rot, shifts, None, APIX, **kw)
+    plain = NeighbourReconstructor(t[:, None], images, rot, shifts, None, APIX, local=False, **kw)
+    region = local.variable_region()
+    assert region is not None and plain.variable_region() is None
+    path = np.zeros((D, D, D), dtype=bool)  # the moving blob's track, x from -0.5 to 4.5 at y = 3, z = 0
+    path[D // 2, D // 2 + 3, D // 2: D // 2 + 5] = True
+    assert region[path].mean() > 0.5
+    assert region[D // 2, D // 2 - 4, D // 2 - 4] < 0.1  # the static blob's centre
+    assert region.mean() < 0.2
+    from cryoscape.analysis.neighbour_recon import write_variable_region
+    from cryoscape.io.mrc import read_mrc
+
+    logged: list[str] = []
+    written, info = read_mrc(write_variable_region(tmp_path / "variable_region.mrc", local, logged.append))
+    np.testing.assert_allclose(written, region)
+    assert abs(info.voxel_size_angstrom - APIX) < 1e-3 and "% of the box" in logged[0]
+    assert write_variable_region(tmp_path / "none.mrc", plain, logged.append) is None
+    assert not (tmp_path / "none.mrc").exists() and "none" in logged[1]
+    # the static region takes more particles than the variable one, and the map at a point gains there
+    t0 = 0.6
+    m, m0 = local.reconstruct([t0]), plain.reconstruct([t0])
+    assert np.mean(m.k_per_shell_rest) > np.mean(m.k_per_shell)
+    truth = (static + blob(2 + 2.5 * t0, 3, 0, 1.2)).astype(np.float32)
+    assert au_fsc(m.volume, truth) > au_fsc(m0.volume, truth)
+    # the two regions' maps add up: with the same choice in both, the sum equals the whole-box choice
+    from cryoscape.analysis.neighbour_recon import _choose_per_shell
+
+    cands = [{k: np.asarray(v) for k, v in c.items()} for c in (local._backproject(np.arange(100), np.ones(100)),
+                                                                 local.whole_set_maps())]
+    whole = _choose_per_shell(cands)
+    parts = [_choose_per_shell(cands, w) for w in (region, 1.0 - region)]
+    if np.array_equal(parts[0][3], whole[3]) and np.array_equal(parts[1][3], whole[3]):
+        np.testing.assert_allclose(parts[0][0] + parts[1][0], whole[0], atol=1e-5 * np.abs(whole[0]).max())

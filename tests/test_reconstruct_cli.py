@@ -37,9 +37,20 @@ def test_eval_vol_and_analyze_reconstruct(trained, tmp_path, capsys):
         assert (tmp_path / name).is_file()
     fsc = np.loadtxt(tmp_path / "one_fsc.txt")
     n_particles = len(load_latents(run).z)  # the particles the run trained on
-    chosen = set(fsc[:, 2].astype(int))
+    chosen = set(fsc[:, 2:].astype(int).ravel())  # inside and outside the variable region
     # a neighbourhood of at most --max-neighbours particles, or the whole set (equal weights) per shell
-    assert fsc.shape == (8, 3) and all(k <= 40 or k == n_particles for k in chosen), (chosen, n_particles)
+    assert fsc.shape == (8, 4) and all(k <= 40 or k == n_particles for k in chosen), (chosen, n_particles)
+    # the variable region is reported (after one epoch on 60 particles none may be found; when one is, it is
+    # written beside the map: tests/test_neighbour_recon.py checks its content)
+    out_text = capsys.readouterr().out
+    assert "variable region:" in out_text
+    assert (tmp_path / "one_variable_region.mrc").is_file() == ("variable region: none" not in out_text)
+    # --no-local: one choice for the whole box, no region file
+    assert main(["eval-vol", str(run), "--z", "0", "0", "-o", str(tmp_path / "two.mrc"), "--reconstruct",
+                 "--max-neighbours", "40", "--oversample", "1", "--device", "cpu", "--no-local"]) == 0
+    fsc2 = np.loadtxt(tmp_path / "two_fsc.txt")
+    np.testing.assert_array_equal(fsc2[:, 2], fsc2[:, 3])
+    assert not (tmp_path / "two_variable_region.mrc").exists()
     # decoder-only options are refused with one line
     assert main(["eval-vol", str(run), "--z", "0", "0", "-o", str(tmp_path / "x.mrc"), "--reconstruct",
                  "--lowpass", "10"]) != 0
@@ -51,6 +62,10 @@ def test_eval_vol_and_analyze_reconstruct(trained, tmp_path, capsys):
     assert np.loadtxt(rec / "z_values.txt").shape == (3, 2)
     assert (tmp_path / "an" / "pc1" / "reconstruct" / "vol_010_half_b.mrc").is_file()
     assert "Latent-neighbour reconstructions" in (tmp_path / "an" / "index.html").read_text()
+    html = (tmp_path / "an" / "index.html").read_text()
+    found = (tmp_path / "an" / "variable_region.mrc").is_file()  # the report says which choice was made
+    assert ("inside and outside the region that varies" in html) == found
+    assert ("no region was found to vary" in html) == (not found)
 
 
 @pytest.mark.slow

@@ -86,11 +86,17 @@ def _maps(generator, out_dir: Path, points: np.ndarray, progress: bool, flip: bo
 def _neighbour_maps(run_dir, epoch, out: Path, kdir: Path, centers: np.ndarray, z: np.ndarray, pca, n_pcs: int,
                     max_neighbours: int, device: str):
     """Latent-neighbour maps at the k-means centres and traversal points; returns a report section."""
-    from cryoscape.analysis.neighbour_recon import reconstructor_from_run, write_neighbour_map
+    from cryoscape.analysis.neighbour_recon import (
+        reconstructor_from_run,
+        write_neighbour_map,
+        write_variable_region,
+    )
     from cryoscape.analysis.report import Section, Table
 
     rec = reconstructor_from_run(run_dir, epoch, max_neighbours=max_neighbours,
                                  device=None if device == "auto" else device)
+    write_variable_region(out / "variable_region.mrc", rec, log.info)
+    region_mask = rec.variable_region()
     zdim = z.shape[1]
     groups = {kdir.name: (kdir / "reconstruct", centers)}
     for pc in range(1, (min(n_pcs, zdim) if zdim > 1 else 1) + 1):
@@ -112,8 +118,11 @@ def _neighbour_maps(run_dir, epoch, out: Path, kdir: Path, centers: np.ndarray, 
     sec.paragraphs.append(
         "Maps re-estimated at the k-means centres and traversal points from the particles nearest each point "
         f"(at most {max_neighbours}), back-projected with their poses and CTFs, with Gaussian kernel weights by "
-        "latent distance and the neighbourhood size chosen per Fourier shell by half-set cross-validation; each "
-        "map has its half maps and their FSC next to it (docs/metrics.md).")
+        "latent distance and the neighbourhood size chosen per Fourier shell by half-set cross-validation, "
+        + ("separately inside and outside the region that varies over the latent space (variable_region.mrc, "
+           f"{100 * float(np.mean(region_mask > 0.5)):.1f} % of the box); " if region_mask is not None else
+           "one choice for the whole box (no region was found to vary); ")
+        + "each map has its half maps and their FSC next to it (docs/metrics.md).")
     sec.tables.append(Table(["map", "half-map resolution at FSC 0.143 (Å)", "particles per shell"], rows))
     return sec
 

@@ -21,6 +21,16 @@ The rule, for a latent point ``z0`` (particles ``i`` with latents ``z_i``; ``d_i
 4. The map, and its two half maps, are the shell-wise combination of the chosen candidates' full and half maps;
    the FSC of the half maps (resolution at 0.143) is the map's own resolution estimate. The choice of ``k``
    saw both halves, so that estimate is slightly optimistic.
+5. Local choice (``local=True``, the default): heterogeneity is often local (a domain moves, the body does not),
+   and the body gains from every particle at shells where the domain needs few. So steps 3-4 are made twice,
+   on the candidates multiplied by a soft mask ``M`` of the *variable region* and by ``1 - M``, and the two
+   results are added (with ``M`` empty this is exactly steps 3-4). ``M`` is estimated once per reconstructor
+   from the data (:meth:`NeighbourReconstructor.variability`): the equal-weight half maps of the ``k_var``
+   nearest particles (``min(800, N / 8)``) of up to 16 k-means centres of the latents, each smoothed by a
+   Gaussian of 1.5 voxels; per voxel, the standard deviation over the centres of the half maps' mean, divided
+   by the root mean square of their half difference (the same quantity when the region does not vary: about
+   1 there). ``M`` is that ratio above 3, smoothed by a Gaussian of 2 voxels (the threshold and widths change
+   the benchmark's per-image AU-FSC by under 0.001 between 2 and 5, 1 and 3; bench/RESULTS.md 10c).
 
 Poses are the dataset's (see :func:`particle_poses`, the hook for runs that learn their poses).
 """
@@ -38,10 +48,15 @@ from cryoscape.analysis.fsc import fsc, resolution_at
 from cryoscape.errors import InputError
 
 __all__ = ["DEFAULT_KS", "DEFAULT_MAX_NEIGHBOURS", "NeighbourMap", "NeighbourReconstructor", "particle_poses",
-           "reconstructor_from_run", "write_neighbour_map", "reconstruct_maps"]
+           "reconstructor_from_run", "write_neighbour_map", "write_variable_region", "reconstruct_maps"]
 
 DEFAULT_KS = (25, 50, 100, 200, 400, 800, 1600)
 DEFAULT_MAX_NEIGHBOURS = 2000
+VARIABILITY_CENTRES = 16  # latent points the variable region is estimated from (step 5 of the rule)
+VARIABILITY_NEIGHBOURS = 800  # particles per point (at most N / 8)
+VARIABILITY_SMOOTH_PX = 1.5  # Gaussian smoothing of the half maps before the per-voxel ratio
+VARIABILITY_THRESHOLD = 3.0  # ratio of the spread over latent points to the half-map noise
+VARIABILITY_EDGE_PX = 2.0  # Gaussian softening of the thresholded region
 
 
 @dataclass
@@ -56,7 +71,8 @@ class NeighbourMap:
     resolution_angstrom: float  # at FSC 0.143 of the half maps
     ks: list[int] = field(default_factory=list)  # candidate neighbourhood sizes (the last N: the whole set)
     bandwidths: list[float] = field(default_factory=list)  # kernel width h of each candidate (inf: equal weights)
-    k_per_shell: list[int] = field(default_factory=list)  # the chosen k of each shell
+    k_per_shell: list[int] = field(default_factory=list)  # the chosen k of each shell (the variable region's)
+    k_per_shell_rest: list[int] = field(default_factory=list)  # outside the variable region (= k_per_shell: none)
 
 
 
@@ -71,6 +87,7 @@ class NeighbourReconstructor:
         :func:`cryoscape.analysis.backprojection.backproject`.
     ks : candidate neighbourhood sizes (each capped at ``max_neighbours`` and ``N``; at least 2).
     whole_set : also offer the whole set, equal weights, as a candidate (step 1 of the rule; default True).
+    local : choose the neighbourhoods separately inside and outside the variable region (step 5; default True).
     oversample, device, batch_size : passed to ``backproject`` (``oversample=1``: about 8 times less memory and
         faster, slightly less accurate near Nyquist).
 
@@ -80,7 +97,8 @@ class NeighbourReconstructor:
 
     def __init__(self, z, images, rotations, shifts_px, ctf, pixel_size_angstrom: float,
                  ctf_premultiplied: bool = False, ks=DEFAULT_KS, max_neighbours: int = DEFAULT_MAX_NEIGHBOURS,
-                 oversample: int = 2, device: str | None = "cpu", batch_size: int = 256, whole_set: bool = True):
+                 oversample: int = 2, device: str | None = "cpu", batch_size: int = 256, whole_set: bool = True,
+                 local: bool = True):
         z = np.asarray(z, dtype=np.float64)
         self.z = z.reshape(len(z), -1)
         n = self.z.shape[0]
@@ -96,6 +114,9 @@ class NeighbourReconstructor:
         self.oversample, self.device, self.batch_size = oversample, device, batch_size
         self.whole_set = bool(whole_set) and self.ks[-1] < n  # the ladder's top is not already every particle
         self._whole: dict | None = None
+        self.local = bool(local)
+        self._region: np.ndarray | None = None
+        self._region_made = False
 
     def whole_set_maps(self) -> dict:
         """The whole set back-projected with equal weights (``volume``, ``half_a``, ``half_b``), made once."""
@@ -103,6 +124,47 @@ class NeighbourReconstructor:
             n = self.z.shape[0]
             self._whole = self._backproject(np.arange(n), np.ones(n, dtype=np.float32))
         return self._whole
+
+    def variability(self) -> np.ndarray | None:
+        """The per-voxel ratio of step 5 of the rule ``(D, D, D)``, or None when the latents have fewer than two
+        distinct points (nothing can vary).
+        """
+        from scipy import ndimage
+        from sklearn.cluster import KMeans
+
+        n = self.z.shape[0]
+        distinct = np.unique(self.z, axis=0)
+        n_centres = min(VARIABILITY_CENTRES, len(distinct))
+        if n_centres < 2:
+            return None
+        k = max(2, min(VARIABILITY_NEIGHBOURS, n // 8))
+        centres = KMeans(n_centres, n_init=4, random_state=0).fit(distinct).cluster_centers_
+        mean, diff = [], []
+        for c in centres:
+            rows = np.argsort(np.linalg.norm(self.z - c, axis=1), kind="stable")[:k]
+            m = self._backproject(rows, np.ones(k, dtype=np.float32))
+            a = ndimage.gaussian_filter(m["half_a"], VARIABILITY_SMOOTH_PX)
+            b = ndimage.gaussian_filter(m["half_b"], VARIABILITY_SMOOTH_PX)
+            mean.append(0.5 * (a + b))
+            diff.append(0.5 * (a - b))
+        spread = np.stack(mean).std(axis=0)
+        noise = np.sqrt(np.mean(np.square(np.stack(diff)), axis=0))
+        return (spread / np.maximum(noise, 1e-6 * float(noise.max()) + 1e-30)).astype(np.float32)
+
+    def variable_region(self) -> np.ndarray | None:
+        """The soft mask ``M`` ``(D, D, D)`` of the variable region (step 5 of the rule), made once; None when
+        ``local`` is off or no voxel varies.
+        """
+        if not self._region_made:
+            if self.local:
+                from scipy import ndimage
+
+                ratio = self.variability()
+                if ratio is not None and (ratio > VARIABILITY_THRESHOLD).any():
+                    self._region = np.clip(ndimage.gaussian_filter(
+                        (ratio > VARIABILITY_THRESHOLD).astype(np.float32), VARIABILITY_EDGE_PX), 0.0, 1.0)
+            self._region_made = True
+        return self._region
 
     def _backproject(self, rows: np.ndarray, weights: np.ndarray) -> dict:
         full = np.zeros(self.z.shape[0], dtype=np.float32)
@@ -131,37 +193,55 @@ class NeighbourReconstructor:
             cands.append(self.whole_set_maps())
             bandwidths.append(math.inf)
             ks.append(self.z.shape[0])
-        D = cands[0]["volume"].shape[-1]
-        shell = _shells(D)
-        if len(cands) == 1:
-            chosen = np.zeros(D // 2, dtype=np.int64)
-            vol, ha, hb = cands[0]["volume"], cands[0]["half_a"], cands[0]["half_b"]
+        region = self.variable_region() if len(cands) > 1 else None
+        if region is None:
+            vol, ha, hb, chosen = _choose_per_shell(cands)
+            chosen_rest = chosen
         else:
-            fa = [np.fft.rfftn(c["half_a"]) for c in cands]
-            fb = [np.fft.rfftn(c["half_b"]) for c in cands]
-            err = np.stack([np.bincount(shell.ravel(), weights=(np.abs(a - fb[0]) ** 2 + np.abs(b - fa[0]) ** 2
-                                                                ).ravel(), minlength=D // 2)
-                            for a, b in zip(fa, fb, strict=True)])
-            chosen = np.argmin(err, axis=0)
-            pick = chosen[shell]
-
-            def combine(spectra) -> np.ndarray:
-                out = np.zeros_like(spectra[0])
-                for j, f in enumerate(spectra):
-                    out[pick == j] = f[pick == j]
-                return np.fft.irfftn(out, s=(D, D, D), axes=(0, 1, 2)).astype(np.float32)
-
-            ha, hb = combine(fa), combine(fb)
-            vol = combine([np.fft.rfftn(c["volume"]) for c in cands])
+            parts = [_choose_per_shell(cands, weight) for weight in (region, 1.0 - region)]
+            vol, ha, hb = (parts[0][i] + parts[1][i] for i in range(3))
+            chosen, chosen_rest = parts[0][3], parts[1][3]
         freqs, curve = fsc(ha, hb)
         return NeighbourMap(z=z0.astype(np.float32), volume=vol, half_a=ha, half_b=hb, fsc=curve,
                             resolution_angstrom=resolution_at(freqs, curve, 0.143, self.pixel_size_angstrom),
-                            ks=ks, bandwidths=bandwidths, k_per_shell=[int(ks[j]) for j in chosen])
+                            ks=ks, bandwidths=bandwidths, k_per_shell=[int(ks[j]) for j in chosen],
+                            k_per_shell_rest=[int(ks[j]) for j in chosen_rest])
 
     def generate_volumes(self, z, batch_size: int | None = None) -> np.ndarray:
         """Maps ``(n, D, D, D)`` at the latent points ``z`` ``(n, zdim)`` (the interface of a trained model)."""
         z = np.asarray(z, dtype=np.float64)
         return np.stack([self.reconstruct(p).volume for p in z.reshape(len(z), -1)])
+
+
+def _choose_per_shell(cands: list[dict], weight: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Steps 3-4 of the rule on candidates (dicts of ``volume``, ``half_a``, ``half_b``), each multiplied by
+    ``weight`` (a region's soft mask) when given: the map, its half maps and the chosen candidate per shell.
+    """
+    D = cands[0]["volume"].shape[-1]
+    if len(cands) == 1:
+        w = 1.0 if weight is None else weight
+        c = cands[0]
+        return c["volume"] * w, c["half_a"] * w, c["half_b"] * w, np.zeros(D // 2, dtype=np.int64)
+
+    def spectrum(x):
+        return np.fft.rfftn(x if weight is None else x * weight)
+
+    shell = _shells(D)
+    fa = [spectrum(c["half_a"]) for c in cands]
+    fb = [spectrum(c["half_b"]) for c in cands]
+    err = np.stack([np.bincount(shell.ravel(), weights=(np.abs(a - fb[0]) ** 2 + np.abs(b - fa[0]) ** 2).ravel(),
+                                minlength=D // 2) for a, b in zip(fa, fb, strict=True)])
+    chosen = np.argmin(err, axis=0)
+    pick = chosen[shell]
+
+    def combine(spectra) -> np.ndarray:
+        out = np.zeros_like(spectra[0])
+        for j, f in enumerate(spectra):
+            out[pick == j] = f[pick == j]
+        return np.fft.irfftn(out, s=(D, D, D), axes=(0, 1, 2)).astype(np.float32)
+
+    return combine([spectrum(c["volume"]) for c in cands]), combine(fa), combine(fb), chosen
 
 
 def _shells(D: int) -> np.ndarray:
@@ -233,18 +313,35 @@ def write_neighbour_map(path, result: NeighbourMap, pixel_size_angstrom: float) 
     D = result.volume.shape[-1]
     freqs = np.arange(D // 2) / D / pixel_size_angstrom
     res = result.resolution_angstrom
+    rest = result.k_per_shell_rest or result.k_per_shell
     header = (f"latent-neighbour map at z = {' '.join(f'{v:.4g}' for v in result.z)}\n"
               f"half-map resolution (FSC 0.143): {res:.2f} A\n" if math.isfinite(res) else
               f"latent-neighbour map at z = {' '.join(f'{v:.4g}' for v in result.z)}\n"
               "half-map resolution (FSC 0.143): none (below 0.143 at the first shell)\n")
     header += (f"candidate neighbourhoods k: {result.ks}; kernel widths h: "
                f"{[round(h, 4) for h in result.bandwidths]}\n"
-               f"chosen k per shell: {result.k_per_shell}\n"
-               "columns: frequency_1/A  FSC(half_a, half_b)  chosen_k")
+               f"chosen k per shell: {result.k_per_shell} in the variable region, {rest} outside it\n"
+               "columns: frequency_1/A  FSC(half_a, half_b)  chosen_k (variable region)  chosen_k (outside it)")
     with atomic_path(paths[3]) as tmp:
-        np.savetxt(tmp, np.stack([freqs, result.fsc, result.k_per_shell], axis=1), fmt=["%.6f", "%.6f", "%d"],
-                   header=header)
+        np.savetxt(tmp, np.stack([freqs, result.fsc, result.k_per_shell, rest], axis=1),
+                   fmt=["%.6f", "%.6f", "%d", "%d"], header=header)
     return paths
+
+
+def write_variable_region(path, rec: NeighbourReconstructor, log=print) -> Path | None:
+    """Write the reconstructor's variable region (step 5 of the rule; a soft mask in [0, 1]) to ``path`` and log
+    its size; nothing when it has none (``local`` off, or nothing varies).
+    """
+    from cryoscape.io.mrc import write_mrc
+
+    region = rec.variable_region()
+    if region is None:
+        log("variable region: none (one neighbourhood choice per shell for the whole box)")
+        return None
+    write_mrc(path, region, rec.pixel_size_angstrom)
+    log(f"variable region: {100 * float(np.mean(region > 0.5)):.2f} % of the box ({Path(path).name}); "
+        "neighbourhoods are chosen inside and outside it separately")
+    return Path(path)
 
 
 def reconstruct_maps(run_dir, output, z=None, zfile=None, epoch: int | None = None, log=print,
@@ -270,12 +367,16 @@ def reconstruct_maps(run_dir, output, z=None, zfile=None, epoch: int | None = No
     output = Path(output)
     single = len(points) == 1 and output.suffix == ".mrc"
     paths = [output] if single else [output / f"vol_{i + 1:03d}.mrc" for i in range(len(points))]
+    write_variable_region(output.with_name(f"{output.stem}_variable_region.mrc") if single
+                          else output / "variable_region.mrc", rec, log)
     for p, path in zip(points, paths, strict=True):
         m = rec.reconstruct(p)
         write_neighbour_map(path, m, rec.pixel_size_angstrom)
         res = f"{m.resolution_angstrom:.2f} A" if math.isfinite(m.resolution_angstrom) else "none"
         log(f"{path.name}: half-map resolution (FSC 0.143) {res}; neighbours per shell "
-            f"{min(m.k_per_shell)}-{max(m.k_per_shell)}")
+            f"{min(m.k_per_shell)}-{max(m.k_per_shell)}" + ("" if m.k_per_shell_rest == m.k_per_shell else
+                                                            f" (outside the variable region "
+                                                            f"{min(m.k_per_shell_rest)}-{max(m.k_per_shell_rest)})"))
     if not single:
         with atomic_path(output / "z_values.txt") as tmp:
             np.savetxt(tmp, points)

@@ -8,9 +8,11 @@ Example:
 With --reconstruct the maps are not the decoder's but latent-neighbour reconstructions (docs/metrics.md): the
 particles whose latents are nearest each point, back-projected with their poses and CTFs, Gaussian kernel weights
 by latent distance and a neighbourhood size chosen per Fourier shell by half-set cross-validation (at most
---max-neighbours particles, or the whole set with equal weights where that cross-validates better). Each map
-X.mrc comes with its half maps X_half_a.mrc and X_half_b.mrc and X_fsc.txt (their FSC, the resolution at 0.143
-and the neighbourhood sizes used).
+--max-neighbours particles, or the whole set with equal weights where that cross-validates better), chosen
+separately inside and outside the region that varies over the latent space (estimated from the data and written
+as variable_region.mrc; --no-local: one choice for the whole box). Each map X.mrc comes with its half maps
+X_half_a.mrc and X_half_b.mrc and X_fsc.txt (their FSC, the resolution at 0.143 and the neighbourhood sizes
+used).
 
   cryoscape eval-vol runs/vae8 --zfile runs/vae8/analysis/epoch_020/kmeans20/centers.txt -o recon/ --reconstruct
 
@@ -47,6 +49,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "writes half maps and their FSC next to each map")
     r.add_argument("--max-neighbours", type=int, default=2000, metavar="K",
                    help="most particles back-projected per map (default 2000)")
+    r.add_argument("--no-local", dest="local", action="store_false",
+                   help="one neighbourhood choice per shell for the whole box, instead of separate choices inside "
+                        "and outside the variable region (docs/metrics.md)")
     r.add_argument("--oversample", type=int, choices=(1, 2), default=2,
                    help="padding of the back-projection (default 2; 1: ~8x less memory, faster)")
 
@@ -89,16 +94,19 @@ def _reconstruct(args, output) -> int:
         raise InputError(f"--max-neighbours must be at least 2, got {args.max_neighbours}")
     if output.suffix == ".mrc" and not output.is_dir() and args.zfile is None:
         stem = output.with_suffix("")
-        for path in (output, f"{stem}_half_a.mrc", f"{stem}_half_b.mrc", f"{stem}_fsc.txt"):
+        for path in (output, f"{stem}_half_a.mrc", f"{stem}_half_b.mrc", f"{stem}_fsc.txt",
+                     f"{stem}_variable_region.mrc"):
             check_output_file(path, "eval-vol", args.overwrite)
         folder: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     else:
         folder = prepare_output_dir(output, "eval-vol", args.overwrite,
-                                    own=("vol_[0-9]*.mrc", "vol_[0-9]*_fsc.txt", "z_values.txt"))
+                                    own=("vol_[0-9]*.mrc", "vol_[0-9]*_fsc.txt", "z_values.txt",
+                                         "variable_region.mrc"))
     device = None if args.device == "auto" else args.device
     with folder:
         paths = reconstruct_maps(args.run, output, z=args.z, zfile=args.zfile, epoch=args.epoch,
-                                 max_neighbours=args.max_neighbours, oversample=args.oversample, device=device)
+                                 max_neighbours=args.max_neighbours, oversample=args.oversample, device=device,
+                                 local=args.local)
     print(f"wrote {len(paths)} latent-neighbour map(s) with half maps and FSC: {paths[0]}"
           + (" ..." if len(paths) > 1 else ""))
     return 0
