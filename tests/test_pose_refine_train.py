@@ -52,6 +52,18 @@ def test_poses_are_learned_for_training_particles_only(sim, refined_run):
     assert 0 < angle.max() < np.rad2deg(0.04)
 
 
+def test_latent_neighbour_maps_use_the_learned_poses(sim, refined_run):
+    from cryoscape.analysis.neighbour_recon import reconstructor_from_run
+
+    rec = reconstructor_from_run(refined_run, 3, ks=(10,), device="cpu")
+    _, learned = load_learned_poses(refined_run, 3)
+    consensus = load_particles(sim / "particles.star").poses
+    assert learned["refined"].any()
+    np.testing.assert_allclose(rec.rotations, learned["rotations"])
+    np.testing.assert_allclose(rec.shifts_px, learned["shifts_angstrom"] / 6.0, atol=1e-6)
+    assert not np.allclose(rec.rotations, consensus.rotations)  # not the input's poses
+
+
 @pytest.mark.parametrize("fmt", ["star", "cs"])
 def test_write_poses_round_trip(sim, refined_run, tmp_path, fmt):
     out = tmp_path / f"refined.{fmt}"

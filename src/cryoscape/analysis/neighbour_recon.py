@@ -32,7 +32,7 @@ The rule, for a latent point ``z0`` (particles ``i`` with latents ``z_i``; ``d_i
    1 there). ``M`` is that ratio above 3, smoothed by a Gaussian of 2 voxels (the threshold and widths change
    the benchmark's per-image AU-FSC by under 0.001 between 2 and 5, 1 and 3; bench/RESULTS.md 10c).
 
-Poses are the dataset's (see :func:`particle_poses`, the hook for runs that learn their poses).
+Poses are the dataset's, or those a run learned (``train --refine-poses``, ``abinit``; :func:`particle_poses`).
 """
 
 from __future__ import annotations
@@ -252,13 +252,26 @@ def _shells(D: int) -> np.ndarray:
     return np.minimum(np.rint(r).astype(np.int64), D // 2 - 1)
 
 
-def particle_poses(run_dir, particles) -> tuple[np.ndarray, np.ndarray]:
+def particle_poses(run_dir, particles, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rotations ``(N, 3, 3)`` and shifts in pixels ``(N, 2)`` to back-project a run's particles with.
 
-    Today every family trains on given poses, so these are the dataset's. Hook: a run that learns or refines
-    poses will store them in its run folder (the run-folder module in progress); read them here, in the order of
-    ``particles``, and every latent-neighbour reconstruction uses them.
+    A run that learns its poses (``train --refine-poses``, ``abinit``) back-projects with the poses learned by
+    ``epoch`` (default: the run's best, else its last epoch; ``RUN/poses``, in the order of ``particles``); any
+    other run with the dataset's.
     """
+    from cryoscape.config import load_config
+
+    config = load_config(Path(run_dir) / "config.yaml")
+    if config.train.learns_poses:
+        from cryoscape.metadata import Poses
+        from cryoscape.models.poses import load_learned_poses
+
+        _, learned = load_learned_poses(run_dir, epoch)
+        if len(learned["rotations"]) != len(particles):
+            raise InputError(f"the run learned poses for {len(learned['rotations'])} particles but its latents "
+                             f"are of {len(particles)}", run_dir)
+        poses = Poses(learned["rotations"], learned["shifts_angstrom"])
+        return poses.rotations, poses.shifts_px(particles.pixel_size_angstrom)
     if particles.poses is None:
         raise InputError("the run's particles have no poses", run_dir, "latent-neighbour reconstruction needs them")
     return particles.poses.rotations, particles.poses.shifts_px(particles.pixel_size_angstrom)
@@ -289,7 +302,7 @@ def reconstructor_from_run(run_dir, epoch: int | None = None, **kwargs) -> Neigh
         raise InputError(f"the latents refer to particle {int(indices.max())} of a file with {len(particles)}",
                          run_dir)
     particles = particles.subset(indices)
-    rotations, shifts = particle_poses(run_dir, particles)
+    rotations, shifts = particle_poses(run_dir, particles, latents.epoch)
     images = NegatedImages(particles.images) if config.data.invert_data else particles.images
     ctf = None if particles.ctf is None else particles.ctf.to_array()
     return NeighbourReconstructor(latents.z, images, rotations, shifts, ctf, particles.pixel_size_angstrom,
