@@ -140,9 +140,10 @@ def main(argv=None) -> int:
         run = work / f"run_z{args.zdim}{tag}_s{seed}"
         log = work / f"run_z{args.zdim}{tag}_s{seed}.log"
         if not (run / "checkpoints").is_dir():
+            epochs = ["-n", str(args.epochs)] if args.epochs else []
             r = run_timed([*CRYOSCAPE_CMD, "abinit", str(sim / "particles.star"), "-o", str(run), "--zdim",
-                           str(args.zdim), *(["-n", str(args.epochs)] if args.epochs else []), "--seed", str(seed), "--threads",
-                           str(args.threads), "--no-progress", *args.extra], log)
+                           str(args.zdim), *epochs, "--seed", str(seed), "--threads", str(args.threads),
+                           "--no-progress", *args.extra], log)
         else:
             r = {"wall_s": None, "note": "existing run"}
         entry: dict = {"wall_s": r.get("wall_s"), "peak_rss_mib": r.get("peak_rss_mib")}
