@@ -9,7 +9,8 @@ Writes into ``out_dir`` (default ``RUN/analysis/epoch_NNN``):
   ``sizes.txt``, ``vol_001.mrc`` ... (one map per centre);
 * ``pcN/`` (``zN/`` for zdim 1): ``z_values.txt`` and ten maps from the 5th to the 95th percentile;
 * with ``reconstruct``: ``reconstruct/`` inside ``kmeansK/`` and each traversal folder, latent-neighbour maps
-  ``vol_001.mrc`` ... with ``vol_001_half_a.mrc``, ``vol_001_half_b.mrc`` and ``vol_001_fsc.txt``;
+  ``vol_001.mrc`` ... with ``vol_001_half_a.mrc``, ``vol_001_half_b.mrc`` and ``vol_001_fsc.txt``, and
+  ``variable_region.mrc`` (the region whose neighbourhoods are chosen apart from the rest) when one is found;
 * ``evaluation.json`` when a simulation truth is given;
 * ``poses_moved_far.txt`` for a run that refined poses (``train --refine-poses``): the input indices of the
   particles whose pose moved more than 10 degrees or 3 pixels (``filter --ind ... --invert`` drops them); the

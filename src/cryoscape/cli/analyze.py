@@ -50,7 +50,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "the report's own clusters)")
     p.add_argument("--reconstruct", action="store_true",
                    help="also write latent-neighbour reconstructions (with half maps and FSC) at the k-means "
-                        "centres and traversal points, in reconstruct/ of each map folder (docs/metrics.md)")
+                        "centres and traversal points, in reconstruct/ of each map folder, and the variable region "
+                        "their neighbourhoods are chosen in, variable_region.mrc (docs/metrics.md)")
     p.add_argument("--max-neighbours", type=int, default=2000, metavar="K",
                    help="most particles back-projected per reconstruction (default 2000)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
