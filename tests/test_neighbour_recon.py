@@ -179,6 +179,13 @@ def test_variable_region_covers_what_moves_and_the_local_choice_helps_the_rest(t
     np.testing.assert_allclose(written, region)
     assert abs(info.voxel_size_angstrom - APIX) < 1e-3 and "% of the box" in logged[0]
     assert write_variable_region(tmp_path / "none.mrc", plain, logged.append) is None
+    # a given region replaces the estimate (not with local off); a wrong box is refused
+    given = NeighbourReconstructor(t[:, None], images, rot, shifts, None, APIX, region=region > 0.5, **kw)
+    np.testing.assert_array_equal(given.variable_region(), (region > 0.5).astype(np.float32))
+    assert NeighbourReconstructor(t[:, None], images, rot, shifts, None, APIX, region=region, local=False,
+                                  **kw).variable_region() is None
+    with pytest.raises(Exception, match="box"):
+        given.set_region(np.ones((8, 8, 8)))
     assert not (tmp_path / "none.mrc").exists() and "none" in logged[1]
     # the static region takes more particles than the variable one, and the map at a point gains there
     t0 = 0.6

@@ -51,6 +51,23 @@ def test_eval_vol_and_analyze_reconstruct(trained, tmp_path, capsys):
     fsc2 = np.loadtxt(tmp_path / "two_fsc.txt")
     np.testing.assert_array_equal(fsc2[:, 2], fsc2[:, 3])
     assert not (tmp_path / "two_variable_region.mrc").exists()
+    # a region the user knows moves replaces the estimate; a mask of the wrong box is refused with one line
+    from cryoscape.io.mrc import write_mrc
+
+    mask = np.zeros((16, 16, 16), dtype=np.float32)
+    mask[4:9, 4:9, 4:9] = 1.0
+    write_mrc(tmp_path / "region.mrc", mask, 6.0)
+    assert main(["eval-vol", str(run), "--z", "0", "0", "-o", str(tmp_path / "three.mrc"), "--reconstruct",
+                 "--max-neighbours", "40", "--oversample", "1", "--device", "cpu",
+                 "--region-mask", str(tmp_path / "region.mrc")]) == 0
+    np.testing.assert_array_equal(read_mrc(tmp_path / "three_variable_region.mrc")[0], mask)
+    assert "variable region (given)" in capsys.readouterr().out
+    write_mrc(tmp_path / "small.mrc", mask[:8, :8, :8], 6.0)
+    assert main(["eval-vol", str(run), "--z", "0", "0", "-o", str(tmp_path / "four.mrc"), "--reconstruct",
+                 "--region-mask", str(tmp_path / "small.mrc"), "--device", "cpu"]) != 0
+    err = capsys.readouterr().err
+    assert "region mask is a 8^3 box" in err and "small.mrc" in err and "Traceback" not in err
+    assert not (tmp_path / "four.mrc").exists()
     # decoder-only options are refused with one line
     assert main(["eval-vol", str(run), "--z", "0", "0", "-o", str(tmp_path / "x.mrc"), "--reconstruct",
                  "--lowpass", "10"]) != 0

@@ -88,6 +88,8 @@ class NeighbourReconstructor:
     ks : candidate neighbourhood sizes (each capped at ``max_neighbours`` and ``N``; at least 2).
     whole_set : also offer the whole set, equal weights, as a candidate (step 1 of the rule; default True).
     local : choose the neighbourhoods separately inside and outside the variable region (step 5; default True).
+    region : a soft mask ``(D, D, D)`` in ``[0, 1]`` to use as the variable region instead of the estimate (e.g.
+        the domain a user knows to move); ignored when ``local`` is off.
     oversample, device, batch_size : passed to ``backproject`` (``oversample=1``: about 8 times less memory and
         faster, slightly less accurate near Nyquist).
 
@@ -98,7 +100,7 @@ class NeighbourReconstructor:
     def __init__(self, z, images, rotations, shifts_px, ctf, pixel_size_angstrom: float,
                  ctf_premultiplied: bool = False, ks=DEFAULT_KS, max_neighbours: int = DEFAULT_MAX_NEIGHBOURS,
                  oversample: int = 2, device: str | None = "cpu", batch_size: int = 256, whole_set: bool = True,
-                 local: bool = True):
+                 local: bool = True, region: np.ndarray | None = None):
         z = np.asarray(z, dtype=np.float64)
         self.z = z.reshape(len(z), -1)
         n = self.z.shape[0]
@@ -117,6 +119,24 @@ class NeighbourReconstructor:
         self.local = bool(local)
         self._region: np.ndarray | None = None
         self._region_made = False
+        if region is not None:
+            self.set_region(region)
+
+    @property
+    def box(self) -> int:
+        """The particles' box ``D`` (pixels)."""
+        return int(np.shape(self.images[np.arange(1)])[-1])
+
+    def set_region(self, region) -> None:
+        """Use ``region`` (a soft mask ``(D, D, D)``, clipped to ``[0, 1]``) as the variable region instead of the
+        estimate (no effect when ``local`` is off).
+        """
+        region = np.asarray(region, dtype=np.float32)
+        D = self.box
+        if region.shape != (D, D, D):
+            raise InputError(f"the variable region is {region.shape}, the particles' box {D}^3")
+        if self.local:
+            self._region, self._region_made = np.clip(region, 0.0, 1.0), True
 
     def whole_set_maps(self) -> dict:
         """The whole set back-projected with equal weights (``volume``, ``half_a``, ``half_b``), made once."""
@@ -152,8 +172,8 @@ class NeighbourReconstructor:
         return (spread / np.maximum(noise, 1e-6 * float(noise.max()) + 1e-30)).astype(np.float32)
 
     def variable_region(self) -> np.ndarray | None:
-        """The soft mask ``M`` ``(D, D, D)`` of the variable region (step 5 of the rule), made once; None when
-        ``local`` is off or no voxel varies.
+        """The soft mask ``M`` ``(D, D, D)`` of the variable region (step 5 of the rule; the ``region`` given, or
+        estimated once); None when ``local`` is off or no voxel varies.
         """
         if not self._region_made:
             if self.local:
@@ -341,7 +361,7 @@ def write_neighbour_map(path, result: NeighbourMap, pixel_size_angstrom: float) 
     return paths
 
 
-def write_variable_region(path, rec: NeighbourReconstructor, log=print) -> Path | None:
+def write_variable_region(path, rec: NeighbourReconstructor, log=print, given: bool = False) -> Path | None:
     """Write the reconstructor's variable region (step 5 of the rule; a soft mask in [0, 1]) to ``path`` and log
     its size; nothing when it has none (``local`` off, or nothing varies).
     """
@@ -352,22 +372,27 @@ def write_variable_region(path, rec: NeighbourReconstructor, log=print) -> Path 
         log("variable region: none (one neighbourhood choice per shell for the whole box)")
         return None
     write_mrc(path, region, rec.pixel_size_angstrom)
-    log(f"variable region: {100 * float(np.mean(region > 0.5)):.2f} % of the box ({Path(path).name}); "
-        "neighbourhoods are chosen inside and outside it separately")
+    log(f"variable region{' (given)' if given else ''}: {100 * float(np.mean(region > 0.5)):.2f} % of the box "
+        f"({Path(path).name}); neighbourhoods are chosen inside and outside it separately")
     return Path(path)
 
 
 def reconstruct_maps(run_dir, output, z=None, zfile=None, epoch: int | None = None, log=print,
-                     **kwargs) -> list[Path]:
+                     region_mask=None, **kwargs) -> list[Path]:
     """Latent-neighbour maps of a run at the points ``z`` (one point) or of ``zfile``, written as
     ``cryoscape eval-vol --reconstruct`` does: ``output`` itself (an ``.mrc`` path, one point) or
     ``output/vol_NNN.mrc`` and ``z_values.txt``, each map with its half maps and FSC
-    (:func:`write_neighbour_map`). ``kwargs`` go to :class:`NeighbourReconstructor`. Returns the map paths.
+    (:func:`write_neighbour_map`), and the variable region (:func:`write_variable_region`; ``region_mask``: an MRC
+    file to use as that region). ``kwargs`` go to :class:`NeighbourReconstructor`. Returns the map paths.
     """
     from cryoscape.inference import read_latent_file
     from cryoscape.utils.atomic import atomic_path
 
     rec = reconstructor_from_run(run_dir, epoch, **kwargs)
+    if region_mask is not None:
+        from cryoscape.data.focus import load_focus_map
+
+        rec.set_region(load_focus_map(region_mask, rec.box, rec.pixel_size_angstrom, name="region mask"))
     zdim = rec.z.shape[1]
     if zfile is not None:
         points = read_latent_file(zfile, zdim)
@@ -381,7 +406,7 @@ def reconstruct_maps(run_dir, output, z=None, zfile=None, epoch: int | None = No
     single = len(points) == 1 and output.suffix == ".mrc"
     paths = [output] if single else [output / f"vol_{i + 1:03d}.mrc" for i in range(len(points))]
     write_variable_region(output.with_name(f"{output.stem}_variable_region.mrc") if single
-                          else output / "variable_region.mrc", rec, log)
+                          else output / "variable_region.mrc", rec, log, given=region_mask is not None)
     for p, path in zip(points, paths, strict=True):
         m = rec.reconstruct(p)
         write_neighbour_map(path, m, rec.pixel_size_angstrom)

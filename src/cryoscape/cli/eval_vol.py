@@ -10,7 +10,8 @@ particles whose latents are nearest each point, back-projected with their poses 
 by latent distance and a neighbourhood size chosen per Fourier shell by half-set cross-validation (at most
 --max-neighbours particles, or the whole set with equal weights where that cross-validates better), chosen
 separately inside and outside the region that varies over the latent space (estimated from the data and written
-as variable_region.mrc; --no-local: one choice for the whole box). Each map X.mrc comes with its half maps
+as variable_region.mrc; --region-mask MASK.mrc: use the region you know moves instead; --no-local: one
+choice for the whole box). Each map X.mrc comes with its half maps
 X_half_a.mrc and X_half_b.mrc and X_fsc.txt (their FSC, the resolution at 0.143 and the neighbourhood sizes
 used).
 
@@ -52,6 +53,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--no-local", dest="local", action="store_false",
                    help="one neighbourhood choice per shell for the whole box, instead of separate choices inside "
                         "and outside the variable region (docs/metrics.md)")
+    r.add_argument("--region-mask", metavar="MASK.mrc",
+                   help="a soft mask (values in [0, 1], the particles' box and pixel size) of the region that moves, "
+                        "used as the variable region instead of the estimate")
     r.add_argument("--oversample", type=int, choices=(1, 2), default=2,
                    help="padding of the back-projection (default 2; 1: ~8x less memory, faster)")
 
@@ -103,10 +107,12 @@ def _reconstruct(args, output) -> int:
                                     own=("vol_[0-9]*.mrc", "vol_[0-9]*_fsc.txt", "z_values.txt",
                                          "variable_region.mrc"))
     device = None if args.device == "auto" else args.device
+    if args.region_mask and not args.local:
+        raise InputError("--region-mask does not go with --no-local (one choice for the whole box)")
     with folder:
         paths = reconstruct_maps(args.run, output, z=args.z, zfile=args.zfile, epoch=args.epoch,
                                  max_neighbours=args.max_neighbours, oversample=args.oversample, device=device,
-                                 local=args.local)
+                                 local=args.local, region_mask=args.region_mask)
     print(f"wrote {len(paths)} latent-neighbour map(s) with half maps and FSC: {paths[0]}"
           + (" ..." if len(paths) > 1 else ""))
     return 0

@@ -58,7 +58,8 @@ SHARE_POWER = 2.0  # the weight is the share squared (bench/RESULTS.md section 1
 SHARE_EPSILON = 0.05  # the share's regulariser, as a fraction of the densest projected ray of the consensus
 
 
-def load_focus_map(path, D: int, pixel_size_angstrom: float, what: str = "mask") -> np.ndarray:
+def load_focus_map(path, D: int, pixel_size_angstrom: float, what: str = "mask", name: str | None = None
+                   ) -> np.ndarray:
     """A ``(D, D, D)`` float32 map (the focus mask or the consensus) checked against the particles: cubic, the
     particles' box and, where its header sets one, their voxel size (within 1 %). A mask must lie in ``[0, 1]``
     (clipped; values up to 1 % outside are accepted) and have a positive voxel. Anything else is an
@@ -66,32 +67,33 @@ def load_focus_map(path, D: int, pixel_size_angstrom: float, what: str = "mask")
     """
     from cryoscape.io.mrc import read_mrc
 
+    name = name or f"focus {what}"
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"focus {what} not found", path)
+        raise InputError(f"{name} not found", path)
     try:
         data, info = read_mrc(path)
     except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read the focus {what} as MRC ({exc})", path) from exc
+        raise InputError(f"cannot read the {name} as MRC ({exc})", path) from exc
     hint = f"resample it to the particles' box ({D} px) and pixel size ({pixel_size_angstrom:g} A)"
     if data.ndim != 3 or len(set(data.shape)) != 1:
-        raise InputError(f"the focus {what} must be a cubic 3-D map, got shape {data.shape}", path)
+        raise InputError(f"the {name} must be a cubic 3-D map, got shape {data.shape}", path)
     if data.shape[0] != D:
-        raise InputError(f"the focus {what} is a {data.shape[0]}^3 box, the particles are {D} x {D}", path,
+        raise InputError(f"the {name} is a {data.shape[0]}^3 box, the particles are {D} x {D}", path,
                          hint=hint)
     apix = float(info.voxel_size_angstrom)
     if apix > 0 and abs(apix - pixel_size_angstrom) > 0.01 * pixel_size_angstrom:
-        raise InputError(f"the focus {what} has {apix:g} A voxels, the particles {pixel_size_angstrom:g} A pixels",
+        raise InputError(f"the {name} has {apix:g} A voxels, the particles {pixel_size_angstrom:g} A pixels",
                          path, hint=hint)
     if not np.isfinite(data).all():
-        raise InputError(f"the focus {what} contains NaN or Inf values", path)
+        raise InputError(f"the {name} contains NaN or Inf values", path)
     if what == "mask":
         if data.min() < -_MASK_TOLERANCE or data.max() > 1 + _MASK_TOLERANCE:
-            raise InputError(f"the focus mask's values must lie in [0, 1], found [{data.min():g}, {data.max():g}]",
+            raise InputError(f"the {name}'s values must lie in [0, 1], found [{data.min():g}, {data.max():g}]",
                              path, hint="give a soft mask (e.g. relion_mask_create's), not a map")
         data = np.clip(data, 0.0, 1.0)
         if not (data > 0).any():
-            raise InputError("the focus mask has no positive voxel", path)
+            raise InputError(f"the {name} has no positive voxel", path)
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
