@@ -8,8 +8,9 @@ maps of ``WORK/run`` with one change to the rule (``cryoscape.analysis.neighbour
 
 * ``whole_box``: one choice per shell for the whole box (the rule of section 10b);
 * ``local``: the current rule (a variable region from the data, step 5 of the rule); ``--threshold``, ``--edge``
-  (module constants ``VARIABILITY_THRESHOLD``, ``VARIABILITY_EDGE_PX``) and ``--fine-ladder`` (14 sizes, ratio
-  sqrt 2) change it;
+  (module constants ``VARIABILITY_THRESHOLD``, ``VARIABILITY_EDGE_PX``), ``--fine-ladder`` (14 sizes, ratio
+  sqrt 2) and ``--one-se`` (step 3 takes the most particles within one standard error of the smallest error)
+  change it;
 * ``truth_region``: the variable region taken from the TRUE maps (where their spread over the conformations
   exceeds a tenth of its maximum, softened by 2 voxels): what a perfect region estimate gives;
 * ``--latents pcN``: neighbours along the first N principal components of the latents only;
@@ -38,6 +39,9 @@ def main(argv=None) -> int:
     p.add_argument("--threshold", type=float)
     p.add_argument("--edge", type=float)
     p.add_argument("--fine-ladder", action="store_true")
+    p.add_argument("--one-se", choices=["fraction", "voxels"],
+                   help="step 3 takes the most particles within one standard error of the smallest error, counting a "
+                        "region's coefficients as its volume fraction, or every voxel as independent")
     p.add_argument("--n-images", type=int, default=100)
     p.add_argument("--max-neighbours", type=int, default=2000)
     a = p.parse_args(argv)
@@ -53,6 +57,8 @@ def main(argv=None) -> int:
         nr.VARIABILITY_THRESHOLD = a.threshold
     if a.edge is not None:
         nr.VARIABILITY_EDGE_PX = a.edge
+    nr.ONE_STANDARD_ERROR = a.one_se is not None
+    nr.ONE_SE_MASK_FRACTION = a.one_se == "fraction"
     run, sim = a.work / "run", a.work / "sim"
     lat = load_latents(run)
     truth = np.load(sim / "labels.npz")
@@ -104,7 +110,9 @@ def main(argv=None) -> int:
     t0 = time.time()
     r = per_image_au_fsc(rec, z, states, gt, n_images=a.n_images, seed=0, gt_pixel_size_angstrom=gt_apix)
     print(json.dumps({"work": str(a.work), "rule": a.rule, "latents": a.latents, "threshold": nr.VARIABILITY_THRESHOLD,
-                      "edge": nr.VARIABILITY_EDGE_PX, "fine_ladder": a.fine_ladder, "n_images": r["n_images"],
+                      "edge": nr.VARIABILITY_EDGE_PX, "fine_ladder": a.fine_ladder,
+                      "one_se": nr.ONE_STANDARD_ERROR, "se_mask_fraction": nr.ONE_SE_MASK_FRACTION,
+                      "n_images": r["n_images"],
                       "per_image_au_fsc": round(r["mean"], 4), "sd": round(r["std"], 4),
                       "seconds_per_map": round((time.time() - t0) / r["n_images"], 2), **info}))
     return 0

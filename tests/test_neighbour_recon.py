@@ -202,3 +202,20 @@ def test_variable_region_covers_what_moves_and_the_local_choice_helps_the_rest(t
     parts = [_choose_per_shell(cands, w) for w in (region, 1.0 - region)]
     if np.array_equal(parts[0][3], whole[3]) and np.array_equal(parts[1][3], whole[3]):
         np.testing.assert_allclose(parts[0][0] + parts[1][0], whole[0], atol=1e-5 * np.abs(whole[0]).max())
+
+
+def test_one_standard_error_choice_prefers_more_particles_only_within_the_noise():
+    from cryoscape.analysis.neighbour_recon import _one_standard_error
+
+    rng = np.random.default_rng(0)
+    shell = np.repeat(np.arange(2), 400)  # two shells of 400 voxels
+    small = rng.exponential(1.0, 800)  # candidate 0 (fewest particles): the smallest error in both shells
+    wiggle = np.tile([1.0, -1.0], 400)  # voxel-to-voxel spread 1, sum 0 per shell
+    close = small + 0.01 + wiggle  # candidate 1: worse by 4 per shell, a fifth of a standard error (20)
+    far = small + 0.5 + wiggle  # candidate 2 (most particles): worse by 200, ten standard errors
+    voxel_err = np.stack([small, close, far])
+    err = np.stack([np.bincount(shell, weights=e) for e in voxel_err])
+    chosen = _one_standard_error(voxel_err, err, np.zeros(2, dtype=np.int64), shell, 1.0)
+    assert list(chosen) == [1, 1]  # not 2: its excess is many standard errors
+    # a region covering a hundredth of the box has ten times the standard error: now candidate 2 passes too
+    assert list(_one_standard_error(voxel_err, err, np.zeros(2, dtype=np.int64), shell, 0.0001)) == [2, 2]

@@ -57,6 +57,11 @@ VARIABILITY_NEIGHBOURS = 800  # particles per point (at most N / 8)
 VARIABILITY_SMOOTH_PX = 1.5  # Gaussian smoothing of the half maps before the per-voxel ratio
 VARIABILITY_THRESHOLD = 3.0  # ratio of the spread over latent points to the half-map noise
 VARIABILITY_EDGE_PX = 2.0  # Gaussian softening of the thresholded region
+# Step 3 alternative, off by default (bench/RESULTS.md 10c: safer at SNR 0.01, a loss at 0.1): the candidate with
+# the most particles within one standard error of the smallest error, counting a region's Fourier coefficients as
+# its volume fraction of the shell's (ONE_SE_MASK_FRACTION) or every voxel as independent.
+ONE_STANDARD_ERROR = False
+ONE_SE_MASK_FRACTION = True
 
 
 @dataclass
@@ -247,13 +252,18 @@ def _choose_per_shell(cands: list[dict], weight: np.ndarray | None = None
     def spectrum(x):
         return np.fft.rfftn(x if weight is None else x * weight)
 
-    shell = _shells(D)
+    shell = _shells(D).ravel()
     fa = [spectrum(c["half_a"]) for c in cands]
     fb = [spectrum(c["half_b"]) for c in cands]
-    err = np.stack([np.bincount(shell.ravel(), weights=(np.abs(a - fb[0]) ** 2 + np.abs(b - fa[0]) ** 2).ravel(),
-                                minlength=D // 2) for a, b in zip(fa, fb, strict=True)])
+    voxel_err = np.stack([(np.abs(a - fb[0]) ** 2 + np.abs(b - fa[0]) ** 2).ravel()
+                          for a, b in zip(fa, fb, strict=True)])  # (candidates, voxels)
+    err = np.stack([np.bincount(shell, weights=e, minlength=D // 2) for e in voxel_err])
     chosen = np.argmin(err, axis=0)
-    pick = chosen[shell]
+    if ONE_STANDARD_ERROR:
+        chosen = _one_standard_error(voxel_err, err, chosen, shell,
+                                     1.0 if weight is None or not ONE_SE_MASK_FRACTION
+                                     else float(np.mean(np.square(weight))))
+    pick = chosen[shell.reshape(fa[0].shape)]
 
     def combine(spectra) -> np.ndarray:
         out = np.zeros_like(spectra[0])
@@ -262,6 +272,31 @@ def _choose_per_shell(cands: list[dict], weight: np.ndarray | None = None
         return np.fft.irfftn(out, s=(D, D, D), axes=(0, 1, 2)).astype(np.float32)
 
     return combine([spectrum(c["volume"]) for c in cands]), combine(fa), combine(fb), chosen
+
+
+def _one_standard_error(voxel_err: np.ndarray, err: np.ndarray, best: np.ndarray, shell: np.ndarray,
+                        fraction: float) -> np.ndarray:
+    """Step 3's "one standard error" choice: per shell, the candidate with the most particles (the last index)
+    whose cross-validation error exceeds the smallest by at most one standard error of that difference.
+
+    ``voxel_err`` ``(C, V)``: each candidate's error per spectrum voxel; ``err`` ``(C, S)`` their sums per shell;
+    ``best`` ``(S,)`` the argmin; ``shell`` ``(V,)`` each voxel's shell; ``fraction``: the mean square of the region's
+    mask (1 for the whole box). The standard error of a shell's summed difference ``d`` over its ``n`` voxels is
+    ``sqrt(n var(d) / fraction)``: a map multiplied by a mask covering a fraction ``f`` of the box has about
+    ``f n`` independent Fourier coefficients per shell, so a small region's error is noisier than its voxel
+    count says.
+    """
+    n = np.bincount(shell, minlength=err.shape[1]).astype(np.float64)
+    chosen = best.copy()
+    for s in np.flatnonzero(n > 1):
+        rows = shell == s
+        b = int(best[s])
+        for c in range(err.shape[0] - 1, b, -1):  # most particles first
+            d = voxel_err[c, rows] - voxel_err[b, rows]
+            if err[c, s] - err[b, s] <= np.sqrt(n[s] * np.var(d) / max(fraction, 1e-12)):
+                chosen[s] = c
+                break
+    return chosen
 
 
 def _shells(D: int) -> np.ndarray:
