@@ -97,6 +97,17 @@ def test_evaluate_reports_cryobench_metrics(trained, tmp_path, capsys):
     assert res["per_conformation_au_fsc"]["n_states"] == 3
     assert set(res["neighborhood_similarity"]["state"]) == {"5", "10"}
     assert "per-image AU-FSC" in capsys.readouterr().out
+    # the same metrics for latent-neighbour reconstructions
+    out3 = tmp_path / "eval3.json"
+    assert main(["evaluate", str(run), "--truth", str(sim), "-o", str(out3), "--n-images", "5", "--reconstruct",
+                 "--max-neighbours", "30", "--device", "cpu"]) == 0
+    rec = json.loads(out3.read_text())
+    assert rec["map_source"].startswith("latent-neighbour") and json.loads(out.read_text())["map_source"] == "decoder"
+    assert rec["cryobench"]["per_image_au_fsc"]["indices"] == res["per_image_au_fsc"]["indices"]
+    assert -0.1 < rec["cryobench"]["per_image_au_fsc"]["mean"] <= 0.5
+    assert rec["cryobench"]["per_image_au_fsc"]["values"] != res["per_image_au_fsc"]["values"]
+    assert main(["evaluate", str(run), "--truth", str(sim), "-o", str(tmp_path / "x.json"), "--reconstruct",
+                 "--no-maps"]) != 0
     out2 = tmp_path / "eval2.json"
     assert main(["evaluate", str(run), "--truth", str(sim), "-o", str(out2), "--no-maps"]) == 0
     res = json.loads(out2.read_text())["cryobench"]

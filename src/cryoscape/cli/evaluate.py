@@ -14,12 +14,15 @@ within --neighbor-distance on the true coordinate); the metrics the truth (or --
 with the reason. With --align (for maps of an arbitrary orientation and hand, e.g. ab initio), the run's maps are
 first brought onto the truth by one rotation, translation and, if it fits better, hand flip, found for the map of
 the most populous state (`cryoscape fsc --align`'s search); the transform is printed and stored under
-"alignment". Prints a table and writes everything to OUT.json (an existing one only with --overwrite).
+"alignment". With --reconstruct every map is a latent-neighbour reconstruction (`eval-vol --reconstruct`'s rule,
+docs/metrics.md) instead of the decoder's. Prints a table and writes everything to OUT.json (an existing one only
+with --overwrite).
 
 Example:
   cryoscape evaluate runs/vae8 --truth sim/ -o runs/vae8/evaluation.json
   cryoscape evaluate runs/vae8 --truth sim/ --epoch 20 -k 5 --no-maps -o eval_epoch20.json
   cryoscape evaluate runs/abinit --truth sim/ --align -o runs/abinit/evaluation.json
+  cryoscape evaluate runs/vae8 --truth sim/ --reconstruct -o runs/vae8/evaluation_reconstructed.json
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="which labels of labels.npz the clusters are scored against (default state; e.g. subunit)")
     p.add_argument("--mask", choices=["auto"], help="soft-mask maps (from each ground-truth map) before FSC")
     p.add_argument("--no-maps", action="store_true", help="skip generating and comparing maps")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="score latent-neighbour reconstructions (eval-vol --reconstruct) instead of decoder maps")
+    p.add_argument("--max-neighbours", type=int, default=2000, metavar="K",
+                   help="with --reconstruct: most particles back-projected per map (default 2000)")
     p.add_argument("--align", action="store_true",
                    help="align the run's maps onto the truth (rotation, translation, hand flip) before comparing "
                         "them; report the transform")
@@ -71,6 +78,10 @@ def run(args) -> int:
         raise InputError("--n-images must be >= 0 and every --neighbor-k >= 1")
     if args.align and args.no_maps:
         raise InputError("--align aligns maps: it cannot go with --no-maps")
+    if args.reconstruct and args.no_maps:
+        raise InputError("--reconstruct makes maps: it cannot go with --no-maps")
+    if args.max_neighbours < 2:
+        raise InputError(f"--max-neighbours must be at least 2, got {args.max_neighbours}")
     if args.no_flip and not args.align:
         raise InputError("--no-flip only applies with --align")
     truth = Path(args.truth)
@@ -82,13 +93,22 @@ def run(args) -> int:
     gt_maps, generator, gt_apix = None, None, None
     if not args.no_maps:
         gt_maps, gt_apix = read_gt_maps(truth)
-        generator = load_generator(args.run, epoch, args.device)
+        if args.reconstruct:
+            from cryoscape.analysis.neighbour_recon import reconstructor_from_run
+
+            generator = reconstructor_from_run(args.run, epoch, max_neighbours=args.max_neighbours,
+                                               device=None if args.device == "auto" else args.device)
+        else:
+            generator = load_generator(args.run, epoch, args.device)
     result = evaluate_run(args.run, labels, gt_maps, generator, epoch=epoch, k=args.k, seed=args.seed,
                           mask=args.mask, batch_size=args.batch_size, gt_pixel_size_angstrom=gt_apix,
                           label_set=args.labels, n_images=None if args.n_images == 0 else args.n_images,
                           neighbor_ks=args.neighbor_k, neighbor_distance=args.neighbor_distance,
                           align=args.align, align_flip=not args.no_flip)
     result["truth"] = str(truth)
+    if not args.no_maps:
+        result["map_source"] = (f"latent-neighbour reconstructions (max_neighbours {args.max_neighbours})"
+                                if args.reconstruct else "decoder")
     atomic_write_text(args.output, json.dumps(result, indent=1, allow_nan=False) + "\n")
     print(format_evaluation(result))
     print(f"wrote {args.output}")
