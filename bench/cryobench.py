@@ -92,19 +92,12 @@ def train(a) -> None:
     print(json.dumps(info))
 
 
-def baselines(a) -> None:
-    """References for the score: the consensus map (all particles back-projected) and latent-neighbour maps with
-    the TRUE coordinate as the latent (an oracle: the best the neighbour rule can do with perfect latents), at the
-    same sampled images; then the latent metrics again with the evaluator's current defaults (``--no-maps``)."""
-    import torch
-
-    from cryoscape.analysis.backprojection import backproject
-    from cryoscape.analysis.evaluate import _state_masks, au_fsc, per_image_au_fsc, read_gt_maps
+def _scored(work: Path):
+    """A scored work folder's run, simulation, ``summary.json``, latents (and their particle rows), the true states and
+    coordinate of those rows, and the true maps with their voxel size."""
+    from cryoscape.analysis.evaluate import read_gt_maps
     from cryoscape.analysis.latent import load_latents
-    from cryoscape.analysis.neighbour_recon import NeighbourReconstructor, reconstructor_from_run
 
-    torch.set_num_threads(1)
-    work = Path(a.work)
     run, sim = work / "run", work / "sim"
     summary = json.loads((work / "summary.json").read_text())
     latents = load_latents(run)
@@ -112,6 +105,22 @@ def baselines(a) -> None:
     idx = latents.indices if latents.indices is not None else np.arange(len(latents.z))
     states, coordinate = truth["state"][idx], truth["coordinate"][idx].astype(np.float64)
     gt, gt_apix = read_gt_maps(sim)
+    return run, sim, summary, latents, idx, states, coordinate, gt, gt_apix
+
+
+def baselines(a) -> None:
+    """References for the score: the consensus map (all particles back-projected) and latent-neighbour maps with
+    the TRUE coordinate as the latent (an oracle: the best the neighbour rule can do with perfect latents), at the
+    same sampled images; then the latent metrics again with the evaluator's current defaults (``--no-maps``)."""
+    import torch
+
+    from cryoscape.analysis.backprojection import backproject
+    from cryoscape.analysis.evaluate import _state_masks, au_fsc, per_image_au_fsc
+    from cryoscape.analysis.neighbour_recon import NeighbourReconstructor, reconstructor_from_run
+
+    torch.set_num_threads(1)
+    work = Path(a.work)
+    run, sim, summary, latents, idx, states, coordinate, gt, gt_apix = _scored(work)
     rec = reconstructor_from_run(run, latents.epoch, max_neighbours=a.max_neighbours, oversample=1, device="cpu")
     t0 = time.time()
     cons = backproject(rec.images, rec.rotations, rec.shifts_px, rec.ctf, rec.pixel_size_angstrom, oversample=1,
@@ -260,19 +269,14 @@ def recon(a) -> None:
 
     import torch
 
-    from cryoscape.analysis.evaluate import per_conformation_au_fsc, per_image_au_fsc, read_gt_maps
-    from cryoscape.analysis.latent import load_latents
+    from cryoscape.analysis.evaluate import per_conformation_au_fsc, per_image_au_fsc
     from cryoscape.analysis.neighbour_recon import NeighbourReconstructor, reconstructor_from_run
 
     torch.set_num_threads(1)
     work = Path(a.work)
-    run, cd_run, sim = work / "run", work / "cryodrgn", work / "sim"
-    summary = json.loads((work / "summary.json").read_text())
-    latents = load_latents(run)
+    run, sim, summary, latents, idx, states, coordinate, gt, gt_apix = _scored(work)
+    cd_run = work / "cryodrgn"
     truth = np.load(sim / "labels.npz")
-    idx = latents.indices if latents.indices is not None else np.arange(len(latents.z))
-    states, coordinate = truth["state"][idx], truth["coordinate"][idx].astype(np.float64)
-    gt, gt_apix = read_gt_maps(sim)
     base = reconstructor_from_run(run, latents.epoch, max_neighbours=a.max_neighbours, oversample=1, device="cpu",
                                   local=a.local)
     spaces = {"cryoscape": latents.z.astype(np.float64), "oracle": coordinate[:, None]}
