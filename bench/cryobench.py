@@ -76,7 +76,7 @@ def prepare(a) -> None:
     cmd = [*CRYOSCAPE_CMD, "simulate", "--pdb", str(model), "--move", "B", "--hinge-axis", *hinge,
            "--angles", str(-a.angle), str(a.angle), "--n-conformations", str(a.n_conformations),
            "-N", str(a.n), "-D", str(a.box), "--apix", str(a.apix), "--snr", str(a.snr), "--seed", str(a.seed),
-           "--device", "cpu", "-o", str(work / "sim"), "--overwrite", "--pkl"]
+           "--device", "cpu", "-o", str(work / "sim"), "--overwrite", "--pkl", "--field", str(a.field)]
     info = run_timed(cmd, work / "simulate.log")
     write_json(work / "prepare.json", {"command": cmd, **info})
     print(json.dumps(info))
@@ -277,8 +277,8 @@ def recon(a) -> None:
     run, sim, summary, latents, idx, states, coordinate, gt, gt_apix = _scored(work)
     cd_run = work / "cryodrgn"
     truth = np.load(sim / "labels.npz")
-    base = reconstructor_from_run(run, latents.epoch, max_neighbours=a.max_neighbours, oversample=1, device="cpu",
-                                  local=a.local)
+    base = reconstructor_from_run(run, latents.epoch, max_neighbours=a.max_neighbours, oversample=a.oversample,
+                                  device="cpu", local=a.local)
     spaces = {"cryoscape": latents.z.astype(np.float64), "oracle": coordinate[:, None]}
     zpath = cd_run / f"z.{a.epoch}.pkl"
     if zpath.is_file() and np.array_equal(idx, np.arange(len(truth["state"]))):
@@ -288,12 +288,14 @@ def recon(a) -> None:
     vols = np.stack([gt[s] for s in sorted(gt)])
     sd = vols.std(axis=0)
     true_region = sd > 0.1 * sd.max()  # where the true maps differ (for the overlap only)
-    out = {"max_neighbours": a.max_neighbours, "oversample": 1, "local": a.local}
+    out = {"max_neighbours": a.max_neighbours, "oversample": a.oversample, "local": a.local}
+    if a.spaces:
+        spaces = {k: v for k, v in spaces.items() if k in a.spaces}
     for name, z in spaces.items():
         t0 = time.time()
         rec = NeighbourReconstructor(z, base.images, base.rotations, base.shifts_px, base.ctf,
-                                     base.pixel_size_angstrom, max_neighbours=a.max_neighbours, oversample=1,
-                                     device="cpu", local=a.local)
+                                     base.pixel_size_angstrom, max_neighbours=a.max_neighbours,
+                                     oversample=a.oversample, device="cpu", local=a.local)
         region = rec.variable_region()
         t1 = time.time()
         img = per_image_au_fsc(rec, z, states, gt, n_images=a.n_images, seed=0, gt_pixel_size_angstrom=gt_apix)
@@ -313,7 +315,10 @@ def recon(a) -> None:
         out[name] = entry
         print(name, json.dumps({"per_image": img["mean"], "per_conformation": conf["mean"],
                                 **entry.get("variable_region", {})}), flush=True)
-    summary.setdefault("recon_rules", {})["local" if a.local else "whole_box"] = out
+    key = ("local" if a.local else "whole_box") + ("" if a.oversample == 1 else f"_oversample{a.oversample}")
+    # re-read: other stages (or a recon of other --spaces) may have written meanwhile; merge this one's spaces in
+    summary = json.loads((work / "summary.json").read_text())
+    summary.setdefault("recon_rules", {}).setdefault(key, {}).update(out)
     write_json(work / "summary.json", summary)
 
 
@@ -328,6 +333,8 @@ def main(argv=None) -> int:
     pp.add_argument("--angle", type=float, default=40.0, help="the arm turns over -ANGLE..ANGLE degrees")
     pp.add_argument("--n-conformations", type=int, default=50)
     pp.add_argument("--seed", type=int, default=0)
+    pp.add_argument("--field", type=int, default=1,
+                    help="simulate --field: images cut from a field FIELD boxes wide (default 1: circular CTF)")
     pt = sub.add_parser("train")
     pt.add_argument("--epochs", type=int, default=20)
     pt.add_argument("--zdim", type=int, default=8)
@@ -347,6 +354,10 @@ def main(argv=None) -> int:
     pr.add_argument("--max-neighbours", type=int, default=2000)
     pr.add_argument("--epoch", type=int, default=20, help="cryoDRGN's epoch (its z.EPOCH.pkl)")
     pr.add_argument("--no-local", dest="local", action="store_false")
+    pr.add_argument("--oversample", type=int, choices=(1, 2), default=1,
+                    help="back-projection padding (default 1, as sections 10b-10c; the commands' default is 2)")
+    pr.add_argument("--spaces", nargs="+", choices=("cryoscape", "oracle", "cryodrgn"),
+                    help="latent spaces to score (default all available)")
     for q in (pp, pt, ps, pb, pc, pr):
         q.add_argument("--work", default=str(DEFAULT_WORK))
     a = p.parse_args(argv)

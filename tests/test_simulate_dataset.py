@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cryoscape.cli.main import main
+from cryoscape.errors import InputError
 from cryoscape.imaging.rotations import euler_relion_to_matrix
 from cryoscape.io.mrc import read_mrc, write_mrc
 from cryoscape.io.particles import load_particles
@@ -54,6 +55,35 @@ def test_ctf_sign_and_bfactor_envelope():
     Fp, Fd = np.abs(np.fft.fft2(plain)), np.abs(np.fft.fft2(damped))
     s2 = 0.25**2 / apix**2  # frequency index D/4 along x: k = 0.25 cycles/px
     assert Fd[0, D // 4] / Fp[0, D // 4] == pytest.approx(np.exp(-200.0 * s2 / 4), rel=1e-3)
+
+
+def test_field_images_are_the_linear_convolution_cut_from_a_micrograph():
+    """``field`` > 1: the image of a centred Gaussian is its projection convolved (linearly, no wrap-around) with the
+    CTF's point spread, evaluated independently as a Hankel transform of the radial CTF; with ``field`` 1 the CTF
+    acts on the box's own spectrum, so the signal it spreads past the edge wraps back in and the image differs."""
+    from scipy.special import j0
+
+    from cryoscape.imaging.ctf import compute_ctf
+
+    D, apix, sigma, defocus = 32, 2.0, 1.5, 15000.0  # delocalisation at Nyquist ~37 px, past the box's edge
+    vol = torch.tensor(render_gaussians(np.zeros((1, 3)), sigma * apix, 1.0, D, apix))
+    ctf = torch.tensor(CTFParams.create([defocus], defocus, 0.0, 300.0, 2.7, 0.1).to_array())
+    k = np.linspace(0.0, 0.5, 4001)  # cycles/pixel, to the band limit
+    c = compute_ctf(torch.tensor(np.stack([k / apix, 0.0 * k], -1)), ctf)[0].numpy()
+    r = np.hypot(*(np.indices((D, D)) - D // 2)).ravel()
+    radial = c * np.exp(-2 * np.pi**2 * sigma**2 * k**2) * 2 * np.pi * k  # CTF x the Gaussian's 2-D spectrum
+    expected = np.trapezoid(radial[None] * j0(2 * np.pi * k[None] * r[:, None]), k, axis=1).reshape(D, D)
+    rot, origin = torch.eye(3)[None].double(), torch.zeros(1, 2).double()
+
+    def error(field):
+        img = form_images(vol, rot, origin, ctf.double(), apix, field=field)[0].numpy()
+        assert img.shape == (D, D)
+        return np.linalg.norm(img - expected) / np.linalg.norm(expected)
+
+    assert error(2) < 0.005 and error(4) < 0.005
+    assert error(1) > 0.05  # the circular model: wrapped signal
+    with pytest.raises(InputError):
+        form_images(vol, rot, origin, ctf.double(), apix, field=0)
 
 
 def test_assign_states_exact_ratio():
@@ -152,6 +182,22 @@ def test_simulate_bad_arguments(tmp_path, capsys):
     assert main(["simulate", "--preset", "homogeneous", "--snr", "-1", "-o", str(tmp_path)]) == 2
     assert "--snr" in capsys.readouterr().err
     assert main(["simulate", "--preset", "homogeneous", "-D", "15", "-o", str(tmp_path)]) == 2
+    assert main(["simulate", "--preset", "homogeneous", "--field", "0", "-o", str(tmp_path / "f0")]) == 2
+    assert "--field" in capsys.readouterr().err
+
+
+def test_simulate_field_option(tmp_path):
+    """`simulate --field 2`: the same metadata and noise-free signal inside the box up to the wrapped CTF signal,
+    recorded in labels.npz."""
+    common = ["--preset", "homogeneous", "-N", "6", "-D", "16", "--apix", "2.0", "--snr", "inf", "--clean"]
+    assert main(["simulate", *common, "-o", str(tmp_path / "f1")]) == 0
+    assert main(["simulate", *common, "--field", "2", "-o", str(tmp_path / "f2")]) == 0
+    assert int(np.load(tmp_path / "f2" / "labels.npz")["field"]) == 2
+    assert int(np.load(tmp_path / "f1" / "labels.npz")["field"]) == 1
+    a, b = (read_mrc(tmp_path / f / "clean.mrcs")[0] for f in ("f1", "f2"))
+    assert a.shape == b.shape == (6, 16, 16)
+    # the same particles (poses, CTFs): the images agree in their low frequencies and differ where the CTF wraps
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.5 and not np.allclose(a, b, atol=1e-3 * np.abs(a).max())
 
 
 @pytest.mark.parametrize("command", ["simulate", "backproject", "downsample"])

@@ -391,8 +391,12 @@ def backproject(
     indices : integer array, optional, the particles to use (default all); half maps split them by the parity
         of the particle index.
     progress : bool, show a tqdm progress bar.
-    oversample : int, padding factor of images and Fourier grid (2 recommended; 1 needs about 8 times less
-        memory and is slightly less accurate near Nyquist).
+    oversample : int, padding factor of images and Fourier grid. 2 (default): each image is zero-padded before
+        the CTF correction, the adjoint of cutting a particle from a micrograph (the CTF's delocalised signal has
+        left the box); 1: the CTF acts on the box's own spectrum, which is exact for images formed that way (the
+        circular model of cryoDRGN's and CryoBench's simulations, and of ``simulate`` without ``field``) and
+        needs about 8 times less memory. On particles cut from a wider field 2 reconstructs better; on circular
+        simulations with delocalisation comparable to the box 1 does (``bench/RESULTS.md`` section 10d).
     wiener_epsilon : float, optional, the regulariser added to the weights; default ``1e-3`` times the mean
         weight of the voxels inside the Nyquist sphere (small: suited to many images).
     device : torch device, optional (default CUDA when available, else CPU).

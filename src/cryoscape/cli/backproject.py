@@ -58,8 +58,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="images processed at once (default 256)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--oversample", type=int, choices=(1, 2), default=2,
-                        help="padding factor of the Fourier grid: 2 (default) or 1 (8 times smaller grids, "
-                             "slightly less accurate near Nyquist)")
+                        help="padding factor of the images and Fourier grid: 2 (default: the images are zero-padded "
+                             "before the CTF, right for particles cut from micrographs) or 1 (8 times smaller grids; "
+                             "exact for images whose CTF was applied on the box's own spectrum, as in cryoDRGN's "
+                             "and CryoBench's simulations)")
     parser.add_argument("--max-memory-gb", type=float, metavar="GB",
                         help="refuse to start when the estimated memory exceeds GB (default: the memory available "
                              "on the machine; D=256 needs about 3 GB, D=384 about 8 GB)")

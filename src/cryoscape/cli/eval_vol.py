@@ -57,7 +57,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="a soft mask (values in [0, 1], the particles' box and pixel size) of the region that moves, "
                         "used as the variable region instead of the estimate")
     r.add_argument("--oversample", type=int, choices=(1, 2), default=2,
-                   help="padding of the back-projection (default 2; 1: ~8x less memory, faster)")
+                   help="padding of the back-projection (default 2: right for particles cut from micrographs; 1: "
+                        "~8x less memory, faster, and exact for simulations whose CTF wraps around the box, "
+                        "`simulate` without --field)")
 
 
 def run(args) -> int:

@@ -75,6 +75,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--astigmatism", type=float, default=0.05, metavar="UM",
                         help="dfU - dfV uniform in [0, UM] micrometres (default 0.05)")
     parser.add_argument("--bfactor", type=float, default=0.0, help="B-factor envelope in A^2 (default 0)")
+    parser.add_argument("--field", type=int, default=1, metavar="F",
+                        help="form each image in a field F boxes wide and keep its central box, as particles are cut "
+                             "from micrographs: the signal the CTF spreads past the box edge is lost (default 1: the "
+                             "CTF applied on the box's own spectrum wraps it back in, as in cryoDRGN's and "
+                             "CryoBench's simulations)")
     parser.add_argument("--no-ctf", action="store_true", help="no CTF (metadata describe a perfect microscope)")
     parser.add_argument("--cs", action="store_true", help="also write OUT/particles.cs (cryoSPARC)")
     parser.add_argument("--pkl", action="store_true", help="also write OUT/pose.pkl and OUT/ctf.pkl (cryoDRGN)")
@@ -109,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--apix must be positive, got {args.apix}")
     if (args.move or args.hinge_axis) and not args.pdb:
         raise InputError("--move and --hinge-axis need one atomic model (--pdb MODEL)")
+    if args.field < 1:
+        raise InputError(f"--field must be at least 1, got {args.field}")
     lo, hi = args.defocus
     if not 0 <= lo <= hi:
         raise InputError(f"--defocus needs 0 <= MIN <= MAX, got {lo} {hi}")
@@ -136,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
             states, args.n_particles, out, snr=args.snr, seed=args.seed, max_shift_px=args.max_shift,
             defocus_range_um=(lo, hi), astigmatism_um=args.astigmatism, bfactor_angstrom2=args.bfactor,
             ctf=not args.no_ctf, write_cs=args.cs, write_pkl=args.pkl, write_clean=args.clean,
-            chunk_size=args.chunk_size, device=device, premultiply=args.premultiply,
+            chunk_size=args.chunk_size, device=device, premultiply=args.premultiply, field=args.field,
         )
     log.info("noise standard deviation %.4g; wrote %s", result["noise_std"], args.outdir)
     return 0

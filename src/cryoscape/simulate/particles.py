@@ -11,6 +11,11 @@ cryoDRGN paper, ``var(clean)`` is the variance over every pixel of every noise-f
 dataset (the whole ``D x D`` box, not a mask). The B-factor envelope damps the images but is *not* written to the
 metadata (as in the paper's simulations, the reconstruction does not know it).
 
+By default the CTF multiplies the ``D x D`` spectrum: a circular convolution, so the signal the CTF delocalises past
+the box edge wraps back in (the image model of RELION, cryoDRGN and CryoBench's simulations, which the decoders
+also assume). With ``field`` > 1 each image is formed in a wider field and its central ``D x D`` window is cut, as
+a particle is cut from a micrograph: that signal leaves the box and is lost (see ``form_images``).
+
 With ``premultiply`` the final images (noise included) are multiplied by their CTF once more and the STAR file
 says ``rlnCtfDataAreCtfPremultiplied 1`` (RELION's CTF-premultiplied images).
 
@@ -29,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as nnf
 
 from cryoscape.errors import InputError
 from cryoscape.imaging.ctf import ctf_image
@@ -63,6 +69,7 @@ def form_images(
     pixel_size_angstrom: float,
     bfactor_angstrom2: float = 0.0,
     oversample: int = 2,
+    field: int = 1,
 ) -> torch.Tensor:
     """Noise-free particle images of one volume.
 
@@ -75,22 +82,39 @@ def form_images(
     pixel_size_angstrom : float.
     bfactor_angstrom2 : float, envelope ``exp(-B s^2 / 4)`` applied on top of the CTF.
     oversample : int, padding factor of the Fourier projector.
+    field : int, the image is formed in a field ``field * D`` pixels wide (the volume zero-padded to it), and its
+        central ``D x D`` window is kept, as a particle is cut from a micrograph: the CTF's point spread is a linear
+        convolution whose delocalised signal leaves the box. ``1`` (default): the CTF is applied on the ``D x D``
+        spectrum itself, a circular convolution that wraps that signal back into the box (the image model of
+        RELION, cryoDRGN and CryoBench's simulations).
 
     Returns
     -------
-    real tensor ``(B, D, D)`` (dtype and device of ``volume``), band-limited to ``|k| < D/2`` pixels.
+    real tensor ``(B, D, D)`` (dtype and device of ``volume``), band-limited to ``|k| < D/2`` pixels (of the
+    ``field * D`` spectrum before the window is cut).
     """
     D = volume.shape[-1]
+    if int(field) < 1:
+        raise InputError(f"the image field must be at least 1 box wide, got {field}")
+    if field > 1:
+        Df = int(field) * D
+        lo = Df // 2 - D // 2  # the volume's centre D // 2 lands on the field's centre Df // 2
+        volume = nnf.pad(volume, (lo, Df - D - lo) * 3)
+    Df = volume.shape[-1]
     rotations = rotations.to(device=volume.device, dtype=volume.dtype)
     F = fft2_centered(project_fourier(volume, rotations, oversample=oversample, gridding_correction=True))
-    transfer = circle_mask(D, device=volume.device).to(volume.dtype)
+    transfer = circle_mask(Df, device=volume.device).to(volume.dtype)
     if bfactor_angstrom2:
-        s2 = (freq_grid_2d(D, device=volume.device, dtype=volume.dtype) ** 2).sum(-1) / pixel_size_angstrom**2
+        s2 = (freq_grid_2d(Df, device=volume.device, dtype=volume.dtype) ** 2).sum(-1) / pixel_size_angstrom**2
         transfer = transfer * torch.exp(-0.25 * float(bfactor_angstrom2) * s2)
     if ctf is not None:
-        transfer = transfer * ctf_image(D, pixel_size_angstrom, ctf.to(device=volume.device, dtype=volume.dtype))
+        transfer = transfer * ctf_image(Df, pixel_size_angstrom, ctf.to(device=volume.device, dtype=volume.dtype))
     F = phase_shift(F * transfer, -origins_px.to(device=volume.device, dtype=volume.dtype))
-    return ifft2_centered(F).real
+    images = ifft2_centered(F).real
+    if Df != D:
+        lo = Df // 2 - D // 2
+        images = images[..., lo : lo + D, lo : lo + D]
+    return images
 
 
 def premultiply_by_ctf(images: np.ndarray, ctf, pixel_size_angstrom: float, device: str = "cpu") -> np.ndarray:
@@ -190,6 +214,7 @@ def simulate_stack(
     on_state: Callable[[int, np.ndarray], None] | None = None,
     progress=None,
     device: str | torch.device = "cpu",
+    field: int = 1,
 ) -> float:
     """Fill an output stack with simulated particle images.
 
@@ -206,6 +231,7 @@ def simulate_stack(
     on_state : optional callback ``(state, volume)`` called once per rendered map (e.g. to save it).
     progress : optional object with ``update(n)`` (e.g. a tqdm bar), advanced by images done (twice: clean, noise).
     device : torch device for the projections.
+    field : int, images formed in a field ``field * D`` wide and cut to ``D`` (:func:`form_images`).
 
     Returns
     -------
@@ -215,7 +241,7 @@ def simulate_stack(
     D, apix = states.D, states.pixel_size_angstrom
     # The Fourier projector currently holds one copy of the oversampled complex volume per image of a batch
     # (8 * (2D)^3 bytes each); cap the batch so that stays under about 1 GiB.
-    proj_chunk = max(1, min(int(chunk_size), _PROJECTION_BYTES // (8 * (2 * D) ** 3)))
+    proj_chunk = max(1, min(int(chunk_size), _PROJECTION_BYTES // (8 * (2 * D * int(field)) ** 3)))
     ctf_all = meta.ctf.to_array()
     origins_all = meta.poses.shifts_px(apix)
     total, total_sq = 0.0, 0.0
@@ -236,6 +262,7 @@ def simulate_stack(
                 torch.as_tensor(ctf_all[sel]),
                 apix,
                 bfactor_angstrom2,
+                field=field,
             ).cpu().numpy()
             particles_out[sel] = images
             if clean_out is not None:
@@ -277,6 +304,7 @@ def simulate_dataset(
     progress: bool | None = None,
     device: str = "cpu",
     premultiply: bool = False,
+    field: int = 1,
 ) -> dict:
     """Simulate a dataset and write it to ``out_dir``.
 
@@ -297,6 +325,8 @@ def simulate_dataset(
     device : torch device for the projections.
     premultiply : bool, write CTF-premultiplied images (``CTF x (image + noise)``; ``clean.mrcs`` ``CTF x image``),
         flagged in ``particles.star``; needs ``ctf`` and excludes ``write_cs``/``write_pkl`` (which cannot record it).
+    field : int, form each image in a field ``field * D`` wide and keep its central ``D x D`` window (the CTF's
+        delocalised signal leaves the box, as in particles cut from micrographs); 1 (default): the circular model.
 
     Returns
     -------
@@ -313,6 +343,8 @@ def simulate_dataset(
     if premultiply and (not ctf or write_cs or write_pkl):
         raise InputError("CTF-premultiplied images need a CTF, and cannot be recorded in particles.cs or ctf.pkl",
                          hint="leave out --no-ctf, --cs and --pkl with --premultiply")
+    if int(field) < 1:
+        raise InputError(f"the image field must be at least 1 box wide, got {field}")
     out = check_writable_dir(Path(out_dir))
     n = int(n_particles)
     D, apix = states.D, states.pixel_size_angstrom
@@ -328,7 +360,7 @@ def simulate_dataset(
         particles = stack.enter_context(open_stack_for_writing(out / "particles.mrcs", n, D, apix))
         clean = stack.enter_context(open_stack_for_writing(out / "clean.mrcs", n, D, apix)) if write_clean else None
         noise_std = simulate_stack(states, meta, particles, snr, seed, clean, bfactor_angstrom2, chunk_size,
-                                   save_state, bar, device)
+                                   save_state, bar, device, field=field)
         if premultiply:
             ctf_all = meta.ctf.to_array()
             for start in range(0, n, chunk_size):
@@ -362,6 +394,7 @@ def simulate_dataset(
         "state_weights": states.weights.astype(np.float64),
         "snr": np.float64(snr),
         "noise_std": np.float64(noise_std),
+        "field": np.int64(field),
     }
     for key, per_state in states.extra.items():
         labels[key] = np.asarray(per_state)[meta.states]
