@@ -249,6 +249,7 @@ def score_cryodrgn(a) -> None:
     for d in (img, rec_img):
         d.pop("values", None)
         d.pop("indices", None)
+    summary = json.loads((work / "summary.json").read_text())  # re-read: a recon stage may have written meanwhile
     summary["cryodrgn"] = {
         "run": str(cd_run), "z": str(zpath), "weights": str(cd.weights), "same_sampled_images": same,
         "decoder": {"per_image_au_fsc": img, "per_conformation_au_fsc": conf,

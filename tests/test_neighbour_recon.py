@@ -219,3 +219,42 @@ def test_one_standard_error_choice_prefers_more_particles_only_within_the_noise(
     assert list(chosen) == [1, 1]  # not 2: its excess is many standard errors
     # a region covering a hundredth of the box has ten times the standard error: now candidate 2 passes too
     assert list(_one_standard_error(voxel_err, err, np.zeros(2, dtype=np.int64), shell, 0.0001)) == [2, 2]
+
+
+def test_padded_candidates_are_judged_against_the_unpadded_smallest_neighbourhood(monkeypatch):
+    """Step 3 with ``oversample`` 2: the reference halves are the smallest neighbourhood back-projected without
+    padding (same particles, same kernel weights); with ``oversample`` 1 the first candidate is the reference."""
+    import cryoscape.analysis.neighbour_recon as nr
+
+    vol = _state(3)
+    images, rot = _images(vol, 60, 4)
+    z = np.linspace(0.0, 1.0, 60)[:, None]
+    calls, seen = [], []
+    real_bp, real_choose = nr.backproject, nr._choose_per_shell
+
+    def spy_bp(*args, **kwargs):
+        calls.append((kwargs["oversample"], np.flatnonzero(kwargs["particle_weights"]).tolist(),
+                      kwargs["particle_weights"].copy()))
+        return real_bp(*args, **kwargs)
+
+    def spy_choose(cands, weight=None, reference=None):
+        seen.append((cands, reference))
+        return real_choose(cands, weight, reference)
+
+    monkeypatch.setattr(nr, "backproject", spy_bp)
+    monkeypatch.setattr(nr, "_choose_per_shell", spy_choose)
+    for oversample in (2, 1):
+        calls.clear()
+        seen.clear()
+        rec = NeighbourReconstructor(z, images, rot, np.zeros((60, 2)), None, APIX, ks=(10, 20), device="cpu",
+                                     oversample=oversample, local=False)
+        rec.reconstruct([0.3])
+        cands, reference = seen[-1]
+        if oversample == 2:
+            # the ladder (10, 20) and the whole set padded, then the 10 nearest again unpadded as the reference
+            assert [c[0] for c in calls] == [2, 2, 2, 1]
+            assert calls[3][1] == calls[0][1] and np.allclose(calls[3][2], calls[0][2])
+            assert reference is not None and reference["half_a"].shape == (D, D, D)
+            assert not np.allclose(reference["half_a"], cands[0]["half_a"])
+        else:
+            assert [c[0] for c in calls] == [1, 1, 1] and reference is None
