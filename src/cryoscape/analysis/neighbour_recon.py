@@ -18,8 +18,8 @@ The rule, for a latent point ``z0`` (particles ``i`` with latents ``z_i``; ``d_i
    particles), so the error estimates bias^2 + variance of ``A_k`` up to a constant. With ``oversample`` > 1 the
    reference halves ``A_k0``, ``B_k0`` are back-projected without padding (``oversample=1``): a dozen particles
    leave most voxels of the twice finer grid empty, which shrinks their map towards zero and biases the choice
-   towards the whole set; the unpadded grid is four times denser (bench/RESULTS.md section 10d: +0.005 per-image
-   AU-FSC at the learned latents, +0.010 at the true coordinate). Low frequencies, where the
+   towards the whole set; the unpadded grid is four times denser (bench/RESULTS.md section 10d: +0.003-0.004
+   per-image AU-FSC on the D=64 sets, +0.010 at the true coordinate on six images). Low frequencies, where the
    signal is strong, take small neighbourhoods (little blurring across the latent space); high frequencies,
    where noise dominates, take large ones.
 4. The map, and its two half maps, are the shell-wise combination of the chosen candidates' full and half maps;
