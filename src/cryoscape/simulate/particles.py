@@ -12,8 +12,8 @@ dataset (the whole ``D x D`` box, not a mask). The B-factor envelope damps the i
 metadata (as in the paper's simulations, the reconstruction does not know it).
 
 By default the CTF multiplies the ``D x D`` spectrum: a circular convolution, so the signal the CTF delocalises past
-the box edge wraps back in (the image model of RELION, cryoDRGN and CryoBench's simulations, which the decoders
-also assume). With ``field`` > 1 each image is formed in a wider field and its central ``D x D`` window is cut, as
+the box edge wraps back in (the image model of RELION's and cryoDRGN's reconstructions, of CryoBench's simulations
+and of the decoders). With ``field`` > 1 each image is formed in a wider field and its central ``D x D`` window is cut, as
 a particle is cut from a micrograph: that signal leaves the box and is lost (see ``form_images``).
 
 With ``premultiply`` the final images (noise included) are multiplied by their CTF once more and the STAR file
@@ -86,7 +86,7 @@ def form_images(
         central ``D x D`` window is kept, as a particle is cut from a micrograph: the CTF's point spread is a linear
         convolution whose delocalised signal leaves the box. ``1`` (default): the CTF is applied on the ``D x D``
         spectrum itself, a circular convolution that wraps that signal back into the box (the image model of
-        RELION, cryoDRGN and CryoBench's simulations).
+        RELION's and cryoDRGN's reconstructions and of CryoBench's simulations).
 
     Returns
     -------
