@@ -13,8 +13,8 @@ metadata (as in the paper's simulations, the reconstruction does not know it).
 
 By default the CTF multiplies the ``D x D`` spectrum: a circular convolution, so the signal the CTF delocalises past
 the box edge wraps back in (the image model of RELION's and cryoDRGN's reconstructions, of CryoBench's simulations
-and of the decoders). With ``field`` > 1 each image is formed in a wider field and its central ``D x D`` window is cut, as
-a particle is cut from a micrograph: that signal leaves the box and is lost (see ``form_images``).
+and of the decoders). With ``field`` > 1 each image is formed in a wider field and its central ``D x D`` window
+is cut, as a particle is cut from a micrograph: that signal leaves the box and is lost (see ``form_images``).
 
 With ``premultiply`` the final images (noise included) are multiplied by their CTF once more and the STAR file
 says ``rlnCtfDataAreCtfPremultiplied 1`` (RELION's CTF-premultiplied images).
