@@ -93,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cryoscape {args.command}: interrupted", file=sys.stderr)
         return 130
-    return int(result or 0)
+    code = int(result or 0)
+    distributed = sys.modules.get("cryoscape.train.distributed")  # loaded only by commands that may run under torchrun
+    if distributed is not None and distributed.left_together():  # a worker after a finished run: see exit_worker
+        distributed.exit_worker(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import logging
 import os
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -72,6 +75,33 @@ def leave_together(info: DistInfo, wait_s: float = 300.0) -> None:
     except Exception:  # noqa: BLE001 - a peer that already left; leave anyway
         pass
     _leave_process_group()
+    global _LEFT_TOGETHER
+    _LEFT_TOGETHER = True
+
+
+_LEFT_TOGETHER = False
+
+
+def left_together() -> bool:
+    """True in a ``torchrun`` worker whose run finished and left the process group with its peers."""
+    return _LEFT_TOGETHER
+
+
+def exit_worker(code: int) -> NoReturn:
+    """End a ``torchrun`` worker that has left its group: flush the logs and streams, then exit at once.
+
+    Interpreter finalization in a process that has held a gloo group can still, rarely, abort it ("terminate called
+    without an active exception", once in CI under load after the barrier and the destroy) when C++ threads release
+    Python objects while the interpreter is torn down; every output is written and closed by then, so a worker skips
+    finalization (``os._exit``) rather than turn a finished run into a failed one.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001, S110 - a closed stream: nothing left to flush
+            pass
+    os._exit(code)
 
 
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
