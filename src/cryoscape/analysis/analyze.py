@@ -128,6 +128,63 @@ def _neighbour_maps(run_dir, epoch, out: Path, kdir: Path, centers: np.ndarray, 
     return sec
 
 
+ALIGNED_DIR = "aligned"
+
+
+def align_class_maps(vols: np.ndarray, voxel: float, sizes: np.ndarray, out_dir: Path):
+    """Bring the k-means maps ``vols`` ``(k, D, D, D)`` (voxel size ``voxel``, A) of one run into one frame: each
+    is aligned (:func:`cryoscape.analysis.align.align_maps`, rotation and translation, the hand kept) to the map of
+    the largest cluster (``sizes``: particles per cluster). Writes ``out_dir/vol_NNN.mrc`` and
+    ``out_dir/alignment.json``; returns ``(aligned maps, report section)``.
+
+    Why: an ab initio run with a latent space can find each state in a frame of its own (the likelihood does not
+    tie the states' frames together: a state's map turned, with its particles' poses turned back, explains the same
+    images); on the AdK hinge set the class maps came out 10-26 degrees apart (``bench/RESULTS.md`` section 14b),
+    so they cannot be compared, or a difference map made, as written. The maps in ``kmeansK/`` stay in the frame of
+    the run's poses (``write-poses``).
+    """
+    from cryoscape.analysis.align import align_maps
+    from cryoscape.analysis.maps import map_correlation
+    from cryoscape.analysis.report import Section, Table
+    from cryoscape.io.mrc import write_mrc
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ref = int(np.argmax(sizes))
+    aligned, records, rows = [], [], []
+    for c, vol in enumerate(vols):
+        record: dict[str, Any]
+        if c == ref:
+            moved, record = np.asarray(vol, np.float32), {"cluster": c, "reference": True}
+        else:
+            alignment = align_maps(vol, vols[ref], voxel, flip=False)
+            moved = alignment.apply(vol)
+            record = {"cluster": c, "reference": False, **alignment.to_dict()}
+        record["correlation_with_reference_as_written"] = float(map_correlation(vol, vols[ref]))
+        record["correlation_with_reference_aligned"] = float(map_correlation(moved, vols[ref]))
+        write_mrc(out_dir / f"vol_{c + 1:03d}.mrc", moved, voxel_size_angstrom=voxel)
+        aligned.append(moved)
+        records.append(record)
+        rows.append([str(c), str(int(sizes[c])),
+                     "reference" if c == ref else f"{record['rotation_angle_deg']:.1f}",
+                     "-" if c == ref else ", ".join(f"{v:.1f}" for v in record["translation_angstrom"]),
+                     f"{record['correlation_with_reference_as_written']:.3f}",
+                     f"{record['correlation_with_reference_aligned']:.3f}"])
+        log.info(f"class map {c + 1}/{len(vols)}: " + ("the reference (largest cluster)" if c == ref else
+                 f"turned {record['rotation_angle_deg']:.1f} deg onto the reference, correlation "
+                 f"{record['correlation_with_reference_as_written']:.3f} -> "
+                 f"{record['correlation_with_reference_aligned']:.3f}"))
+    atomic_write_text(out_dir / "alignment.json", json.dumps(
+        {"reference_cluster": ref, "voxel_size_angstrom": voxel, "hand": "kept", "maps": records}, indent=2))
+    sec = Section("Class maps in one frame", paragraphs=[
+        f"An ab initio run can find each state in a frame of its own, so the k-means maps were aligned (rotation and "
+        f"translation, the hand kept) to the map of the largest cluster ({ref}) and written to "
+        f"{out_dir.parent.name}/{out_dir.name}/ (the maps in {out_dir.parent.name}/ stay in the frame of the run's "
+        f"poses, which `cryoscape write-poses` writes). Turn this off with --no-align-maps."])
+    sec.tables.append(Table(["cluster", "particles", "rotation onto the reference (deg)", "translation (Å)",
+                             "correlation as written", "correlation aligned"], rows))
+    return np.stack(aligned), sec
+
+
 def chimerax_script(out_dir: Path, kmeans_maps: list[Path], traversals: dict[str, list[Path]],
                     voxel_size: float, title: str) -> str:
     """A ChimeraX ``.cxc`` script (to be saved in ``out_dir``) that opens the analysis maps.
@@ -150,7 +207,8 @@ def chimerax_script(out_dir: Path, kmeans_maps: list[Path], traversals: dict[str
              "close"]
     if k:
         colors = cluster_colors(k)
-        lines.append(f"# k-means maps: model #c+1 is cluster c (kmeans{k}/vol_NNN.mrc)")
+        folder = Path(kmeans_maps[0]).parent.relative_to(out_dir).as_posix()
+        lines.append(f"# k-means maps: model #c+1 is cluster c ({folder}/vol_NNN.mrc)")
         for c, path in enumerate(kmeans_maps):
             hex_color = "#" + "".join(f"{int(round(255 * v)):02x}" for v in colors[c][:3])
             lines += [f"open {rel(path)}", f"rename #{c + 1} cluster_{c}", f"color #{c + 1} {hex_color}"]
@@ -294,7 +352,7 @@ def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 
                 skip_umap: bool = False, skip_volumes: bool = False, truth=None, device: str = "auto",
                 seed: int = 0, progress: bool = True, flip: bool = False, invert: bool = False,
                 downsample: int | None = None, truth_labels: str = "state", truth_k: int | None = None,
-                reconstruct: bool = False, max_neighbours: int = 2000) -> Path:
+                reconstruct: bool = False, max_neighbours: int = 2000, align_maps: bool | None = None) -> Path:
     """Analyse the latents of ``run_dir`` at ``epoch`` (default: ``RUN/best_epoch``, else the last) and write
     plots, maps and ``index.html``; returns the report.
 
@@ -309,6 +367,9 @@ def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 
     most ``max_neighbours`` particles each) at the k-means centres and traversal points, into ``reconstruct/``
     inside ``kmeansK/`` and each traversal folder, each map with its half maps and FSC; the report lists their
     half-map resolutions.
+
+    ``align_maps`` (default: for ``cryoscape abinit`` runs) also writes the k-means maps aligned to the largest
+    cluster's map into ``kmeansK/aligned/`` (:func:`align_class_maps`), and the ChimeraX script opens those.
     """
     from cryoscape.analysis.analysis_index import record_analysis
     from cryoscape.analysis.volume_space import load_generator
@@ -384,21 +445,29 @@ def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 
 
     center_volumes = None
     traversals: dict[str, np.ndarray] = {}
+    sections = []
+    if align_maps is None:
+        align_maps = _is_abinit(run_dir)
     if generator is not None:
         post: dict[str, Any] = dict(flip=flip, invert=invert, downsample=downsample)
         log.info(f"generating {k} k-means centre maps")
         center_volumes, voxel = _maps(generator, kdir, z[km.center_indices], progress, **post)
+        class_maps = [kdir / f"vol_{i + 1:03d}.mrc" for i in range(k)]
+        if align_maps and k > 1:
+            log.info(f"aligning the {k} k-means maps to the largest cluster's (--no-align-maps to skip)")
+            _, aligned_section = align_class_maps(center_volumes, voxel, sizes, kdir / ALIGNED_DIR)
+            sections.append(aligned_section)
+            class_maps = [kdir / ALIGNED_DIR / f"vol_{i + 1:03d}.mrc" for i in range(k)]
         for pc in range(1, (min(n_pcs, zdim) if zdim > 1 else 1) + 1):
             name = f"pc{pc}" if zdim > 1 else "z1"
             points = pc_traversal_points(z, pc, pca=pca) if zdim > 1 else percentile_points(z[:, 0])
             log.info(f"generating {len(points)} maps along {name}")
             traversals[name], _ = _maps(generator, out / name, points, progress, **post)
         atomic_write_text(out / "chimerax.cxc", chimerax_script(
-            out, [kdir / f"vol_{i + 1:03d}.mrc" for i in range(k)],
+            out, class_maps,
             {name: [out / name / f"vol_{i + 1:03d}.mrc" for i in range(len(v))] for name, v in traversals.items()},
             voxel, f"cryoscape analysis of {run_dir.name}, epoch {epoch}"))
 
-    sections = []
     if reconstruct:
         sections.append(_neighbour_maps(run_dir, epoch, out, kdir, z[km.center_indices], z, pca, n_pcs,
                                         max_neighbours, device))
