@@ -217,23 +217,23 @@ def test_abinit_refuses_validation_and_refine_poses_in_one_line(sim, tmp_path, c
     assert not (tmp_path / "run").exists()
 
 
-def test_analyze_of_a_heterogeneous_abinit_run_writes_its_class_maps_in_one_frame(sim, tmp_path):
-    """abinit --zdim: `analyze` aligns the k-means maps to the largest cluster's by default (kmeansK/aligned/, the
-    ChimeraX script opens those); --no-align-maps leaves them as the run's poses see them."""
+def test_analyze_align_maps_writes_the_class_maps_of_an_abinit_run_in_one_frame(sim, tmp_path):
+    """abinit --zdim, then `analyze --align-maps`: the k-means maps aligned to the largest cluster's
+    (kmeansK/aligned/, the ChimeraX script opens those); without it the maps stay as the run's poses see them."""
     import json
 
     out, inputs = sim
     folder = tmp_path / "het"
     assert main(["abinit", *inputs["star"], "-o", str(folder), "--zdim", "2", "-n", "2", *SMALL]) == 0
     a, b = tmp_path / "a", tmp_path / "b"
-    assert main(["analyze", str(folder), "--ksample", "2", "--skip-umap", "-o", str(a), "--device", "cpu"]) == 0
+    assert main(["analyze", str(folder), "--ksample", "2", "--skip-umap", "-o", str(a), "--device", "cpu",
+                 "--align-maps"]) == 0
     record = json.loads((a / "kmeans2" / "aligned" / "alignment.json").read_text())
     assert [m["cluster"] for m in record["maps"]] == [0, 1]
     assert sum(m["reference"] for m in record["maps"]) == 1
     assert (a / "kmeans2" / "aligned" / "vol_002.mrc").is_file() and (a / "kmeans2" / "vol_002.mrc").is_file()
     assert "open kmeans2/aligned/vol_001.mrc" in (a / "chimerax.cxc").read_text()
     assert "Class maps in one frame" in (a / "index.html").read_text()
-    assert main(["analyze", str(folder), "--ksample", "2", "--skip-umap", "-o", str(b), "--device", "cpu",
-                 "--no-align-maps"]) == 0
+    assert main(["analyze", str(folder), "--ksample", "2", "--skip-umap", "-o", str(b), "--device", "cpu"]) == 0
     assert not (b / "kmeans2" / "aligned").exists()
     assert "open kmeans2/vol_001.mrc" in (b / "chimerax.cxc").read_text()

@@ -1,4 +1,4 @@
-"""Class maps of one run brought into one frame (``analyze --align-maps``, on by default for abinit runs): each
+"""Class maps of one run brought into one frame (``analyze --align-maps``): each
 k-means map is aligned to the largest cluster's map; the maps of ``kmeansK/`` stay as the run's poses see them."""
 
 from __future__ import annotations

@@ -137,11 +137,11 @@ def align_class_maps(vols: np.ndarray, voxel: float, sizes: np.ndarray, out_dir:
     the largest cluster (``sizes``: particles per cluster). Writes ``out_dir/vol_NNN.mrc`` and
     ``out_dir/alignment.json``; returns ``(aligned maps, report section)``.
 
-    Why: an ab initio run with a latent space can find each state in a frame of its own (the likelihood does not
-    tie the states' frames together: a state's map turned, with its particles' poses turned back, explains the same
-    images); on the AdK hinge set the class maps came out 10-26 degrees apart (``bench/RESULTS.md`` section 14b),
-    so they cannot be compared, or a difference map made, as written. The maps in ``kmeansK/`` stay in the frame of
-    the run's poses (``write-poses``).
+    Use: maps of different states superposed (rotation and translation, by the correlation of the whole map) for
+    a side-by-side view or a difference map. The maps in ``kmeansK/`` stay in the frame of the run's poses
+    (``write-poses``). The frame of each state is not fixed by the images (a state's map turned, with its
+    particles' poses turned back, explains the same images); in the heterogeneous ab initio runs measured so far the
+    class maps came out superposed to within about 3 degrees (``bench/RESULTS.md`` section 14b).
     """
     from cryoscape.analysis.align import align_maps
     from cryoscape.analysis.maps import map_correlation
@@ -176,10 +176,10 @@ def align_class_maps(vols: np.ndarray, voxel: float, sizes: np.ndarray, out_dir:
     atomic_write_text(out_dir / "alignment.json", json.dumps(
         {"reference_cluster": ref, "voxel_size_angstrom": voxel, "hand": "kept", "maps": records}, indent=2))
     sec = Section("Class maps in one frame", paragraphs=[
-        f"An ab initio run can find each state in a frame of its own, so the k-means maps were aligned (rotation and "
-        f"translation, the hand kept) to the map of the largest cluster ({ref}) and written to "
-        f"{out_dir.parent.name}/{out_dir.name}/ (the maps in {out_dir.parent.name}/ stay in the frame of the run's "
-        f"poses, which `cryoscape write-poses` writes). Turn this off with --no-align-maps."])
+        f"The k-means maps aligned (rotation and translation by the correlation of the whole map, the hand kept) to "
+        f"the map of the largest cluster ({ref}), written to {out_dir.parent.name}/{out_dir.name}/ (--align-maps; "
+        f"the maps in {out_dir.parent.name}/ stay in the frame of the run's poses, which `cryoscape write-poses` "
+        f"writes)."])
     sec.tables.append(Table(["cluster", "particles", "rotation onto the reference (deg)", "translation (Å)",
                              "correlation as written", "correlation aligned"], rows))
     return np.stack(aligned), sec
@@ -352,7 +352,7 @@ def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 
                 skip_umap: bool = False, skip_volumes: bool = False, truth=None, device: str = "auto",
                 seed: int = 0, progress: bool = True, flip: bool = False, invert: bool = False,
                 downsample: int | None = None, truth_labels: str = "state", truth_k: int | None = None,
-                reconstruct: bool = False, max_neighbours: int = 2000, align_maps: bool | None = None) -> Path:
+                reconstruct: bool = False, max_neighbours: int = 2000, align_maps: bool = False) -> Path:
     """Analyse the latents of ``run_dir`` at ``epoch`` (default: ``RUN/best_epoch``, else the last) and write
     plots, maps and ``index.html``; returns the report.
 
@@ -368,8 +368,8 @@ def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 
     inside ``kmeansK/`` and each traversal folder, each map with its half maps and FSC; the report lists their
     half-map resolutions.
 
-    ``align_maps`` (default: for ``cryoscape abinit`` runs) also writes the k-means maps aligned to the largest
-    cluster's map into ``kmeansK/aligned/`` (:func:`align_class_maps`), and the ChimeraX script opens those.
+    ``align_maps`` also writes the k-means maps aligned to the largest cluster's map into ``kmeansK/aligned/``
+    (:func:`align_class_maps`), and the ChimeraX script opens those.
     """
     from cryoscape.analysis.analysis_index import record_analysis
     from cryoscape.analysis.volume_space import load_generator
@@ -446,15 +446,13 @@ def analyze_run(run_dir, out_dir=None, epoch: int | None = None, ksample: int = 
     center_volumes = None
     traversals: dict[str, np.ndarray] = {}
     sections = []
-    if align_maps is None:
-        align_maps = _is_abinit(run_dir)
     if generator is not None:
         post: dict[str, Any] = dict(flip=flip, invert=invert, downsample=downsample)
         log.info(f"generating {k} k-means centre maps")
         center_volumes, voxel = _maps(generator, kdir, z[km.center_indices], progress, **post)
         class_maps = [kdir / f"vol_{i + 1:03d}.mrc" for i in range(k)]
         if align_maps and k > 1:
-            log.info(f"aligning the {k} k-means maps to the largest cluster's (--no-align-maps to skip)")
+            log.info(f"aligning the {k} k-means maps to the largest cluster's (--align-maps)")
             _, aligned_section = align_class_maps(center_volumes, voxel, sizes, kdir / ALIGNED_DIR)
             sections.append(aligned_section)
             class_maps = [kdir / ALIGNED_DIR / f"vol_{i + 1:03d}.mrc" for i in range(k)]

@@ -20,7 +20,7 @@ Example:
   cryoscape analyze runs/vae8 --epoch 15 --skip-umap
   cryoscape analyze runs/vae8 --flip -D 128        # mirror the maps (wrong hand) and write them at box 128
   cryoscape analyze runs/abinit_homo               # zdim 0: map.mrc, loss curves, viewing directions
-  cryoscape analyze runs/abinit_het --ksample 3    # abinit --zdim N: class maps also in one frame, kmeans3/aligned/
+  cryoscape analyze runs/abinit_het --ksample 3 --align-maps   # class maps also superposed: kmeans3/aligned/
 """
 
 from __future__ import annotations
@@ -55,11 +55,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "their neighbourhoods are chosen in, variable_region.mrc (docs/metrics.md)")
     p.add_argument("--max-neighbours", type=int, default=2000, metavar="K",
                    help="most particles back-projected per reconstruction (default 2000)")
-    p.add_argument("--align-maps", action=argparse.BooleanOptionalAction, default=None,
+    p.add_argument("--align-maps", action="store_true",
                    help="also write the k-means maps aligned (rotation, translation; hand kept) to the largest "
                         "cluster's map, in kmeansK/aligned/ with alignment.json, and open those in chimerax.cxc "
-                        "(default: on for `cryoscape abinit` runs, whose states can come out in frames of their own; "
-                        "10-30 s per map at D=64 on a CPU)")
+                        "(10-30 s per map at D=64 on a CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
 
