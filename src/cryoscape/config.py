@@ -132,9 +132,14 @@ class CryoDRGNConfig(MLPModelConfig):
     # copy in RUN/focus/ that `cryoscape train` writes: back-projected, or the --focus-consensus map given)
     focus_mask: str | None = None
     focus_consensus: str | None = None
+    # image formation of the rendered slices: the CTF applied on a field this many boxes wide, the box cut from it
+    # and windowed as the images were (1: the CTF on the box's own spectrum, cryoDRGN's circular model)
+    ctf_field: int = 1
 
     def __post_init__(self):
         super().__post_init__()
+        if int(self.ctf_field) != self.ctf_field or self.ctf_field < 1:
+            raise InputError(f"--ctf-field must be a whole number >= 1, got {self.ctf_field}")
         if self.focus_consensus and not self.focus_mask:
             raise InputError("--focus-consensus needs --focus-mask")
         if self.freq_march < 0:

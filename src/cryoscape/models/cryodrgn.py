@@ -15,6 +15,15 @@ likelihood of ``CTF x`` noise), which puts the loss on the plain data's scale.
 
 Only half of the Hermitian-symmetric slice is evaluated; the other half follows from ``F(-k) = conj F(k)``.
 
+Image formation (``ctf_field``): with 1 (cryoDRGN's model) the slice is multiplied by the CTF on the box's own
+``D x D`` spectrum, a circular convolution in which the signal the CTF spreads past the box edge wraps back in.
+Particles cut from micrographs do not wrap: their delocalised signal has left the box (and a neighbour's has
+come in, as noise). With ``ctf_field = F > 1`` the rendered slice (zero outside the model's pixels) is taken to
+real space, placed in a field ``F D`` wide, multiplied there by the CTF on the field's finer spectrum, the
+central ``D x D`` box cut out and multiplied by the images' real-space window, then transformed back: the
+forward model of ``cryoscape simulate --field F`` and of a box cut from a micrograph (``docs/conventions.md``).
+The FFTs cost little next to the decoder (D=64, F=2: three ``128 x 128`` and two ``64 x 64`` transforms per image).
+
 Frequency marching (optional, as in cryoDRGN-AI): while training, only pixels with ``|k| < r`` are decoded and
 scored, the radius ``r`` growing linearly from ``march_start * D/2`` to ``D/2`` over the first
 ``freq_march_epochs`` epochs. The low resolutions, which carry the heterogeneity signal, are learnt first, and the
@@ -30,9 +39,10 @@ import numpy as np
 import torch
 
 from cryoscape.data.fourier_pixels import FourierPixels
+from cryoscape.data.preprocess import make_window
 from cryoscape.errors import InputError
 from cryoscape.imaging.ctf import compute_ctf, premultiplied_weights
-from cryoscape.imaging.fft import hartley2, ifft3_centered, ihartley2
+from cryoscape.imaging.fft import freq_grid_2d, hartley2, ifft3_centered, ihartley2
 from cryoscape.imaging.lattice import central_slice_coords
 from cryoscape.models.decoders import CoordinateDecoder
 from cryoscape.models.family import FamilyModel, ModelFamily
@@ -55,12 +65,16 @@ class CryoDRGN(FamilyModel):
     freq_march_epochs, march_start : frequency marching (see the module docstring; ``0`` epochs = off).
     ctf_premultiplied : the images are CTF-premultiplied (the slice is multiplied by ``CTF^2``; no phase flip;
         squared errors weighted by ``1 / (CTF^2 + eps)``).
+    ctf_field, window : image formation on a field ``ctf_field`` boxes wide, then cut and multiplied by ``window``
+        ``(D, D)`` (the images' real-space window; ``None``: none); 1 (default): the circular model (module
+        docstring).
     """
 
     # registered buffers (declared for type checkers: nn.Module attribute access is untyped)
     pixel_size_angstrom: torch.Tensor
     norm_std: torch.Tensor
     freqs: torch.Tensor
+    window: torch.Tensor | None
 
     family = "cryodrgn"
 
@@ -68,10 +82,18 @@ class CryoDRGN(FamilyModel):
                  dec_dim: int = 256, dec_layers: int = 3, pe_type: str = "gaussian", pe_dim: int | None = None,
                  feat_sigma: float = 0.5, activation: str = "relu", beta: float | None = None,
                  norm_std: float = 1.0, freq_march_epochs: float = 0.0, march_start: float = 0.25,
-                 ctf_premultiplied: bool = False):
+                 ctf_premultiplied: bool = False, ctf_field: int = 1, window: torch.Tensor | None = None):
         super().__init__()
         self.D = D
         self.ctf_premultiplied = bool(ctf_premultiplied)
+        self.ctf_field = int(ctf_field)
+        if self.ctf_field < 1:
+            raise ValueError(f"ctf_field must be >= 1, got {ctf_field}")
+        if self.ctf_field > 1 and self.ctf_premultiplied:
+            raise ValueError("ctf_field > 1 models images with the CTF applied once, not CTF-premultiplied ones")
+        # the real-space window of the images (ctf_field > 1 applies it to the rendered images too)
+        self.register_buffer("window", None if window is None else torch.as_tensor(window, dtype=torch.float32),
+                             persistent=False)
         self.zdim = zdim
         self.consensus_only = False  # set_consensus_only
         self.beta = (1.0 / zdim if zdim > 0 else 0.0) if beta is None else float(beta)
@@ -184,7 +206,10 @@ class CryoDRGN(FamilyModel):
             pred = self.render(batch["rot"], z, subset[: (subset.numel() - 1) // 2])
             target, ctf = y[:, subset], (None if ctf is None else ctf[:, subset])
         if ctf is not None:
-            pred = pred * self.transfer(ctf)
+            if self.ctf_field > 1:
+                pred = self.ctf_in_field(pred, batch["ctf"], None if subset is None else self.pixels.index[subset])
+            else:
+                pred = pred * self.transfer(ctf)
         weight = batch.get("weight")
         if weight is not None:
             if subset is not None:
@@ -200,6 +225,36 @@ class CryoDRGN(FamilyModel):
             loss = loss + self.beta * terms["kl"] / y.shape[1]
         terms["loss"] = loss
         return terms
+
+    def ctf_in_field(self, values: torch.Tensor, ctf, index: torch.Tensor | None = None) -> torch.Tensor:
+        """The images of rendered slices, formed as in a micrograph (module docstring, ``ctf_field``).
+
+        Parameters
+        ----------
+        values : ``(B, P')`` Hartley values of the slices at the model's pixels (``index`` ``(P',)``: their flat
+            ``D * D`` positions; default all of the model's pixels), zero elsewhere (band-limited to the lattice).
+        ctf : :class:`~cryoscape.imaging.ctf.CTFTensors` ``(B,)``.
+
+        Returns
+        -------
+        ``(B, P')`` Hartley values of ``window * crop_D(IFT_FD(CTF_FD * FT_FD(pad_FD(IFT_D(values)))))`` at the
+        same pixels (the CTF is real and even, so it multiplies Hartley values as it does Fourier ones).
+        """
+        B, D = values.shape[0], self.D
+        FD = self.ctf_field * D
+        if index is None:
+            index = self.pixels.index
+        index = index.to(values.device)
+        grid = values.new_zeros(B, D * D).index_copy(1, index, values)
+        projection = ihartley2(grid.reshape(B, D, D))  # centre at pixel D // 2
+        o = FD // 2 - D // 2  # the box's centre onto the field's
+        field = torch.nn.functional.pad(projection, (o, FD - D - o, o, FD - D - o))
+        freqs = freq_grid_2d(FD, device=values.device, dtype=values.dtype).reshape(-1, 2)
+        ctf_field = compute_ctf(freqs / self.pixel_size_angstrom, ctf).reshape(B, FD, FD).to(values.dtype)
+        image = ihartley2(hartley2(field) * ctf_field)[:, o:o + D, o:o + D]
+        if self.window is not None:
+            image = image * self.window.to(values.dtype)
+        return hartley2(image).reshape(B, D * D)[:, index]
 
     def weight_in_real_space(self, values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Hartley pixels ``(B, P)`` of ``weight * image``, ``image`` the centred real-space image whose Hartley
@@ -338,6 +393,9 @@ class CryoDRGNFamily(ModelFamily):
             if config.train.refine_poses or config.train.abinit:
                 raise InputError("--focus-mask cannot be combined with --refine-poses or abinit (the subtraction and "
                                  "the weights use the consensus poses)")
+            if getattr(m, "ctf_field", 1) > 1:
+                raise InputError("--focus-mask cannot be combined with --ctf-field (the focus weights are applied to "
+                                 "the box's own images)")
 
     def make_data(self, particles, config, norm_std=None, progress=True):
         """The Hermitian-half Fourier pixels of ``particles`` (:class:`SliceParticleData`); with ``--focus-mask``
@@ -375,9 +433,15 @@ class CryoDRGNFamily(ModelFamily):
     def build_model(self, config, build: dict) -> CryoDRGN:
         """A :class:`CryoDRGN` from the model and train options and the build values."""
         m = config.model
+        if int(getattr(m, "ctf_field", 1)) > 1 and build.get("ctf_premultiplied", False):
+            raise InputError("--ctf-field models images with the CTF applied once; these images are "
+                             "CTF-premultiplied (rlnCtfDataAreCtfPremultiplied 1): train them without --ctf-field")
         return CryoDRGN(D=int(build["D"]), pixel_size_angstrom=float(build["pixel_size_angstrom"]), zdim=m.zdim,
                         enc_dim=m.enc_dim, enc_layers=m.enc_layers, dec_dim=m.dec_dim, dec_layers=m.dec_layers,
                         pe_type=m.pe_type, pe_dim=m.pe_dim, feat_sigma=m.feat_sigma, activation=m.activation,
                         beta=config.train.beta, norm_std=float(build["norm_std"]),
                         freq_march_epochs=m.freq_march, march_start=m.march_start,
-                        ctf_premultiplied=bool(build.get("ctf_premultiplied", False)))
+                        ctf_premultiplied=bool(build.get("ctf_premultiplied", False)),
+                        ctf_field=int(getattr(m, "ctf_field", 1)),
+                        window=make_window(int(build["D"]), config.data.window, config.data.window_inner)
+                        if int(getattr(m, "ctf_field", 1)) > 1 else None)
