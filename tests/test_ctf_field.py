@@ -94,7 +94,8 @@ def test_the_window_multiplies_the_cut_image_and_a_flat_ctf_changes_nothing():
     rng = np.random.default_rng(1)
     model = _model(2)
     values = torch.tensor(rng.normal(size=(1, model.pixels.n_pixels)))
-    flat = CTFTensors.create(defocus_u=0.0, defocus_v=0.0, angle=0.0, voltage=300.0, cs=0.0, w=1.0).values.double()[None]
+    flat = CTFTensors.create(defocus_u=0.0, defocus_v=0.0, angle=0.0, voltage=300.0, cs=0.0, w=1.0).values
+    flat = flat.double()[None]
     sign = float(compute_ctf(torch.zeros(1, 2, dtype=torch.float64), CTFTensors.of(flat))[0, 0])
     assert abs(abs(sign) - 1) < 1e-9
     torch.testing.assert_close(model.ctf_in_field(values, CTFTensors.of(flat)), sign * values)
