@@ -126,6 +126,14 @@ def test_train_ctf_field_option(tmp_path, capsys):
                  *small]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--ctf-field" in err[0]
+    pre = tmp_path / "pre"  # CTF-premultiplied images: the CTF was applied twice, not once in a field
+    assert main(["simulate", "--preset", "discrete3", "-N", "16", "-D", "16", "--apix", "6", "--snr", "2",
+                 "--premultiply", "-o", str(pre)]) == 0
+    assert main(["train", str(pre / "particles.star"), "-o", str(tmp_path / "bad2"), "--ctf-field", "2",
+                 *small]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--ctf-field" in err[0] and "premultiplied" in err[0]
+    assert not (tmp_path / "bad2").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize("field", [2])
