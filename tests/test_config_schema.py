@@ -127,3 +127,15 @@ def test_a_schema_1_run_resumes_and_reloads(tmp_path):
     trained = load_run(run)
     assert trained.epoch == 2 and trained.config.model.family == "cryodrgn"
     assert trained.generate_volumes(None if trained.zdim == 0 else [[0.0, 0.0]]).shape == (1, 16, 16, 16)
+
+
+@pytest.mark.parametrize("name", [V1["cryodrgn"], V2["cryodrgn"]])
+def test_runs_recorded_before_ctf_field_keep_the_circular_ctf(name, tmp_path):
+    """A cryodrgn run recorded before --ctf-field existed rebuilds with the model it was trained with (the CTF on
+    the box's own spectrum, 1), whatever the option's default."""
+    assert load_config(DATA / name).model.ctf_field == 1
+    doc = yaml.safe_load((DATA / V2["cryodrgn"]).read_text())
+    doc["model"]["ctf_field"] = 2
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert load_config(path).model.ctf_field == 2  # a recorded value is kept

@@ -336,6 +336,8 @@ class RunConfig:
                             model.setdefault(name, value)
         if sections["train"].get("refine_poses") and "pose_method" not in sections["train"]:
             sections["train"]["pose_method"] = "sgd"  # recorded before --pose-method existed: Adam was the only one
+        if "ctf_field" in known and "ctf_field" not in model:
+            model["ctf_field"] = 1  # recorded before --ctf-field existed: the CTF on the box's own spectrum
         try:
             return cls(
                 data=DataConfig(**sections["data"]),
