@@ -128,7 +128,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "placed in a field F boxes wide, the CTF applied there, the box cut out and windowed as the "
                         "images are, so that the signal the CTF spreads beyond the box is lost, not wrapped back in "
                         "(default 1: the CTF on the box's own spectrum, cryoDRGN's model; 2 follows particles "
-                        "extracted from micrographs; bench/RESULTS.md section 10e)")
+                        "extracted from micrographs; the pose steps of --refine-poses and abinit keep the box's own spectrum; "
+                        "bench/RESULTS.md section 10e)")
     t.add_argument("--focus-mask", metavar="MASK.mrc",
                    help="cryodrgn family: focused heterogeneity on the region of this soft mask (values in [0, 1], "
                         "the particles' box and pixel size). Each image x becomes w * (x - s CTF P[(1 - M) V]): the "
