@@ -107,8 +107,8 @@ def test_the_window_multiplies_the_cut_image_and_a_flat_ctf_changes_nothing():
 
 
 def test_train_ctf_field_option(tmp_path, capsys):
-    """`train --ctf-field 2`: recorded in the configuration and used by the rebuilt model (reload by path);
-    refused below 1 and with --focus-mask, in one line."""
+    """`train --ctf-field 2`: recorded in the configuration and used by the rebuilt model (reload by path); refused
+    below 1 in one line; the default (2) also for CTF-premultiplied images."""
     from cryoscape.config import load_config
     from cryoscape.models.loading import load_run
 
@@ -118,7 +118,7 @@ def test_train_ctf_field_option(tmp_path, capsys):
     small = ["--zdim", "2", "--enc-dim", "8", "--enc-layers", "1", "--dec-dim", "8", "--dec-layers", "1", "-b", "8",
              "--no-progress", "--threads", "1", "-n", "1"]
     run = tmp_path / "run"
-    assert main(["train", str(sim / "particles.star"), "-o", str(run), "--ctf-field", "2", *small]) == 0
+    assert main(["train", str(sim / "particles.star"), "-o", str(run), *small]) == 0  # the default: 2
     assert load_config(run / "config.yaml").model.ctf_field == 2
     model = load_run(run).model
     assert model.ctf_field == 2 and model.window is not None
@@ -126,14 +126,12 @@ def test_train_ctf_field_option(tmp_path, capsys):
                  *small]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--ctf-field" in err[0]
-    pre = tmp_path / "pre"  # CTF-premultiplied images: the CTF was applied twice, not once in a field
+    pre = tmp_path / "pre"  # CTF-premultiplied images: the second CTF on the cut box's spectrum
     assert main(["simulate", "--preset", "discrete3", "-N", "16", "-D", "16", "--apix", "6", "--snr", "2",
                  "--premultiply", "-o", str(pre)]) == 0
-    assert main(["train", str(pre / "particles.star"), "-o", str(tmp_path / "bad2"), "--ctf-field", "2",
-                 *small]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--ctf-field" in err[0] and "premultiplied" in err[0]
-    assert not (tmp_path / "bad2").exists()  # refused before anything was written
+    assert main(["train", str(pre / "particles.star"), "-o", str(tmp_path / "pre_run"), *small]) == 0
+    trained = load_run(tmp_path / "pre_run").model
+    assert trained.ctf_field == 2 and trained.ctf_premultiplied  # the default, also for premultiplied images
 
 
 @pytest.mark.parametrize("field", [2])
@@ -147,3 +145,24 @@ def test_forward_with_the_field_model_has_gradients(field):
     terms["loss"].backward()
     assert torch.isfinite(terms["loss"])
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.decoder.parameters())
+
+
+def test_premultiplied_images_get_the_second_ctf_on_the_cut_box():
+    """CTF-premultiplied: the field model's image times the CTF on the box's spectrum, as RELION premultiplies a
+    particle after extraction."""
+    model = CryoDRGN(D, APIX, zdim=0, dec_dim=8, dec_layers=1, ctf_field=2)
+    pre = CryoDRGN(D, APIX, zdim=0, dec_dim=8, dec_layers=1, ctf_field=2, ctf_premultiplied=True)
+    pre.load_state_dict(model.state_dict())
+    ctf = CTFTensors.create(defocus_u=torch.tensor([15000.0]), defocus_v=14000.0, angle=20.0, voltage=300.0,
+                            cs=2.7, w=0.1)
+    rot = torch.eye(3)[None]
+    batch = {"rot": rot, "ctf": ctf, "y": torch.zeros(1, model.pixels.n_pixels)}
+    slice_ = model.render(rot, None)
+    once = model.ctf_in_field(slice_, ctf)
+    # the loss of target 0 is the weighted mean square of the prediction: recover the predictions from it
+    from cryoscape.imaging.ctf import premultiplied_weights
+
+    c = model.ctf_values(ctf)
+    want = torch.mean(premultiplied_weights(c) * (once * c) ** 2)
+    torch.testing.assert_close(pre(batch)["recon"], want)
+    assert not torch.allclose(model(batch)["recon"], want)

@@ -133,8 +133,9 @@ class CryoDRGNConfig(MLPModelConfig):
     focus_mask: str | None = None
     focus_consensus: str | None = None
     # image formation of the rendered slices: the CTF applied on a field this many boxes wide, the box cut from it
-    # and windowed as the images were (1: the CTF on the box's own spectrum, cryoDRGN's circular model)
-    ctf_field: int = 1
+    # and windowed as the images were, as particles cut from micrographs (1: the CTF on the box's own spectrum,
+    # cryoDRGN's circular model; bench/RESULTS.md section 10e)
+    ctf_field: int = 2
 
     def __post_init__(self):
         super().__post_init__()

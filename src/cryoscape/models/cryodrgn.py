@@ -23,6 +23,8 @@ real space, placed in a field ``F D`` wide, multiplied there by the CTF on the f
 central ``D x D`` box cut out and multiplied by the images' real-space window, then transformed back: the
 forward model of ``cryoscape simulate --field F`` and of a box cut from a micrograph (``docs/conventions.md``).
 The FFTs cost little next to the decoder (D=64, F=2: three ``128 x 128`` and two ``64 x 64`` transforms per image).
+CTF-premultiplied images (the cut box's spectrum multiplied by its CTF once more) get that second CTF on the box's
+spectrum after the cut (the window is applied before it here, after it in the data: an approximation at the edge).
 
 Frequency marching (optional, as in cryoDRGN-AI): while training, only pixels with ``|k| < r`` are decoded and
 scored, the radius ``r`` growing linearly from ``march_start * D/2`` to ``D/2`` over the first
@@ -89,8 +91,6 @@ class CryoDRGN(FamilyModel):
         self.ctf_field = int(ctf_field)
         if self.ctf_field < 1:
             raise ValueError(f"ctf_field must be >= 1, got {ctf_field}")
-        if self.ctf_field > 1 and self.ctf_premultiplied:
-            raise ValueError("ctf_field > 1 models images with the CTF applied once, not CTF-premultiplied ones")
         # the real-space window of the images (ctf_field > 1 applies it to the rendered images too)
         self.register_buffer("window", None if window is None else torch.as_tensor(window, dtype=torch.float32),
                              persistent=False)
@@ -208,6 +208,8 @@ class CryoDRGN(FamilyModel):
         if ctf is not None:
             if self.ctf_field > 1:
                 pred = self.ctf_in_field(pred, batch["ctf"], None if subset is None else self.pixels.index[subset])
+                if self.ctf_premultiplied:  # the box's spectrum multiplied by the CTF once more, after the cut
+                    pred = pred * ctf
             else:
                 pred = pred * self.transfer(ctf)
         weight = batch.get("weight")
@@ -393,9 +395,6 @@ class CryoDRGNFamily(ModelFamily):
             if config.train.refine_poses or config.train.abinit:
                 raise InputError("--focus-mask cannot be combined with --refine-poses or abinit (the subtraction and "
                                  "the weights use the consensus poses)")
-            if getattr(m, "ctf_field", 1) > 1:
-                raise InputError("--focus-mask cannot be combined with --ctf-field (the focus weights are applied to "
-                                 "the box's own images)")
 
     def make_data(self, particles, config, norm_std=None, progress=True):
         """The Hermitian-half Fourier pixels of ``particles`` (:class:`SliceParticleData`); with ``--focus-mask``
@@ -433,9 +432,6 @@ class CryoDRGNFamily(ModelFamily):
     def build_model(self, config, build: dict) -> CryoDRGN:
         """A :class:`CryoDRGN` from the model and train options and the build values."""
         m = config.model
-        if int(getattr(m, "ctf_field", 1)) > 1 and build.get("ctf_premultiplied", False):
-            raise InputError("--ctf-field models images with the CTF applied once; these images are "
-                             "CTF-premultiplied (rlnCtfDataAreCtfPremultiplied 1): train them without --ctf-field")
         return CryoDRGN(D=int(build["D"]), pixel_size_angstrom=float(build["pixel_size_angstrom"]), zdim=m.zdim,
                         enc_dim=m.enc_dim, enc_layers=m.enc_layers, dec_dim=m.dec_dim, dec_layers=m.dec_layers,
                         pe_type=m.pe_type, pe_dim=m.pe_dim, feat_sigma=m.feat_sigma, activation=m.activation,
