@@ -244,6 +244,8 @@ class CryoDRGN(FamilyModel):
         """
         B, D = values.shape[0], self.D
         FD = self.ctf_field * D
+        if values.dtype in (torch.float16, torch.bfloat16):
+            values = values.float()  # --amp: FFTs in float32 (CUDA has no bfloat16 FFT)
         if index is None:
             index = self.pixels.index
         index = index.to(values.device)
