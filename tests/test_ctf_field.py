@@ -108,7 +108,7 @@ def test_the_window_multiplies_the_cut_image_and_a_flat_ctf_changes_nothing():
 
 def test_train_ctf_field_option(tmp_path, capsys):
     """`train --ctf-field 2`: recorded in the configuration and used by the rebuilt model (reload by path); refused
-    below 1 in one line; the default (2) also for CTF-premultiplied images."""
+    below 1 in one line; also for CTF-premultiplied images; the default is 1."""
     from cryoscape.config import load_config
     from cryoscape.models.loading import load_run
 
@@ -118,7 +118,7 @@ def test_train_ctf_field_option(tmp_path, capsys):
     small = ["--zdim", "2", "--enc-dim", "8", "--enc-layers", "1", "--dec-dim", "8", "--dec-layers", "1", "-b", "8",
              "--no-progress", "--threads", "1", "-n", "1"]
     run = tmp_path / "run"
-    assert main(["train", str(sim / "particles.star"), "-o", str(run), *small]) == 0  # the default: 2
+    assert main(["train", str(sim / "particles.star"), "-o", str(run), "--ctf-field", "2", *small]) == 0
     assert load_config(run / "config.yaml").model.ctf_field == 2
     model = load_run(run).model
     assert model.ctf_field == 2 and model.window is not None
@@ -129,9 +129,13 @@ def test_train_ctf_field_option(tmp_path, capsys):
     pre = tmp_path / "pre"  # CTF-premultiplied images: the second CTF on the cut box's spectrum
     assert main(["simulate", "--preset", "discrete3", "-N", "16", "-D", "16", "--apix", "6", "--snr", "2",
                  "--premultiply", "-o", str(pre)]) == 0
-    assert main(["train", str(pre / "particles.star"), "-o", str(tmp_path / "pre_run"), *small]) == 0
+    assert main(["train", str(pre / "particles.star"), "-o", str(tmp_path / "pre_run"), "--ctf-field", "2",
+                 *small]) == 0
     trained = load_run(tmp_path / "pre_run").model
-    assert trained.ctf_field == 2 and trained.ctf_premultiplied  # the default, also for premultiplied images
+    assert trained.ctf_field == 2 and trained.ctf_premultiplied
+    plain = tmp_path / "plain"
+    assert main(["train", str(sim / "particles.star"), "-o", str(plain), *small]) == 0
+    assert load_run(plain).model.ctf_field == 1  # the default: the circular model
 
 
 @pytest.mark.parametrize("field", [2])

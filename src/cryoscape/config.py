@@ -135,7 +135,7 @@ class CryoDRGNConfig(MLPModelConfig):
     # image formation of the rendered slices: the CTF applied on a field this many boxes wide, the box cut from it
     # and windowed as the images were, as particles cut from micrographs (1: the CTF on the box's own spectrum,
     # cryoDRGN's circular model; bench/RESULTS.md section 10e)
-    ctf_field: int = 2
+    ctf_field: int = 1
 
     def __post_init__(self):
         super().__post_init__()
