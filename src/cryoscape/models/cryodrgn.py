@@ -77,6 +77,7 @@ class CryoDRGN(FamilyModel):
     norm_std: torch.Tensor
     freqs: torch.Tensor
     window: torch.Tensor | None
+    field_freqs: torch.Tensor | None
 
     family = "cryodrgn"
 
@@ -94,6 +95,9 @@ class CryoDRGN(FamilyModel):
         # the real-space window of the images (ctf_field > 1 applies it to the rendered images too)
         self.register_buffer("window", None if window is None else torch.as_tensor(window, dtype=torch.float32),
                              persistent=False)
+        # the field's frequencies (cycles/pixel, (F D * F D, 2)), made once rather than per batch
+        self.register_buffer("field_freqs", freq_grid_2d(self.ctf_field * D).reshape(-1, 2)
+                             if self.ctf_field > 1 else None, persistent=False)
         self.zdim = zdim
         self.consensus_only = False  # set_consensus_only
         self.beta = (1.0 / zdim if zdim > 0 else 0.0) if beta is None else float(beta)
@@ -253,7 +257,8 @@ class CryoDRGN(FamilyModel):
         projection = ihartley2(grid.reshape(B, D, D))  # centre at pixel D // 2
         o = FD // 2 - D // 2  # the box's centre onto the field's
         field = torch.nn.functional.pad(projection, (o, FD - D - o, o, FD - D - o))
-        freqs = freq_grid_2d(FD, device=values.device, dtype=values.dtype).reshape(-1, 2)
+        freqs = self.field_freqs if self.field_freqs is not None else freq_grid_2d(FD).reshape(-1, 2)
+        freqs = freqs.to(device=values.device, dtype=values.dtype)
         ctf_field = compute_ctf(freqs / self.pixel_size_angstrom, ctf).reshape(B, FD, FD).to(values.dtype)
         image = ihartley2(hartley2(field) * ctf_field)[:, o:o + D, o:o + D]
         if self.window is not None:
