@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared check for the day a GPU is lent (no network needed there), bounded to < 8 min on one H100:
 #
-#   1. CUDA unit tests        pytest -m cuda (tests/test_cuda.py: GPU vs CPU training, --amp, opus-dsd, tomodrgn)
+#   1. CUDA unit tests        pytest -m cuda (tests/test_cuda.py: GPU vs CPU training, --amp, --ctf-field,
+#                             --refine-poses, abinit, eval-vol --reconstruct, opus-dsd, tomodrgn)
 #   2. --amp and DDP          python -m bench.gpu_check: cryodrgn family, D=128, N=8000, 3 epochs: float32, --amp,
 #                             and torchrun --nproc_per_node=1 against the plain run
 #   3. cryoDRGN 4.3.1         python -m bench.throughput (cryoscape fp32 / --amp vs cryoDRGN, D=128, N=8000,
@@ -107,7 +108,7 @@ export BENCH_CRYODRGN_VENV="$cdenv"
 # --- 1. CUDA unit tests ------------------------------------------------------------------------------------------
 say "1. CUDA unit tests (pytest -m cuda)"
 if [ "$cuda" = True ]; then
-  timeout 120 "$py" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py -rs 2>&1 | tee "$out/cuda_tests.txt" \
+  timeout 150 "$py" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py -rs 2>&1 | tee "$out/cuda_tests.txt" \
     | tail -15
   [ "${PIPESTATUS[0]}" = 0 ] || failed+=("CUDA unit tests")
 else

@@ -1,4 +1,6 @@
-"""CUDA: the same small trainings on the GPU as on the CPU (skipped without CUDA; ``pytest -m cuda`` selects them).
+"""CUDA: the same small trainings on the GPU as on the CPU (skipped without CUDA; ``pytest -m cuda`` selects them):
+plain training, ``--amp``, ``--ctf-field``, ``--refine-poses``, ``abinit``, ``eval-vol --reconstruct``, opus-dsd and
+tomodrgn.
 
 ``bench/gpu_check.sh`` runs these on the day a GPU is lent; on a CPU machine every test here is skipped.
 """
@@ -13,6 +15,9 @@ import torch
 
 from cryoscape.cli.main import main
 from cryoscape.imaging.fft import hartley2, ihartley2
+from cryoscape.imaging.so3_grid import geodesic_distance_deg
+from cryoscape.io.mrc import read_mrc
+from cryoscape.models.poses import load_learned_poses
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda)")]
@@ -94,3 +99,65 @@ def test_tomodrgn_trains_an_epoch_on_cuda(tmp_path):
                  "2", "--enc-dim", "16", "--enc-layers", "1", "--dec-dim", "16", "--dec-layers", "1",
                  "--tilt-embed-dim", "8", "-b", "4", "--no-progress", "--device", "cuda"]) == 0
     assert all(np.isfinite(train_losses(run)))
+
+
+def _train_on(sim, root, device: str, *extra: str, epochs: int = 2):
+    run = root / ("gpu" if device.startswith("cuda") else "cpu")
+    assert main(["train", str(sim / "particles.star"), "-o", str(run), "-n", str(epochs), *SMALL, "--device", device,
+                 *extra]) == 0
+    return run
+
+
+def test_ctf_field_on_cuda_follows_the_cpu_run(sim, tmp_path):
+    """``--ctf-field 2`` (FFTs of the slice placed in a larger field): GPU float32 like the CPU; with ``--amp`` the
+    FFTs stay in float32 and the losses stay close."""
+    cpu = train_losses(_train_on(sim, tmp_path, "cpu", "--ctf-field", "2"))
+    gpu = train_losses(_train_on(sim, tmp_path / "fp32", "cuda", "--ctf-field", "2"))
+    np.testing.assert_allclose(gpu, cpu, rtol=2e-2)
+    amp = train_losses(_train_on(sim, tmp_path / "amp", "cuda", "--ctf-field", "2", "--amp"))
+    assert all(np.isfinite(amp))
+    np.testing.assert_allclose(amp, gpu, rtol=0.1)
+
+
+def test_refine_poses_on_cuda_follows_the_cpu_run(sim, tmp_path):
+    """``--refine-poses`` (local Gauss-Newton steps from epoch 2): the GPU's losses and refined poses follow the
+    CPU's (same seed and order; rotations within a degree)."""
+    runs = {name: _train_on(sim, tmp_path / name, device, "--refine-poses", "--refine-start", "2", epochs=3)
+            for name, device in (("cpu", "cpu"), ("gpu", "cuda"))}
+    np.testing.assert_allclose(train_losses(runs["gpu"]), train_losses(runs["cpu"]), rtol=2e-2)
+    (e_cpu, cpu), (e_gpu, gpu) = (load_learned_poses(runs[name]) for name in ("cpu", "gpu"))
+    assert e_cpu == e_gpu == 3 and gpu["refined"].all()
+    assert np.median(geodesic_distance_deg(gpu["rotations"], cpu["rotations"])) < 1.0
+    np.testing.assert_allclose(gpu["shifts_angstrom"], cpu["shifts_angstrom"], atol=0.5)
+
+
+@pytest.mark.parametrize("zdim", ["0", "2"])
+def test_abinit_on_cuda(sim, tmp_path, zdim):
+    """``abinit`` (the batched grid search, then local refinement) runs on the GPU: finite losses close to the CPU
+    run's, and rotation matrices as poses."""
+    args = ["--zdim", zdim, "-n", "3", "--search-epochs", "2", "--pretrain", "16", "--enc-dim", "16", "--enc-layers",
+            "1", "--dec-dim", "16", "--dec-layers", "1", "-b", "8", "--no-progress", "--seed", "3"]
+    runs = {}
+    for name, device in (("cpu", "cpu"), ("gpu", "cuda")):
+        runs[name] = tmp_path / name
+        assert main(["abinit", str(sim / "particles.star"), "-o", str(runs[name]), *args, "--device", device]) == 0
+    cpu, gpu = train_losses(runs["cpu"]), train_losses(runs["gpu"])
+    assert len(gpu) == 3 and all(np.isfinite(gpu))
+    np.testing.assert_allclose(gpu, cpu, rtol=0.1)
+    epoch, learned = load_learned_poses(runs["gpu"])
+    R = learned["rotations"]
+    assert epoch == 3 and R.shape == (64, 3, 3)
+    np.testing.assert_allclose(R @ R.transpose(0, 2, 1), np.broadcast_to(np.eye(3), R.shape), atol=1e-4)
+
+
+def test_reconstruct_on_cuda_equals_the_cpu_map(sim, tmp_path):
+    """``eval-vol --reconstruct`` (latent-neighbour back-projection) gives the same map on the GPU as on the CPU."""
+    run = _train_on(sim, tmp_path, "cpu", epochs=1)
+    maps = {}
+    for name, device in (("cpu", "cpu"), ("gpu", "cuda")):
+        out = tmp_path / f"recon_{name}.mrc"
+        assert main(["eval-vol", str(run), "--z", "0", "0", "-o", str(out), "--reconstruct", "--max-neighbours",
+                     "32", "--device", device]) == 0
+        maps[name] = read_mrc(out)[0]
+    scale = float(np.abs(maps["cpu"]).max())
+    np.testing.assert_allclose(maps["gpu"], maps["cpu"], atol=1e-3 * scale)
