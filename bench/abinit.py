@@ -61,6 +61,37 @@ def pose_errors(A_true: np.ndarray, A_est: np.ndarray) -> tuple[np.ndarray, str]
     return best, hand
 
 
+def by_epoch(run: Path, A_true: np.ndarray, labels: np.ndarray | None, zdim: int) -> list[dict]:
+    """One row per epoch with written poses: pose errors after one global rotation (``pose_errors``), and with
+    true states (``labels``) the median per state, after one rotation for all and after one rotation per state;
+    with a latent (``zdim`` > 0) the k-means ARI of that epoch's latents (k = the number of states)."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    from cryoscape.models.poses import load_learned_poses
+
+    rows = []
+    for path in sorted((run / "poses").glob("epoch_*.npz")):
+        epoch = int(path.stem.split("_")[1])
+        _, learned = load_learned_poses(run, epoch)
+        A_est = learned["rotations"]
+        err, hand = pose_errors(A_true, A_est)
+        row: dict = {"epoch": epoch, "hand": hand, "pose_median_deg": round(float(np.median(err)), 2),
+                     "pose_frac_under_10deg": round(float(np.mean(err < 10)), 3)}
+        if labels is not None:
+            states = np.unique(labels)
+            row["per_state_median_deg"] = [round(float(np.median(err[labels == s])), 1) for s in states]
+            row["per_state_own_rotation_median_deg"] = [
+                round(float(np.median(pose_errors(A_true[labels == s], A_est[labels == s])[0])), 1) for s in states]
+            z_path = run / "latents" / f"epoch_{epoch:03d}.npy"
+            if zdim and z_path.is_file():
+                z = np.load(z_path)[:, :zdim]
+                fit = KMeans(len(states), n_init=10, random_state=0).fit(z)
+                row["kmeans_ari"] = round(float(adjusted_rand_score(labels, fit.labels_)), 4)
+        rows.append(row)
+    return rows
+
+
 def fsc_resolution(est: np.ndarray, truth: np.ndarray, apix: float) -> tuple[float, list[float]]:
     """FSC=0.5 resolution (A) of ``est`` against ``truth`` and the curve."""
     from cryoscape.analysis.fsc import fsc, resolution_at
@@ -152,6 +183,12 @@ def main(argv=None) -> int:
         entry.update(epoch=epoch, hand=hand, pose_median_deg=round(float(np.median(err)), 2),
                      pose_p90_deg=round(float(np.percentile(err, 90)), 2),
                      pose_frac_under_10deg=round(float(np.mean(err < 10)), 3))
+        state_labels = np.load(sim / "labels.npz")["state"] if (sim / "labels.npz").is_file() else None
+        entry["by_epoch"] = by_epoch(run, particles.poses.rotations, state_labels, args.zdim)
+        for row in entry["by_epoch"]:
+            print("epoch {epoch}: median {pose_median_deg} deg, < 10 deg {pose_frac_under_10deg}".format(**row),
+                  *(f"{k} {row[k]}" for k in ("per_state_median_deg", "per_state_own_rotation_median_deg",
+                                              "kmeans_ari") if k in row))
         if args.zdim == 0:
             from cryoscape.analysis.align import align_maps
 
@@ -220,7 +257,8 @@ def main(argv=None) -> int:
                              all(corr_own[k].argmax() == majority[k] for k in range(len(maps)))),
                          class_frames_relative_rotation_deg=rel)
         result["runs"][f"seed{seed}"] = entry
-        print(json.dumps({f"seed{seed}": {k: v for k, v in entry.items() if not k.endswith("fsc")}}))
+        brief = {k: v for k, v in entry.items() if not k.endswith("fsc") and k != "by_epoch"}
+        print(json.dumps({f"seed{seed}": brief}))
     seeds = "_".join(str(s) for s in args.seeds)
     write_json(RESULTS.with_name(f"abinit_{name}_D{args.D}_N{args.n}_z{args.zdim}{tag}_s{seeds}.json"), result)
     return 0
