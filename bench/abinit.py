@@ -223,7 +223,7 @@ def main(argv=None) -> int:
 
             from cryoscape.analysis.align import align_maps
 
-            labels = np.load(sim / "labels.npz")["state"]
+            labels = state_labels if state_labels is not None else np.load(sim / "labels.npz")["state"]
             z = np.load(run / "latents" / f"epoch_{epoch:03d}.npy")[:, : args.zdim]
             fit = KMeans(len(truth_paths), n_init=10, random_state=0).fit(z)
             entry["kmeans_ari"] = round(float(adjusted_rand_score(labels, fit.labels_)), 4)
