@@ -39,6 +39,13 @@ def train_losses(run) -> list[float]:
         return [float(row["train_loss"]) for row in csv.DictReader(fh)]
 
 
+def train(sim, run, device: str, *extra: str, epochs: int = 2):
+    """``cryoscape train`` of the small model on ``device``; returns the run folder."""
+    assert main(["train", str(sim / "particles.star"), "-o", str(run), "-n", str(epochs), *SMALL, "--device", device,
+                 *extra]) == 0
+    return run
+
+
 def test_hartley_transform_on_cuda_matches_cpu():
     x = torch.randn(4, 32, 32, dtype=torch.float32)
     on_gpu = hartley2(x.cuda())
@@ -50,11 +57,7 @@ def test_hartley_transform_on_cuda_matches_cpu():
 def test_training_on_cuda_follows_the_cpu_run(sim, tmp_path):
     """Same seed, data and order: the GPU's float32 losses stay within rounding of the CPU's; checkpoints and
     latents written by a GPU run are read back on the CPU."""
-    runs = {}
-    for device in ("cpu", "cuda"):
-        runs[device] = tmp_path / device
-        assert main(["train", str(sim / "particles.star"), "-o", str(runs[device]), "-n", "2", *SMALL,
-                     "--device", device]) == 0
+    runs = {device: train(sim, tmp_path / device, device) for device in ("cpu", "cuda")}
     cpu, gpu = train_losses(runs["cpu"]), train_losses(runs["cuda"])
     assert len(cpu) == len(gpu) == 2 and all(np.isfinite(gpu))
     np.testing.assert_allclose(gpu, cpu, rtol=2e-2)
@@ -69,11 +72,7 @@ def test_training_on_cuda_follows_the_cpu_run(sim, tmp_path):
 
 def test_amp_on_cuda_trains_close_to_float32(sim, tmp_path):
     """``--amp`` (bfloat16 autocast, float16 with a gradient scaler on GPUs without bfloat16) learns like float32."""
-    runs = {}
-    for name, extra in (("fp32", []), ("amp", ["--amp"])):
-        runs[name] = tmp_path / name
-        assert main(["train", str(sim / "particles.star"), "-o", str(runs[name]), "-n", "2", *SMALL,
-                     "--device", "cuda", *extra]) == 0
+    runs = {name: train(sim, tmp_path / name, "cuda", *extra) for name, extra in (("fp32", []), ("amp", ["--amp"]))}
     fp32, amp = train_losses(runs["fp32"]), train_losses(runs["amp"])
     assert all(np.isfinite(amp))
     np.testing.assert_allclose(amp, fp32, rtol=0.1)
@@ -101,20 +100,13 @@ def test_tomodrgn_trains_an_epoch_on_cuda(tmp_path):
     assert all(np.isfinite(train_losses(run)))
 
 
-def _train_on(sim, root, device: str, *extra: str, epochs: int = 2):
-    run = root / ("gpu" if device.startswith("cuda") else "cpu")
-    assert main(["train", str(sim / "particles.star"), "-o", str(run), "-n", str(epochs), *SMALL, "--device", device,
-                 *extra]) == 0
-    return run
-
-
 def test_ctf_field_on_cuda_follows_the_cpu_run(sim, tmp_path):
     """``--ctf-field 2`` (FFTs of the slice placed in a larger field): GPU float32 like the CPU; with ``--amp`` the
     FFTs stay in float32 and the losses stay close."""
-    cpu = train_losses(_train_on(sim, tmp_path, "cpu", "--ctf-field", "2"))
-    gpu = train_losses(_train_on(sim, tmp_path / "fp32", "cuda", "--ctf-field", "2"))
+    cpu = train_losses(train(sim, tmp_path / "cpu", "cpu", "--ctf-field", "2"))
+    gpu = train_losses(train(sim, tmp_path / "gpu", "cuda", "--ctf-field", "2"))
     np.testing.assert_allclose(gpu, cpu, rtol=2e-2)
-    amp = train_losses(_train_on(sim, tmp_path / "amp", "cuda", "--ctf-field", "2", "--amp"))
+    amp = train_losses(train(sim, tmp_path / "amp", "cuda", "--ctf-field", "2", "--amp"))
     assert all(np.isfinite(amp))
     np.testing.assert_allclose(amp, gpu, rtol=0.1)
 
@@ -122,7 +114,7 @@ def test_ctf_field_on_cuda_follows_the_cpu_run(sim, tmp_path):
 def test_refine_poses_on_cuda_follows_the_cpu_run(sim, tmp_path):
     """``--refine-poses`` (local Gauss-Newton steps from epoch 2): the GPU's losses and refined poses follow the
     CPU's (same seed and order; rotations within a degree)."""
-    runs = {name: _train_on(sim, tmp_path / name, device, "--refine-poses", "--refine-start", "2", epochs=3)
+    runs = {name: train(sim, tmp_path / name, device, "--refine-poses", "--refine-start", "2", epochs=3)
             for name, device in (("cpu", "cpu"), ("gpu", "cuda"))}
     np.testing.assert_allclose(train_losses(runs["gpu"]), train_losses(runs["cpu"]), rtol=2e-2)
     (e_cpu, cpu), (e_gpu, gpu) = (load_learned_poses(runs[name]) for name in ("cpu", "gpu"))
@@ -152,7 +144,7 @@ def test_abinit_on_cuda(sim, tmp_path, zdim):
 
 def test_reconstruct_on_cuda_equals_the_cpu_map(sim, tmp_path):
     """``eval-vol --reconstruct`` (latent-neighbour back-projection) gives the same map on the GPU as on the CPU."""
-    run = _train_on(sim, tmp_path, "cpu", epochs=1)
+    run = train(sim, tmp_path / "run", "cpu", epochs=1)
     maps = {}
     for name, device in (("cpu", "cpu"), ("gpu", "cuda")):
         out = tmp_path / f"recon_{name}.mrc"
