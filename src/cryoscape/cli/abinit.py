@@ -11,8 +11,12 @@ epochs; at the latest after --search-epochs) the run switches to local refinemen
 each particle's pose per epoch (`train --refine-poses`). A log line at least every minute says the phase, the
 lattice radius (in pixels and Angstrom), the share of poses that moved and the loss. A heterogeneous run searches
 against one consensus map (the latent 0 for every image), then --latent-search-epochs (default 4) more search epochs
-against each image's own map (the latent on), then refines locally. Default epochs: the most search epochs + 10
-(homogeneous); the most search epochs + the latent search epochs + 15 (heterogeneous).
+against each image's own map (the latent on), then refines locally. Where one state looks like another turned (two
+subunits on opposite sides of a core, each present alone in some particles), the consensus can pose that state
+turned, and the latent search does not repair it (bench/RESULTS.md 14d). Check the class maps: a state missing, or
+two classes that match each other closely once aligned (`cryoscape fsc A.mrc B.mrc --align`), point to this.
+Default epochs: the most search epochs + 10 (homogeneous); the most search epochs + the latent search epochs + 15
+(heterogeneous).
 
 Tilt series (--model tomodrgn, a Warp/M image-series STAR file or a RELION 5 optimisation set): each tilt keeps
 its rotation relative to the particle's reference tilt (the one nearest 0 degrees; the tilt geometry) and only the
