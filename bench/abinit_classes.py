@@ -83,6 +83,9 @@ def main(argv=None) -> int:
     p.add_argument("--consensus-iters", type=int, default=1,
                    help="with --init true-consensus or truth-after-consensus: iterations with one map (the first "
                         "against the true consensus, then its back-projection) before the classes start")
+    p.add_argument("--core-mask", action="store_true",
+                   help="search against the maps times a soft mask of the TRUE common core (the density every state "
+                        "has; an oracle: is alignment on the rigid core free of the half-turn trap?)")
     p.add_argument("--draw-poses", type=int, default=0,
                    help="the first this many iterations draw each particle's global-level rotation from its posterior")
     p.add_argument("--seed", type=int, default=0, help="of the subset, folds, random poses and classes, draws")
@@ -153,6 +156,13 @@ def main(argv=None) -> int:
     truths = [mrcfile.read(f).astype(np.float64) for f in sorted((sim / "gt").glob("state_*.mrc"))]
     weights = np.bincount(labels_all, minlength=len(truths)) / len(labels_all)
     true_consensus = sum(w * v for w, v in zip(weights, truths, strict=True))
+    core = np.ones((D,) * 3)
+    if args.core_mask:  # the density every state has (the rigid core), in the truth's frame, softened
+        from scipy.ndimage import gaussian_filter
+
+        common = np.min(np.stack(truths), axis=0)
+        core = np.clip(gaussian_filter((common > 0.1 * common.max()).astype(np.float64), 1.5) * 2.0, 0.0, 1.0)
+        true_consensus = true_consensus * core
 
     def scale_at(vol: np.ndarray, rows: np.ndarray, A_rows: np.ndarray, t_rows: np.ndarray, cmp) -> float:
         """Least-squares scale of ``vol``'s CTF-modulated slices onto the images ``rows`` at their poses."""
@@ -182,8 +192,10 @@ def main(argv=None) -> int:
             maps.append([])
             for k in range(1 if consensus_phase else K):
                 members = np.flatnonzero((cls == k) & (fold == f))
-                vol = backproject(images, A, t, ctf9, apix, indices=members, progress=False,
-                                  oversample=1)["volume"].astype(np.float64) if len(members) else np.zeros((D,) * 3)
+                vol = np.zeros((D,) * 3)
+                if len(members):
+                    vol = core * backproject(images, A, t, ctf9, apix, indices=members, progress=False,
+                                             oversample=1)["volume"].astype(np.float64)
                 rows = members[:500]
                 maps[f].append((vol, scale_at(vol, rows, A[rows], t[rows], cmp) if len(rows) else 1.0))
         errs = np.full((n, K), np.inf)
@@ -227,12 +239,14 @@ def main(argv=None) -> int:
         print(row, flush=True)
     tag = (f"_e{args.epoch}" if from_run else "") + (f"_f{args.folds}" if args.folds > 1 else "")
     tag += f"_c{args.consensus_iters}" if args.consensus_iters > 1 else ""
-    tag += ("_sample" if args.sample else "") + (f"_draw{args.draw_poses}" if args.draw_poses else "")
+    tag += ("_sample" if args.sample else "") + ("_core" if args.core_mask else "")
+    tag += f"_draw{args.draw_poses}" if args.draw_poses else ""
     out = RESULTS / f"abinit_classes_{args.init}_K{K}{tag}_s{args.seed}.json"
     write_json(out, {"machine": machine_info(), "work": str(args.work), "run": args.run, "epoch": args.epoch,
                      "init": args.init, "K": K, "n": n, "folds": args.folds, "sample": args.sample,
                      "radius_start_px": args.radius_start, "grow": args.grow, "radius_px": RADIUS_PX,
-                     "draw_poses": args.draw_poses, "consensus_iters": args.consensus_iters, "seed": args.seed,
+                     "core_mask": args.core_mask, "draw_poses": args.draw_poses,
+                     "consensus_iters": args.consensus_iters, "seed": args.seed,
                      "history": history})
     print(f"wrote {out}")
     return 0
