@@ -182,6 +182,30 @@ def test_searcher_draws_first_and_never_counts_a_drawn_epoch_as_stable():
     assert t.search_draws == 1
 
 
+def test_searcher_warns_when_the_budget_ends_with_most_poses_still_moving(caplog):
+    """The search budget spent with most poses still moving by more than 4 grid spacings: a warning that the search
+    has probably not converged, with what to do; spent with few moving that far: the plain note."""
+    import logging
+
+    def finish(far):
+        s = PoseSearcher(10, FourierPixels.create(16).half_freqs(), D=16, pixel_size_angstrom=3.0,
+                         max_search_epochs=2, min_search_epochs=1)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="cryoscape"):
+            for epoch in (1, 2):
+                s.epoch_counts = {"searched": 10, "moved": 9, "moved_far": far, "error": 1.0}
+                s.active(epoch + 1)
+        assert s.local_from == 3
+        return [r for r in caplog.records if "abinit:" in r.getMessage()]
+
+    unsettled = finish(8)
+    assert [r.levelno for r in unsettled] == [logging.WARNING]
+    assert "probably not converged" in unsettled[0].getMessage() and "--search-epochs" in unsettled[0].getMessage()
+    settled = finish(2)
+    assert [r.levelno for r in settled] == [logging.INFO]
+    assert "complete search epochs done" in settled[0].getMessage()
+
+
 def test_latent_search_epochs_follow_the_consensus_search():
     """--latent-search-epochs: after the consensus search is stable, that many search epochs against each image's
     own map (latent on), then the local refinement; the schedule survives a checkpoint."""

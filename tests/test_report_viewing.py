@@ -149,6 +149,25 @@ def test_abinit_section_states_the_switch_and_the_search_per_epoch():
     assert "no checkpoint of this epoch" in " ".join(gone.paragraphs) and not gone.tables
 
 
+def test_abinit_section_flags_a_search_that_ended_unsettled():
+    """Most poses still moving by more than 15 degrees in the last search epoch: the section says the search has
+    probably not converged; a settled search (and a run without the count, written before it existed) is not
+    flagged."""
+    rots = _uniform_rotations(300)
+
+    def section(far):
+        history = [{"epoch": e, "searched": 300, "moved_fraction": 0.9, "radius_px": 4.0, "error": 0.4}
+                   for e in (1, 2)]
+        if far is not None:
+            history[-1]["moved_far_fraction"] = far
+        return " ".join(abinit_pose_section({"rotations": rots}, _state(history, 3, counted_epoch=4),
+                                            epoch=4).paragraphs)
+
+    assert "probably not converged" in section(0.76) and "76 %" in section(0.76)
+    assert "probably not converged" not in section(0.17)
+    assert "probably not converged" not in section(None)
+
+
 def test_refined_pose_section_keeps_the_change_plots_and_adds_the_viewing_map():
     rng = np.random.default_rng(0)
     n = 60

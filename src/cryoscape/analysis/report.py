@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from cryoscape.analysis import plots
 from cryoscape.errors import InputError
+from cryoscape.models.pose_search import NOT_CONVERGED_FAR_FRACTION
 from cryoscape.rundir import RunDir
 from cryoscape.train.engine import BEST_EPOCH_TOLERANCE
 from cryoscape.utils.atomic import atomic_path, atomic_write_text
@@ -596,9 +597,17 @@ def abinit_pose_section(arrays: Mapping, pose_state: Mapping | None = None, epoc
         else:
             sec.paragraphs.append(f"The run was still in the global pose search{at}: it had not switched to local "
                                   "refinement.")
+        history = search_history(pose_state)
+        last_far = next((h.get("moved_far_fraction") for h in reversed(history)
+                         if h.get("moved_far_fraction") is not None), None)
+        if local_from > 1 and last_far is not None and float(last_far) > NOT_CONVERGED_FAR_FRACTION:
+            sec.paragraphs.append(
+                f"The search has probably not converged: in its last complete epoch {100.0 * float(last_far):.0f} "
+                "% of the poses still moved by more than four times the finest grid spacing (15 degrees with the "
+                "default grids). The map and the poses may be wrong; see the log's advice.")
         rows = [[int(h["epoch"]), int(h["searched"]), _num(100.0 * float(h["moved_fraction"]), ".1f"),
                  _num(None if h.get("radius_px") is None else float(h["radius_px"]), ".1f"),
-                 _num(float(h["error"]), ".4g")] for h in search_history(pose_state)]
+                 _num(float(h["error"]), ".4g")] for h in history]
         if rows:
             sec.tables.append(Table(
                 ["epoch", "particles searched", "moved (%)", "lattice radius (px)", "mean search error"], rows,

@@ -15,6 +15,8 @@ against each image's own map (the latent on), then refines locally. Where one st
 subunits on opposite sides of a core, each present alone in some particles), the consensus can pose that state
 turned, and the latent search does not repair it (bench/RESULTS.md 14d). Check the class maps: a state missing, or
 two classes that match each other closely once aligned (`cryoscape fsc A.mrc B.mrc --align`), point to this.
+When the search epochs run out with most poses still moving by more than 15 degrees, the log warns that the
+search has probably not converged (and the report says so).
 Default epochs: the most search epochs + 10 (homogeneous); the most search epochs + the latent search epochs + 15
 (heterogeneous).
 

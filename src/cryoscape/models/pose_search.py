@@ -64,6 +64,12 @@ from cryoscape.models.poses import PoseRefiner, TiltPoseRefiner, _get, hartley_t
 
 log = logging.getLogger("cryoscape")
 
+# A search whose last complete epoch still moved more than this share of the poses by more than four times the
+# finest grid spacing (15 degrees with the default grids) has probably not converged: converged searches at SNR 0.1
+# still move 17 % that far, one that never posed a pseudo-symmetric heterogeneous set (bench/RESULTS.md 14e,
+# `--zdim 0` on `discrete3`) moved 55-76 % in its last three search epochs.
+NOT_CONVERGED_FAR_FRACTION = 0.5
+
 __all__ = ["default_search_epochs", "SearchPredictor", "decoder_grid", "decoder_search_predictor",
            "map_search_predictor", "sample_slices",
            "shift_grid", "hierarchical_search", "PoseSearcher", "random_rotations", "search_radii", "grouped_search",
@@ -543,6 +549,12 @@ class PoseSearcher(PoseRefiner):
                     f"local refinement from epoch {epoch + 1}")
             if stable:
                 log.info(f"abinit: poses stable after epoch {epoch} ({moved}); {then}")
+            elif far > NOT_CONVERGED_FAR_FRACTION:
+                log.warning(f"abinit: the search has probably not converged: after {self.full_searches} complete "
+                            f"search epochs (--search-epochs) {moved} in the last. The map and the poses may be "
+                            "wrong: check the map (and the report's pose table), and run again with more "
+                            "--search-epochs or, for a heterogeneous sample, with --zdim N; states that look like "
+                            f"each other turned can keep a search from settling (README). {then}")
             else:
                 log.info(f"abinit: {self.full_searches} complete search epochs done (--search-epochs) with {moved} "
                          f"in the last; {then}")
