@@ -61,13 +61,23 @@ def pose_errors(A_true: np.ndarray, A_est: np.ndarray) -> tuple[np.ndarray, str]
     return best, hand
 
 
+def epoch_kmeans_ari(run: Path, epoch: int, zdim: int, labels: np.ndarray) -> float | None:
+    """k-means ARI (k = the number of true states) of ``run``'s latents of ``epoch`` against ``labels`` (one per row
+    of the latents); None without a latent or a latents file."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    z_path = run / "latents" / f"epoch_{epoch:03d}.npy"
+    if not zdim or not z_path.is_file():
+        return None
+    fit = KMeans(len(np.unique(labels)), n_init=10, random_state=0).fit(np.load(z_path)[:, :zdim])
+    return round(float(adjusted_rand_score(labels, fit.labels_)), 4)
+
+
 def by_epoch(run: Path, A_true: np.ndarray, labels: np.ndarray | None, zdim: int) -> list[dict]:
     """One row per epoch with written poses: pose errors after one global rotation (``pose_errors``), and with
     true states (``labels``) the median per state, after one rotation for all and after one rotation per state;
     with a latent (``zdim`` > 0) the k-means ARI of that epoch's latents (k = the number of states)."""
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import adjusted_rand_score
-
     from cryoscape.models.poses import load_learned_poses
 
     rows = []
@@ -83,11 +93,9 @@ def by_epoch(run: Path, A_true: np.ndarray, labels: np.ndarray | None, zdim: int
             row["per_state_median_deg"] = [round(float(np.median(err[labels == s])), 1) for s in states]
             row["per_state_own_rotation_median_deg"] = [
                 round(float(np.median(pose_errors(A_true[labels == s], A_est[labels == s])[0])), 1) for s in states]
-            z_path = run / "latents" / f"epoch_{epoch:03d}.npy"
-            if zdim and z_path.is_file():
-                z = np.load(z_path)[:, :zdim]
-                fit = KMeans(len(states), n_init=10, random_state=0).fit(z)
-                row["kmeans_ari"] = round(float(adjusted_rand_score(labels, fit.labels_)), 4)
+            ari = epoch_kmeans_ari(run, epoch, zdim, labels)
+            if ari is not None:
+                row["kmeans_ari"] = ari
         rows.append(row)
     return rows
 

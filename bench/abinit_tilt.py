@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.abinit import pose_errors, read_map
+from bench.abinit import epoch_kmeans_ari, pose_errors, read_map
 from bench.common import CRYOSCAPE_CMD, machine_info, run_timed, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -35,9 +35,6 @@ def score_epochs(run: Path, A_true: np.ndarray, image_particle: np.ndarray, stat
                  zdim: int) -> list[dict]:
     """One row per epoch with written poses (see the module docstring). ``A_true``: ``(M, 3, 3)`` per tilt image;
     ``image_particle``: ``(M,)`` particle of each image; ``states``: ``(N,)`` true state per particle."""
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import adjusted_rand_score
-
     from cryoscape.models.poses import load_learned_poses
 
     image_states = states[image_particle]
@@ -56,11 +53,9 @@ def score_epochs(run: Path, A_true: np.ndarray, image_particle: np.ndarray, stat
                      "per_state_own_rotation_median_deg": [
                          round(float(np.median(pose_errors(A_true[image_states == s],
                                                            A_est[image_states == s])[0])), 1) for s in labels]}
-        z_path = run / "latents" / f"epoch_{epoch:03d}.npy"
-        if zdim and z_path.is_file():
-            z = np.load(z_path)[:, :zdim]
-            fit = KMeans(len(labels), n_init=10, random_state=0).fit(z)
-            row["kmeans_ari"] = round(float(adjusted_rand_score(states, fit.labels_)), 4)
+        ari = epoch_kmeans_ari(run, epoch, zdim, states)
+        if ari is not None:
+            row["kmeans_ari"] = ari
         rows.append(row)
     return rows
 
