@@ -74,10 +74,23 @@ def epoch_kmeans_ari(run: Path, epoch: int, zdim: int, labels: np.ndarray) -> fl
     return round(float(adjusted_rand_score(labels, fit.labels_)), 4)
 
 
+def search_classes(run: Path, epoch: int) -> np.ndarray | None:
+    """The class of each particle after ``epoch`` of an ``abinit --classes`` run (its checkpoint's search state);
+    None for a run without classes or without that checkpoint."""
+    from cryoscape.rundir import load_checkpoint
+
+    path = run / "checkpoints" / f"epoch_{epoch:03d}.pt"
+    if not path.is_file():
+        return None
+    classes = load_checkpoint(path).get("poses", {}).get("classes")
+    return None if classes is None or len(classes) == 0 else np.asarray(classes)
+
+
 def by_epoch(run: Path, A_true: np.ndarray, labels: np.ndarray | None, zdim: int) -> list[dict]:
     """One row per epoch with written poses: pose errors after one global rotation (``pose_errors``), and with
     true states (``labels``) the median per state, after one rotation for all and after one rotation per state;
-    with a latent (``zdim`` > 0) the k-means ARI of that epoch's latents (k = the number of states)."""
+    with a latent (``zdim`` > 0) the k-means ARI of that epoch's latents (k = the number of states); for an
+    ``abinit --classes`` run the ARI of the search's classes and their confusion matrix (states x classes)."""
     from cryoscape.models.poses import load_learned_poses
 
     rows = []
@@ -96,6 +109,13 @@ def by_epoch(run: Path, A_true: np.ndarray, labels: np.ndarray | None, zdim: int
             ari = epoch_kmeans_ari(run, epoch, zdim, labels)
             if ari is not None:
                 row["kmeans_ari"] = ari
+            classes = search_classes(run, epoch)
+            if classes is not None:  # abinit --classes: the class of each particle at the end of that epoch
+                from sklearn.metrics import adjusted_rand_score
+
+                row["class_ari"] = round(float(adjusted_rand_score(labels, classes)), 4)
+                row["class_confusion"] = [[int(np.sum((labels == s) & (classes == k)))
+                                           for k in range(int(classes.max()) + 1)] for s in states]
         rows.append(row)
     return rows
 

@@ -267,6 +267,7 @@ class TrainConfig:
     pretrain_images: int = 1000  # training images on the initial random poses before the first search
     search_draws: int = 0  # the first this many complete searches draw each pose from its posterior
     latent_search_epochs: int = 0  # heterogeneous: search epochs against each image's own map after the consensus
+    search_classes: int = 0  # heterogeneous: class maps kept by the consensus search (abinit --classes; 0: one map)
 
     @property
     def learns_poses(self) -> bool:
@@ -293,6 +294,8 @@ class TrainConfig:
             raise InputError(f"--search-epochs must be >= 1, got {self.search_epochs}")
         if self.latent_search_epochs < 0:
             raise InputError(f"--latent-search-epochs must be >= 0, got {self.latent_search_epochs}")
+        if self.search_classes < 0 or self.search_classes == 1:
+            raise InputError(f"--classes must be 0 (one consensus map) or at least 2, got {self.search_classes}")
         if self.search_draws < 0:
             raise InputError(f"--search-draws must be >= 0 (epochs), got {self.search_draws}")
         if self.pretrain_images < 0:

@@ -101,6 +101,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "image's own map (the decoder at its latent) before the local refinement (default "
                         f"{DEFAULT_LATENT_SEARCH_EPOCHS} with --zdim N, 0 with --zdim 0; each costs several training "
                         "epochs)")
+    g.add_argument("--classes", dest="search_classes", type=int, default=None,
+                   help="--zdim N (cryodrgn family): keep K class maps instead of one consensus map while the poses "
+                        "are searched (K from 2 to N; each particle searched against each, its class drawn from an "
+                        "annealed posterior, as cryoSPARC's multi-class ab initio); for states that look alike "
+                        "turned (README). Default 0: one consensus map")
     g.add_argument("--pretrain", dest="pretrain_images", type=int, default=None,
                    help="training images (tilt series: particles) on random poses before the first search "
                         "(default 1000)")
@@ -136,6 +141,13 @@ def run(args) -> int:
     args.search_draws = 0 if args.search_draws is None else args.search_draws
     if args.latent_search_epochs is None:
         args.latent_search_epochs = DEFAULT_LATENT_SEARCH_EPOCHS if args.zdim > 0 else 0
+    args.search_classes = 0 if args.search_classes is None else args.search_classes
+    if args.search_classes:
+        if args.zdim < args.search_classes:
+            raise InputError(f"--classes {args.search_classes} needs --zdim {args.search_classes} or more (class k is "
+                             f"the k-th axis of the latent space), got --zdim {args.zdim}")
+        if (args.model or "cryodrgn") != "cryodrgn":
+            raise InputError(f"--classes is for the cryodrgn family, not --model {args.model}")
     config = train_cli.config_from_args(args)
     n = len(get_family(config.model.family).load_particles(config)[0])
     search = search if search is not None else default_search_epochs(n)

@@ -82,10 +82,12 @@ class Batch:
 class SliceBatch(Batch):
     """cryodrgn family: ``y`` ``(B, P)`` normalised Hartley pixels, ``rot`` ``(B, 3, 3)``, ``ctf`` ``(B,)``, and with
     ``train --focus-mask`` ``weight`` ``(B, D, D)``, the real-space weights the rendered images are multiplied by
-    (:mod:`cryoscape.data.focus`).
+    (:mod:`cryoscape.data.focus`), and in the class search of ``abinit --classes`` ``class_index`` ``(B,)``, each
+    particle's class (set by :class:`~cryoscape.models.pose_search.PoseSearcher`).
     """
 
     weight: torch.Tensor | None = None
+    class_index: torch.Tensor | None = None
 
 
 @dataclass

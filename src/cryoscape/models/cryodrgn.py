@@ -54,6 +54,21 @@ from cryoscape.models.vae import hartley_from_half_plane, kl_divergence, reparam
 log = logging.getLogger(__name__)
 
 
+#: Norm of the class codes of ``abinit --classes`` (twice the prior's standard deviation per axis).
+CLASS_CODE_SCALE = 2.0
+
+
+def class_codes(index: torch.Tensor, zdim: int) -> torch.Tensor:
+    """The latents ``(B, zdim)`` of classes ``index`` ``(B,)`` (``abinit --classes K``, ``K <= zdim``): class ``k``
+    at ``CLASS_CODE_SCALE * e_k``, the ``k``-th axis of the latent space, so that the ``K`` class maps are the
+    decoder at ``K`` points that the encoder can learn to reach and that stay apart (``2 sqrt 2`` apart at scale 2).
+    """
+    index = torch.as_tensor(index).long().reshape(-1)
+    if index.numel() and int(index.max()) >= zdim:
+        raise ValueError(f"class {int(index.max())} needs a latent of more than {zdim} dimensions")
+    return CLASS_CODE_SCALE * torch.nn.functional.one_hot(index, zdim).float()
+
+
 class CryoDRGN(FamilyModel):
     """VAE (``zdim > 0``) or homogeneous network (``zdim = 0``) on Fourier slices.
 
@@ -201,7 +216,13 @@ class CryoDRGN(FamilyModel):
             z = reparameterize(mu, logvar, self.training)
             terms["kl"] = kl_divergence(mu, logvar)
             if self.consensus_only:  # ab initio search phase: one consensus map (set_consensus_only)
-                z = z * 0.0
+                cls = batch.get("class_index")
+                if cls is None:
+                    z = z * 0.0
+                else:  # several class maps (abinit --classes): the decoder at each image's class code
+                    code = class_codes(cls, self.zdim).to(mu)
+                    terms["class_fit"] = ((mu - code) ** 2).sum(dim=1).mean()
+                    z = z * 0.0 + code
         subset = self.pixel_subset()
         if subset is None:
             pred = self.render(batch["rot"], z)
@@ -229,6 +250,8 @@ class CryoDRGN(FamilyModel):
         loss = recon
         if "kl" in terms:
             loss = loss + self.beta * terms["kl"] / y.shape[1]
+        if "class_fit" in terms:  # the encoder learns the class codes, ready for the latent's switch-on
+            loss = loss + terms["class_fit"] / y.shape[1]
         terms["loss"] = loss
         return terms
 
@@ -309,7 +332,7 @@ class CryoDRGN(FamilyModel):
 
     @torch.no_grad()
     def pose_search_predictor(self, batch: dict[str, torch.Tensor], half: torch.Tensor, radius_cycles: float,
-                              oversample: float | None = None):
+                              oversample: float | None = None, class_index: int | None = None):
         """For ab initio pose search (:mod:`cryoscape.models.pose_search`): a
         :class:`~cryoscape.models.pose_search.SearchPredictor` of the batch's images at the half-plane positions
         ``half`` ``(M',)`` (``[half, mates, DC]`` order), all within ``radius_cycles`` (cycles/pixel).
@@ -317,14 +340,20 @@ class CryoDRGN(FamilyModel):
         The decoder is evaluated once on a Cartesian grid of the ball of that radius (spacing ``1 / (oversample
         D)``; default oversampling 2 for the homogeneous model, whose one grid serves every image, and 1 for a
         heterogeneous one, one grid per image at its posterior-mean latent) and the slices of any rotation are its
-        trilinear samples.
+        trilinear samples. ``class_index`` (the consensus phase of ``abinit --classes``): the one map of that
+        class (the decoder at :func:`class_codes`), shared by every image.
         """
         from cryoscape.models.pose_search import decoder_search_predictor
 
         z, transfer, weight = self._batch_for_poses(batch, half)
+        shared_z = None
+        if class_index is not None:
+            if not self.consensus_only:
+                raise RuntimeError("class maps are searched in the consensus phase only (set_consensus_only)")
+            shared_z = class_codes(torch.tensor([int(class_index)]), self.zdim).to(batch["y"].device)
         freqs = torch.cat([self.freqs[half], self.freqs[:1] * 0.0])  # the half-plane points and DC
         return decoder_search_predictor(self.decoder, z, self.zdim, self.D, radius_cycles, freqs, transfer, weight,
-                                        batch["y"].device, oversample)
+                                        batch["y"].device, oversample, shared_z=shared_z)
 
     @torch.no_grad()
     def latent_means(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -196,6 +196,7 @@ class ModelFamily:
                                 pretrain_images=t.pretrain_images, max_search_epochs=t.search_epochs,
                                 search_draws=t.search_draws,
                                 latent_search_epochs=t.latent_search_epochs if config.model.zdim > 0 else 0,
+                                n_classes=t.search_classes if config.model.zdim > 0 else 0,
                                 min_search_epochs=min(3, t.search_epochs), search_radius=t.pose_search_radius)
         if not t.refine_poses:
             return None

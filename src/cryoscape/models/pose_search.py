@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 
 from cryoscape.imaging import so3_grid
-from cryoscape.models.poses import PoseRefiner, TiltPoseRefiner, _get, hartley_translate, so3_log
+from cryoscape.models.poses import PoseRefiner, TiltPoseRefiner, _get, _replace, hartley_translate, so3_log
 
 log = logging.getLogger("cryoscape")
 
@@ -146,8 +146,8 @@ def sample_slices(grid: torch.Tensor, spacing_cycles: float, rotations: torch.Te
 
 
 def decoder_search_predictor(decoder: Callable, z: torch.Tensor | None, zdim: int, D: int, radius_cycles: float,
-                             freqs: torch.Tensor, transfer, weight, device, oversample: float | None = None
-                             ) -> SearchPredictor:
+                             freqs: torch.Tensor, transfer, weight, device, oversample: float | None = None,
+                             shared_z: torch.Tensor | None = None) -> SearchPredictor:
     """A :class:`SearchPredictor` from a coordinate decoder ``decoder(q (b, n, 3), z)`` (cycles/pixel -> the two
     Fourier channels): the decoder evaluated once on a Cartesian grid of the ball of radius ``radius_cycles``
     (:func:`decoder_grid`, spacing ``1 / (oversample D)``; default oversampling 2 for one shared map, 1 for one
@@ -155,15 +155,18 @@ def decoder_search_predictor(decoder: Callable, z: torch.Tensor | None, zdim: in
     ``(M' + 1, 2)`` (the half-plane points, then DC), as Hartley values ``[half, mates, DC]``.
 
     ``z``: ``(B, zdim)`` posterior-mean latents, one grid per image; ``None``: one map for every image (the
-    homogeneous model, or a heterogeneous one's consensus, its map at the latent 0). ``transfer``, ``weight``: as
-    :class:`SearchPredictor`.
+    homogeneous model, or a heterogeneous one's consensus, its map at the latent ``shared_z`` ``(1, zdim)``, default
+    0: a class map of ``abinit --classes``). ``transfer``, ``weight``: as :class:`SearchPredictor`.
     """
     from cryoscape.models.vae import hartley_from_half_plane
 
     os_ = float(oversample if oversample is not None else (2.0 if z is None else 1.0))
     spacing = 1.0 / (os_ * D)
     b = 1 if z is None else z.shape[0]
-    z_dec = z if z is not None or zdim == 0 else torch.zeros(1, zdim, device=device)
+    if z is not None or zdim == 0:
+        z_dec = z
+    else:
+        z_dec = shared_z.to(device) if shared_z is not None else torch.zeros(1, zdim, device=device)
     grid = decoder_grid(lambda q: decoder(q, z_dec), float(radius_cycles), spacing, b, device, hermitian=True)
     n_half = freqs.shape[0] - 1
 
@@ -438,6 +441,16 @@ class PoseSearcher(PoseRefiner):
     latent_search_epochs : a heterogeneous model searched consensus first: after the consensus search, this many
         more search epochs against each image's own map (the decoder at its posterior-mean latent, switched on),
         before the local refinement; 0: straight to the local refinement. Give it only for models with a latent.
+    n_classes : ``K >= 2`` (``abinit --classes K``, a heterogeneous model searched consensus first, ``K <= zdim``):
+        the consensus phase keeps ``K`` class maps instead of one (the decoder at the class codes,
+        :func:`~cryoscape.models.cryodrgn.class_codes`; the model's ``pose_search_predictor(..., class_index=k)``).
+        Every particle starts in a random class; each search scores it against every class map and takes the pose
+        of the class drawn from its annealed posterior ``p_k ~ exp(-beta (E_k - E_min) / (2 sigma^2))`` (as
+        :func:`global_candidates`' ``sigma^2``), ``beta`` growing from ``1 / class_anneal_epochs`` to 1 over the
+        first ``class_anneal_epochs`` complete searches (default half the most search epochs), then the best class.
+        Classes that start alike thus part gradually (cryoSPARC's multi-class ab initio anneals its class
+        posteriors likewise). The training step gives each image its class's code (``batch["class_index"]``).
+        0 or 1: one consensus map.
     """
 
     def __init__(self, n: int, half_freqs: torch.Tensor, D: int, pixel_size_angstrom: float, seed: int = 0,
@@ -447,7 +460,7 @@ class PoseSearcher(PoseRefiner):
                  top_k: int = 8, shift_extent_px: float | None = None, shift_step_px: float | None = None,
                  radius_start_px: float | None = None, radius_end_px: float | None = None,
                  search_radius: float = 0.5, consensus_first: bool = True, search_draws: int = 0,
-                 latent_search_epochs: int = 0):
+                 latent_search_epochs: int = 0, n_classes: int = 0, class_anneal_epochs: int | None = None):
         super().__init__(n, half_freqs, lr=0.0, start_epoch=1, method="local", search_radius=search_radius)
         self.D = int(D)
         self.apix = float(pixel_size_angstrom)
@@ -461,6 +474,13 @@ class PoseSearcher(PoseRefiner):
         # the first complete searches draw the poses from their posteriors; at least two searches for the best
         self.search_draws = min(max(0, int(search_draws)), max(0, self.max_search_epochs - 2))
         self.latent_search_epochs = max(0, int(latent_search_epochs))
+        self.n_classes = int(n_classes) if int(n_classes) >= 2 and consensus_first else 0
+        self.class_anneal_epochs = max(1, int(class_anneal_epochs if class_anneal_epochs is not None
+                                              else self.max_search_epochs // 2))
+        # the class of each particle (abinit --classes), random to start with; checkpointed
+        g = torch.Generator().manual_seed(int(seed) * 7919 + 17)
+        self.classes = (torch.randint(self.n_classes, (n,), generator=g) if self.n_classes
+                        else torch.zeros(0, dtype=torch.long))
         self.seed = int(seed)
         self.stable_fraction = float(stable_fraction)
         self.stable_far_fraction = float(stable_far_fraction)
@@ -480,7 +500,7 @@ class PoseSearcher(PoseRefiner):
         self.full_searches = 0  # epochs in which every particle was searched
         self.local_from = 0
         self.latent_from = 0  # the epoch the latent-aware search epochs start (0: none)
-        self.epoch_counts = {"searched": 0, "moved": 0, "moved_far": 0, "error": 0.0}
+        self.epoch_counts = {"searched": 0, "moved": 0, "moved_far": 0, "error": 0.0, "class_changed": 0}
         self.history: list[dict] = []
         self._last_log = time.monotonic()
         self._last_loss = float("nan")
@@ -525,11 +545,19 @@ class PoseSearcher(PoseRefiner):
                              "moved_far_fraction": far, "radius_px": radius, "error": c["error"] / c["searched"]})
         drawn = self.drawing()  # this epoch drew its poses from their posteriors
         self.history[-1]["drawn"] = drawn
+        classes = ""
+        if self.class_search_on(epoch):
+            sizes = torch.bincount(self.classes, minlength=self.n_classes).tolist()
+            changed = c.get("class_changed", 0) / c["searched"]
+            self.history[-1].update(class_sizes=sizes, class_changed_fraction=changed,
+                                    class_beta=self.class_beta())
+            classes = (f"; classes {' / '.join(map(str, sizes))} (posterior weight {self.class_beta():.2g}), "
+                       f"{100 * changed:.1f} % changed class")
         log.info(f"abinit epoch {epoch}: searched {c['searched']} particles at lattice radius {radius:.1f} px"
                  f"{' (poses drawn from their posteriors)' if drawn else ''}; "
                  f"{100 * frac:.1f} % moved by more than {2 * self.final_spacing_deg:g} deg, {100 * far:.1f} % by more "
                  f"than {4 * self.final_spacing_deg:g}; mean search error "
-                 f"{c['error'] / c['searched']:.4g}")
+                 f"{c['error'] / c['searched']:.4g}{classes}")
         if c["searched"] >= self.n_searched_particles:  # every particle searched in this epoch
             self.full_searches += 1
         # stable: few poses moved by more than twice the finest spacing, and fewer by more than four times it. Looser
@@ -558,7 +586,18 @@ class PoseSearcher(PoseRefiner):
             else:
                 log.info(f"abinit: {self.full_searches} complete search epochs done (--search-epochs) with {moved} "
                          f"in the last; {then}")
-        self.epoch_counts = {"searched": 0, "moved": 0, "moved_far": 0, "error": 0.0}
+        self.epoch_counts = {"searched": 0, "moved": 0, "moved_far": 0, "error": 0.0, "class_changed": 0}
+
+    def class_search_on(self, epoch: int) -> bool:
+        """Whether ``epoch`` searches against the class maps (``n_classes``: the consensus phase)."""
+        return bool(self.n_classes) and self.phase(epoch) == "search" and not (
+            self.latent_from and epoch >= self.latent_from)
+
+    def class_beta(self) -> float:
+        """The weight of the likelihood in the class posteriors of the search in progress (``n_classes``): from
+        ``1 / class_anneal_epochs`` in the first search up to 1 after ``class_anneal_epochs`` complete searches.
+        """
+        return min(1.0, (self.full_searches + 1) / self.class_anneal_epochs)
 
     def drawing(self) -> bool:
         """Whether the search in progress draws the poses from their posteriors (``search_draws``)."""
@@ -593,6 +632,8 @@ class PoseSearcher(PoseRefiner):
                 raise ValueError("PoseSearcher.prepare needs the model")
             self.search_update(model, batch, gather_rows)
             out = self.corrected(batch)
+        if searching and self.class_search_on(self._epoch):
+            out = _replace(out, class_index=self.classes[index.cpu().long()].to(_get(batch, "y").device))
         self.images_seen += int(index.numel())
         self._maybe_log()
         return out
@@ -608,28 +649,70 @@ class PoseSearcher(PoseRefiner):
         radius = self.lattice_radius_px(self._epoch) / self.D  # cycles/pixel
         half, positions, freqs = self._local_pixels(device, 2.0 * radius)  # within radius (fraction 2r of Nyquist)
         # the search sees the images as the provider gives them (consensus = identity, zero origin)
+        y = y_full[:, positions].float()
+        if self.class_search_on(self._epoch):
+            A, t, err, cls = self._class_search(model, batch, y, half, freqs, radius)
+            self._record_search(index, so3_log(A).float(), t.float(), err, positions.numel(), device, gather_rows,
+                                classes=cls)
+            return
         predictor = model.pose_search_predictor(batch, half, radius)
-        A, t, err = hierarchical_search(predictor, y_full[:, positions].float(), freqs, self.base_level,
+        A, t, err = hierarchical_search(predictor, y, freqs, self.base_level,
                                         self.n_levels, self.top_k, self.shift_extent_px, self.shift_step_px,
                                         sample_generator=self._draw_generator())
         self._record_search(index, so3_log(A).float(), t.float(), err, positions.numel(), device, gather_rows)
 
+    def _class_search(self, model, batch, y: torch.Tensor, half: torch.Tensor, freqs: torch.Tensor, radius: float):
+        """Search the batch against every class map and draw each image's class from its annealed posterior
+        (``n_classes``). Returns ``(rotations (B, 3, 3), shifts (B, 2), errors (B,), classes (B,))``, the pose of the
+        chosen class.
+        """
+        found = []
+        for k in range(self.n_classes):
+            predictor = model.pose_search_predictor(batch, half, radius, class_index=k)
+            found.append(hierarchical_search(predictor, y, freqs, self.base_level, self.n_levels, self.top_k,
+                                             self.shift_extent_px, self.shift_step_px,
+                                             sample_generator=self._draw_generator()))
+            n_values = y.shape[1] if predictor.weight is None else predictor.weight.float().sum(-1).cpu()
+        err = torch.stack([f[2] for f in found], dim=1).double()  # (B, K)
+        beta = self.class_beta()
+        e_min = err.min(dim=1, keepdim=True).values
+        n = torch.as_tensor(n_values, dtype=torch.float64).reshape(-1, 1).clamp_min(1.0)
+        log_post = -beta * (err - e_min) / (2.0 * e_min.clamp_min(1e-12) / n)
+        if beta < 1.0:  # draw (Gumbel-max, seeded by the images trained on: a resumed run draws the same)
+            g = torch.Generator().manual_seed(self.seed * 1_000_033 + self.images_seen + 7)
+            u = torch.rand(err.shape, generator=g, dtype=torch.float64)
+            log_post = log_post - torch.log(-torch.log(u.clamp(1e-12, 1.0 - 1e-12)))
+        cls = log_post.argmax(dim=1)
+        rows = torch.arange(err.shape[0])
+        A = torch.stack([f[0] for f in found], dim=1)[rows, cls]
+        t = torch.stack([f[1] for f in found], dim=1)[rows, cls]
+        return A, t, err[rows, cls].float(), cls
+
     def _record_search(self, index: torch.Tensor, w_new: torch.Tensor, shifts: torch.Tensor, err: torch.Tensor,
-                       n_values: int, device, gather_rows=None) -> None:
+                       n_values: int, device, gather_rows=None, classes: torch.Tensor | None = None) -> None:
         """Write the searched table rows ``[w_new (B, 3), shifts (B, k)]`` of the batch's particles ``index``
         (gathered over the processes with ``gather_rows``) and count, for the epoch's log, the poses that moved by
-        more than twice and four times the finest spacing and the search error per compared value.
+        more than twice and four times the finest spacing and the search error per compared value; ``classes``
+        ``(B,)``: the particles' new classes (``n_classes``), gathered likewise.
         """
         w_old, _ = self.table.take(index, "cpu")
         angle = _angle_deg(w_old.detach().double(), w_new.double())
         moved = angle > 2.0 * self.final_spacing_deg
         moved_far = angle > 4.0 * self.final_spacing_deg
-        rows = torch.cat([w_new, shifts], dim=1).to(device)
+        rows = torch.cat([w_new, shifts], dim=1)
+        changed = 0.0
+        if classes is not None:
+            changed = float((classes.cpu() != self.classes[index.cpu().long()]).sum())
+            rows = torch.cat([rows, classes.to(rows.dtype)[:, None]], dim=1)
+        rows = rows.to(device)
         idx = index.detach().to(device).long()
-        stats = torch.tensor([[float(moved.sum()), float(err.sum()), float(len(err)), float(moved_far.sum())]],
-                             device=device)
+        stats = torch.tensor([[float(moved.sum()), float(err.sum()), float(len(err)), float(moved_far.sum()),
+                               changed]], device=device)
         if gather_rows is not None:
             idx, rows, stats = gather_rows(idx, rows, stats)
+        if classes is not None:
+            self.classes[idx.cpu()] = rows[:, -1].round().long().cpu()
+            rows = rows[:, :-1]
         self.table.values[idx.cpu()] = rows.cpu()
         self.table.steps[idx.cpu()] += 1
         total = stats.sum(0).cpu()
@@ -638,6 +721,7 @@ class PoseSearcher(PoseRefiner):
         self.epoch_counts["moved_far"] = self.epoch_counts.get("moved_far", 0) + int(total[3])
         self.epoch_counts["error"] += float(total[1]) / npix
         self.epoch_counts["searched"] += int(total[2])
+        self.epoch_counts["class_changed"] = self.epoch_counts.get("class_changed", 0) + int(total[4])
 
     def observe(self, terms: dict) -> None:
         """The loss terms of the training step just taken (for the log lines)."""
@@ -674,7 +758,7 @@ class PoseSearcher(PoseRefiner):
                 "latent_from": self.latent_from,
                 "full_searches": self.full_searches,
                 "epoch_counts": dict(self.epoch_counts), "history": list(self.history),
-                "counted_epoch": self._counted_epoch}
+                "counted_epoch": self._counted_epoch, "classes": self.classes.clone()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`."""
@@ -686,6 +770,8 @@ class PoseSearcher(PoseRefiner):
         self.epoch_counts = dict(state.get("epoch_counts", {"searched": 0, "moved": 0, "moved_far": 0, "error": 0.0}))
         self.history = list(state.get("history", []))
         self._counted_epoch = int(state.get("counted_epoch", 1))
+        if self.n_classes and "classes" in state:
+            self.classes = torch.as_tensor(state["classes"]).long().clone()
 
 
 def _angle_deg(w_a: torch.Tensor, w_b: torch.Tensor) -> torch.Tensor:

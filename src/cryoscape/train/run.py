@@ -263,8 +263,14 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, p
             then = (f"then {ps.latent_search_epochs} search epoch(s) against each image's own map (latent on), "
                     "then local refinement" if ps.latent_search_epochs else
                     "the latent is switched on when the local refinement starts")
-            log.info("abinit: heterogeneous model: the poses are searched against one consensus map (latent 0 "
-                     f"for every image); {then}")
+            if getattr(ps, "n_classes", 0):
+                maps = (f"{ps.n_classes} class maps (the decoder at the first {ps.n_classes} axes of the latent "
+                        "space; every particle starts in a random class and is searched against each, its class "
+                        "drawn from its posterior, the likelihood's weight annealed to 1 over "
+                        f"{ps.class_anneal_epochs} search epochs)")
+            else:
+                maps = "one consensus map (latent 0 for every image)"
+            log.info(f"abinit: heterogeneous model: the poses are searched against {maps}; {then}")
     elif engine.pose_refiner is not None:
         pr = engine.pose_refiner
         how = (f"one Gauss-Newton step per particle per epoch on the pixels within {t.pose_search_radius:g} x "
