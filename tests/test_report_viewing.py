@@ -149,6 +149,18 @@ def test_abinit_section_states_the_switch_and_the_search_per_epoch():
     assert "no checkpoint of this epoch" in " ".join(gone.paragraphs) and not gone.tables
 
 
+def test_abinit_section_shows_the_class_sizes_of_a_class_search():
+    """abinit --classes: two more columns, the class sizes and the share that changed class; epochs after the
+    class search (latent search) show n/a; a run without classes keeps the five columns (above)."""
+    rots = _uniform_rotations(300)
+    history = [{"epoch": 1, "searched": 300, "moved_fraction": 1.0, "radius_px": 4.0, "error": 0.4,
+                "class_sizes": [100, 120, 80], "class_changed_fraction": 0.65},
+               {"epoch": 2, "searched": 300, "moved_fraction": 0.2, "radius_px": 5.0, "error": 0.3}]
+    table = abinit_pose_section({"rotations": rots}, _state(history, 3, counted_epoch=4), epoch=4).tables[0]
+    assert table.header[-2:] == ["class sizes", "changed class (%)"]
+    assert table.rows[0][-2:] == ["100 / 120 / 80", "65.0"] and table.rows[1][-2:] == ["n/a", "n/a"]
+
+
 def test_abinit_section_flags_a_search_that_ended_unsettled():
     """Most poses still moving by more than 15 degrees in the last search epoch: the section says the search has
     probably not converged; a settled search (and a run without the count, written before it existed) is not

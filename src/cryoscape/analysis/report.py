@@ -608,13 +608,21 @@ def abinit_pose_section(arrays: Mapping, pose_state: Mapping | None = None, epoc
         rows = [[int(h["epoch"]), int(h["searched"]), _num(100.0 * float(h["moved_fraction"]), ".1f"),
                  _num(None if h.get("radius_px") is None else float(h["radius_px"]), ".1f"),
                  _num(float(h["error"]), ".4g")] for h in history]
+        header = ["epoch", "particles searched", "moved (%)", "lattice radius (px)", "mean search error"]
+        caption = ("Global search per epoch: the share of the searched particles whose pose moved by more "
+                   "than twice the finest search-grid spacing (7.5 degrees with the default grids; in the "
+                   "first search epoch, from the random starts), the radius of the compared Fourier pixels, "
+                   "and the mean squared error per compared pixel of the best poses.")
+        if any("class_sizes" in h for h in history):  # abinit --classes
+            header += ["class sizes", "changed class (%)"]
+            caption += (" With --classes: the particles in each class map at the end of the epoch, and the share "
+                        "whose class changed in it.")
+            for row, h in zip(rows, history, strict=True):
+                sizes = h.get("class_sizes")
+                row += [" / ".join(map(str, sizes)) if sizes else "n/a",
+                        _num(None if sizes is None else 100.0 * float(h["class_changed_fraction"]), ".1f")]
         if rows:
-            sec.tables.append(Table(
-                ["epoch", "particles searched", "moved (%)", "lattice radius (px)", "mean search error"], rows,
-                caption="Global search per epoch: the share of the searched particles whose pose moved by more "
-                        "than twice the finest search-grid spacing (7.5 degrees with the default grids; in the "
-                        "first search epoch, from the random starts), the radius of the compared Fourier pixels, "
-                        "and the mean squared error per compared pixel of the best poses."))
+            sec.tables.append(Table(header, rows, caption=caption))
     _add_viewing_figure(sec, rotations, "estimated poses")
     return sec
 
