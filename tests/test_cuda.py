@@ -123,11 +123,11 @@ def test_refine_poses_on_cuda_follows_the_cpu_run(sim, tmp_path):
     np.testing.assert_allclose(gpu["shifts_angstrom"], cpu["shifts_angstrom"], atol=0.5)
 
 
-@pytest.mark.parametrize("zdim", ["0", "2"])
-def test_abinit_on_cuda(sim, tmp_path, zdim):
-    """``abinit`` (the batched grid search, then local refinement) runs on the GPU: finite losses close to the CPU
-    run's, and rotation matrices as poses."""
-    args = ["--zdim", zdim, "-n", "3", "--search-epochs", "2", "--pretrain", "16", "--enc-dim", "16", "--enc-layers",
+@pytest.mark.parametrize("model", [["--zdim", "0"], ["--zdim", "2"], ["--zdim", "2", "--classes", "2"]])
+def test_abinit_on_cuda(sim, tmp_path, model):
+    """``abinit`` (the batched grid search, then local refinement; with ``--classes`` the search against each class
+    map) runs on the GPU: finite losses close to the CPU run's, and rotation matrices as poses."""
+    args = [*model, "-n", "3", "--search-epochs", "2", "--pretrain", "16", "--enc-dim", "16", "--enc-layers",
             "1", "--dec-dim", "16", "--dec-layers", "1", "-b", "8", "--no-progress", "--seed", "3"]
     runs = {}
     for name, device in (("cpu", "cpu"), ("gpu", "cuda")):
