@@ -216,7 +216,7 @@ def main(argv=None) -> int:
         for row in entry["by_epoch"]:
             print("epoch {epoch}: median {pose_median_deg} deg, < 10 deg {pose_frac_under_10deg}".format(**row),
                   *(f"{k} {row[k]}" for k in ("per_state_median_deg", "per_state_own_rotation_median_deg",
-                                              "kmeans_ari") if k in row))
+                                              "kmeans_ari", "class_ari") if k in row))
         if args.zdim == 0:
             from cryoscape.analysis.align import align_maps
 
