@@ -169,7 +169,7 @@ def test_abinit_classes_run_logs_the_classes_and_resumes_exactly(discrete_sim, t
 
 @pytest.mark.parametrize("options,named", [(["--zdim", "2", "--classes", "3"], "--zdim 3"),
                                            (["--zdim", "2", "--classes", "1"], "--classes"),
-                                           (["--zdim", "2", "--classes", "2", "--model", "tomodrgn"], "cryodrgn")])
+                                           (["--zdim", "2", "--classes", "2", "--model", "opus-dsd"], "tomodrgn")])
 def test_abinit_refuses_bad_classes_in_one_line(discrete_sim, tmp_path, capsys, options, named):
     assert main(["abinit", str(discrete_sim / "particles.star"), "-o", str(tmp_path / "run"), *options]) == 2
     err = capsys.readouterr().err.strip()

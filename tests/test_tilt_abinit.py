@@ -143,6 +143,42 @@ def test_tilt_searcher_starts_from_random_particle_poses_with_3d_shifts_and_rest
         other.load_state_dict(s.state_dict())
 
 
+class _TwoTiltMaps:
+    """A stand-in tomodrgn model for the class search: class ``k``'s predictor is the known map ``vols[k]``."""
+
+    def __init__(self, vols):
+        self.vols = vols
+
+    def tilt_search_predictor(self, batch, half, radius, class_index=None):
+        hf = FourierPixels.create(D).half_freqs()
+        return map_search_predictor(self.vols[class_index], radius, torch.cat([hf[half], hf[:1] * 0]))
+
+
+def test_tilt_class_search_gives_each_particle_the_map_it_came_from():
+    """abinit --model tomodrgn --classes: every particle's tilts searched against each class map together; each
+    particle takes the map its tilts came from and the rotation there."""
+    vols = [blobs(D, seed=3), blobs(D, seed=8)]
+    A_true = Rotation.random(6, random_state=4).as_matrix()
+    labels = np.array([0, 1, 0, 1, 1, 0])
+    ys, R = [], None
+    for k in range(2):
+        y_k, R = _series(vols[k], A_true, np.zeros((6, 2)))
+        ys.append(y_k)
+    y = torch.stack([ys[k][i] for i, k in enumerate(labels)])
+    rot = torch.tensor(np.broadcast_to(R, (6, *R.shape)).copy(), dtype=torch.float32)  # the tilt geometry
+    batch = {"y": y, "rot": rot, "index": torch.arange(6)}
+    hf = FourierPixels.create(D).half_freqs()
+    s = TiltPoseSearcher(6, hf, np.zeros(6, dtype=np.int64), D=D, pixel_size_angstrom=8.0, pretrain_images=0,
+                         n_classes=2, class_anneal_epochs=1, radius_start_px=6, radius_end_px=6, shift_extent_px=1,
+                         shift_step_px=1)
+    s.active(1)
+    out = s.prepare(batch, _TwoTiltMaps(vols))
+    np.testing.assert_array_equal(s.classes.numpy(), labels)
+    np.testing.assert_array_equal(out["class_index"].numpy(), labels)
+    angle = so3_grid.geodesic_distance_deg(out["rot"][:, 0].double().numpy(), A_true)
+    assert np.median(angle) < so3_grid.grid_spacing_deg(4), angle
+
+
 # -- the model's hooks and end to end ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tilt_sim(tmp_path_factory):
@@ -326,6 +362,27 @@ def test_abinit_with_posterior_draws_resumed_after_ctrl_c_equals_an_uninterrupte
     assert_ctrl_c_resume_equals_whole_run(star, small, tmp_path, monkeypatch, stop_step=7, epoch=3)
     log = (tmp_path / "whole" / "log.txt").read_text()
     assert "(poses drawn from their posteriors)" in log
+
+def test_tilt_abinit_with_classes_resumed_after_ctrl_c_equals_an_uninterrupted_run(tilt_sim, tmp_path,
+                                                                                     monkeypatch):
+    """--classes 2 (a heterogeneous model's consensus phase with two class maps): stopped in the middle of a class
+    search epoch and resumed, the same classes, poses and weights as without the stop."""
+    from cryoscape.rundir import load_checkpoint
+
+    star = str(tilt_sim / "sim" / "particles.star")
+    np.savetxt(tilt_sim / "ind40.txt", np.arange(40), fmt="%d")
+    small = ["--model", "tomodrgn", "--zdim", "2", "--classes", "2", "--pooling", "mean", "--enc-dim", "16",
+             "--enc-layers", "1", "--tilt-embed-dim", "8", "--threads", "1", "--no-progress", "-b", "8",
+             "--pretrain", "20", "--dec-dim", "16", "--search-epochs", "4", "-n", "3", "--ind",
+             str(tilt_sim / "ind40.txt")]
+    assert_ctrl_c_resume_equals_whole_run(star, small, tmp_path, monkeypatch, stop_step=7, epoch=3)
+    log = (tmp_path / "whole" / "log.txt").read_text()
+    assert "searched against 2 class maps" in log and "% changed class" in log
+    assert "train_class_fit" in (tmp_path / "whole" / "metrics.csv").read_text()  # the encoder learns the codes
+    a, b = (load_checkpoint(tmp_path / name / "checkpoints" / "epoch_003.pt")["poses"]["classes"]
+            for name in ("whole", "part"))
+    assert torch.equal(a, b) and a.numel() == 40
+
 
 def test_tilt_abinit_refusals_are_one_line(tilt_sim, tmp_path, capsys):
     star = str(tilt_sim / "sim" / "particles.star")

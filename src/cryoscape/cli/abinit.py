@@ -102,7 +102,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         f"{DEFAULT_LATENT_SEARCH_EPOCHS} with --zdim N, 0 with --zdim 0; each costs several training "
                         "epochs)")
     g.add_argument("--classes", dest="search_classes", type=int, default=None,
-                   help="--zdim N (cryodrgn family): keep K class maps instead of one consensus map while the poses "
+                   help="--zdim N: keep K class maps instead of one consensus map while the poses "
                         "are searched (K from 2 to N; each particle searched against each, its class drawn from an "
                         "annealed posterior, as cryoSPARC's multi-class ab initio); for states that look alike "
                         "turned (README). Default 0: one consensus map")
@@ -146,8 +146,8 @@ def run(args) -> int:
         if args.zdim < args.search_classes:
             raise InputError(f"--classes {args.search_classes} needs --zdim {args.search_classes} or more (class k is "
                              f"the k-th axis of the latent space), got --zdim {args.zdim}")
-        if (args.model or "cryodrgn") != "cryodrgn":
-            raise InputError(f"--classes is for the cryodrgn family, not --model {args.model}")
+        if (args.model or "cryodrgn") not in ("cryodrgn", "tomodrgn"):
+            raise InputError(f"--classes is for the cryodrgn and tomodrgn families, not --model {args.model}")
     config = train_cli.config_from_args(args)
     n = len(get_family(config.model.family).load_particles(config)[0])
     search = search if search is not None else default_search_epochs(n)

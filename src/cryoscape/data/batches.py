@@ -103,10 +103,12 @@ class ImageBatch(Batch):
 class TiltBatch(Batch):
     """tomodrgn family, ``T`` tilts per particle (padded): ``y`` ``(B, T, P)``, ``rot`` ``(B, T, 3, 3)``, ``ctf``
     ``(B, T)``, ``exposure`` ``(B, T)`` (e/A^2), ``tilt_deg`` ``(B, T)``, ``tilt_mask`` ``(B, T)`` bool (real
-    images) and ``tilt_key`` ``(B, T)`` (a fixed random number per image).
+    images) and ``tilt_key`` ``(B, T)`` (a fixed random number per image); ``class_index`` ``(B,)`` as
+    :class:`SliceBatch`'s.
     """
 
     exposure: torch.Tensor | None = None
     tilt_deg: torch.Tensor | None = None
     tilt_mask: torch.Tensor | None = None
     tilt_key: torch.Tensor | None = None
+    class_index: torch.Tensor | None = None

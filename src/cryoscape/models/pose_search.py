@@ -673,6 +673,13 @@ class PoseSearcher(PoseRefiner):
                                              self.shift_extent_px, self.shift_step_px,
                                              sample_generator=self._draw_generator()))
             n_values = y.shape[1] if predictor.weight is None else predictor.weight.float().sum(-1).cpu()
+        return self._choose_class(found, n_values)
+
+    def _choose_class(self, found: list, n_values):
+        """Each image's class, drawn from its annealed posterior (``n_classes``), from ``found``: per class the
+        search's ``(rotations (B, 3, 3), shifts (B, k), errors (B,))``; ``n_values``: the errors' weight sums
+        (a number or ``(B,)``). Returns the chosen class's ``(rotations, shifts, errors)`` and the classes ``(B,)``.
+        """
         err = torch.stack([f[2] for f in found], dim=1).double()  # (B, K)
         beta = self.class_beta()
         e_min = err.min(dim=1, keepdim=True).values
@@ -961,13 +968,26 @@ class TiltPoseSearcher(PoseSearcher):
         ref = self.ref[index.detach().cpu().long()].to(device)
         A_ref = rot[torch.arange(B, device=device), ref].float()  # (B, 3, 3): the identity after without_poses
         rel = rot.float() @ A_ref.transpose(-1, -2)[:, None]  # (B, T, 3, 3) the tilt geometry
-        predictor = model.tilt_search_predictor(batch, half, radius)
-        A, s, err = grouped_search(predictor, y_full[..., positions].float(), rel, freqs, self.base_level,
-                                   self.n_levels, self.top_k, self.shift_extent_px, self.shift_step_px,
-                                   sample_generator=self._draw_generator())
+        y = y_full[..., positions].float()
+        cls = None
+        if self.class_search_on(self._epoch):  # abinit --classes: against every class map (PoseSearcher)
+            found = []
+            for k in range(self.n_classes):
+                predictor = model.tilt_search_predictor(batch, half, radius, class_index=k)
+                found.append(grouped_search(predictor, y, rel, freqs, self.base_level, self.n_levels, self.top_k,
+                                            self.shift_extent_px, self.shift_step_px,
+                                            sample_generator=self._draw_generator()))
+            n_values = (y.shape[1] * y.shape[2] if predictor.weight is None
+                        else predictor.weight.float().sum(dim=(1, 2)).cpu())
+            A, s, err, cls = self._choose_class(found, n_values)
+        else:
+            predictor = model.tilt_search_predictor(batch, half, radius)
+            A, s, err = grouped_search(predictor, y, rel, freqs, self.base_level, self.n_levels, self.top_k,
+                                       self.shift_extent_px, self.shift_step_px,
+                                       sample_generator=self._draw_generator())
         w_new = so3_log(A @ A_ref.detach().cpu().double().transpose(-1, -2)).float()  # A = exp([w]x) A_ref
         d = torch.cat([s.float(), torch.zeros(B, 1)], dim=1)  # zero depth
-        self._record_search(index, w_new, d, err, positions.numel(), device, gather_rows)
+        self._record_search(index, w_new, d, err, positions.numel(), device, gather_rows, classes=cls)
 
     def state_dict(self) -> dict:
         """As :class:`PoseSearcher`'s, with the reference tilts (checked on load)."""

@@ -43,7 +43,7 @@ from cryoscape.errors import InputError
 from cryoscape.imaging.ctf import CTFTensors, compute_ctf, premultiplied_weights
 from cryoscape.imaging.dose import dose_weights, optimal_exposure_mask, tilt_weights
 from cryoscape.imaging.lattice import central_slice_coords
-from cryoscape.models.cryodrgn import CryoDRGN
+from cryoscape.models.cryodrgn import CryoDRGN, class_codes
 from cryoscape.models.decoders import CoordinateDecoder
 from cryoscape.models.family import FamilyModel, ModelFamily
 from cryoscape.models.mlp import ResidualMLP, activation_layer
@@ -282,7 +282,14 @@ class TomoDRGN(FamilyModel):
             mu, logvar = self.encode(y, ctf, mask)
             z = reparameterize(mu, logvar, self.training)
             if self.consensus_only:  # ab initio search phase: one consensus map (set_consensus_only)
-                z = z * 0.0
+                cls = b.get("class_index")
+                if cls is None:
+                    z = z * 0.0
+                else:  # several class maps (abinit --classes): the decoder at each particle's class code
+                    code = class_codes(cls, self.zdim).to(mu)
+                    class_fit = ((mu.float() - code) ** 2).sum(dim=1)
+                    terms["class_fit"] = class_fit.mean()
+                    z = z * 0.0 + code
         keep = self.decode_mask(b["exposure"], b["ctf"], mask)
         pred = self.render(b["rot"], z, keep) * self.transfer(ctf.float())
         if self.images_dose_weighted:
@@ -302,6 +309,8 @@ class TomoDRGN(FamilyModel):
             norm = w_particle if self.kl_norm == "scored" else mask.sum(dim=1).float() * self.D**2
             terms["kl"] = kl.mean()
             loss = loss + self.beta * (kl.float() / norm).mean()
+            if "class_fit" in terms:  # the encoder learns the class codes (normalised as the KL term)
+                loss = loss + (class_fit / norm).mean()
         terms["loss"] = loss
         return terms
 
@@ -368,7 +377,7 @@ class TomoDRGN(FamilyModel):
 
     @torch.no_grad()
     def tilt_search_predictor(self, batch: TiltBatch, half: torch.Tensor, radius_cycles: float,
-                              oversample: float | None = None):
+                              oversample: float | None = None, class_index: int | None = None):
         """For ab initio pose search of tilt series (:func:`cryoscape.models.pose_search.grouped_search`): a
         :class:`~cryoscape.models.pose_search.SearchPredictor` of the batch's tilt images at the half-plane
         positions ``half`` ``(M',)`` (``[half, mates, DC]`` order), all within ``radius_cycles`` (cycles/pixel):
@@ -379,14 +388,20 @@ class TomoDRGN(FamilyModel):
         D)``; default 2 for the one map of the homogeneous model or of the consensus phase, 1 for a heterogeneous
         one, one grid per particle at its posterior-mean latent) and the slices are its trilinear samples
         (:func:`~cryoscape.models.pose_search.decoder_grid`, :func:`~cryoscape.models.pose_search.sample_slices`).
+        ``class_index`` (the consensus phase of ``abinit --classes``): the one map of that class, shared.
         """
         from cryoscape.models.pose_search import decoder_search_predictor
 
         _, _, transfer, weights = self._compared(batch, half)
         z = self._pose_latent(batch)
+        shared_z = None
+        if class_index is not None:
+            if not self.consensus_only:
+                raise RuntimeError("class maps are searched in the consensus phase only (set_consensus_only)")
+            shared_z = class_codes(torch.tensor([int(class_index)]), self.zdim).to(batch["y"].device)
         freqs = torch.cat([self.freqs[half], self.freqs[:1] * 0.0])  # the half-plane points and DC
         return decoder_search_predictor(self.decoder, z, self.zdim, self.D, radius_cycles, freqs, transfer, weights,
-                                        batch["y"].device, oversample)
+                                        batch["y"].device, oversample, shared_z=shared_z)
 
 
 class TomoDRGNFamily(ModelFamily):
@@ -418,6 +433,7 @@ class TomoDRGNFamily(ModelFamily):
                                              max_search_epochs=t.search_epochs, search_draws=t.search_draws,
                                              latent_search_epochs=(t.latent_search_epochs if config.model.zdim > 0
                                                                    else 0),
+                                             n_classes=t.search_classes if config.model.zdim > 0 else 0,
                                              min_search_epochs=min(3, t.search_epochs),
                                              search_radius=t.pose_search_radius)
         if not t.refine_poses:
