@@ -13,7 +13,7 @@ from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.imaging import so3_grid
 from cryoscape.imaging.fft import hartley2
 from cryoscape.imaging.projection import project_real
-from cryoscape.models.cryodrgn import CLASS_CODE_SCALE, CryoDRGN, class_codes
+from cryoscape.models.cryodrgn import CLASS_CODE_SCALE, CLASS_CODE_SIGMA, CryoDRGN, class_code_kl, class_codes
 from cryoscape.models.pose_search import PoseSearcher, map_search_predictor, random_rotations
 from cryoscape.rundir import load_checkpoint
 
@@ -120,9 +120,9 @@ def test_the_decoder_trains_each_image_at_its_class_code_and_the_encoder_learns_
     codes = class_codes(cls, 3)
     with torch.no_grad():
         expected = torch.mean((model.render(rot, codes) - y) ** 2)
-        mu = model.encode(y)[0]
+        mu, logvar = model.encode(y)
     torch.testing.assert_close(terms["recon"], expected)
-    torch.testing.assert_close(terms["class_fit"], ((mu - codes) ** 2).sum(1).mean())
+    torch.testing.assert_close(terms["class_fit"], class_code_kl(mu, logvar, codes).mean())
     torch.testing.assert_close(terms["loss"], terms["recon"] + model.beta * terms["kl"] / P + terms["class_fit"] / P)
     # the search predictor of class k: one shared map, the decoder at the code of k
     hf = model.pixels.half_freqs()
@@ -138,6 +138,22 @@ def test_the_decoder_trains_each_image_at_its_class_code_and_the_encoder_learns_
     model.set_consensus_only(False)
     with pytest.raises(RuntimeError, match="consensus phase"):
         model.pose_search_predictor({"y": y}, half, 4.0 / 16, class_index=0)
+
+
+def test_class_code_kl_is_the_gaussian_kl_to_the_code_with_the_stated_spread():
+    """The encoder's class term is KL(N(mu, sigma^2) || N(code, CLASS_CODE_SIGMA^2)), summed over the latent
+    (torch.distributions as the independent definition): zero exactly at the code with that spread, so the encoder
+    leaves the class search with latents that a draw does not carry from one class to another."""
+    from torch.distributions import Normal, kl_divergence
+
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    code = class_codes(torch.tensor([0, 1, 2, 3, 0]), 4)
+    expected = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(code, CLASS_CODE_SIGMA)).sum(1)
+    torch.testing.assert_close(class_code_kl(mu, logvar, code), expected)
+    at_code = class_code_kl(code, torch.full_like(code, 2 * np.log(CLASS_CODE_SIGMA)), code)
+    torch.testing.assert_close(at_code, torch.zeros(5), atol=1e-5, rtol=0)
+    assert 8 * CLASS_CODE_SIGMA <= CLASS_CODE_SCALE * np.sqrt(2)  # the codes many spreads apart
 
 
 @pytest.fixture(scope="module")

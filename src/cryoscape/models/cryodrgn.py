@@ -36,6 +36,7 @@ sees the whole image, and evaluation (validation loss, latents, volumes) always 
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
@@ -67,6 +68,23 @@ def class_codes(index: torch.Tensor, zdim: int) -> torch.Tensor:
     if index.numel() and int(index.max()) >= zdim:
         raise ValueError(f"class {int(index.max())} needs a latent of more than {zdim} dimensions")
     return CLASS_CODE_SCALE * torch.nn.functional.one_hot(index, zdim).float()
+
+
+#: Standard deviation of the posterior the encoder learns around its class code (``abinit --classes``).
+CLASS_CODE_SIGMA = CLASS_CODE_SCALE / 8.0
+
+
+def class_code_kl(mu: torch.Tensor, logvar: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """``KL(N(mu, exp(logvar)) || N(code, CLASS_CODE_SIGMA^2))`` per image ``(B,)``: what teaches the encoder the
+    class codes during the class search of ``abinit --classes``, its posterior mean at the image's code and its
+    spread at ``CLASS_CODE_SIGMA`` (a quarter of the codes' norm of 2; the codes are 2.8 apart). Without the spread
+    term the encoder's ``logvar`` sat at the prior's 0 when the latent was switched on (only the prior's KL acts on
+    it while the decoder is given the codes), and latents drawn with a standard deviation of 1 blurred the class
+    maps into each other within one epoch (``bench/RESULTS.md`` 14g).
+    """
+    tau2 = CLASS_CODE_SIGMA**2
+    var = logvar.float().exp()
+    return 0.5 * ((var + (mu.float() - code) ** 2) / tau2 - 1.0 - logvar.float() + math.log(tau2)).sum(dim=1)
 
 
 class CryoDRGN(FamilyModel):
@@ -221,7 +239,7 @@ class CryoDRGN(FamilyModel):
                     z = z * 0.0
                 else:  # several class maps (abinit --classes): the decoder at each image's class code
                     code = class_codes(cls, self.zdim).to(mu)
-                    terms["class_fit"] = ((mu - code) ** 2).sum(dim=1).mean()
+                    terms["class_fit"] = class_code_kl(mu, logvar, code).mean()
                     z = z * 0.0 + code
         subset = self.pixel_subset()
         if subset is None:

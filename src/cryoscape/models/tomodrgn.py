@@ -43,7 +43,7 @@ from cryoscape.errors import InputError
 from cryoscape.imaging.ctf import CTFTensors, compute_ctf, premultiplied_weights
 from cryoscape.imaging.dose import dose_weights, optimal_exposure_mask, tilt_weights
 from cryoscape.imaging.lattice import central_slice_coords
-from cryoscape.models.cryodrgn import CryoDRGN, class_codes
+from cryoscape.models.cryodrgn import CryoDRGN, class_code_kl, class_codes
 from cryoscape.models.decoders import CoordinateDecoder
 from cryoscape.models.family import FamilyModel, ModelFamily
 from cryoscape.models.mlp import ResidualMLP, activation_layer
@@ -287,7 +287,7 @@ class TomoDRGN(FamilyModel):
                     z = z * 0.0
                 else:  # several class maps (abinit --classes): the decoder at each particle's class code
                     code = class_codes(cls, self.zdim).to(mu)
-                    class_fit = ((mu.float() - code) ** 2).sum(dim=1)
+                    class_fit = class_code_kl(mu, logvar, code)
                     terms["class_fit"] = class_fit.mean()
                     z = z * 0.0 + code
         keep = self.decode_mask(b["exposure"], b["ctf"], mask)
