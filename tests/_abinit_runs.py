@@ -54,3 +54,18 @@ def blobs(D: int, seed: int = 3) -> np.ndarray:
     for c, a in zip(pts, rng.uniform(0.5, 1.5, len(pts)), strict=True):
         vol += a * np.exp(-((X - c[0]) ** 2 + (Y - c[1]) ** 2 + (Z - c[2]) ** 2) / (2 * s**2))
     return vol.astype(np.float32)
+
+
+def tiny_cryodrgn(zdim: int, n_images: int):
+    """A small eval-mode heterogeneous CryoDRGN (D=16, seeded) and ``n_images`` random images and rotations:
+    ``(model, y (n, P), rot (n, 3, 3))``."""
+    from cryoscape.models.cryodrgn import CryoDRGN
+    from cryoscape.models.pose_search import random_rotations
+
+    torch.manual_seed(0)
+    model = CryoDRGN(D=16, pixel_size_angstrom=4.0, zdim=zdim, enc_dim=16, enc_layers=1, dec_dim=32, dec_layers=2,
+                     pe_dim=8, norm_std=1.0)
+    model.eval()
+    y = torch.randn(n_images, model.pixels.n_pixels)
+    rot = torch.tensor(random_rotations(n_images, 1), dtype=torch.float32)
+    return model, y, rot

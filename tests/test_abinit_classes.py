@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from _abinit_runs import assert_same_run, blobs
+from _abinit_runs import assert_same_run, blobs, tiny_cryodrgn
 from cryoscape.cli.main import main
 from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.imaging import so3_grid
 from cryoscape.imaging.fft import hartley2
 from cryoscape.imaging.projection import project_real
-from cryoscape.models.cryodrgn import CLASS_CODE_SCALE, CLASS_CODE_SIGMA, CryoDRGN, class_code_kl, class_codes
+from cryoscape.models.cryodrgn import CLASS_CODE_SCALE, CLASS_CODE_SIGMA, class_code_kl, class_codes
 from cryoscape.models.pose_search import PoseSearcher, map_search_predictor, random_rotations
 from cryoscape.rundir import load_checkpoint
 
@@ -107,13 +107,8 @@ def test_class_posterior_weight_is_annealed_and_draws_are_reproducible():
 
 
 def test_the_decoder_trains_each_image_at_its_class_code_and_the_encoder_learns_the_codes():
-    torch.manual_seed(0)
-    model = CryoDRGN(D=16, pixel_size_angstrom=4.0, zdim=3, enc_dim=16, enc_layers=1, dec_dim=32, dec_layers=2,
-                     pe_dim=8, norm_std=1.0)
-    model.eval()
+    model, y, rot = tiny_cryodrgn(3, 4)
     P = model.pixels.n_pixels
-    y = torch.randn(4, P)
-    rot = torch.tensor(random_rotations(4, 1), dtype=torch.float32)
     cls = torch.tensor([0, 2, 1, 2])
     model.set_consensus_only(True)
     terms = model({"y": y, "rot": rot, "class_index": cls})

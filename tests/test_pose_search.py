@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from _abinit_runs import assert_ctrl_c_resume_equals_whole_run, assert_same_run, blobs
+from _abinit_runs import assert_ctrl_c_resume_equals_whole_run, assert_same_run, blobs, tiny_cryodrgn
 from cryoscape.cli.main import main
 from cryoscape.data.fourier_pixels import FourierPixels
 from cryoscape.imaging import so3_grid
@@ -86,13 +86,7 @@ def test_consensus_only_gives_one_map_for_every_image_and_the_searcher_sets_it()
     the local phase."""
     from cryoscape.models.cryodrgn import CryoDRGN
 
-    torch.manual_seed(0)
-    model = CryoDRGN(D=16, pixel_size_angstrom=4.0, zdim=2, enc_dim=16, enc_layers=1, dec_dim=32, dec_layers=2,
-                     pe_dim=8, norm_std=1.0)
-    model.eval()
-    P = model.pixels.n_pixels
-    y = torch.randn(3, P)
-    rot = torch.tensor(random_rotations(3, 1), dtype=torch.float32)
+    model, y, rot = tiny_cryodrgn(2, 3)
     hf = model.pixels.half_freqs()
     half = torch.nonzero(hf.norm(dim=1) < 4.0 / 16).squeeze(1)
     assert not model.pose_search_predictor({"y": y}, half, 4.0 / 16).shared  # per-image latents
