@@ -178,6 +178,19 @@ def test_abinit_classes_run_logs_the_classes_and_resumes_exactly(discrete_sim, t
     assert torch.equal(a, b) and a.numel() == 48 and int(a.max()) <= 2
 
 
+def test_a_class_search_goes_straight_to_the_local_phase_by_default(discrete_sim, tmp_path):
+    """With --classes the own-map search epochs default to 0 (they scrambled a state the classes had posed,
+    RESULTS 14g); given explicitly, they run."""
+    from cryoscape.config import load_config
+    from cryoscape.rundir import RunDir
+
+    base = ["abinit", str(discrete_sim / "particles.star"), "-n", "1", *SMALL[:-4]]
+    assert main([*base, "-o", str(tmp_path / "a")]) == 0
+    assert load_config(RunDir(tmp_path / "a").config_path).train.latent_search_epochs == 0
+    assert main([*base, "-o", str(tmp_path / "b"), "--latent-search-epochs", "2"]) == 0
+    assert load_config(RunDir(tmp_path / "b").config_path).train.latent_search_epochs == 2
+
+
 @pytest.mark.parametrize("options,named", [(["--zdim", "2", "--classes", "3"], "--zdim 3"),
                                            (["--zdim", "2", "--classes", "1"], "--classes"),
                                            (["--zdim", "2", "--classes", "2", "--model", "opus-dsd"], "tomodrgn")])

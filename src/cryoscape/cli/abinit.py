@@ -99,13 +99,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--latent-search-epochs", type=int, default=None,
                    help="--zdim N: after the search against one consensus map, this many search epochs against each "
                         "image's own map (the decoder at its latent) before the local refinement (default "
-                        f"{DEFAULT_LATENT_SEARCH_EPOCHS} with --zdim N, 0 with --zdim 0; each costs several training "
-                        "epochs)")
+                        f"{DEFAULT_LATENT_SEARCH_EPOCHS} with --zdim N, 0 with --zdim 0 or --classes; each costs "
+                        "several training epochs)")
     g.add_argument("--classes", dest="search_classes", type=int, default=None,
                    help="--zdim N: keep K class maps instead of one consensus map while the poses "
                         "are searched (K from 2 to N; each particle searched against each, its class drawn from an "
                         "annealed posterior, as cryoSPARC's multi-class ab initio); for states that look alike "
-                        "turned (README). Default 0: one consensus map")
+                        "turned (README); then --latent-search-epochs defaults to 0. Default 0: one consensus "
+                        "map")
     g.add_argument("--pretrain", dest="pretrain_images", type=int, default=None,
                    help="training images (tilt series: particles) on random poses before the first search "
                         "(default 1000)")
@@ -139,9 +140,10 @@ def run(args) -> int:
     args.search_epochs = 1 if search is None else search  # set below from the number of particles
     args.pretrain_images = 1000 if args.pretrain_images is None else args.pretrain_images
     args.search_draws = 0 if args.search_draws is None else args.search_draws
-    if args.latent_search_epochs is None:
-        args.latent_search_epochs = DEFAULT_LATENT_SEARCH_EPOCHS if args.zdim > 0 else 0
     args.search_classes = 0 if args.search_classes is None else args.search_classes
+    if args.latent_search_epochs is None:  # after a class search, each image was searched against its class's map
+        # already, and searching its own map scrambled a state the classes had posed (bench/RESULTS.md 14g)
+        args.latent_search_epochs = DEFAULT_LATENT_SEARCH_EPOCHS if args.zdim > 0 and not args.search_classes else 0
     if args.search_classes:
         if args.zdim < args.search_classes:
             raise InputError(f"--classes {args.search_classes} needs --zdim {args.search_classes} or more (class k is "
