@@ -683,13 +683,11 @@ class PoseSearcher(PoseRefiner):
         err = torch.stack([f[2] for f in found], dim=1).double()  # (B, K)
         beta = self.class_beta()
         e_min = err.min(dim=1, keepdim=True).values
-        n = torch.as_tensor(n_values, dtype=torch.float64).reshape(-1, 1).clamp_min(1.0)
-        log_post = -beta * (err - e_min) / (2.0 * e_min.clamp_min(1e-12) / n)
-        if beta < 1.0:  # draw (Gumbel-max, seeded by the images trained on: a resumed run draws the same)
+        g = None
+        if beta < 1.0:  # draw (seeded by the images trained on: a resumed run draws the same)
             g = torch.Generator().manual_seed(self.seed * 1_000_033 + self.images_seen + 7)
-            u = torch.rand(err.shape, generator=g, dtype=torch.float64)
-            log_post = log_post - torch.log(-torch.log(u.clamp(1e-12, 1.0 - 1e-12)))
-        cls = log_post.argmax(dim=1)
+        # the posterior with the likelihood weighted by beta: the differences to the best class scaled by it
+        cls = global_candidates(e_min + beta * (err - e_min), 1, n_values, g)[1][:, 0]
         rows = torch.arange(err.shape[0])
         A = torch.stack([f[0] for f in found], dim=1)[rows, cls]
         t = torch.stack([f[1] for f in found], dim=1)[rows, cls]
